@@ -1,0 +1,334 @@
+"""MongoDB time-series store: one collection per kind of data, idempotent writes.
+
+Why it looks like this:
+
+* One collection per kind (not per symbol) keeps the collection count fixed and
+  gives ``(symbol, time)`` as a natural shard key later.
+* Every document has a deterministic ``_id`` built by the writer, so a replayed or
+  redelivered event hits the unique ``_id`` index and is counted as *already
+  present* instead of being stored twice. Inserts are ``ordered=False`` so one
+  duplicate does not stop the rest of the batch.
+* Reads go through the compound ``(symbol, time)`` index in ascending order only:
+  SecantusDB (the embedded server) sorts descending by scanning, which measured
+  >0.5 s for 25k documents; "latest N" is answered by galloping ascending windows.
+* Times are stored as int64 epoch milliseconds (UTC), the exchange's own unit, so
+  they are exact, cheap to decode and compare directly with Binance's fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import ASCENDING, MongoClient, ReplaceOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    NetworkTimeout,
+    NotPrimaryError,
+    ServerSelectionTimeoutError,
+)
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+TRANSIENT_ERRORS = (AutoReconnect, ConnectionFailure, NetworkTimeout, NotPrimaryError, ServerSelectionTimeoutError)
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A collection, its time field and the unique compound key that orders it."""
+
+    name: str
+    time_field: str
+    key: tuple[str, ...]  # compound index, symbol first, time last
+    unique: bool = True
+    description: str = ""
+
+
+# The fixed set of collections from DESIGN.md. ``key`` is the compound index every
+# range read uses; its last field is the time field.
+COLLECTIONS: dict[str, CollectionSpec] = {
+    spec.name: spec
+    for spec in (
+        CollectionSpec("agg_trades", "trade_time", ("symbol", "trade_time", "agg_id"),
+                       description="Aggregated trades (aggTrade), one per agg trade id"),
+        CollectionSpec("klines", "open_time", ("symbol", "interval", "open_time"),
+                       description="Closed exchange klines (x=true) from the websocket or REST"),
+        CollectionSpec("depth_updates", "event_time", ("symbol", "event_time", "final_update_id"),
+                       description="Diff depth updates (depthUpdate)"),
+        CollectionSpec("book_tickers", "event_time", ("symbol", "event_time", "update_id"),
+                       description="Best bid/ask updates (bookTicker)"),
+        CollectionSpec("tickers", "event_time", ("symbol", "event_time"),
+                       description="Rolling 24h ticker statistics (24hrTicker)"),
+        CollectionSpec("mark_prices", "event_time", ("symbol", "event_time"),
+                       description="Mark price, index price and predicted funding rate (markPriceUpdate)"),
+        CollectionSpec("funding_rates", "funding_time", ("symbol", "funding_time"),
+                       description="Funding rate per symbol per funding time"),
+        CollectionSpec("dead_letters", "received_at", ("symbol", "received_at"), unique=False,
+                       description="Messages that could not be decoded or validated, with the reason"),
+        CollectionSpec("candles", "open_time", ("symbol", "interval", "open_time"),
+                       description="Candles built by Dagster from raw data (1m and higher intervals)"),
+        CollectionSpec("analytics", "window_end", ("symbol", "kind", "interval", "window_end"),
+                       description="Analytics results computed by Dagster"),
+    )
+}
+
+RAW_COLLECTIONS = ("agg_trades", "klines", "depth_updates", "book_tickers", "tickers", "mark_prices",
+                   "funding_rates")
+
+
+@dataclass
+class WriteResult:
+    """Outcome of an idempotent bulk write."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    upserted: int = 0
+    modified: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def __iadd__(self, other: WriteResult) -> WriteResult:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.upserted += other.upserted
+        self.modified += other.modified
+        self.errors.extend(other.errors)
+        return self
+
+
+class StoreWriteError(RuntimeError):
+    """A write failed for a reason other than an already-present document."""
+
+
+def _retrying(attempts: int) -> Retrying:
+    return Retrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+
+
+class MongoStore:
+    """Plain class over pymongo, used by the ingest service, Dagster and the API alike."""
+
+    def __init__(
+        self,
+        url: str,
+        db: str,
+        *,
+        retry_attempts: int = 5,
+        server_selection_timeout_ms: int = 5000,
+        client: MongoClient | None = None,
+    ) -> None:
+        self.url = url
+        self.db_name = db
+        self.retry_attempts = retry_attempts
+        self.client: MongoClient = client or MongoClient(
+            url,
+            serverSelectionTimeoutMS=server_selection_timeout_ms,
+            connectTimeoutMS=server_selection_timeout_ms,
+            tz_aware=True,
+        )
+        self.db: Database = self.client[db]
+
+    # -- lifecycle ---------------------------------------------------------------
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> MongoStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ping(self) -> bool:
+        """True when the server answers; used by readiness probes."""
+        try:
+            self.client.admin.command("ping")
+        except TRANSIENT_ERRORS:
+            return False
+        return True
+
+    def collection(self, name: str) -> Collection:
+        if name not in COLLECTIONS:
+            raise KeyError(f"unknown collection {name!r}; known: {sorted(COLLECTIONS)}")
+        return self.db[name]
+
+    def ensure_indexes(self) -> None:
+        """Create every collection's compound index; safe to call on every start."""
+        for attempt in _retrying(self.retry_attempts):
+            with attempt:
+                for spec in COLLECTIONS.values():
+                    self.db[spec.name].create_index(
+                        [(k, ASCENDING) for k in spec.key],
+                        unique=spec.unique,
+                        name="_".join(spec.key),
+                    )
+
+    # -- writes ------------------------------------------------------------------
+    def insert_idempotent(self, name: str, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Insert documents with deterministic ``_id``s; already-present ones are counted, not failed.
+
+        Retried on transient errors: the retry is safe because a document that made
+        it in the first time comes back as a duplicate the second time.
+        """
+        if not docs:
+            return WriteResult()
+        missing = [i for i, d in enumerate(docs) if "_id" not in d]
+        if missing:
+            raise ValueError(f"{name}: documents at {missing[:5]} have no deterministic _id")
+        coll = self.collection(name)
+        for attempt in _retrying(self.retry_attempts):
+            with attempt:
+                return self._insert_once(coll, docs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _insert_once(coll: Collection, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
+        try:
+            res = coll.insert_many(list(docs), ordered=False)
+            return WriteResult(inserted=len(res.inserted_ids))
+        except BulkWriteError as exc:
+            details = exc.details
+            errors = details.get("writeErrors", [])
+            dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
+            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if others or details.get("writeConcernErrors"):
+                first = others[0] if others else details["writeConcernErrors"][0]
+                raise StoreWriteError(
+                    f"{coll.name}: {len(others)} documents failed: code {first.get('code')}: {first.get('errmsg')}"
+                ) from exc
+            return WriteResult(inserted=details.get("nInserted", 0), duplicates=dups)
+
+    def upsert(self, name: str, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Replace-or-insert by ``_id``; for derived data that a re-run may legitimately change."""
+        if not docs:
+            return WriteResult()
+        coll = self.collection(name)
+        ops = [ReplaceOne({"_id": d["_id"]}, dict(d), upsert=True) for d in docs]
+        for attempt in _retrying(self.retry_attempts):
+            with attempt:
+                res = coll.bulk_write(ops, ordered=False)
+                return WriteResult(upserted=res.upserted_count, modified=res.modified_count)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- reads -------------------------------------------------------------------
+    def _range_filter(
+        self, spec: CollectionSpec, symbol: str, start_ms: int | None, end_ms: int | None,
+        extra: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        flt: dict[str, Any] = {"symbol": symbol}
+        if extra:
+            flt.update(extra)
+        window: dict[str, int] = {}
+        if start_ms is not None:
+            window["$gte"] = int(start_ms)
+        if end_ms is not None:
+            window["$lt"] = int(end_ms)
+        if window:
+            flt[spec.time_field] = window
+        return flt
+
+    def iter_range(
+        self,
+        name: str,
+        symbol: str,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        limit: int = 0,
+        projection: Mapping[str, Any] | None = None,
+        batch_size: int = 5000,
+    ) -> Iterator[dict[str, Any]]:
+        """Documents with ``start_ms <= time < end_ms``, ascending in index order.
+
+        ``extra`` holds equality filters on the index's middle fields (e.g. ``interval``).
+        """
+        spec = COLLECTIONS[name]
+        flt = self._range_filter(spec, symbol, start_ms, end_ms, extra)
+        sort = [(k, ASCENDING) for k in spec.key]
+        cursor = self.collection(name).find(flt, projection, batch_size=batch_size).sort(sort)
+        if limit:
+            cursor = cursor.limit(limit)
+        yield from cursor
+
+    def read_range(self, name: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None,
+                   **kw: Any) -> list[dict[str, Any]]:
+        for attempt in _retrying(self.retry_attempts):
+            with attempt:
+                return list(self.iter_range(name, symbol, start_ms, end_ms, **kw))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def first_time(self, name: str, symbol: str, extra: Mapping[str, Any] | None = None) -> int | None:
+        spec = COLLECTIONS[name]
+        rows = self.read_range(name, symbol, extra=extra, limit=1, projection={spec.time_field: 1})
+        return int(rows[0][spec.time_field]) if rows else None
+
+    def latest(
+        self,
+        name: str,
+        symbol: str,
+        n: int = 1,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        now_ms: int | None = None,
+        initial_window_ms: int = 3_600_000,
+        projection: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ``n`` documents, oldest first, using ascending reads only.
+
+        Gallops back from ``now_ms`` (default: the wall clock) doubling the window
+        until it holds ``n`` documents or reaches the first one; each step is an
+        ascending index range read, which SecantusDB serves in proportion to its size.
+        """
+        import time
+
+        if n <= 0:
+            return []
+        first = self.first_time(name, symbol, extra)
+        if first is None:
+            return []
+        hi = int(now_ms if now_ms is not None else time.time() * 1000) + 1
+        window = max(1, initial_window_ms)
+        while True:
+            lo = max(first, hi - window)
+            rows = self.read_range(name, symbol, lo, None, extra=extra, projection=projection)
+            if len(rows) >= n or lo <= first:
+                return rows[-n:]
+            window *= 4
+
+    def count(self, name: str, symbol: str | None = None, extra: Mapping[str, Any] | None = None) -> int:
+        flt: dict[str, Any] = {}
+        if symbol is not None:
+            flt["symbol"] = symbol
+        if extra:
+            flt.update(extra)
+        for attempt in _retrying(self.retry_attempts):
+            with attempt:
+                if not flt:
+                    return self.collection(name).estimated_document_count()
+                return self.collection(name).count_documents(flt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def symbols(self, name: str) -> list[str]:
+        """Distinct symbols present in a collection."""
+        return sorted(s for s in self.collection(name).distinct("symbol") if isinstance(s, str))
+
+    def counts(self, names: Iterable[str] = COLLECTIONS) -> dict[str, int]:
+        return {n: self.count(n) for n in names}

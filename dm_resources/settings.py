@@ -1,0 +1,143 @@
+"""Configuration from the environment (``DM_*``), validated once at start-up.
+
+Every component reads the same :class:`Settings`, so a typo in one variable is
+reported the same way by the ingest service, Dagster and the API: a
+:class:`SettingsError` that names the variable and the bad value, before any
+connection is attempted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from functools import lru_cache
+from typing import Annotated
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "DM_"
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+class SettingsError(ValueError):
+    """A ``DM_*`` variable has a value the system cannot run with."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All ``DM_*`` variables; see ``.env.example`` for the documented list."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_subject: str = "binance.futures.websocket.data"
+    nats_stream: str = "BINANCE_FUTURES"
+    nats_durable: str = "dm-ingest"
+    mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    mongo_db: str = "market_data"
+    metadata_url: str = "sqlite:///var/metadata.db"
+    binance_rest_url: str = "https://fapi.binance.com"
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
+    partition_start: dt.date = dt.date(2026, 1, 1)
+    api_token: str | None = None
+    dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, v: str) -> str:
+        for url in v.split(","):
+            parsed = urlparse(url.strip())
+            if parsed.scheme not in {"nats", "tls", "ws", "wss"} or not parsed.hostname:
+                raise ValueError("must be a nats://host:port URL (comma-separated for a cluster)")
+        return v
+
+    @field_validator("nats_subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v) or ".." in v or v.startswith(".") or v.endswith("."):
+            raise ValueError("must be a NATS subject such as binance.futures.websocket.data")
+        return v
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo_scheme(cls, v: str) -> str:
+        if not v.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must be a mongodb:// or mongodb+srv:// URL")
+        return v
+
+    @field_validator("mongo_db")
+    @classmethod
+    def _mongo_db(cls, v: str) -> str:
+        if not v or any(c in v for c in '/\\. "$') or len(v) > 63:
+            raise ValueError("must be a MongoDB database name (no / \\ . space \" $, at most 63 chars)")
+        return v
+
+    @field_validator("metadata_url")
+    @classmethod
+    def _metadata_url(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(v)
+        except ArgumentError as exc:
+            raise ValueError("must be a SQLAlchemy URL such as mysql+pymysql://user:pw@host/db") from exc
+        if url.get_backend_name() not in {"mysql", "mariadb", "sqlite", "postgresql"}:
+            raise ValueError("backend must be mysql, mariadb, sqlite or postgresql")
+        return v
+
+    @field_validator("binance_rest_url", "dagster_graphql_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols_csv(cls, v: object) -> object:
+        return _split_csv(v)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for s in v:
+            sym = s.upper()
+            if not SYMBOL_RE.match(sym):
+                raise ValueError(f"{s!r} is not a Binance symbol (letters and digits, e.g. BTCUSDT)")
+            if sym not in out:
+                out.append(sym)
+        if not out:
+            raise ValueError("needs at least one symbol, e.g. BTCUSDT,ETHUSDT")
+        return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning pydantic's report into one clear line per field."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = f"{ENV_PREFIX}{field.upper()}"
+            value = err.get("input")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{var}={value!r}: {msg}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests build their own with :func:`load_settings`."""
+    return load_settings()

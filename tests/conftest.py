@@ -1,0 +1,144 @@
+"""Shared fixtures: real servers on free ports, never mocks of our own stores or bus.
+
+* ``nats_server`` / ``mongo_server``: a real ``nats-server -js`` and a real SecantusDB,
+  one of each per test session, on free ports, data in a temp dir.
+* ``mongo_store``: a :class:`MongoStore` on a fresh database per test (indexes created).
+* ``metadata_url``: SQLite per test, or MariaDB when ``DM_TEST_MYSQL_URL`` is set
+  (CI), each test in a database of its own that is dropped afterwards.
+* ``postgres_url``: PostgreSQL from ``DM_TEST_POSTGRES_URL`` or a skip.
+* ``fake_exchange``: the one fake, a Binance REST server over real HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dm_resources.embedded import ManagedProcess, free_port, start_nats, start_secantus
+from dm_resources.mongo import MongoStore
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    proc = start_nats(port, tmp_path_factory.mktemp("nats"))
+    yield f"nats://127.0.0.1:{port}"
+    proc.stop()
+
+
+class MongoServer:
+    """A SecantusDB process a test may stop and start again (fault-injection tests)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.proc: ManagedProcess | None = None
+        self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        self.proc = start_secantus(self.port, self.data_dir)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    server = MongoServer(tmp_path_factory.mktemp("mongo"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_url(mongo_server: MongoServer) -> str:
+    return mongo_server.url
+
+
+@pytest.fixture
+def mongo_store(mongo_server: MongoServer) -> Iterator[MongoStore]:
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    store = MongoStore(mongo_server.url, db, retry_attempts=2, server_selection_timeout_ms=3000)
+    store.ensure_indexes()
+    yield store
+    try:
+        store.client.drop_database(db)
+    finally:
+        store.close()
+
+
+def _fresh_mysql_database(base_url: str) -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"dm_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(base_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    engine.dispose()
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_mysql_database(base_url: str, name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(base_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
+def metadata_backends() -> list[str]:
+    backends = ["sqlite"]
+    if os.environ.get("DM_TEST_MYSQL_URL"):
+        backends.append("mysql")
+    return backends
+
+
+@pytest.fixture(params=metadata_backends())
+def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty metadata database: SQLite always, MariaDB too when CI provides it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'metadata.db'}"
+        return
+    base = os.environ["DM_TEST_MYSQL_URL"]
+    url, name = _fresh_mysql_database(base)
+    try:
+        yield url
+    finally:
+        _drop_mysql_database(base, name)
+
+
+@pytest.fixture
+def sqlite_metadata_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'metadata.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (for the Dagster instance) when CI provides the server."""
+    base = os.environ.get("DM_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("DM_TEST_POSTGRES_URL not set (CI sets it)")
+    import psycopg2  # dagster-postgres depends on it
+    from sqlalchemy.engine import make_url
+
+    name = f"dm_test_{uuid.uuid4().hex[:10]}"
+    admin = make_url(base)
+    conn = psycopg2.connect(host=admin.host, port=admin.port or 5432, user=admin.username,
+                            password=admin.password or "", dbname=admin.database or "postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()

@@ -1,0 +1,110 @@
+"""MongoStore against a real SecantusDB: idempotent writes, exact range reads, latest-N."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from bson.decimal128 import Decimal128
+
+from dm_resources.mongo import COLLECTIONS, MongoStore
+
+
+def _trades(symbol: str, n: int, start: int = 1_700_000_000_000, step: int = 1000) -> list[dict]:
+    return [
+        {
+            "_id": f"{symbol}:{i}",
+            "symbol": symbol,
+            "agg_id": i,
+            "trade_time": start + i * step,
+            "price": Decimal128("27123.123456789012345"),
+            "qty": Decimal128("0.001"),
+        }
+        for i in range(n)
+    ]
+
+
+def test_same_batch_twice_leaves_same_count(mongo_store: MongoStore) -> None:
+    docs = _trades("BTCUSDT", 1000)
+    first = mongo_store.insert_idempotent("agg_trades", docs)
+    assert (first.inserted, first.duplicates) == (1000, 0)
+    second = mongo_store.insert_idempotent("agg_trades", docs)
+    assert (second.inserted, second.duplicates) == (0, 1000)
+    assert mongo_store.count("agg_trades", "BTCUSDT") == 1000
+
+
+def test_partial_overlap_reports_inserted_and_present(mongo_store: MongoStore) -> None:
+    mongo_store.insert_idempotent("agg_trades", _trades("ETHUSDT", 500))
+    res = mongo_store.insert_idempotent("agg_trades", _trades("ETHUSDT", 800))
+    assert (res.inserted, res.duplicates) == (300, 500)
+    assert mongo_store.count("agg_trades", "ETHUSDT") == 800
+
+
+def test_decimal_digits_survive(mongo_store: MongoStore) -> None:
+    mongo_store.insert_idempotent("agg_trades", _trades("BTCUSDT", 1))
+    doc = mongo_store.read_range("agg_trades", "BTCUSDT")[0]
+    assert doc["price"].to_decimal() == Decimal("27123.123456789012345")
+
+
+def test_range_read_is_exact_window_in_order(mongo_store: MongoStore) -> None:
+    start = 1_700_000_000_000
+    mongo_store.insert_idempotent("agg_trades", _trades("BTCUSDT", 300, start) + _trades("SOLUSDT", 300, start))
+    rows = mongo_store.read_range("agg_trades", "BTCUSDT", start + 100_000, start + 200_000)
+    times = [r["trade_time"] for r in rows]
+    assert times == [start + i * 1000 for i in range(100, 200)]  # [start, end): end excluded
+    assert {r["symbol"] for r in rows} == {"BTCUSDT"}
+
+
+def test_range_read_with_interval_filter_and_limit(mongo_store: MongoStore) -> None:
+    docs = [
+        {"_id": f"BTCUSDT:{iv}:{t}", "symbol": "BTCUSDT", "interval": iv, "open_time": t, "close": 1.0}
+        for iv in ("1m", "5m")
+        for t in range(0, 600_000, 60_000)
+    ]
+    mongo_store.upsert("candles", docs)
+    rows = mongo_store.read_range("candles", "BTCUSDT", 0, None, extra={"interval": "1m"}, limit=3)
+    assert [(r["interval"], r["open_time"]) for r in rows] == [("1m", 0), ("1m", 60_000), ("1m", 120_000)]
+
+
+def test_latest_n_oldest_first(mongo_store: MongoStore) -> None:
+    start = 1_700_000_000_000
+    mongo_store.insert_idempotent("agg_trades", _trades("BTCUSDT", 5000, start))
+    last_time = start + 4999 * 1000
+    rows = mongo_store.latest("agg_trades", "BTCUSDT", 10, now_ms=last_time + 86_400_000 * 30,
+                              initial_window_ms=60_000)
+    assert [r["agg_id"] for r in rows] == list(range(4990, 5000))
+    assert mongo_store.latest("agg_trades", "NOPE", 5) == []
+    everything = mongo_store.latest("agg_trades", "BTCUSDT", 10_000, now_ms=last_time)
+    assert len(everything) == 5000
+
+
+def test_upsert_is_idempotent(mongo_store: MongoStore) -> None:
+    docs = [{"_id": "BTCUSDT:1m:0", "symbol": "BTCUSDT", "interval": "1m", "open_time": 0, "close": 1.5}]
+    assert mongo_store.upsert("candles", docs).upserted == 1
+    again = mongo_store.upsert("candles", docs)
+    assert (again.upserted, again.modified) == (0, 0)
+    assert mongo_store.count("candles") == 1
+
+
+def test_missing_id_and_unknown_collection_are_clear_errors(mongo_store: MongoStore) -> None:
+    with pytest.raises(ValueError, match="no deterministic _id"):
+        mongo_store.insert_idempotent("agg_trades", [{"symbol": "X"}])
+    with pytest.raises(KeyError, match="unknown collection 'trades'"):
+        mongo_store.collection("trades")
+
+
+def test_indexes_created_idempotently(mongo_store: MongoStore) -> None:
+    mongo_store.ensure_indexes()  # second call: no error, no new index
+    for spec in COLLECTIONS.values():
+        info = mongo_store.db[spec.name].index_information()
+        assert "_".join(spec.key) in info
+        assert bool(info["_".join(spec.key)].get("unique")) == spec.unique
+
+
+def test_ping_false_when_server_unreachable() -> None:
+    from dm_resources.embedded import free_port
+
+    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", "x",
+                       server_selection_timeout_ms=300)
+    assert store.ping() is False
+    store.close()
