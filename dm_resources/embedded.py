@@ -235,6 +235,13 @@ class EmbeddedStack:
         home = os.environ.get("DAGSTER_HOME")
         if home:
             self.notes.append(f"Dagster    DAGSTER_HOME={home} (instance config from there)")
+        elif os.environ.get("DAGSTER_PG_URL"):
+            # Production-like: the repository's dagster.yaml (dagster-postgres, from env).
+            path = self.var_dir / "dagster_home_pg"
+            path.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / "dagster.yaml", path / "dagster.yaml")
+            home = str(path)
+            self.notes.append(f"Dagster    DAGSTER_HOME={home} (PostgreSQL instance storage from DAGSTER_PG_URL)")
         else:
             # Never let `dagster dev` fall back to the repository's dagster.yaml (it asks for
             # Postgres): an explicit home with an empty instance config means SQLite storage.
