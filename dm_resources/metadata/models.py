@@ -1,0 +1,242 @@
+"""SQLAlchemy 2.0 models of the metadata database (MySQL/MariaDB in production, SQLite embedded).
+
+Conventions, chosen so the same schema behaves the same on every backend:
+
+* **Two kinds of time.** Columns ending in ``_time`` are *data time*: int64 epoch
+  milliseconds UTC, the unit of the MongoDB documents they describe (``first_time``,
+  ``open_time``, ``start_time``...), so they compare directly with candle open times
+  without conversion. Columns ending in ``_at`` (and ``first_seen``) are *wall-clock
+  bookkeeping*: :class:`UTCDateTime`, timezone-aware UTC in Python.
+* **UTC storage.** MySQL ``DATETIME`` and SQLite have no time zone, so
+  :class:`UTCDateTime` converts to naive UTC on the way in (refusing naive input, which
+  is the usual source of silent off-by-hours bugs) and attaches UTC on the way out. On
+  MySQL it is ``DATETIME(6)``: audit rows written in the same second still sort.
+* **Lengths on every string** (MySQL needs them); indexed strings stay ≤ 255 chars
+  so composite utf8mb4 keys fit InnoDB's 3072-byte index limit.
+* **Deterministic constraint names** (``naming_convention``) so migrations can drop or
+  alter them by name, and SQLite batch migrations can recreate tables.
+* Enumerations (severity, status, origin) are ``VARCHAR`` + ``CHECK``: adding a value
+  is a migration, never a table rebuild on MySQL as ``ENUM`` changes can be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+UTC = dt.UTC
+
+SEVERITIES = ("INFO", "WARN", "ERROR", "CRITICAL")
+BACKFILL_STATUSES = ("queued", "requested", "running", "success", "failure", "canceled", "partial")
+BACKFILL_ORIGINS = ("sensor", "schedule", "ui", "api")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Autoincrement ids: BIGINT on servers, but SQLite only autoincrements "INTEGER PRIMARY KEY".
+BigId = BigInteger().with_variant(Integer, "sqlite")
+MYSQL_TABLE_ARGS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in Python, naive UTC in databases whose DATETIME has no zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime (UTC)")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Dataset(Base):
+    """Catalog entry: one dataset per kind × symbol × interval, e.g. ``candles:BTCUSDT:1m``."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        Index(None, "kind", "symbol"),
+        Index(None, "symbol"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    interval: Mapped[str | None] = mapped_column(String(8))
+    collection: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    # [{"name": ..., "type": ..., "description": ...}, ...]
+    schema: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    row_count: Mapped[int | None] = mapped_column(BigInteger)
+    first_time: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms UTC of the first row
+    last_time: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms UTC of the last row
+    freshness_seconds: Mapped[float | None] = mapped_column(Double)
+    health_score: Mapped[float | None] = mapped_column(Double)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AuditLog(Base):
+    """One result of one data-quality check on one asset partition."""
+
+    __tablename__ = "audit_logs"
+    __table_args__ = (
+        Index(None, "symbol", "created_at"),
+        Index(None, "created_at"),
+        Index(None, "check_name", "created_at"),
+        CheckConstraint(_in("severity", SEVERITIES), name="severity"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    check_name: Mapped[str] = mapped_column(String(128))
+    asset_key: Mapped[str | None] = mapped_column(String(255))
+    partition_key: Mapped[str | None] = mapped_column(String(255))
+    symbol: Mapped[str | None] = mapped_column(String(32))
+    interval: Mapped[str | None] = mapped_column(String(8))
+    severity: Mapped[str] = mapped_column(String(16))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    message: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class HealthMetric(Base):
+    """Daily health of one symbol × interval; the unique key makes a re-run an update."""
+
+    __tablename__ = "health_metrics"
+    __table_args__ = (
+        UniqueConstraint("symbol", "interval", "day"),
+        Index(None, "day"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    interval: Mapped[str] = mapped_column(String(8))
+    day: Mapped[dt.date] = mapped_column(Date)
+    completeness: Mapped[float] = mapped_column(Double)
+    freshness: Mapped[float] = mapped_column(Double)
+    consistency: Mapped[float] = mapped_column(Double)
+    score: Mapped[float] = mapped_column(Double)  # 0–100
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    computed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class BackfillJob(Base):
+    """A backfill request and what Dagster made of it (the API's view of a backfill)."""
+
+    __tablename__ = "backfill_jobs"
+    __table_args__ = (
+        Index(None, "status", "created_at"),
+        Index(None, "created_at"),
+        Index(None, "dagster_backfill_id"),
+        CheckConstraint(_in("status", BACKFILL_STATUSES), name="status"),
+        CheckConstraint(_in("origin", BACKFILL_ORIGINS), name="origin"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    # uuid4 text by default; callers may bring their own ids (Dagster backfill ids, "run:<run uuid>").
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    origin: Mapped[str] = mapped_column(String(16))
+    symbols: Mapped[list[str]] = mapped_column(JSON)
+    interval: Mapped[str | None] = mapped_column(String(8))
+    start_time: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms UTC, inclusive
+    end_time: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms UTC
+    partition_keys: Mapped[list[str] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    dagster_backfill_id: Mapped[str | None] = mapped_column(String(64))
+    dagster_run_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class LineageRecord(Base):
+    """One edge of the asset graph, upstream → downstream."""
+
+    __tablename__ = "lineage_records"
+    __table_args__ = (
+        UniqueConstraint("upstream", "downstream"),
+        Index(None, "downstream"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    upstream: Mapped[str] = mapped_column(String(255))
+    downstream: Mapped[str] = mapped_column(String(255))
+    transformation: Mapped[str | None] = mapped_column(Text)
+    asset_group: Mapped[str | None] = mapped_column(String(128))
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ConfirmedMissing(Base):
+    """A candle the exchange could not supply: counted per attempt, confirmed after N.
+
+    A row with ``confirmed_at`` NULL is a suspect still being retried; once confirmed the
+    gap filler stops asking Binance for it (a real exchange outage, not our loss).
+    """
+
+    __tablename__ = "confirmed_missing"
+    __table_args__ = (
+        UniqueConstraint("symbol", "interval", "open_time"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    interval: Mapped[str] = mapped_column(String(8))
+    open_time: Mapped[int] = mapped_column(BigInteger)  # epoch ms UTC
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(Text)
