@@ -1,0 +1,160 @@
+"""Candle assets, partitioned by date × symbol, with their checks. Thin: logic is in build.py."""
+
+
+import datetime as dt
+from collections.abc import Iterable
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from dm_assets.candles import audit, build
+from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
+from dm_assets.raw.assets import raw_key
+from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
+
+CANDLES_GROUP = "candles"
+HIGHER_INTERVALS = ("5m", "15m", "1h", "4h", "1d")
+INTERVALS = ("1m", *HIGHER_INTERVALS)
+
+# Measured in bench/bench_backfill.py: several partitions per run amortise run start-up
+# (process launch, resource set-up) while keeping a failed run's blast radius small.
+BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=10)
+
+CANDLE_FRESHNESS = FreshnessPolicy.time_window(
+    fail_window=dt.timedelta(minutes=30), warn_window=dt.timedelta(minutes=10)
+)
+
+
+def candles_key(interval: str) -> AssetKey:
+    return AssetKey([CANDLES_GROUP, f"candles_{interval}"])
+
+
+def _check_specs(interval: str) -> list[AssetCheckSpec]:
+    key = candles_key(interval)
+    return [AssetCheckSpec(name, asset=key, description=desc) for name, desc in audit.CHECK_DESCRIPTIONS.items()]
+
+
+def _check_results(interval: str, results: Iterable[audit.CheckOutcome]) -> list[AssetCheckResult]:
+    return [
+        AssetCheckResult(
+            check_name=r.name,
+            asset_key=candles_key(interval),
+            passed=r.passed,
+            severity=AssetCheckSeverity.ERROR if r.severity in {"ERROR", "CRITICAL"} else AssetCheckSeverity.WARN,
+            description=audit.message(r),
+            metadata=r.metadata(),
+        )
+        for r in results
+    ]
+
+
+def _merge(builds: list[build.DayBuild]) -> dict[str, object]:
+    """One materialization's metadata; a run may cover several partitions (backfill policy)."""
+    total_sources: dict[str, int] = {}
+    for b in builds:
+        for k, v in b.by_source.items():
+            total_sources[k] = total_sources.get(k, 0) + v
+    meta: dict[str, object] = {
+        "partitions": len(builds),
+        "rows": sum(b.rows for b in builds),
+        "expected": sum(b.expected for b in builds),
+        "by_source": MetadataValue.json(total_sources),
+        "missing": sum(len(b.missing) for b in builds),
+        "confirmed_missing": sum(len(b.confirmed_missing) for b in builds),
+        "upserted": sum(b.upserted for b in builds),
+        "modified": sum(b.modified for b in builds),
+    }
+    rest = sum(b.rest_requests for b in builds)
+    if rest:
+        meta["rest_requests"] = rest
+    errors = [f"{b.day}|{b.symbol}: {b.rest_error}" for b in builds if b.rest_error]
+    if errors:
+        meta["rest_errors"] = MetadataValue.text("\n".join(errors))
+    if len(builds) == 1:
+        meta["detail"] = MetadataValue.json(builds[0].as_metadata())
+    return meta
+
+
+def _run_checks(context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource,
+                interval: str) -> list[AssetCheckResult]:
+    """Checks over every partition this run touched, folded into one result per check."""
+    outcomes: dict[str, list[audit.CheckOutcome]] = {}
+    for pk in context.partition_keys:
+        day, symbol = split_key(pk)
+        for outcome in audit.check_partition(mongo.get_store(), metadata.get_store(), symbol, day, interval):
+            outcomes.setdefault(outcome.name, []).append(outcome)
+    return _check_results(interval, [audit.fold(v) for v in outcomes.values()])
+
+
+@asset(
+    key=candles_key("1m"),
+    partitions_def=DATE_SYMBOL_PARTITIONS,
+    deps=[raw_key("klines"), raw_key("agg_trades")],
+    group_name=CANDLES_GROUP,
+    kinds={"mongodb", "pandas"},
+    backfill_policy=BACKFILL_POLICY,
+    check_specs=_check_specs("1m"),
+    freshness_policy=CANDLE_FRESHNESS,
+    tags={"dm/layer": "candles"},
+    description=(
+        "1-minute candles for one UTC day of one symbol, in MongoDB `candles` (interval 1m). Each minute comes "
+        "from the exchange's closed kline, else from aggregated trades where their consecutive ids prove the "
+        "minute complete, else from Binance REST; what the exchange itself lacks is recorded as confirmed "
+        "missing after bounded attempts. The still-open minute is never stored. Idempotent."
+    ),
+)
+def candles_1m(
+    context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource, binance: BinanceResource
+) -> MaterializeResult:
+    store, meta, client = mongo.get_store(), metadata.get_store(), binance.get_client()
+    builds = []
+    for pk in context.partition_keys:
+        day, symbol = split_key(pk)
+        b = build.build_1m_day(store, meta, client, symbol, day)
+        context.log.info(f"{pk}: {b.as_metadata()}")
+        builds.append(b)
+    return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, "1m"))
+
+
+def _higher_asset(interval: str) -> AssetsDefinition:
+    @asset(
+        key=candles_key(interval),
+        partitions_def=DATE_SYMBOL_PARTITIONS,
+        deps=[candles_key("1m")],
+        group_name=CANDLES_GROUP,
+        kinds={"mongodb", "pandas"},
+        backfill_policy=BACKFILL_POLICY,
+        check_specs=_check_specs(interval),
+        freshness_policy=CANDLE_FRESHNESS,
+        tags={"dm/layer": "candles"},
+        description=(
+            f"{interval} candles derived from the stored 1m candles with Binance's UTC bucket alignment "
+            f"([open, open + {interval})): open of the first minute, max high, min low, close of the last, "
+            "summed volumes and trades. A bucket is written only once each of its minutes is present or "
+            "confirmed missing, so it equals the exchange's own kline."
+        ),
+    )
+    def _candles(context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource) -> MaterializeResult:
+        store, meta = mongo.get_store(), metadata.get_store()
+        builds = []
+        for pk in context.partition_keys:
+            day, symbol = split_key(pk)
+            builds.append(build.build_higher_day(store, meta, symbol, day, interval))
+        return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, interval))
+
+    return _candles
+
+
+CANDLE_ASSETS = [candles_1m, *(_higher_asset(iv) for iv in HIGHER_INTERVALS)]
+

@@ -1,0 +1,67 @@
+"""Which date × symbol partitions have holes, and whether asking again can still help.
+
+Used by the gap sensor; plain functions over the stores so they are tested without Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dm_assets.candles.build import MINUTE_MS, expected_minutes
+from dm_assets.partitions import day_bounds_ms
+
+if TYPE_CHECKING:
+    from dm_resources.metadata.store import MetadataStore
+    from dm_resources.mongo import MongoStore
+
+# A minute that closed less than this long ago may still be on its way over the bus.
+ARRIVAL_GRACE_MS = 2 * MINUTE_MS
+
+
+@dataclass(frozen=True)
+class PartitionGap:
+    day: str
+    symbol: str
+    missing: int  # minutes neither stored nor confirmed missing
+    attempts: int  # fill attempts already made for those minutes (changes the run key)
+    higher_missing: bool  # 1m complete but the day's 1d candle not derived yet
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.day}|{self.symbol}"
+
+    def run_key(self, missing_times: tuple[int, ...] = ()) -> str:
+        """Stable for the same hole and attempt count, so a tick that sees nothing new asks nothing new."""
+        digest = hashlib.sha1(repr(missing_times).encode()).hexdigest()[:10]
+        return f"gap:{self.partition_key}:{self.missing}:{self.attempts}:{int(self.higher_missing)}:{digest}"
+
+
+def days_to_scan(today: dt.date, lookback_days: int, first_day: dt.date) -> list[str]:
+    """Newest first: today, yesterday, … never before the first partition."""
+    days = [today - dt.timedelta(days=i) for i in range(lookback_days)]
+    return [d.isoformat() for d in days if d >= first_day]
+
+
+def partition_gap(
+    store: MongoStore, meta: MetadataStore, symbol: str, day: str, now: int
+) -> tuple[PartitionGap, tuple[int, ...]]:
+    start, end = day_bounds_ms(day)
+    expected = expected_minutes(day, now - ARRIVAL_GRACE_MS)
+    if expected.size == 0:
+        return PartitionGap(day, symbol, 0, 0, False), ()
+    rows = store.read_range("candles", symbol, start, end, extra={"interval": "1m"},
+                            projection={"_id": 0, "open_time": 1})
+    have = np.fromiter((r["open_time"] for r in rows), dtype=np.int64, count=len(rows))
+    records = meta.missing(symbol, "1m", start, end - 1)
+    confirmed = np.array([r.open_time for r in records if r.confirmed_at is not None], dtype=np.int64)
+    missing = np.setdiff1d(np.setdiff1d(expected, have), confirmed)
+    attempts = sum(r.attempts for r in records if r.confirmed_at is None and r.open_time in set(missing.tolist()))
+    higher_missing = False
+    if missing.size == 0 and end <= now - ARRIVAL_GRACE_MS:
+        higher_missing = store.count("candles", symbol, {"interval": "1d", "open_time": start}) == 0
+    return PartitionGap(day, symbol, int(missing.size), int(attempts), higher_missing), tuple(missing.tolist())

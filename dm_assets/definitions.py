@@ -1,0 +1,35 @@
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here.
+
+Resources are built from the ``DM_*`` environment (pydantic-settings), so the same
+definitions run on the embedded stack (SecantusDB, SQLite) and in production
+(MongoDB, MySQL, dagster-postgres) without code changes.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from dm_assets.backfills.sensors import backfill_tracking_sensor
+from dm_assets.candles.assets import CANDLE_ASSETS
+from dm_assets.candles.jobs import audit_job, candles_job
+from dm_assets.candles.schedules import audit_schedule
+from dm_assets.candles.sensors import gap_sensor, symbol_discovery_sensor
+from dm_assets.quality.assets import QUALITY_ASSETS
+from dm_assets.raw.assets import RAW_ASSET_SPECS
+from dm_assets.raw.sensors import raw_observation_sensor
+from dm_resources.resources import ResourceSet
+
+
+def build_defs(resources: ResourceSet | None = None) -> Definitions:
+    """Definitions with the given resources; tests pass their own servers' URLs."""
+    res = resources or ResourceSet()
+    return Definitions(
+        assets=[*RAW_ASSET_SPECS, *CANDLE_ASSETS, *QUALITY_ASSETS],
+        jobs=[candles_job, audit_job],
+        schedules=[audit_schedule],
+        sensors=[symbol_discovery_sensor, gap_sensor, raw_observation_sensor, backfill_tracking_sensor],
+        resources=res.as_dict(),
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,91 @@
+"""Audit results and health scores per date × symbol, written to the metadata store (MySQL)."""
+
+
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+
+from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
+from dm_resources.resources import MetadataResource, MongoResource
+
+QUALITY_GROUP = "quality"
+_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
+_CANDLE_DEPS = [AssetKey(["candles", f"candles_{iv}"]) for iv in _INTERVALS]
+
+
+@asset(
+    key=AssetKey([QUALITY_GROUP, "audit_results"]),
+    partitions_def=DATE_SYMBOL_PARTITIONS,
+    deps=_CANDLE_DEPS,
+    group_name=QUALITY_GROUP,
+    kinds={"mysql", "pandas"},
+    tags={"dm/layer": "quality"},
+    description=(
+        "Runs every candle check (gaps, duplicates, OHLC sanity, outlier jumps) for each interval of the "
+        "partition and appends the results with a severity to `audit_logs` in the metadata store."
+    ),
+)
+def audit_results(
+    context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource
+) -> MaterializeResult:
+    from dm_assets.candles import audit
+
+    store, meta = mongo.get_store(), metadata.get_store()
+    rows = []
+    for pk in context.partition_keys:
+        day, symbol = split_key(pk)
+        for interval in _INTERVALS:
+            for outcome in audit.check_partition(store, meta, symbol, day, interval):
+                rows.append(audit.to_audit_log(outcome, symbol=symbol, interval=interval, partition_key=str(pk),
+                                              run_id=context.run.run_id))
+    written = meta.record_audit(rows)
+    by_severity: dict[str, int] = {}
+    for r in rows:
+        if not r.passed:
+            by_severity[r.severity] = by_severity.get(r.severity, 0) + 1
+    return MaterializeResult(metadata={
+        "audit_rows_written": written,
+        "failed_checks": sum(by_severity.values()),
+        "failed_by_severity": MetadataValue.json(by_severity),
+        "failures": MetadataValue.md("\n".join(
+            f"- **{r.severity}** {r.partition_key} {r.interval} `{r.check_name}`: {r.message}"
+            for r in rows if not r.passed) or "none"),
+    })
+
+
+@asset(
+    key=AssetKey([QUALITY_GROUP, "health_scores"]),
+    partitions_def=DATE_SYMBOL_PARTITIONS,
+    deps=[AssetKey([QUALITY_GROUP, "audit_results"]), *_CANDLE_DEPS],
+    group_name=QUALITY_GROUP,
+    kinds={"mysql", "pandas"},
+    tags={"dm/layer": "quality"},
+    description=(
+        "Health score 0–100 per symbol, interval and day from completeness, freshness and consistency "
+        "(weights in dm_assets/candles/health.py), upserted into `health_metrics`."
+    ),
+)
+def health_scores(
+    context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource
+) -> MaterializeResult:
+    from dm_assets.candles import audit
+
+    store, meta = mongo.get_store(), metadata.get_store()
+    rows = []
+    for pk in context.partition_keys:
+        day, symbol = split_key(pk)
+        for interval in _INTERVALS:
+            rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=context.run.run_id))
+    meta.upsert_health(rows)
+    table = "\n".join(
+        f"| {r.day} | {r.symbol} | {r.interval} | {r.completeness:.2f} | {r.freshness:.2f} | "
+        f"{r.consistency:.2f} | **{r.score:.2f}** |" for r in rows)
+    return MaterializeResult(metadata={
+        "rows": len(rows),
+        "min_score": min((r.score for r in rows), default=100.0),
+        "mean_score": round(sum(r.score for r in rows) / len(rows), 2) if rows else 100.0,
+        "scores": MetadataValue.md(
+            "| day | symbol | interval | completeness | freshness | consistency | score |\n"
+            "|---|---|---|---|---|---|---|\n" + table),
+    })
+
+
+QUALITY_ASSETS = [audit_results, health_scores]
