@@ -1,0 +1,535 @@
+"""The one fake: a Binance USD-M futures REST server over real HTTP on loopback.
+
+Why it looks like this:
+
+* **Deterministic market.** Every 1m kline is a pure function of (seed, symbol,
+  open_time): a daily anchor price follows a seeded random walk over days, and each
+  day's minutes follow a seeded Brownian bridge from that day's anchor to the next
+  day's, so a minute's close is exactly the next minute's open. Numbers are integers
+  in the smallest unit (price 2 decimals, quantity 3, quote 5) and are formatted as
+  Binance's decimal strings, so sums are exact.
+* **Every interval is the aggregation of the 1m klines** (open of the first, max
+  high, min low, close of the last, sums of volumes and trades) with Binance's UTC
+  alignment from :mod:`dm_resources.intervals`; tests can compare derived candles
+  against :meth:`FakeExchange.klines` directly.
+* **Binance's semantics where our client depends on them**: ``startTime``/``endTime``
+  inclusive on ``open_time``, default limit 500, max 1500 (else 400 code -1130),
+  invalid symbol 400 code -1121, request weight by limit accumulated per minute in
+  ``X-MBX-USED-WEIGHT-1M`` (and a 429 past ``weight_limit``), the candle containing
+  "now" returned while still open, nothing from the future.
+* **Faults on demand**: ``fail_next`` queues error responses (429 with Retry-After,
+  418, 5xx), ``drop_next`` closes connections without answering, ``holes`` removes
+  1m rows the exchange itself never had (an outage).
+* Every request is logged as ``(path, params)`` so tests assert what was asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pytest
+
+from dm_resources.intervals import (
+    DAY_MS,
+    MINUTE_MS,
+    VALID_INTERVALS,
+    bucket_start,
+    close_time,
+    next_bucket_start,
+)
+
+PRICE_DECIMALS = 2
+QTY_DECIMALS = 3
+QUOTE_DECIMALS = PRICE_DECIMALS + QTY_DECIMALS
+DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+#: The market starts here (no klines before, like a listing date) and the generated history ends here.
+GENESIS_MS = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
+HORIZON_MS = int(dt.datetime(2032, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
+_N_DAYS = (HORIZON_MS - GENESIS_MS) // DAY_MS
+_DAILY_SIGMA = 0.03
+_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "taker_buy_volume",
+            "taker_buy_quote_volume")
+
+
+def _fmt(value: int, decimals: int) -> str:
+    """An integer count of 10**-decimals units as a fixed-point decimal string."""
+    sign = "-" if value < 0 else ""
+    q, r = divmod(abs(int(value)), 10**decimals)
+    return f"{sign}{q}.{r:0{decimals}d}"
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def weight_for_limit(limit: int) -> int:
+    """Binance's klines request weight by limit (kept separate from the client's copy on purpose)."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+class VirtualClock:
+    """A millisecond clock that only moves when slept on: share it between client and fake.
+
+    Passing ``clock.sleep`` and ``clock.now_ms`` to the client lets the weight window
+    turn over without a test waiting a real minute; ``sleeps`` records every request.
+    """
+
+    def __init__(self, start_ms: int) -> None:
+        self._t = start_ms
+        self._lock = threading.Lock()
+        self.sleeps: list[float] = []
+
+    def now_ms(self) -> int:
+        with self._lock:
+            return self._t
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self._t += max(0, round(seconds * 1000))
+
+    def advance(self, ms: int) -> None:
+        with self._lock:
+            self._t += ms
+
+
+class Market:
+    """The deterministic 1m kline generator (integers in the smallest units)."""
+
+    def __init__(self, seed: int = 20260101) -> None:
+        self.seed = seed
+        self._day_cache = lru_cache(maxsize=512)(self._make_day)
+        self._anchor_cache = lru_cache(maxsize=64)(self._make_anchors)
+
+    @staticmethod
+    def _sym_key(symbol: str) -> int:
+        return zlib.crc32(symbol.encode())
+
+    def _make_anchors(self, symbol: str) -> np.ndarray:
+        """Daily opening prices in cents, one random walk per symbol over the whole horizon."""
+        key = self._sym_key(symbol)
+        rng = np.random.default_rng([self.seed, key, 0])
+        base = 5.0 + (key % 60_000)  # a few dollars to ~60k: realistic and well inside int64
+        steps = rng.normal(0.0, _DAILY_SIGMA, _N_DAYS + 1)
+        steps[0] = 0.0
+        return np.round(base * 100 * np.exp(np.cumsum(steps))).astype(np.int64)
+
+    def _make_day(self, symbol: str, day: int) -> dict[str, np.ndarray]:
+        """The 1440 minutes of day index ``day`` (days since GENESIS)."""
+        anchors = self._anchor_cache(symbol)
+        rng = np.random.default_rng([self.seed, self._sym_key(symbol), day + 1])
+        n = 1440
+        l0, l1 = np.log(float(anchors[day])), np.log(float(anchors[day + 1]))
+        walk = np.concatenate([[0.0], np.cumsum(rng.normal(0.0, _DAILY_SIGMA / np.sqrt(n), n))])
+        frac = np.arange(n + 1) / n
+        bridge = walk - frac * walk[-1] + frac * (l1 - l0)
+        path = np.round(np.exp(l0 + bridge)).astype(np.int64)
+        path[0], path[-1] = anchors[day], anchors[day + 1]  # exact continuity across days
+        path = np.maximum(path, 1)
+        o, c = path[:-1], path[1:]
+        top, bottom = np.maximum(o, c), np.minimum(o, c)
+        wick = np.abs(rng.normal(0.0, 1.0, (2, n))) * o * 0.0004
+        h = top + np.floor(wick[0]).astype(np.int64)
+        lo = np.maximum(bottom - np.floor(wick[1]).astype(np.int64), 1)
+        vol = np.clip(np.round(rng.lognormal(np.log(40_000.0), 0.8, n)), 1, 2_000_000).astype(np.int64)
+        span = h - lo + 1
+        vwap = np.minimum(lo + np.floor(rng.random(n) * span).astype(np.int64), h)
+        taker = np.floor(vol * rng.uniform(0.2, 0.8, n)).astype(np.int64)
+        trades = np.maximum(1, vol // 150 + rng.integers(0, 20, n)).astype(np.int64)
+        return {
+            "open": o, "high": h, "low": lo, "close": c, "volume": vol, "quote_volume": vol * vwap,
+            "trades": trades, "taker_buy_volume": taker, "taker_buy_quote_volume": taker * vwap,
+        }
+
+    def minutes(self, symbol: str, start_ms: int, end_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Open times and columns of the generated minutes in ``[start_ms, end_ms)`` (within the horizon)."""
+        start = max(bucket_start(start_ms, "1m"), GENESIS_MS)
+        end = min(end_ms, HORIZON_MS)
+        if end <= start:
+            return np.empty(0, np.int64), {c: np.empty(0, np.int64) for c in _COLUMNS}
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in _COLUMNS}
+        first_day, last_day = (start - GENESIS_MS) // DAY_MS, (end - 1 - GENESIS_MS) // DAY_MS
+        for day in range(first_day, last_day + 1):
+            day_start = GENESIS_MS + day * DAY_MS
+            lo = max(0, (start - day_start) // MINUTE_MS)
+            hi = min(1440, -(-(end - day_start) // MINUTE_MS))
+            cols = self._day_cache(symbol, day)
+            for c in _COLUMNS:
+                parts[c].append(cols[c][lo:hi])
+        count = sum(len(p) for p in parts["open"])
+        times = np.arange(start, start + MINUTE_MS * count, MINUTE_MS, dtype=np.int64)
+        return times, {c: np.concatenate(parts[c]) for c in _COLUMNS}
+
+
+def _row(open_time: int, interval: str, agg: dict[str, int]) -> list[Any]:
+    return [
+        open_time, _fmt(agg["open"], PRICE_DECIMALS), _fmt(agg["high"], PRICE_DECIMALS),
+        _fmt(agg["low"], PRICE_DECIMALS), _fmt(agg["close"], PRICE_DECIMALS),
+        _fmt(agg["volume"], QTY_DECIMALS),
+        close_time(open_time, interval), _fmt(agg["quote_volume"], QUOTE_DECIMALS), int(agg["trades"]),
+        _fmt(agg["taker_buy_volume"], QTY_DECIMALS), _fmt(agg["taker_buy_quote_volume"], QUOTE_DECIMALS), "0",
+    ]
+
+
+@dataclass
+class _Fault:
+    status: int | None  # None: drop the connection without answering (unless delay_s)
+    retry_after: float | None
+    body: dict[str, Any] | None
+    delay_s: float = 0.0  # answer normally, but only after this long (a client timeout)
+
+
+_ERROR_MSGS = {
+    418: (-1003, "Way too many requests; IP banned until further notice."),
+    429: (-1003, "Too many requests; current limit of IP is 2400 requests per minute."),
+    500: (-1000, "An unknown error occurred while processing the request."),
+    502: (-1000, "Bad gateway."),
+    503: (-1001, "Service Unavailable."),
+    504: (-1007, "Timeout waiting for response from backend server."),
+}
+
+
+class FakeExchange:
+    """A Binance futures REST server on ``127.0.0.1`` and a free port; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        symbols: Sequence[str] = DEFAULT_SYMBOLS,
+        now_ms: int | Callable[[], int] | None = None,
+        holes: Iterable[tuple[str, int]] = (),
+        weight_limit: int = 2400,
+        seed: int = 20260101,
+        statuses: dict[str, str] | None = None,
+    ) -> None:
+        self.symbols = list(symbols)
+        self.statuses = dict(statuses or {})
+        self.holes: set[tuple[str, int]] = set(holes)
+        self.weight_limit = weight_limit
+        self.market = Market(seed)
+        self._clock: Callable[[], int] = _wall_ms
+        self.now_ms = now_ms  # type: ignore[assignment]  # the setter takes int | callable | None
+        self.log: list[tuple[str, dict[str, str]]] = []
+        self._faults: deque[_Fault] = deque()
+        self._lock = threading.Lock()
+        self._weight_minute = -1
+        self._weight_used = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- configuration
+
+    @property
+    def now_ms(self) -> int:
+        """The exchange's clock: candles with close_time >= now are still open; later ones do not exist."""
+        return int(self._clock())
+
+    @now_ms.setter
+    def now_ms(self, value: int | Callable[[], int] | None) -> None:
+        if value is None:
+            self._clock = _wall_ms
+        elif callable(value):
+            self._clock = value
+        else:
+            fixed = int(value)
+            self._clock = lambda: fixed
+
+    def fail_next(self, status: int, count: int = 1, retry_after: float | None = None,
+                  body: dict[str, Any] | None = None) -> None:
+        """Answer the next ``count`` API requests with ``status`` (and ``Retry-After`` if given)."""
+        with self._lock:
+            self._faults.extend(_Fault(status, retry_after, body) for _ in range(count))
+
+    def drop_next(self, count: int = 1) -> None:
+        """Close the connection of the next ``count`` API requests without a response."""
+        with self._lock:
+            self._faults.extend(_Fault(None, None, None) for _ in range(count))
+
+    def delay_next(self, seconds: float, count: int = 1) -> None:
+        """Answer the next ``count`` API requests normally but only after ``seconds`` (client timeouts)."""
+        with self._lock:
+            self._faults.extend(_Fault(None, None, None, delay_s=seconds) for _ in range(count))
+
+    def requests_to(self, path: str) -> list[dict[str, str]]:
+        with self._lock:
+            return [params for p, params in self.log if p == path]
+
+    @property
+    def used_weight(self) -> int:
+        with self._lock:
+            return self._weight_used if self.now_ms // MINUTE_MS == self._weight_minute else 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeExchange is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeExchange:
+        handler = _make_handler(self)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="fake-binance", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeExchange:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- market data
+
+    def _aggregate(self, symbol: str, interval: str, opens: list[int], now: int) -> list[list[Any]]:
+        """Binance rows for the bucket opens given (ascending); buckets with no minute are absent."""
+        if not opens:
+            return []
+        end = next_bucket_start(opens[-1], interval)
+        times, cols = self.market.minutes(symbol, opens[0], min(end, now + 1))
+        if times.size == 0:
+            return []
+        keep = times <= now
+        hole_times = [t for (s, t) in self.holes if s == symbol]
+        if hole_times:
+            keep &= ~np.isin(times, np.asarray(hole_times, dtype=np.int64))
+        times = times[keep]
+        cols = {c: v[keep] for c, v in cols.items()}
+        if times.size == 0:
+            return []
+        bucket_idx = np.searchsorted(np.asarray(opens, dtype=np.int64), times, side="right") - 1
+        starts = np.flatnonzero(np.r_[True, bucket_idx[1:] != bucket_idx[:-1]])
+        stops = np.r_[starts[1:], times.size] - 1
+        agg = {
+            "open": cols["open"][starts], "close": cols["close"][stops],
+            "high": np.maximum.reduceat(cols["high"], starts),
+            "low": np.minimum.reduceat(cols["low"], starts),
+        }
+        for c in ("volume", "quote_volume", "trades", "taker_buy_volume", "taker_buy_quote_volume"):
+            agg[c] = np.add.reduceat(cols[c], starts)
+        rows = []
+        for j, i in enumerate(starts):
+            rows.append(_row(opens[int(bucket_idx[i])], interval, {c: int(v[j]) for c, v in agg.items()}))
+        return rows
+
+    def _iter_rows(self, symbol: str, interval: str, first_open: int, last_open: int, now: int,
+                   reverse: bool = False, chunk_size: int = 1500) -> Iterator[list[Any]]:
+        """Rows with ``first_open <= open_time <= last_open`` (and <= now), ascending unless ``reverse``.
+
+        Generated ``chunk_size`` buckets (at most 200k minutes) at a time, so a request
+        costs what its ``limit`` asks for, not the whole history.
+        """
+        last_open = min(last_open, now, HORIZON_MS - 1)
+        first_open = max(first_open, bucket_start(GENESIS_MS, interval))
+        if reverse:
+            t = bucket_start(last_open, interval)
+            while t >= first_open:
+                chunk: list[int] = []
+                span = 0
+                while t >= first_open and span < 200_000 * MINUTE_MS and len(chunk) < chunk_size:
+                    chunk.append(t)
+                    span += next_bucket_start(t, interval) - t
+                    t = bucket_start(t - 1, interval)
+                yield from reversed(self._aggregate(symbol, interval, chunk[::-1], now))
+            return
+        t = bucket_start(first_open, interval)
+        if t < first_open:
+            t = next_bucket_start(t, interval)
+        while t <= last_open:
+            chunk = []
+            span = 0
+            while t <= last_open and span < 200_000 * MINUTE_MS and len(chunk) < chunk_size:
+                chunk.append(t)
+                nt = next_bucket_start(t, interval)
+                span += nt - t
+                t = nt
+            yield from self._aggregate(symbol, interval, chunk, now)
+
+    def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int, *,
+               include_open: bool = False, now_ms: int | None = None) -> list[list[Any]]:
+        """Binance rows with ``start_ms <= open_time < end_ms`` as the exchange holds them (holes absent).
+
+        For test expectations: no HTTP, no weight. The still-open candle is left out
+        unless ``include_open``.
+        """
+        now = self.now_ms if now_ms is None else now_ms
+        rows = list(self._iter_rows(symbol, interval, start_ms, end_ms - 1, now, chunk_size=100_000))
+        if not include_open:
+            rows = [r for r in rows if r[6] < now]
+        return rows
+
+    # ----------------------------------------------------------------- HTTP semantics
+
+    def _charge(self, weight: int) -> tuple[int, bool]:
+        """Add ``weight`` to this minute's window; returns (used, over_limit)."""
+        minute = self.now_ms // MINUTE_MS
+        with self._lock:
+            if minute != self._weight_minute:
+                self._weight_minute, self._weight_used = minute, 0
+            self._weight_used += weight
+            return self._weight_used, self._weight_used > self.weight_limit
+
+    def handle(self, path: str, params: dict[str, str]) -> tuple[int | None, dict[str, str], Any]:
+        """(status or None to drop the connection, headers, JSON body) for one request."""
+        with self._lock:
+            self.log.append((path, dict(params)))
+        routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] = {
+            "/fapi/v1/klines": self._klines,
+            "/fapi/v1/time": lambda _p: (200, {"serverTime": self.now_ms}),
+            "/fapi/v1/exchangeInfo": lambda _p: (200, self._exchange_info()),
+        }
+        if path not in routes:
+            return 404, {}, {"code": -1000, "msg": f"Unknown path {path}"}
+        weight = self._klines_weight(params) if path == "/fapi/v1/klines" else 1
+        used, over = self._charge(weight)
+        headers = {"X-MBX-USED-WEIGHT-1M": str(used)}
+        with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+        if fault is not None and fault.delay_s > 0:
+            time.sleep(fault.delay_s)
+            fault = None
+        if fault is not None:
+            if fault.status is None:
+                return None, {}, None
+            if fault.retry_after is not None:
+                headers["Retry-After"] = f"{fault.retry_after:g}"
+            code, msg = _ERROR_MSGS.get(fault.status, (-1000, "Injected failure."))
+            return fault.status, headers, fault.body if fault.body is not None else {"code": code, "msg": msg}
+        if over:
+            now = self.now_ms
+            headers["Retry-After"] = str(max(1, -(-((now // MINUTE_MS + 1) * MINUTE_MS - now) // 1000)))
+            return 429, headers, {"code": -1003, "msg": _ERROR_MSGS[429][1]}
+        status, body = routes[path](params)
+        return status, headers, body
+
+    @staticmethod
+    def _klines_weight(params: dict[str, str]) -> int:
+        try:
+            return weight_for_limit(int(params.get("limit", "500")))
+        except ValueError:
+            return 1
+
+    def _exchange_info(self) -> dict[str, Any]:
+        return {
+            "timezone": "UTC",
+            "serverTime": self.now_ms,
+            "symbols": [
+                {"symbol": s, "pair": s, "contractType": "PERPETUAL",
+                 "status": self.statuses.get(s, "TRADING"), "pricePrecision": PRICE_DECIMALS,
+                 "quantityPrecision": QTY_DECIMALS}
+                for s in [*self.symbols, *(s for s in self.statuses if s not in self.symbols)]
+            ],
+        }
+
+    def _klines(self, params: dict[str, str]) -> tuple[int, Any]:
+        symbol = params.get("symbol")
+        if not symbol:
+            return 400, {"code": -1102,
+                         "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."}
+        if symbol not in self.symbols and symbol not in self.statuses:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        interval = params.get("interval")
+        if interval not in VALID_INTERVALS:
+            return 400, {"code": -1120, "msg": "Invalid interval."}
+        try:
+            limit = int(params.get("limit", "500"))
+            start = int(params["startTime"]) if "startTime" in params else None
+            end = int(params["endTime"]) if "endTime" in params else None
+        except ValueError:
+            return 400, {"code": -1100, "msg": "Illegal characters found in a parameter."}
+        if not 1 <= limit <= 1500:
+            return 400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}
+        if start is not None and end is not None and start > end:
+            return 400, {"code": -1023, "msg": "Start time is greater than end time."}
+        now = self.now_ms
+        rows: list[list[Any]] = []
+        if start is not None:
+            last = end if end is not None else now
+            for row in self._iter_rows(symbol, interval, start, last, now, chunk_size=limit):
+                rows.append(row)
+                if len(rows) == limit:
+                    break
+        else:  # the newest `limit` rows ending at endTime (or now)
+            last = end if end is not None else now
+            newest_first = self._iter_rows(symbol, interval, GENESIS_MS, last, now, reverse=True,
+                                           chunk_size=limit)
+            for row in newest_first:
+                rows.append(row)
+                if len(rows) == limit:
+                    break
+            rows.reverse()
+        return 200, rows
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out and hung up is an expected event here, not a traceback on stderr."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _make_handler(exchange: FakeExchange) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+        def do_GET(self) -> None:
+            split = urlsplit(self.path)
+            params = dict(parse_qsl(split.query, keep_blank_values=True))
+            status, headers, body = exchange.handle(split.path, params)
+            if status is None:
+                self.close_connection = True
+                self.connection.close()  # no response at all: the client sees a connection error
+                return
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read exchange.log instead
+            return
+
+    return Handler
+
+
+@pytest.fixture
+def fake_exchange() -> Iterator[FakeExchange]:
+    """A started :class:`FakeExchange` (wall clock, default symbols), stopped after the test."""
+    exchange = FakeExchange().start()
+    try:
+        yield exchange
+    finally:
+        exchange.stop()
