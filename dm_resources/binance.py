@@ -22,8 +22,10 @@ Why it looks like this:
   ``weight_safety * weight_limit`` the client sleeps to the next minute, so a
   backfill slows down instead of collecting 429s — repeated 429s earn a 418 IP ban.
 * **Failures.** 429 waits ``Retry-After`` then retries (bounded); 418 stops at once
-  (retrying a ban extends it); 5xx, timeouts and dropped connections retry with
-  exponential backoff (tenacity); other 4xx are our mistake (bad symbol, bad
+  and the client refuses to send anything until the ban's ``Retry-After`` has passed
+  (callers loop over symbols and days; each request during a ban extends it);
+  5xx, timeouts and dropped connections retry with exponential backoff
+  (tenacity); other 4xx are our mistake (bad symbol, bad
   parameter) and raise with Binance's ``{"code", "msg"}``. When retries run out,
   :class:`BinanceUnavailable` says why, and the gap filler records the error
   instead of marking data missing (an error is not evidence of an exchange hole).
@@ -282,6 +284,7 @@ class BinanceClient:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         max_retry_after_s: float = 300.0,
+        default_ban_s: float = 120.0,
         weight_window_margin_s: float = 0.5,
     ) -> None:
         if not 1 <= page_size <= MAX_KLINE_LIMIT:
@@ -302,6 +305,8 @@ class BinanceClient:
         self.closed_margin_ms = closed_margin_ms
         self.max_retry_after_s = max_retry_after_s
         self.weight_window_margin_s = weight_window_margin_s
+        self.default_ban_s = default_ban_s
+        self._banned_until_ms: int | None = None
         self._sleep = sleep
         self._now_ms = now_ms
         # initial * 2**n plus up to `initial` of jitter, so replicas that failed together spread out.
@@ -394,14 +399,27 @@ class BinanceClient:
         log.warning("Binance attempt %d failed (%s); retrying in %.2f s", state.attempt_number, exc,
                     state.next_action.sleep if state.next_action else 0.0)
 
+    @property
+    def banned_until_ms(self) -> int | None:
+        """End of a 418 ban this client received (epoch ms), or None when not banned."""
+        with self._lock:
+            if self._banned_until_ms is not None and self._now_ms() >= self._banned_until_ms:
+                self._banned_until_ms = None
+            return self._banned_until_ms
+
     def _attempt(self, path: str, params: Mapping[str, Any], weight: int) -> Any:
+        until = self.banned_until_ms
+        if until is not None:
+            left = (until - self._now_ms()) / 1000
+            raise BinanceBanned(left, f"still banned by an earlier 418 for {left:.0f} s; request not sent",
+                                path)
         self._reserve_weight(weight)
         url = self.base_url + path
         with self._lock:
             self.stats.requests += 1
         try:
             resp = self.session.get(url, params=dict(params), timeout=self.timeout)
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             with self._lock:
                 self.stats.network_errors += 1
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
@@ -414,7 +432,11 @@ class BinanceClient:
                 raise _Transient(f"HTTP 200 with a body that is not JSON: {resp.text[:120]!r}") from exc
         code, msg = _error_body(resp)
         if status == 418:
-            raise BinanceBanned(_retry_after(resp), msg, path)
+            after = _retry_after(resp)
+            ban_s = after if after is not None else self.default_ban_s
+            with self._lock:
+                self._banned_until_ms = self._now_ms() + int(ban_s * 1000)
+            raise BinanceBanned(after, msg, path)
         if status == 429:
             with self._lock:
                 self.stats.rate_limited += 1

@@ -169,6 +169,44 @@ def start_secantus(port: int, data_dir: Path, *, host: str = "127.0.0.1", cache_
     return proc
 
 
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return 200 <= resp.status < 500
+    except OSError:
+        return False
+
+
+def start_dagster_dev(port: int, dagster_home: str, env: dict[str, str], *, log_dir: Path,
+                      timeout: float = 180.0) -> ManagedProcess:
+    """``dagster dev`` (webserver + daemon) on the workspace; stop it with ``stop(signal.SIGINT)``.
+
+    ``dagster dev`` does not stop promptly on SIGTERM (measured here), so callers stop it with
+    SIGINT and wait; :meth:`ManagedProcess.stop` falls back to SIGKILL of the group.
+    """
+    full_env = {**os.environ, **env, "DAGSTER_HOME": dagster_home}
+    proc = ManagedProcess(
+        "dagster-dev",
+        [_venv_binary("dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        log_dir / "dagster-dev.log", env=full_env,
+    ).start()
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/server_info"), timeout, f"dagster dev on :{port}", proc)
+    return proc
+
+
+def start_api(port: int, env: dict[str, str], *, log_dir: Path, timeout: float = 60.0) -> ManagedProcess:
+    """``uvicorn api.app:app`` on loopback."""
+    proc = ManagedProcess(
+        "api",
+        [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
+        log_dir / "api.log", env={**os.environ, **env},
+    ).start()
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/health/liveness"), timeout, f"API on :{port}", proc)
+    return proc
+
+
 @dataclass
 class EmbeddedStack:
     """What runs where: started servers plus the URLs every component should use."""

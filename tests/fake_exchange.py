@@ -55,7 +55,7 @@ QTY_DECIMALS = 3
 QUOTE_DECIMALS = PRICE_DECIMALS + QTY_DECIMALS
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 #: The market starts here (no klines before, like a listing date) and the generated history ends here.
-GENESIS_MS = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
+GENESIS_MS = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
 HORIZON_MS = int(dt.datetime(2032, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
 _N_DAYS = (HORIZON_MS - GENESIS_MS) // DAY_MS
 _DAILY_SIGMA = 0.03
