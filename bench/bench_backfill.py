@@ -75,7 +75,11 @@ def main() -> None:
         weight = sum(10 if int(p.get("limit", 500)) > 1000 else 5 if int(p.get("limit", 500)) >= 500 else
                      2 if int(p.get("limit", 500)) >= 100 else 1 for p in rest)
         store = MongoStore(mongo_url, "bench")
-        candles_1m = store.count("candles", extra={"interval": "1m"})
+        from dm_assets.partitions import day_bounds_ms
+
+        lo, hi = day_bounds_ms(days[0])[0], day_bounds_ms(days[-1])[1]
+        candles_1m = sum(store.count("candles", s, {"interval": "1m", "open_time": {"$gte": lo, "$lt": hi}})
+                         for s in symbols)
         store.close()
         floor_s = weight / 2400 * 60
         print(json.dumps({

@@ -7,7 +7,7 @@ definitions run on the embedded stack (SecantusDB, SQLite) and in production
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from dm_assets.backfills.sensors import backfill_tracking_sensor
 from dm_assets.candles.assets import CANDLE_ASSETS
@@ -29,6 +29,9 @@ def build_defs(resources: ResourceSet | None = None) -> Definitions:
         schedules=[audit_schedule],
         sensors=[symbol_discovery_sensor, gap_sensor, raw_observation_sensor, backfill_tracking_sensor],
         resources=res.as_dict(),
+        # Steps are I/O-bound on the stores; a process per step (the multiprocess default) cost
+        # ~2 s of start-up each on 2 cores, more than most steps take (bench/bench_backfill.py).
+        executor=in_process_executor,
     )
 
 

@@ -69,10 +69,15 @@ class BinanceResource(ConfigurableResource):
     weight_limit: int = 2400
     max_retries: int = 5
 
-    def get_client(self) -> BinanceClient:
-        from dm_resources.binance import BinanceClient
+    _client: BinanceClient | None = PrivateAttr(default=None)
 
-        return BinanceClient(self.base_url, weight_limit=self.weight_limit, max_retries=self.max_retries)
+    def get_client(self) -> BinanceClient:
+        """One client per process, so its weight count and any ban it saw carry across assets of a run."""
+        if self._client is None:
+            from dm_resources.binance import BinanceClient
+
+            self._client = BinanceClient(self.base_url, weight_limit=self.weight_limit, max_retries=self.max_retries)
+        return self._client
 
 
 class ResourceSet:

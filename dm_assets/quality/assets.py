@@ -3,6 +3,7 @@
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from dm_assets.candles.assets import BACKFILL_POLICY
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
 from dm_resources.resources import MetadataResource, MongoResource
 
@@ -14,6 +15,7 @@ _CANDLE_DEPS = [AssetKey(["candles", f"candles_{iv}"]) for iv in _INTERVALS]
 @asset(
     key=AssetKey([QUALITY_GROUP, "audit_results"]),
     partitions_def=DATE_SYMBOL_PARTITIONS,
+    backfill_policy=BACKFILL_POLICY,
     deps=_CANDLE_DEPS,
     group_name=QUALITY_GROUP,
     kinds={"mysql", "pandas"},
@@ -54,6 +56,7 @@ def audit_results(
 @asset(
     key=AssetKey([QUALITY_GROUP, "health_scores"]),
     partitions_def=DATE_SYMBOL_PARTITIONS,
+    backfill_policy=BACKFILL_POLICY,
     deps=[AssetKey([QUALITY_GROUP, "audit_results"]), *_CANDLE_DEPS],
     group_name=QUALITY_GROUP,
     kinds={"mysql", "pandas"},
