@@ -58,7 +58,7 @@ def main() -> None:
     mongo_url = f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true"
     env = {"DM_MONGO_URL": mongo_url, "DM_MONGO_DB": "bench", "DM_METADATA_URL": f"sqlite:///{work / 'meta.db'}",
            "DM_BINANCE_REST_URL": exchange.url, "DM_SYMBOLS": ",".join(symbols),
-           "DM_PARTITION_START": days[0]}
+           "DM_PARTITION_START": days[0], "DM_AUTOMATION": "false"}
     dagster = None
     try:
         dagster = start_dagster_dev(dagster_port, str(home), env, log_dir=work)

@@ -19,6 +19,8 @@ from dagster import (
 from dm_resources.settings import get_settings
 
 DATE_DIM = "date"
+# Whether sensors and schedules start running (DM_AUTOMATION); the UI can still toggle each.
+AUTOMATION_STATUS = "RUNNING" if get_settings().automation else "STOPPED"
 SYMBOL_DIM = "symbol"
 SYMBOLS_PARTITIONS_NAME = "symbols"
 DAY_MS = 86_400_000

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     partition_start: dt.date = dt.date(2026, 1, 1)
     api_token: str | None = None
     dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
+    # Sensors and schedules start RUNNING by default; benchmarks and some tests turn them off
+    # so that only what they launch runs.
+    automation: bool = True
 
     @field_validator("nats_url")
     @classmethod

@@ -108,3 +108,20 @@ def test_ping_false_when_server_unreachable() -> None:
                        server_selection_timeout_ms=300)
     assert store.ping() is False
     store.close()
+
+
+def test_sync_range_inserts_new_replaces_changed_and_skips_equal(mongo_store: MongoStore) -> None:
+    def doc(t: int, close: float) -> dict:
+        return {"_id": f"BTCUSDT:1m:{t}", "symbol": "BTCUSDT", "interval": "1m", "open_time": t, "close": close}
+
+    first = mongo_store.sync_range("candles", "BTCUSDT", 0, 600_000, [doc(t, 1.0) for t in range(0, 300_000, 60_000)],
+                                   extra={"interval": "1m"})
+    assert (first.upserted, first.modified) == (5, 0)
+    same = mongo_store.sync_range("candles", "BTCUSDT", 0, 600_000, [doc(t, 1.0) for t in range(0, 300_000, 60_000)],
+                                  extra={"interval": "1m"})
+    assert (same.upserted, same.modified) == (0, 0)
+    docs = [doc(t, 2.0 if t == 60_000 else 1.0) for t in range(0, 420_000, 60_000)]
+    mixed = mongo_store.sync_range("candles", "BTCUSDT", 0, 600_000, docs, extra={"interval": "1m"})
+    assert (mixed.upserted, mixed.modified) == (2, 1)
+    stored = mongo_store.read_range("candles", "BTCUSDT", 0, 600_000, extra={"interval": "1m"})
+    assert [d["close"] for d in stored] == [1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0]

@@ -7,13 +7,14 @@ import datetime as dt
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
 from dm_assets.backfills.tracking import sync_backfills, sync_runs
+from dm_assets.partitions import AUTOMATION_STATUS
 from dm_resources.resources import MetadataResource
 
 
 @sensor(
     name="backfill_tracking_sensor",
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=DefaultSensorStatus(AUTOMATION_STATUS),
     description="Mirrors every backfill (UI, API) and every sensor/schedule run into backfill_jobs with its status.",
 )
 def backfill_tracking_sensor(context: SensorEvaluationContext, metadata: MetadataResource) -> SensorResult:

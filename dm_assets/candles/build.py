@@ -227,7 +227,7 @@ def build_1m_day(
     if not candles.empty:
         candles = candles.sort_values("open_time").drop_duplicates("open_time", keep="first")
         docs = compute.candles_to_documents(candles, symbol, "1m")
-        res = store.upsert("candles", docs)
+        res = store.sync_range("candles", symbol, start, last, docs, extra={"interval": "1m"})
         out.upserted, out.modified, out.rows = res.upserted, res.modified, len(docs)
         out.by_source = dict(Counter(candles["source"].tolist()))
     return out
@@ -255,7 +255,7 @@ def build_higher_day(store: MongoStore, meta: MetadataStore, symbol: str, day: s
     out.missing = [int(t) for t in incomplete]
     if not bars.empty:
         docs = compute.candles_to_documents(bars.assign(source="derived"), symbol, interval)
-        res = store.upsert("candles", docs)
+        res = store.sync_range("candles", symbol, start, end, docs, extra={"interval": interval})
         out.upserted, out.modified, out.rows = res.upserted, res.modified, len(docs)
         out.by_source = {"derived": len(docs)}
     return out

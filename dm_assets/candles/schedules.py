@@ -7,7 +7,7 @@ import datetime as dt
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from dm_assets.candles.jobs import audit_job
-from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME, partition_key
+from dm_assets.partitions import AUTOMATION_STATUS, SYMBOLS_PARTITIONS_NAME, partition_key
 
 
 def audit_requests(day: str, symbols: list[str], tick: str) -> list[RunRequest]:
@@ -23,7 +23,7 @@ def audit_requests(day: str, symbols: list[str], tick: str) -> list[RunRequest]:
     job=audit_job,
     cron_schedule="*/5 * * * *",
     execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=DefaultScheduleStatus(AUTOMATION_STATUS),
     description="Every 5 minutes: audit (and refresh) today's candles for every symbol partition.",
 )
 def audit_schedule(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:

@@ -17,7 +17,7 @@ from dagster import (
 
 from dm_assets.candles import gaps
 from dm_assets.candles.jobs import candles_job
-from dm_assets.partitions import SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME, partition_key
+from dm_assets.partitions import AUTOMATION_STATUS, SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME, partition_key
 from dm_resources.resources import MetadataResource, MongoResource
 from dm_resources.settings import get_settings
 
@@ -40,7 +40,7 @@ def discover_symbols(mongo: MongoResource) -> list[str]:
 @sensor(
     name="symbol_discovery_sensor",
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=DefaultSensorStatus(AUTOMATION_STATUS),
     description="Adds a symbol partition for every symbol in DM_SYMBOLS or seen in raw klines/trades.",
 )
 def symbol_discovery_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult | SkipReason:
@@ -62,7 +62,7 @@ def _scan_list(context: SensorEvaluationContext, today: dt.date) -> list[tuple[s
     name="gap_sensor",
     job=candles_job,
     minimum_interval_seconds=120,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=DefaultSensorStatus(AUTOMATION_STATUS),
     description=(
         f"Scans the last {LOOKBACK_DAYS} days × all symbols for minutes with no candle that are not confirmed "
         "missing, and requests a candles run for exactly those partitions (run key = partition + hole + attempts, "

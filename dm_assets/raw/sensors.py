@@ -6,6 +6,7 @@ import time
 
 from dagster import AssetObservation, DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
+from dm_assets.partitions import AUTOMATION_STATUS
 from dm_assets.raw.assets import raw_key
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS, MongoStore
 from dm_resources.resources import MongoResource
@@ -40,7 +41,7 @@ def observe_raw(store: MongoStore, now_ms: int | None = None) -> list[AssetObser
 @sensor(
     name="raw_observation_sensor",
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=DefaultSensorStatus(AUTOMATION_STATUS),
     description="Observes the raw MongoDB collections (counts, latest event time) for lineage and freshness.",
 )
 def raw_observation_sensor(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
