@@ -1,0 +1,51 @@
+"""Screenshots of the Dagster UI for the README (docs/*.png), taken with headless Chromium.
+
+Needs Debian's ``chromium`` and the ``playwright`` package (driver only; it uses the system
+browser), neither of which the project itself depends on:
+
+    apt-get install chromium && pip install playwright
+    python deploy/screenshots.py http://127.0.0.1:3000 docs/
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def _dismiss(page: Page) -> None:
+    for label in ("Skip", "Dismiss", "Got it"):
+        button = page.get_by_role("button", name=label)
+        if button.count():
+            button.first.click()
+            page.wait_for_timeout(500)
+
+
+def main(base: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 1700, "height": 1000})
+        shots = [
+            ("dagster-lineage.png", "/assets/candles/candles_1m?view=lineage&lineageScope=neighbors&lineageDepth=3"),
+            ("dagster-partitions.png", "/assets/candles/candles_1m?view=partitions"),
+            ("dagster-checks.png", "/assets/candles/candles_1m?view=checks"),
+            ("dagster-automation.png", "/automation"),
+        ]
+        for name, path in shots:
+            page.goto(base + path, wait_until="load")
+            page.wait_for_timeout(5000)
+            _dismiss(page)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / name))
+        browser.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3000",
+         Path(sys.argv[2] if len(sys.argv) > 2 else "docs"))
