@@ -1,0 +1,529 @@
+"""The consumer loop: JetStream durable pull consumer → bulk MongoDB writes → ack.
+
+Delivery: at-least-once from JetStream (explicit acks, sent only after every document
+a message produced is written) plus deterministic ``_id``s in MongoDB gives
+exactly-once *storage*. A lost ack, a SIGKILL or a second replica only ever causes a
+redelivery, which the unique ``_id`` turns into a counted duplicate.
+
+Pipeline: a fetcher task pulls batches into a small bounded queue while the writer
+decodes and writes the previous batch in a worker thread (pymongo is blocking), so
+fetching overlaps writing. When MongoDB fails the writer retries the same batch with
+capped exponential backoff (never nak: that would only cause a redelivery storm),
+the queue fills, the fetcher stops, readiness turns false, and every held message
+gets "in progress" so JetStream does not redeliver it meanwhile. Writes that
+succeeded before the failure are not repeated (a plan drops collections as they land).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from bson.errors import InvalidDocument
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from dm_resources.mongo import MongoStore, StoreWriteError, WriteResult
+from dm_resources.settings import Settings
+from ingest_service.config import IngestSettings
+from ingest_service.events import EVENT_TYPES, decode
+from ingest_service.metrics import HealthServer, IngestMetrics
+from ingest_service.writer import BatchPlan, MessageInfo, plan_batch, stored_count, write_newest_wins
+
+log = logging.getLogger("ingest_service")
+
+
+# -- NATS helpers shared with replay and feed ------------------------------------------
+async def connect_nats(url: str, name: str, *, on_state: Callable[[str], Any] | None = None, attempts: int = 0) -> NATS:
+    """Connect, retrying the first connection too (``attempts`` 0 = forever); reconnect forever after."""
+
+    holder: list[NATS] = []
+
+    async def _cb(state: str) -> None:
+        if holder and holder[0].is_closed:
+            return  # our own close(), not an outage
+        log.warning("nats %s", state, extra={"event": f"nats_{state}"})
+        if on_state is not None:
+            on_state(state)
+
+    async def disconnected() -> None:
+        await _cb("disconnected")
+
+    async def reconnected() -> None:
+        await _cb("reconnected")
+
+    async def error(exc: Exception) -> None:
+        log.debug("nats error: %r", exc)
+
+    delay = 0.2
+    tried = 0
+    while True:
+        tried += 1
+        try:
+            nc = await nats.connect(
+                servers=[u.strip() for u in url.split(",")],
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+            holder.append(nc)
+            return nc
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            if attempts and tried >= attempts:
+                raise
+            log.warning("nats not reachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def stream_config(name: str, subjects: list[str], ingest: IngestSettings) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        subjects=subjects,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=ingest.stream_max_age_s or None,
+        max_bytes=ingest.stream_max_bytes or None,
+        max_msgs=ingest.stream_max_msgs or None,
+        num_replicas=ingest.stream_replicas,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, name: str, subject: str, ingest: IngestSettings) -> None:
+    """Create the stream, or bring an existing one to the configured subject and retention limits."""
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(stream_config(name, [subject], ingest))
+            log.info("created stream %s for %s", name, subject)
+            return
+        except nats.js.errors.BadRequestError:  # another replica won the race
+            info = await js.stream_info(name)
+    subjects = sorted(set(info.config.subjects or []) | {subject})
+    await js.update_stream(stream_config(name, subjects, ingest))
+
+
+# -- the service ---------------------------------------------------------------------
+@dataclass
+class Job:
+    msgs: list[Msg]
+    plan: BatchPlan | None = None
+    fetched_at: float = field(default_factory=time.monotonic)
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class IngestService:
+    """One ingest replica. ``run()`` until ``request_stop()``; any number share the durable consumer."""
+
+    def __init__(
+        self, settings: Settings, ingest: IngestSettings | None = None, metrics: IngestMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.ingest = ingest or IngestSettings()
+        self.metrics = metrics or IngestMetrics()
+        client: MongoClient = MongoClient(
+            settings.mongo_url,
+            serverSelectionTimeoutMS=self.ingest.mongo_timeout_ms,
+            connectTimeoutMS=self.ingest.mongo_timeout_ms,
+            socketTimeoutMS=30_000,
+            tz_aware=True,
+        )
+        # One attempt per call: the service's own loop retries forever with backoff.
+        self.store = MongoStore(settings.mongo_url, settings.mongo_db, retry_attempts=1, client=client)
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.psub: JetStreamContext.PullSubscription | None = None
+        self.http: HealthServer | None = None
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.ingest.prefetch_batches)
+        self._held: set[int] = set()
+        self._held_jobs: dict[int, Job] = {}
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._deadline = float("inf")
+        self._store_ok = False
+        self._indexes_ok = False
+        self._store_failing = False
+        self._subscribed = False
+        self._heartbeat = time.monotonic()
+        self.started = asyncio.Event()
+
+    # -- probes -----------------------------------------------------------------------
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - self._heartbeat
+        return age < 60, {"loop_heartbeat_age_s": round(age, 2)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        nats_ok = bool(self.nc is not None and self.nc.is_connected)
+        detail = {
+            "nats": nats_ok,
+            "mongo": self._store_ok and not self._store_failing,
+            "subscribed": self._subscribed,
+            "stopping": self._stopping,
+        }
+        ok = nats_ok and detail["mongo"] and self._subscribed and not self._stopping
+        self.metrics.ready.set(1 if ok else 0)
+        return ok, detail
+
+    def request_stop(self) -> None:
+        if not self._stopping:
+            log.info("stop requested: finishing the in-flight batch", extra={"event": "stopping"})
+            self._stopping = True
+            self._deadline = time.monotonic() + self.ingest.shutdown_grace_s
+            self._stop.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def run(self) -> int:
+        s, ing = self.settings, self.ingest
+        self.http = HealthServer(
+            ing.metrics_host, ing.metrics_port, self.metrics.registry, self.liveness, self.readiness
+        ).start()
+        log.info(
+            "metrics and health on %s:%d",
+            ing.metrics_host,
+            self.http.port,
+            extra={"event": "http_started", "port": self.http.port},
+        )
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            self._store_ok = await asyncio.to_thread(self._prepare_store)
+            self.nc = await self._until_stopped(connect_nats(s.nats_url, "dm-ingest"))
+            if self.nc is None:
+                return 0
+            self.js = self.nc.jetstream(timeout=5)
+            ok = await self._until_stopped(self._subscribe())
+            if not ok:
+                return 0
+            log.info(
+                "consuming %s from stream %s as %s",
+                s.nats_subject,
+                s.nats_stream,
+                s.nats_durable,
+                extra={"event": "consuming", "batch_size": ing.batch_size},
+            )
+            self.started.set()
+            fetcher = asyncio.create_task(self._fetch_loop(), name="fetch")
+            writer = asyncio.create_task(self._write_loop(), name="write")
+            tasks = [
+                fetcher,
+                writer,
+                asyncio.create_task(self._health_loop(), name="health"),
+                asyncio.create_task(self._progress_loop(), name="progress"),
+            ]
+            stop_wait = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([fetcher, writer, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            failed = False
+            for t in done:
+                if t is not stop_wait and t.exception() is not None:
+                    # A bug, not an outage (those are retried inside): exit non-zero so the
+                    # supervisor restarts us; unacked messages are redelivered.
+                    log.error("task %s failed", t.get_name(), exc_info=t.exception())
+                    failed = True
+                    self.request_stop()
+            stop_wait.cancel()
+            remaining = max(0.1, self._deadline - time.monotonic())
+            _, pending = await asyncio.wait([fetcher, writer], timeout=remaining)
+            for t in pending:
+                log.warning("task %s did not finish within the grace period", t.get_name())
+                t.cancel()
+            return 1 if failed else 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close()
+
+    async def _until_stopped(self, aw: Awaitable[Any]) -> Any:
+        """Await ``aw`` unless a stop comes first (start-up must not outlive SIGTERM)."""
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stop.cancel()
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return None
+
+    def _prepare_store(self) -> bool:
+        try:
+            self.store.ensure_indexes()
+            self._indexes_ok = True
+            return True
+        except PyMongoError as exc:
+            # Not fatal: indexes are created on the first successful write cycle (see _write_loop).
+            log.warning("MongoDB not reachable at start (%s); will keep retrying", exc)
+            return False
+
+    async def _subscribe(self) -> bool:
+        s, ing = self.settings, self.ingest
+        assert self.js is not None
+        delay = 0.2
+        while True:
+            try:
+                await ensure_stream(self.js, s.nats_stream, s.nats_subject, ing)
+                cfg = ConsumerConfig(
+                    durable_name=s.nats_durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=ing.ack_wait_s,
+                    max_ack_pending=ing.max_ack_pending,
+                    max_deliver=-1,
+                    deliver_policy=DeliverPolicy.ALL,
+                    filter_subject=s.nats_subject,
+                    max_waiting=512,
+                )
+                # Create, or update an existing durable to the configured ack_wait/max_ack_pending.
+                await self.js.add_consumer(s.nats_stream, cfg)
+                self.psub = await self.js.pull_subscribe_bind(durable=s.nats_durable, stream=s.nats_stream)
+                self._subscribed = True
+                return True
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("stream/consumer setup failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.flush(), 1.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), 1.0)
+        if self.http is not None:
+            self.http.stop()
+        self.store.close()
+        log.info("ingest stopped", extra={"event": "stopped"})
+
+    # -- fetch --------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        assert self.psub is not None
+        ing = self.ingest
+        try:
+            while not self._stopping:
+                self._heartbeat = time.monotonic()
+                try:
+                    msgs = await self.psub.fetch(ing.batch_size, timeout=ing.fetch_timeout_s)
+                except TimeoutError:  # includes nats TimeoutError / FetchTimeoutError
+                    continue
+                except nats.errors.Error as exc:
+                    log.debug("fetch failed: %r", exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                if not msgs:
+                    continue
+                job = Job(msgs)
+                if self._stopping:
+                    await self._nak(job)
+                    break
+                self._hold(job)
+                # Decode here, not in the writer: decoding batch N+1 overlaps the store writing batch N.
+                job.plan = await asyncio.to_thread(self._plan, job.msgs)
+                await self._queue.put(job)
+        finally:
+            await self._queue.put(None)
+
+    def _hold(self, job: Job) -> None:
+        self._held_jobs[id(job)] = job
+
+    def _release(self, job: Job) -> None:
+        self._held_jobs.pop(id(job), None)
+
+    async def _nak(self, job: Job) -> None:
+        """Give back fetched-but-unstarted messages at shutdown so another replica takes them now."""
+        for m in job.msgs:
+            with contextlib.suppress(Exception):
+                await m.nak()
+        self._release(job)
+
+    # -- write --------------------------------------------------------------------------
+    async def _write_loop(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is None:
+                return
+            if self._stopping:
+                # Not started yet: hand it back instead of holding shutdown on it.
+                await self._nak(job)
+                continue
+            await self._handle(job)
+
+    async def _handle(self, job: Job) -> None:
+        m = self.metrics
+        m.batch_size.observe(len(job.msgs))
+        assert job.plan is not None
+        for dec in job.plan.decoded:
+            # Only known types as labels: an unknown type is attacker-chosen text (unbounded cardinality).
+            label = dec.event_type if dec.event_type in EVENT_TYPES else "unknown"
+            m.received.labels(label).inc()
+            if dec.error is not None:
+                m.dead_lettered.labels(label).inc()
+            elif dec.event_type == "kline" and not dec.docs:
+                m.open_klines.inc()
+        if not await self._write_with_retry(job):
+            log.warning(
+                "shutdown during a store outage: %d messages left unacked for redelivery",
+                len(job.msgs),
+                extra={"event": "unacked_at_shutdown"},
+            )
+            self._release(job)
+            return
+        await self._ack(job)
+        self._release(job)
+
+    @staticmethod
+    def _plan(msgs: list[Msg]) -> BatchPlan:
+        received = int(time.time() * 1000)
+        infos = [MessageInfo(m.data, m.subject, m.metadata.sequence.stream) for m in msgs]
+        return plan_batch(infos, [decode(i.data) for i in infos], received)
+
+    async def _write_with_retry(self, job: Job) -> bool:
+        assert job.plan is not None
+        attempt = 0
+        while True:
+            self._heartbeat = time.monotonic()
+            try:
+                await asyncio.to_thread(self._write_plan, job.plan)
+                if self._store_failing:
+                    log.info(
+                        "MongoDB writes succeed again after %d retries",
+                        attempt,
+                        extra={"event": "store_recovered", "retries": attempt},
+                    )
+                self._store_failing = False
+                self._store_ok = True
+                return True
+            except PyMongoError as exc:
+                attempt += 1
+                self._store_failing = True
+                self._store_ok = False
+                self.metrics.store_retries.inc()
+                log.warning(
+                    "MongoDB write failed (%s: %s); retry %d",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    attempt,
+                    extra={"event": "store_retry", "attempt": attempt},
+                )
+            # Do not start an attempt that could outlive the grace period (one attempt may
+            # block for the Mongo timeout).
+            if self._stopping and time.monotonic() >= self._deadline - self.ingest.mongo_timeout_ms / 1000:
+                return False
+            delay = min(self.ingest.retry_max_backoff_s, 0.1 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+            if self._stopping:
+                delay = min(delay, max(0.0, self._deadline - time.monotonic() - 1.0))
+            await asyncio.sleep(delay)
+
+    async def _progress_loop(self) -> None:
+        """Reset ack_wait of every message held longer than a third of it (queued, slow or retried batches).
+
+        Without this a store outage, or a store slower than ``ack_wait`` for three
+        batches, would make JetStream redeliver messages we still hold: duplicates and
+        extra load exactly when the store is struggling.
+        """
+        period = max(0.2, self.ingest.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(period / 2)
+            now = time.monotonic()
+            for job in list(self._held_jobs.values()):
+                if now - job.last_progress >= period:
+                    job.last_progress = now
+                    for m in job.msgs:
+                        with contextlib.suppress(Exception):
+                            await m.in_progress()
+
+    def _write_plan(self, plan: BatchPlan) -> None:
+        """Write what is left of the plan, collection by collection (worker thread)."""
+        if not self._indexes_ok:
+            self.store.ensure_indexes()
+            self._indexes_ok = True
+        while (coll := plan.next_collection()) is not None:
+            docs = plan.pending[coll]
+            t0 = time.perf_counter()
+            try:
+                res = self._write(coll, docs)
+            except (StoreWriteError, InvalidDocument) as exc:
+                res = self._isolate(plan, coll, str(exc))
+            self.metrics.write_seconds.labels(coll).observe(time.perf_counter() - t0)
+            self.metrics.stored.labels(coll).inc(stored_count(res))
+            self.metrics.duplicates.labels(coll).inc(res.duplicates)
+            plan.done(coll)
+
+    def _write(self, coll: str, docs: list[dict[str, Any]]) -> WriteResult:
+        if coll == "funding_rates":
+            return write_newest_wins(self.store.collection(coll), docs)
+        return self.store.insert_idempotent(coll, docs)
+
+    def _isolate(self, plan: BatchPlan, coll: str, reason: str) -> WriteResult:
+        """The store refused part of a bulk write for a non-transient reason: find and dead-letter the culprits.
+
+        Transient errors still propagate (the batch is retried); only documents the
+        store rejects on their own become dead letters, so one bad document never
+        blocks the stream.
+        """
+        log.error("store rejected part of %s (%s); writing one by one", coll, reason)
+        total = WriteResult()
+        owners = plan.owners[coll]
+        for doc, owner in zip(list(plan.pending[coll]), owners, strict=True):
+            try:
+                total += self._write(coll, [doc])
+            except (StoreWriteError, InvalidDocument) as exc:
+                if coll == "dead_letters":
+                    log.error("dead letter %s refused by the store, dropped: %s", doc.get("_id"), exc)
+                else:
+                    plan.dead_letter(owner, f"store rejected {coll} document: {exc}")
+        return total
+
+    async def _ack(self, job: Job) -> None:
+        """Ack every message, then one flush: the server has the acks when it returns.
+
+        Acks are fire-and-forget publishes; the flush (PING/PONG) makes the batch's acks
+        reach the server before we move on, at one round trip per batch. A lost ack only
+        means a redelivery, which the store answers with a duplicate.
+        """
+        assert self.nc is not None
+        for m in job.msgs:
+            try:
+                await m.ack()
+            except nats.errors.Error as exc:
+                log.debug("ack failed: %r", exc)
+        try:
+            await self.nc.flush(timeout=5)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("ack flush failed (%r): the batch may be redelivered and counted as duplicates", exc)
+        self.metrics.acked.inc(len(job.msgs))
+
+    # -- health -------------------------------------------------------------------------
+    async def _health_loop(self) -> None:
+        while not self._stopping:
+            if not self._store_failing:
+                try:
+                    self._store_ok = await asyncio.to_thread(self.store.ping)
+                except PyMongoError:
+                    self._store_ok = False
+            if self.psub is not None and self.nc is not None and self.nc.is_connected:
+                try:
+                    info = await self.psub.consumer_info()
+                    self.metrics.consumer_pending.set(info.num_pending or 0)
+                    self.metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
+                except (TimeoutError, nats.errors.Error) as exc:
+                    log.debug("consumer_info failed: %r", exc)
+            self.readiness()
+            await asyncio.sleep(2.0)
