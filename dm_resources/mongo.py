@@ -309,6 +309,7 @@ class MongoStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def first_time(self, name: str, symbol: str, extra: Mapping[str, Any] | None = None) -> int | None:
+        """Oldest time of a symbol. Note: on SecantusDB this reads every document of the symbol."""
         spec = COLLECTIONS[name]
         rows = self.read_range(name, symbol, extra=extra, limit=1, projection={spec.time_field: 1})
         return int(rows[0][spec.time_field]) if rows else None
@@ -322,29 +323,28 @@ class MongoStore:
         extra: Mapping[str, Any] | None = None,
         now_ms: int | None = None,
         initial_window_ms: int = 3_600_000,
+        max_lookback_ms: int = 10 * 365 * 86_400_000,
         projection: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest ``n`` documents, oldest first, using ascending reads only.
+        """The newest ``n`` documents, oldest first, using bounded ascending reads only.
 
-        Gallops back from ``now_ms`` (default: the wall clock) doubling the window
-        until it holds ``n`` documents or reaches the first one; each step is an
-        ascending index range read, which SecantusDB serves in proportion to its size.
+        Gallops back from ``now_ms`` (default: the wall clock), quadrupling the window until
+        it holds ``n`` documents or reaches ``max_lookback_ms``. Every step is a range read
+        bounded below by time, which SecantusDB serves in proportion to what it returns; a
+        descending sort, or any query bounded only by symbol (``limit`` included), makes it
+        fetch every document of the symbol first (measured: seconds at 100k documents).
         """
         import time
 
         if n <= 0:
             return []
-        first = self.first_time(name, symbol, extra)
-        if first is None:
-            return []
         hi = int(now_ms if now_ms is not None else time.time() * 1000) + 1
         window = max(1, initial_window_ms)
         while True:
-            lo = max(first, hi - window)
-            rows = self.read_range(name, symbol, lo, None, extra=extra, projection=projection)
-            if len(rows) >= n or lo <= first:
+            rows = self.read_range(name, symbol, hi - window, None, extra=extra, projection=projection)
+            if len(rows) >= n or window >= max_lookback_ms:
                 return rows[-n:]
-            window *= 4
+            window = min(window * 4, max_lookback_ms)
 
     def count(self, name: str, symbol: str | None = None, extra: Mapping[str, Any] | None = None) -> int:
         flt: dict[str, Any] = {}

@@ -1,0 +1,62 @@
+"""Analytics every 15 minutes: one run per symbol partition, one for the cross-symbol correlation.
+
+Each run is computed as of the tick (``as_of_ms`` in its run config) and keyed by it, so a
+late or repeated evaluation of the same tick launches nothing new and a re-execution of
+a run rewrites exactly the documents it wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    define_asset_job,
+    schedule,
+)
+
+from dm_assets.analytics.assets import ANALYTICS_GROUP, SYMBOL_KEYS, analytics_key, run_config
+from dm_assets.partitions import AUTOMATION_STATUS, SYMBOLS_PARTITIONS_NAME
+
+analytics_job = define_asset_job(
+    "analytics_job",
+    selection=AssetSelection.groups(ANALYTICS_GROUP),
+    description="Market analytics (volatility, volume, trend, spread, funding per symbol; correlation across "
+    "symbols) as of the run's as_of_ms, into MongoDB `analytics`.",
+    tags={"dm/job": "analytics"},
+)
+
+
+def analytics_requests(symbols: list[str], as_of: dt.datetime) -> list[RunRequest]:
+    """The runs of one tick: each symbol's analytics, then the correlation over all of them."""
+    ms = int(as_of.timestamp() * 1000)
+    tick = as_of.astimezone(dt.UTC).strftime("%Y%m%dT%H%M")
+    tags = {"dm/origin": "schedule"}
+    requests = [
+        RunRequest(run_key=f"analytics:{s}:{tick}", partition_key=s, asset_selection=SYMBOL_KEYS,
+                   run_config=run_config(ms, correlation=False), tags=tags)
+        for s in symbols
+    ]
+    requests.append(RunRequest(run_key=f"analytics:correlation:{tick}", asset_selection=[analytics_key("correlation")],
+                               run_config=run_config(ms, symbol_assets=False), tags=tags))
+    return requests
+
+
+@schedule(
+    name="analytics_schedule",
+    job=analytics_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus(AUTOMATION_STATUS),
+    description="Every 15 minutes: analytics as of the tick for every symbol partition, then correlation.",
+)
+def analytics_schedule(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
+    when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+    symbols = sorted(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    if not symbols:
+        return SkipReason("no symbol partitions yet (the symbol discovery sensor adds them)")
+    return analytics_requests(symbols, when)

@@ -1,0 +1,117 @@
+"""Catalog assets: the dataset catalog and the lineage graph, both in the metadata store (MySQL).
+
+``catalog/datasets`` depends on every data asset (it describes them all);
+``catalog/lineage`` depends on none: it is a function of the code (the asset graph), not
+of any data, and is refreshed with the catalog so the stored graph follows deployments.
+"""
+
+from typing import TYPE_CHECKING
+
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster_shared.check import CheckError
+from pydantic import Field
+
+from dm_assets.analytics.assets import ANALYTICS_KEYS
+from dm_assets.candles.assets import INTERVALS, candles_key
+from dm_assets.catalog import build
+from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME
+from dm_assets.raw.assets import raw_key
+from dm_resources.mongo import RAW_COLLECTIONS
+from dm_resources.resources import MetadataResource, MongoResource
+from dm_resources.settings import get_settings
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+
+CATALOG_GROUP = "catalog"
+_TAGS = {"dm/layer": "catalog"}
+
+
+class CatalogConfig(Config):
+    """How thorough a refresh is; the schedule asks for ``discover_all`` once a day."""
+
+    discover_all: bool = Field(
+        default=False,
+        description="Look for symbols in every collection (a scan each), not only the symbol partitions, "
+        "DM_SYMBOLS and the symbols already cataloged.",
+    )
+    full_recount: bool = Field(
+        default=False,
+        description="Recount every dataset from scratch (scans) instead of adding the documents since the last "
+        "refresh; each dataset is recounted once a day anyway.",
+    )
+
+
+@asset(
+    key=AssetKey([CATALOG_GROUP, "datasets"]),
+    deps=[*(raw_key(n) for n in RAW_COLLECTIONS), *(candles_key(iv) for iv in INTERVALS), *ANALYTICS_KEYS,
+          AssetKey(["quality", "health_scores"])],
+    group_name=CATALOG_GROUP,
+    kinds={"mysql"},
+    tags=_TAGS,
+    description=(
+        "Discovers every dataset (kind × symbol × interval) in MongoDB and records its description, schema "
+        "(sampled field types with declared meanings), row count, first and last time, freshness and latest "
+        "health score in the metadata store's `datasets` table. Counts and times are carried forward and extended "
+        "by the documents since the last refresh (bounded reads), with a full recount of each dataset once a day; "
+        "entries whose data is gone stay with 0 rows."
+    ),
+)
+def datasets(
+    context: AssetExecutionContext, config: CatalogConfig, mongo: MongoResource, metadata: MetadataResource
+) -> MaterializeResult:
+    symbols = {*context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME), *get_settings().symbols}
+    refresh = build.refresh_catalog(mongo.get_store(), metadata.get_store(), symbols=symbols,
+                                    discover_all=config.discover_all, full=config.full_recount)
+    found = refresh.datasets
+    stale = [d for d in found if d.freshness_seconds is not None and d.freshness_seconds > 600]
+    return MaterializeResult(metadata={
+        "datasets": len(found),
+        "by_kind": MetadataValue.json(build.by_kind(found)),
+        "emptied": len(refresh.emptied),
+        "older_than_10_min": len(stale),
+        "catalog": MetadataValue.md(build.summary_markdown(found)),
+    })
+
+
+def _asset_graph(context: AssetExecutionContext) -> tuple["BaseAssetGraph", str]:
+    """The code location's whole asset graph.
+
+    A run launched from the code location (UI, schedules, daemon) carries its repository, whose
+    graph is complete even when the run is a subset. An in-process run (``execute_in_process``,
+    tests) has no repository, and its job's own graph is pruned (a selected job keeps only some
+    edges outside its selection), so the graph is then taken from this code location's
+    ``Definitions`` — imported here, not at module level, because definitions.py imports this module.
+    """
+    try:
+        return context.repository_def.asset_graph, "repository"
+    except CheckError:
+        from dm_assets.definitions import defs
+
+        return defs.resolve_asset_graph(), "definitions"
+
+
+@asset(
+    key=AssetKey([CATALOG_GROUP, "lineage"]),
+    group_name=CATALOG_GROUP,
+    kinds={"mysql"},
+    tags=_TAGS,
+    description=(
+        "Replaces `lineage_records` in the metadata store with every upstream → downstream edge of this code "
+        "location's asset graph, each with the transformation in words (the downstream asset's first sentence)."
+    ),
+)
+def lineage(context: AssetExecutionContext, metadata: MetadataResource) -> MaterializeResult:
+    graph, source = _asset_graph(context)
+    edges = build.lineage_edges(graph)
+    stored = metadata.get_store().replace_lineage(edges)
+    nodes = {e.upstream for e in edges} | {e.downstream for e in edges}
+    return MaterializeResult(metadata={
+        "edges": stored,
+        "nodes": len(nodes),
+        "graph_source": source,
+        "graph": MetadataValue.md("\n".join(f"- `{e.upstream}` → `{e.downstream}`" for e in edges) or "no edges"),
+    })
+
+
+CATALOG_ASSETS = [datasets, lineage]
