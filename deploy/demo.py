@@ -164,6 +164,25 @@ def main(argv: list[str] | None = None) -> int:
         for h in meta.latest_health_by_symbol().values():
             say(f"  health {h.symbol} {h.interval} {h.day}: score {h.score}")
 
+        # -- analytics and catalog (what their schedules do every 15 / 10 minutes) -----------
+        from dm_assets.analytics.assets import SYMBOL_KEYS, analytics_key
+        from dm_assets.analytics.assets import run_config as analytics_config
+
+        as_of = int(time.time() * 1000)
+        runs = [gql.launch_run("analytics_job", asset_selection=[k.path for k in SYMBOL_KEYS], partition_key=s,
+                               run_config=analytics_config(as_of, correlation=False).to_config_dict(),
+                               tags={"dm/origin": "api"}) for s in settings.symbols]
+        for run_id in runs:
+            say(f"analytics run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600)}")
+        corr = gql.launch_run("analytics_job", asset_selection=[analytics_key("correlation").path],
+                              run_config=analytics_config(as_of, symbol_assets=False).to_config_dict(),
+                              tags={"dm/origin": "api"})
+        say(f"correlation run {corr[:8]}: {gql.wait_for_run(corr, timeout=600)}")
+        cat = gql.launch_run("catalog_job", tags={"dm/origin": "api"})
+        say(f"catalog run {cat[:8]}: {gql.wait_for_run(cat, timeout=600)}")
+        say(f"analytics documents: {store.count('analytics')}; catalog datasets: {len(meta.list_datasets())}; "
+            f"lineage edges: {len(meta.lineage())}")
+
         # -- API ---------------------------------------------------------------------------
         api_port = None
         if importlib.util.find_spec("api.app") is not None:

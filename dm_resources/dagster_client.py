@@ -46,6 +46,27 @@ query($id: String!) {
 
 VERSION = "query { version }"
 
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+    ... on JobNotFoundError { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+RUN_STATUS = """
+query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { runId status } ... on PythonError { message } } }
+"""
+
+LOCATION = "market_data"  # workspace.yaml
+REPOSITORY = "__repository__"  # the implicit repository of a Definitions object
+
 
 class DagsterAPIError(RuntimeError):
     """Dagster answered, but not with what was asked for (the message says why)."""
@@ -101,6 +122,41 @@ class DagsterGraphQL:
             detail = result.get("message") or result
             raise DagsterAPIError(f"backfill not launched ({result['__typename']}): {detail}")
         return str(result["backfillId"])
+
+    def launch_run(self, job_name: str, *, asset_selection: list[list[str]] | None = None,
+                   partition_key: str | None = None, run_config: dict[str, Any] | None = None,
+                   tags: dict[str, str] | None = None) -> str:
+        """Launch one run of a job (optionally a subset of its assets, one partition); returns the run id."""
+        all_tags = dict(tags or {})
+        if partition_key is not None:
+            all_tags["dagster/partition"] = partition_key
+        selector: dict[str, Any] = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
+                                    "jobName": job_name}
+        if asset_selection:
+            selector["assetSelection"] = [{"path": k} for k in asset_selection]
+        params = {"selector": selector, "runConfigData": run_config or {},
+                  "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in all_tags.items()]}}
+        result = self._call(LAUNCH_RUN, {"params": params})["launchRun"]
+        if result["__typename"] != "LaunchRunSuccess":
+            detail = result.get("message") or result.get("errors") or result
+            raise DagsterAPIError(f"run of {job_name} not launched ({result['__typename']}): {detail}")
+        return str(result["run"]["runId"])
+
+    def run_status(self, run_id: str) -> str:
+        result = self._call(RUN_STATUS, {"id": run_id})["runOrError"]
+        if result["__typename"] != "Run":
+            raise DagsterAPIError(f"run {run_id}: {result.get('message', result['__typename'])}")
+        return str(result["status"])
+
+    def wait_for_run(self, run_id: str, timeout: float = 600.0, poll: float = 1.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.run_status(run_id)
+            if status in {"SUCCESS", "FAILURE", "CANCELED"}:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f}s")
+            time.sleep(poll)
 
     def backfill(self, backfill_id: str) -> BackfillState:
         result = self._call(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
