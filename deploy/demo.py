@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.embedded import (
@@ -41,6 +42,7 @@ from dm_resources.mongo import COLLECTIONS, MongoStore
 from dm_resources.settings import load_settings
 
 VAR = ROOT / "var"
+warnings.filterwarnings("ignore", message=".*currently in beta.*")
 CANDLE_AND_QUALITY = [["candles", f"candles_{iv}"] for iv in ("1m", "5m", "15m", "1h", "4h", "1d")] + [
     ["quality", "audit_results"], ["quality", "health_scores"]]
 
@@ -59,6 +61,8 @@ def _get(url: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError as exc:  # not listening (yet)
+        return 0, str(exc)
 
 
 def _wait_stored(store: MongoStore, expected_min: int, timeout: float = 300) -> dict[str, int]:
@@ -156,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         say(f"backfill {backfill_id} launched for {partitions}; waiting ...")
         state = gql.wait_for_backfill(backfill_id, timeout=900, poll=2.0)
         say(f"backfill {state.status}: {len(state.runs)} run(s)")
+        day_start = int(dt.datetime.fromisoformat(today).replace(tzinfo=dt.UTC).timestamp() * 1000)
         for s in settings.symbols:
-            n = store.count("candles", s, {"interval": "1m"})
-            sources = {src: store.count("candles", s, {"interval": "1m", "source": src})
-                       for src in ("kline", "agg_trades", "rest")}
-            say(f"  {s}: {n} 1m candles today, by source {sources}")
+            rows = store.read_range("candles", s, day_start, None, extra={"interval": "1m"},
+                                    projection={"source": 1})
+            sources: dict[str, int] = {}
+            for r in rows:
+                sources[r["source"]] = sources.get(r["source"], 0) + 1
+            say(f"  {s}: {len(rows)} 1m candles today, by source {sources}")
         for h in meta.latest_health_by_symbol().values():
             say(f"  health {h.symbol} {h.interval} {h.day}: score {h.score}")
 

@@ -54,7 +54,7 @@ mutation($params: ExecutionParams!) {
     ... on PythonError { message }
     ... on RunConfigValidationInvalid { errors { message } }
     ... on InvalidSubsetError { message }
-    ... on JobNotFoundError { message }
+    ... on PipelineNotFoundError { message }
     ... on UnauthorizedError { message }
   }
 }
