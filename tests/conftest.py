@@ -6,7 +6,8 @@
 * ``metadata_url``: SQLite per test, or MariaDB when ``DM_TEST_MYSQL_URL`` is set
   (CI), each test in a database of its own that is dropped afterwards.
 * ``postgres_url``: PostgreSQL from ``DM_TEST_POSTGRES_URL`` or a skip.
-* ``fake_exchange``: the one fake, a Binance REST server over real HTTP on loopback.
+* ``meta``: a migrated SQLite metadata store; ``instance``: a persistent Dagster instance.
+* ``fake_exchange`` (tests/fake_exchange.py): the one fake, Binance REST over real HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance
 
 from dm_resources.embedded import ManagedProcess, free_port, start_nats, start_secantus
+from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 
 
@@ -142,3 +145,20 @@ def postgres_url() -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+@pytest.fixture
+def meta(sqlite_metadata_url: str) -> Iterator[MetadataStore]:
+    """A migrated SQLite metadata store (the MariaDB path is covered by ``metadata_url`` tests)."""
+    store = MetadataStore(sqlite_metadata_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A persistent SQLite Dagster instance with an instance ref (schedules and sensors need one)."""
+    (tmp_path / "dagster_home").mkdir()
+    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as inst:
+        yield inst

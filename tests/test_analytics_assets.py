@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,13 +39,6 @@ NOW = END + 3_600_000
 AS_OF = END  # the day's last bar closed at END: the 1m window is exactly the day
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 M = 60_000
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    (tmp_path / "dagster_home").mkdir()
-    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as inst:
-        yield inst
 
 
 @pytest.fixture

@@ -31,14 +31,6 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
         yield inst
 
 
-@pytest.fixture
-def meta(sqlite_metadata_url: str) -> Iterator[MetadataStore]:
-    store = MetadataStore(sqlite_metadata_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
 def test_sensor_and_schedule_runs_are_recorded(instance: DagsterInstance, meta: MetadataStore,
                                                mongo_store: MongoStore) -> None:
     with FakeExchange() as ex:

@@ -28,14 +28,6 @@ def exchange() -> Iterator[FakeExchange]:
     ex.stop()
 
 
-@pytest.fixture
-def meta(sqlite_metadata_url: str) -> Iterator[MetadataStore]:
-    store = MetadataStore(sqlite_metadata_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
 def _client(ex: FakeExchange) -> BinanceClient:
     return BinanceClient(ex.url, now_ms=lambda: NOW, sleep=lambda s: None)
 

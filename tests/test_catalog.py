@@ -35,25 +35,10 @@ M = 60_000
 
 
 @pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    (tmp_path / "dagster_home").mkdir()
-    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as inst:
-        yield inst
-
-
-@pytest.fixture
 def exchange() -> Iterator[FakeExchange]:
     ex = FakeExchange(now_ms=NOW).start()
     yield ex
     ex.stop()
-
-
-@pytest.fixture
-def meta(sqlite_metadata_url: str) -> Iterator[MetadataStore]:
-    store = MetadataStore(sqlite_metadata_url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 @pytest.fixture

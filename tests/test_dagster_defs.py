@@ -41,14 +41,6 @@ START, END = day_bounds_ms(DAY)
 
 
 @pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    # A persistent (SQLite) instance with an instance ref: schedules and sensors need one.
-    (tmp_path / "dagster_home").mkdir()
-    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as inst:
-        yield inst
-
-
-@pytest.fixture
 def exchange() -> Iterator[FakeExchange]:
     ex = FakeExchange().start()  # wall clock: the test day is in the past
     yield ex

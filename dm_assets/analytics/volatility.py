@@ -37,26 +37,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
+from dm_resources.intervals import DAY_MS, WEEK_MS
+from dm_resources.intervals import INTERVAL_MS as _EPOCH_ALIGNED
+from dm_resources.intervals import MINUTE_MS as MINUTE_MS  # re-exported for the other analytics modules
+
 YEAR_MS = 365 * DAY_MS
 
-INTERVAL_MS: dict[str, int] = {
-    "1m": MINUTE_MS,
-    "3m": 3 * MINUTE_MS,
-    "5m": 5 * MINUTE_MS,
-    "15m": 15 * MINUTE_MS,
-    "30m": 30 * MINUTE_MS,
-    "1h": 60 * MINUTE_MS,
-    "2h": 120 * MINUTE_MS,
-    "4h": 240 * MINUTE_MS,
-    "6h": 360 * MINUTE_MS,
-    "8h": 480 * MINUTE_MS,
-    "12h": 720 * MINUTE_MS,
-    "1d": DAY_MS,
-    "3d": 3 * DAY_MS,
-    "1w": 7 * DAY_MS,
-}
+# Fixed-length intervals; 1w has a fixed length too (only its alignment is calendar-based),
+# which is all annualization needs. 1M has no fixed length and is refused.
+INTERVAL_MS: dict[str, int] = {**_EPOCH_ALIGNED, "1w": WEEK_MS}
 
 OHLC = ("open", "high", "low", "close")
 LN2 = math.log(2.0)
