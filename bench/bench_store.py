@@ -22,8 +22,8 @@ from bson.decimal128 import Decimal128
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dm_resources.embedded import free_port, start_secantus  # noqa: E402
-from dm_resources.mongo import MongoStore  # noqa: E402
+from dm_resources.embedded import free_port, start_secantus
+from dm_resources.mongo import MongoStore
 
 
 def make_docs(n: int, symbol: str, start_ms: int) -> list[dict]:
