@@ -93,6 +93,10 @@ class DagsterGraphQL:
         self.timeout = timeout
         self.session = session or requests.Session()
 
+    def call(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run any GraphQL document; raises DagsterAPIError on HTTP or GraphQL errors."""
+        return self._call(query, variables)
+
     def _call(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         resp = self.session.post(self.url, json={"query": query, "variables": variables or {}}, timeout=self.timeout)
         if resp.status_code != 200:

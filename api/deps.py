@@ -1,0 +1,217 @@
+"""Application state and FastAPI dependencies: stores built lazily, caches, auth.
+
+``create_app`` takes ready-made stores (tests point them at their own servers) or builds
+them from settings on first use, so importing ``api.app`` never connects anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from api.cache import HotCache, ValueCache
+from api.params import ParamError, check_known, normalise_pair
+from api.queries import LatestHints
+from dm_resources.dagster_client import DagsterGraphQL
+from dm_resources.metadata.store import MetadataStore
+from dm_resources.mongo import MongoStore
+from dm_resources.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from api.metrics import ApiMetrics
+
+T = TypeVar("T")
+# Where a pair's presence is probed when it is neither configured nor cataloged:
+# (collection, equality on the index's middle fields, time field).
+PAIR_PROBES: tuple[tuple[str, dict[str, str], str], ...] = (
+    ("candles", {"interval": "1m"}, "open_time"),
+    ("agg_trades", {}, "trade_time"),
+    ("funding_rates", {}, "funding_time"),
+)
+PAIR_PROBE_WINDOW_MS = 30 * 86_400_000
+
+
+class ApiSettings(BaseSettings):
+    """API-only knobs (``DM_API_*``); the shared ones (token, URLs, symbols) stay in ``Settings``."""
+
+    model_config = SettingsConfigDict(env_prefix="DM_API_", extra="ignore", frozen=True)
+
+    protect_reads: bool = Field(default=False, description="require the token on GET routes too")
+    cache_ttl_s: float = 5.0
+    cache_revalidate_s: float = 0.5
+    cache_enabled: bool = True
+    symbols_ttl_s: float = 30.0
+    mongo_timeout_ms: int = 3000
+    dagster_timeout_s: float = 10.0
+    max_backfill_days: int = 400
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    api: ApiSettings
+    _mongo: MongoStore | None = None
+    _meta: MetadataStore | None = None
+    _dagster: DagsterGraphQL | None = None
+    owned: list[Any] = field(default_factory=list)
+    hot: HotCache[bytes] = field(default_factory=HotCache)
+    hints: LatestHints = field(default_factory=LatestHints)
+    metrics: ApiMetrics | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _symbols: ValueCache[frozenset[str]] | None = None
+    _probed: dict[str, tuple[bool, float]] = field(default_factory=dict)
+
+    def _lazy(self, attr: str, build: Callable[[], T]) -> T:
+        value = getattr(self, attr)
+        if value is None:
+            with self._lock:
+                value = getattr(self, attr)
+                if value is None:
+                    value = build()
+                    setattr(self, attr, value)
+                    self.owned.append(value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def mongo(self) -> MongoStore:
+        return self._lazy("_mongo", lambda: MongoStore(
+            self.settings.mongo_url, self.settings.mongo_db, retry_attempts=2,
+            server_selection_timeout_ms=self.api.mongo_timeout_ms))
+
+    @property
+    def meta(self) -> MetadataStore:
+        return self._lazy("_meta", lambda: MetadataStore(self.settings.metadata_url))
+
+    @property
+    def dagster(self) -> DagsterGraphQL:
+        return self._lazy("_dagster", lambda: DagsterGraphQL(self.settings.dagster_graphql_url,
+                                                             timeout=self.api.dagster_timeout_s))
+
+    def known_symbols(self) -> frozenset[str]:
+        """Configured symbols plus those in the catalog (cached ~30 s): the list an unknown-pair error shows."""
+        if self._symbols is None:
+            self._symbols = ValueCache(self._compute_symbols, ttl_s=self.api.symbols_ttl_s)
+        return self._symbols.get()
+
+    def _compute_symbols(self) -> frozenset[str]:
+        found = set(self.settings.symbols)
+        # The catalog is optional here; MongoDB is the source of truth (pair_known).
+        with contextlib.suppress(Exception):
+            found.update(d.symbol for d in self.meta.list_datasets() if d.symbol != "*")
+        return frozenset(found)
+
+    def pair_known(self, sym: str) -> bool:
+        """Configured, cataloged, or present in the store (one index probe per collection, cached ~30 s).
+
+        Probes are bounded index range reads over the last 30 days, not ``distinct("symbol")``
+        nor an open ``find_one``: SecantusDB scans the whole collection or range for those
+        (seconds for a year of candles). Older-only pairs are known through the catalog.
+        """
+        if sym in self.settings.symbols or sym in self.known_symbols():
+            return True
+        now = time.monotonic()
+        with self._lock:
+            hit = self._probed.get(sym)
+        if hit is not None and now - hit[1] <= self.api.symbols_ttl_s:
+            return hit[0]
+        now_ms = int(time.time() * 1000)
+        window = {"$gte": now_ms - PAIR_PROBE_WINDOW_MS, "$lt": now_ms + 86_400_000}
+        found = any(self.mongo.collection(name).find_one({"symbol": sym, **extra, time_field: window},
+                                                         {"_id": 1}) is not None
+                    for name, extra, time_field in PAIR_PROBES)
+        with self._lock:
+            if len(self._probed) > 10_000:
+                self._probed.clear()
+            self._probed[sym] = (found, now)
+        return found
+
+    def close(self) -> None:
+        for obj in self.owned:
+            obj_close = getattr(obj, "close", None)
+            if obj_close is not None:
+                obj_close()
+        self.owned.clear()
+
+
+def state(request: Request) -> AppState:
+    return request.app.state.dm  # type: ignore[no-any-return]
+
+
+State = Annotated[AppState, Depends(state)]
+
+
+def known_pair(pair: str, st: AppState) -> str:
+    """Validate a client's ``pair`` string: shape first (so operators never reach a query), then existence."""
+    sym = normalise_pair(pair)
+    if st.pair_known(sym):
+        return sym
+    return check_known(sym, st.known_symbols())
+
+
+_bearer = HTTPBearer(auto_error=False, description="DM_API_TOKEN")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _check_token(st: AppState, creds: HTTPAuthorizationCredentials | None, x_api_token: str | None) -> None:
+    expected = st.settings.api_token
+    if not expected:
+        raise AuthError(403, "writes are disabled: DM_API_TOKEN is not configured on the server")
+    given = creds.credentials if creds is not None else x_api_token
+    if not given:
+        raise AuthError(401, "a token is required: send 'Authorization: Bearer <DM_API_TOKEN>'")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise AuthError(401, "the token is not valid")
+
+
+def require_write_token(
+    request: Request,
+    creds: Bearer,
+    x_api_token: str | None = Header(default=None, include_in_schema=False),
+) -> None:
+    _check_token(state(request), creds, x_api_token)
+
+
+def read_access(
+    request: Request,
+    creds: Bearer,
+    x_api_token: str | None = Header(default=None, include_in_schema=False),
+) -> None:
+    """Reads are open unless ``DM_API_PROTECT_READS`` is set."""
+    st = state(request)
+    if st.api.protect_reads:
+        _check_token(st, creds, x_api_token)
+
+
+def settings_or_default(settings: Settings | None) -> Settings:
+    return settings or get_settings()
+
+
+__all__ = [
+    "ApiSettings",
+    "AppState",
+    "AuthError",
+    "ParamError",
+    "State",
+    "known_pair",
+    "read_access",
+    "require_write_token",
+    "state",
+]
+

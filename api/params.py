@@ -1,0 +1,155 @@
+"""Query-parameter parsing: plain functions that turn client strings into safe, typed values.
+
+Why a module of its own: every route takes the same ``pair``/``period``/``start``/``end``/
+``limit`` names that existing clients already send, and each must fail the same way — a
+4xx that names the parameter and says why. Nothing a client sends reaches MongoDB unless
+it came out of one of these functions as an ``int`` or an upper-case ``[A-Z0-9]`` string,
+so a ``pair`` of ``{"$ne": 1}`` can never become a query operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dm_resources.settings import SYMBOL_RE
+
+# Intervals the candle assets build (dm_assets.candles); clients asking for another
+# Binance interval get a 4xx that lists these rather than an empty page.
+CANDLE_PERIODS: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+# Analytics labels are an interval or a lookback ("30d" for funding): any short duration label.
+ANALYTICS_PERIOD_RE = re.compile(r"^[0-9]{1,3}[mhdwM]$")
+MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 5000, 500
+# Year 1970 .. 9999 in epoch ms: anything outside is a typo, not a time.
+MAX_EPOCH_MS = 253_402_300_799_999
+_EPOCH_RE = re.compile(r"^-?[0-9]{1,19}$")
+# "+00:00" sent unencoded in a query string arrives as " 00:00".
+_SPACE_OFFSET_RE = re.compile(r"^(.*T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$")
+
+
+class ParamError(ValueError):
+    """A query parameter the API refuses; ``status`` is 422 for malformed, 404 for unknown values."""
+
+    def __init__(self, param: str, message: str, *, status: int = 422, where: str = "query") -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
+        self.status = status
+        self.where = where
+
+
+def parse_time(value: str | None, param: str) -> int | None:
+    """ISO-8601 (naive means UTC) or epoch milliseconds → epoch ms; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        raise ParamError(param, "is empty; give ISO-8601 (2026-03-10T00:00:00Z) or epoch milliseconds")
+    if _EPOCH_RE.match(text):
+        ms = int(text)
+    else:
+        m = _SPACE_OFFSET_RE.match(text)
+        if m:
+            text = f"{m.group(1)}+{m.group(2)}"
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ParamError(
+                param, f"{value!r} is neither ISO-8601 (2026-03-10T00:00:00Z) nor epoch milliseconds"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        try:
+            ms = int(parsed.timestamp() * 1000)
+        except (OverflowError, OSError, ValueError):
+            raise ParamError(param, f"{value!r} is out of range") from None
+    if not 0 <= ms <= MAX_EPOCH_MS:
+        raise ParamError(param, f"{value!r} is outside 1970-01-01 .. 9999-12-31 (epoch ms 0 .. {MAX_EPOCH_MS})")
+    return ms
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    """``[start, end)`` in epoch ms; ``start`` must come before ``end`` when both are given."""
+    lo, hi = parse_time(start, "start"), parse_time(end, "end")
+    if lo is not None and hi is not None and lo >= hi:
+        raise ParamError("start", f"start ({start}) must be before end ({end}); the range is [start, end)")
+    return lo, hi
+
+
+def normalise_pair(value: str | None, param: str = "pair") -> str:
+    """Upper-cased symbol matching ``^[A-Z0-9]{2,30}$``; anything else (operators, JSON) is refused."""
+    if value is None or not value.strip():
+        raise ParamError(param, "is required, e.g. BTCUSDT")
+    sym = value.strip().upper()
+    if not SYMBOL_RE.match(sym):
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ParamError(param, f"{shown!r} is not a symbol: letters and digits only, 2-30 long, e.g. BTCUSDT")
+    return sym
+
+
+def check_known(sym: str, known: Iterable[str], param: str = "pair") -> str:
+    known_set = set(known)
+    if sym not in known_set:
+        listed = ", ".join(sorted(known_set)[:20]) or "none yet"
+        raise ParamError(param, f"{sym!r} is not a known pair; known: {listed}", status=404)
+    return sym
+
+
+def parse_pairs(value: str | None, param: str = "pairs", *, max_pairs: int = 50) -> list[str]:
+    """A comma-separated list of pairs, each normalised, duplicates dropped in order."""
+    if value is None or not value.strip():
+        return []
+    out: list[str] = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        sym = normalise_pair(part, param)
+        if sym not in out:
+            out.append(sym)
+    if len(out) > max_pairs:
+        raise ParamError(param, f"at most {max_pairs} pairs per request, got {len(out)}")
+    return out
+
+
+def check_period(value: str, allowed: Iterable[str] = CANDLE_PERIODS, param: str = "period") -> str:
+    """A candle interval the store holds; case matters (1m is a minute, 1M a month)."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        hint = " (1s exists on spot only)" if value == "1s" else ""
+        raise ParamError(param, f"{value!r} is not a supported interval{hint}; supported: {', '.join(allowed)}")
+    return value
+
+
+def check_analytics_period(value: str, param: str = "period") -> str:
+    if not ANALYTICS_PERIOD_RE.match(value):
+        raise ParamError(param, f"{value!r} is not an interval label such as 1m, 1h or 30d")
+    return value
+
+
+def check_limit(value: int, param: str = "limit", *, lo: int = MIN_LIMIT, hi: int = MAX_LIMIT) -> int:
+    if not lo <= value <= hi:
+        raise ParamError(param, f"{value} is out of bounds; allowed {lo}..{hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: rows at ``time`` with a key above ``after`` then everything later.
+
+    Collections whose time is not unique per symbol (trades, depth updates) need the
+    tie-breaker; for the others ``after`` is ``None`` and the page starts at ``time``.
+    """
+
+    time: int
+    after: int | None = None
+
+
+def parse_after(value: str | None, param: str = "after") -> int | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > 2**63 - 1:
+        raise ParamError(param, f"{value!r} is not a non-negative integer id (from a 'next' link)")
+    return int(text)

@@ -1,0 +1,142 @@
+"""``/backfill/*``: start Dagster partition backfills (token required) and report their status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Annotated, Any
+
+import requests
+from fastapi import APIRouter, Depends, Path, Query
+from sqlalchemy.exc import IntegrityError
+
+from api.backfills import BACKFILL_ASSETS, backfill_status, ensure_symbol_partitions, plan_partitions, run_status
+from api.deps import AppState, State, read_access, require_write_token
+from api.models import (
+    BackfillJobList,
+    BackfillJobRecord,
+    BackfillJobView,
+    BackfillRequest,
+    BackfillStarted,
+    DagsterBackfillView,
+    DagsterRun,
+    ErrorResponse,
+)
+from api.params import CANDLE_PERIODS, ParamError, check_known, check_period, normalise_pair, parse_time
+from dm_resources.dagster_client import DagsterAPIError
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/backfill", tags=["backfill"])
+
+STATUSES = ("queued", "requested", "running", "success", "failure", "canceled", "partial")
+
+
+class UpstreamError(Exception):
+    """Dagster is unreachable (503) or refused the request (502)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _pairs(req: BackfillRequest, st: AppState) -> list[str]:
+    raw = [*(req.pairs or []), *([req.pair] if req.pair else [])]
+    if not raw:
+        raise ParamError("pairs", "give `pairs` (a list) or `pair`", where="body")
+    out: list[str] = []
+    for p in raw:
+        sym = normalise_pair(p, "pairs")
+        if not st.pair_known(sym):
+            check_known(sym, st.known_symbols(), "pairs")
+        if sym not in out:
+            out.append(sym)
+    return out
+
+
+def _time(value: str | int, param: str) -> int:
+    ms = parse_time(str(value), param)
+    assert ms is not None
+    return ms
+
+
+@router.post("/start", response_model=BackfillStarted, status_code=202,
+             dependencies=[Depends(require_write_token)],
+             responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                        404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                        502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+def start_backfill(st: State, req: BackfillRequest) -> BackfillStarted:
+    """Backfill candles (every interval) and their quality assets for each UTC day of ``[start, end)`` × pairs.
+
+    Launched through Dagster's GraphQL API; the returned ``id`` is the Dagster backfill id,
+    under which ``backfill_jobs`` records it and ``GET /backfill/jobs/{id}`` reports it.
+    """
+    pairs = _pairs(req, st)
+    check_period(req.period, CANDLE_PERIODS)
+    start_ms, end_ms = _time(req.start, "start"), _time(req.end, "end")
+    if start_ms >= end_ms:
+        raise ParamError("start", "start must be before end; the range is [start, end)", where="body")
+    partitions = plan_partitions(pairs, start_ms, end_ms, first_day=st.settings.partition_start,
+                                 today=dt.datetime.now(dt.UTC).date(), max_days=st.api.max_backfill_days)
+    gql = st.dagster
+    assets = [list(k) for k in BACKFILL_ASSETS]
+    try:
+        ensure_symbol_partitions(gql, pairs)
+        backfill_id = gql.launch_backfill(assets, partitions, tags={"dm/origin": "api", "dm/period": req.period},
+                                          title=f"api: {','.join(pairs)} {partitions[0].split('|')[0]}"
+                                                f"..{partitions[-1].split('|')[0]}")
+    except requests.RequestException as exc:
+        raise UpstreamError(503, f"Dagster is not reachable at {gql.url}: {type(exc).__name__}") from exc
+    except DagsterAPIError as exc:
+        raise UpstreamError(502, str(exc)[:500]) from exc
+    fields: dict[str, Any] = {"symbols": pairs, "interval": req.period, "start_time": start_ms,
+                              "end_time": end_ms, "partition_keys": partitions, "requested_by": "api"}
+    try:
+        st.meta.create_backfill_job(origin="api", status="requested", dagster_backfill_id=backfill_id,
+                                    job_id=backfill_id, **fields)
+    except IntegrityError:
+        # The tracking sensor saw the backfill first and created the row: add what only we know.
+        st.meta.update_backfill_job(backfill_id, **fields)
+    return BackfillStarted(id=backfill_id, dagster_backfill_id=backfill_id, partitions=partitions,
+                           assets=["/".join(k) for k in BACKFILL_ASSETS], status="requested")
+
+
+@router.get("/jobs", response_model=BackfillJobList, dependencies=[Depends(read_access)],
+            responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+def list_jobs(
+    st: State,
+    status: Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}", max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> BackfillJobList:
+    """Backfill jobs newest first: API, UI, sensor and schedule backfills alike (as stored)."""
+    if status is not None and status not in STATUSES:
+        raise ParamError("status", f"{status!r} is not one of {', '.join(STATUSES)}")
+    return BackfillJobList(jobs=st.meta.list_backfill_jobs(status, limit))  # type: ignore[arg-type]
+
+
+@router.get("/jobs/{job_id}", response_model=BackfillJobView, dependencies=[Depends(read_access)],
+            responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+def get_job(
+    st: State,
+    job_id: Annotated[str, Path(max_length=64, description="the id POST /backfill/start returned")],
+) -> BackfillJobView:
+    """The stored job, with the live status from Dagster when Dagster answers."""
+    job = st.meta.get_backfill_job(job_id)
+    if job is None:
+        raise ParamError("job_id", f"no backfill job {job_id!r}", status=404, where="path")
+    live = None
+    if job.dagster_backfill_id:
+        try:
+            state_ = st.dagster.backfill(job.dagster_backfill_id)
+            live = DagsterBackfillView(
+                backfill_id=state_.backfill_id, status=state_.status, num_partitions=state_.num_partitions,
+                runs=[DagsterRun(run_id=r["runId"], status=r["status"]) for r in state_.runs], error=state_.error)
+        except (requests.RequestException, DagsterAPIError, KeyError, ValueError) as exc:
+            log.info("backfill %s: Dagster status unavailable (%s); serving the stored row", job_id, exc)
+    if live is None:
+        return BackfillJobView(job=job, status=job.status, live=None, source="store")
+    status = backfill_status(live.status, [r.status for r in live.runs])
+    return BackfillJobView(job=job, status=status, live=live, source="dagster")
+
+
+__all__ = ["BackfillJobRecord", "UpstreamError", "router", "run_status"]

@@ -1,0 +1,92 @@
+"""``/catalog/*``: datasets with schema, freshness and health; lineage from the asset graph."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from api.deps import AppState, State, read_access
+from api.models import DatasetRecord, DatasetSchema, ErrorResponse, LineageResponse
+from api.params import ParamError, normalise_pair
+from dm_resources.mongo import RAW_COLLECTIONS
+
+router = APIRouter(prefix="/catalog", tags=["catalog"], dependencies=[Depends(read_access)])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "token required (DM_API_PROTECT_READS)"},
+    404: {"model": ErrorResponse, "description": "no such dataset"},
+    422: {"model": ErrorResponse, "description": "a parameter is malformed; the message names it"},
+}
+ID_RE = re.compile(r"^[A-Za-z0-9_.:*/\-]{1,255}$")
+DatasetId = Annotated[str, Path(description="dataset id kind:SYMBOL[:interval], e.g. candles:BTCUSDT:1m",
+                                max_length=255)]
+
+
+def _check_id(value: str, param: str = "dataset_id") -> str:
+    if not ID_RE.match(value):
+        raise ParamError(param, f"{value[:60]!r} is not a dataset id such as candles:BTCUSDT:1m", where="path")
+    return value
+
+
+def _dataset(st: AppState, dataset_id: str) -> DatasetRecord:
+    rec = st.meta.get_dataset(_check_id(dataset_id))
+    if rec is None:
+        raise ParamError("dataset_id", f"no dataset {dataset_id!r}; GET /catalog/datasets lists them",
+                         status=404, where="path")
+    return rec
+
+
+@router.get("/datasets", response_model=list[DatasetRecord], responses=ERRORS)
+def datasets(
+    st: State,
+    kind: Annotated[str | None, Query(description="candles, agg_trades, analytics.volatility, …",
+                                      max_length=64)] = None,
+    pair: Annotated[str | None, Query(description="only this pair's datasets", max_length=64)] = None,
+) -> list[DatasetRecord]:
+    """Every cataloged dataset: collection, row count, time span, freshness and health score."""
+    if kind is not None:
+        _check_id(kind, "kind")
+    sym = normalise_pair(pair) if pair is not None else None
+    return st.meta.list_datasets(kind=kind, symbol=sym)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetRecord, responses=ERRORS)
+def dataset(st: State, dataset_id: DatasetId) -> DatasetRecord:
+    return _dataset(st, dataset_id)
+
+
+@router.get("/schemas/{dataset_id}", response_model=DatasetSchema, responses=ERRORS)
+def schema(st: State, dataset_id: DatasetId) -> DatasetSchema:
+    """The dataset's fields with their BSON types and meaning."""
+    rec = _dataset(st, dataset_id)
+    return DatasetSchema(id=rec.id, collection=rec.collection, fields=rec.schema_ or [])
+
+
+def lineage_node(rec: DatasetRecord) -> str:
+    """The asset key (as the lineage table stores it) that produces a dataset."""
+    if rec.kind == "candles" and rec.interval:
+        return f"candles/candles_{rec.interval}"
+    if rec.kind.startswith("analytics."):
+        return f"analytics/{rec.kind.removeprefix('analytics.')}"
+    if rec.kind in RAW_COLLECTIONS:
+        return f"raw/{rec.kind}"
+    return rec.kind
+
+
+@router.get("/lineage/{dataset_id:path}", response_model=LineageResponse, responses=ERRORS)
+def lineage(
+    st: State,
+    dataset_id: DatasetId,
+    depth: Annotated[int, Query(ge=1, le=20, description="hops to follow up and down")] = 1,
+) -> LineageResponse:
+    """Upstream and downstream edges of a dataset (or of an asset key such as ``candles/candles_1m``)."""
+    _check_id(dataset_id)
+    rec = st.meta.get_dataset(dataset_id)
+    node = lineage_node(rec) if rec is not None else dataset_id
+    view = st.meta.lineage_for(node, depth)
+    if rec is None and not view.upstream and not view.downstream:
+        raise ParamError("dataset_id", f"no dataset or asset {dataset_id!r} in the catalog", status=404,
+                         where="path")
+    return LineageResponse(id=dataset_id, node=node, lineage=view)

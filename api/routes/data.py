@@ -1,0 +1,212 @@
+"""``/data/*``: candles, trades, depth, funding — pages, "latest N" hot reads and NDJSON streams.
+
+Bodies are built as dicts and rendered with orjson (see ``api.models`` for why); the
+declared ``response_model`` is the schema clients and the tests hold the bodies to.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from api.deps import AppState, State, known_pair, read_access
+from api.models import (
+    Candle,
+    CandlesPage,
+    DepthPage,
+    DepthUpdate,
+    ErrorResponse,
+    FundingPage,
+    FundingRate,
+    MarkPrice,
+    Trade,
+    TradesPage,
+)
+from api.params import CANDLE_PERIODS, DEFAULT_LIMIT, MAX_LIMIT, check_period, parse_after, parse_range
+from api.queries import Source, dumps, has_newer, iter_ndjson, read_latest, read_page
+from dm_resources.intervals import INTERVAL_MS
+
+router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "token required (DM_API_PROTECT_READS)"},
+    404: {"model": ErrorResponse, "description": "unknown pair"},
+    422: {"model": ErrorResponse, "description": "a parameter is malformed; the message names it"},
+}
+NDJSON = "application/x-ndjson"
+
+Pair = Annotated[str, Query(description="Symbol, e.g. BTCUSDT (case-insensitive)", max_length=64,
+                            examples=["BTCUSDT"])]
+Start = Annotated[str | None, Query(description="Inclusive; ISO-8601 or epoch milliseconds", max_length=64,
+                                    examples=["2026-03-10T00:00:00Z", "1773100800000"])]
+End = Annotated[str | None, Query(description="Exclusive; ISO-8601 or epoch milliseconds", max_length=64,
+                                  examples=["2026-03-11T00:00:00Z", "1773187200000"])]
+Limit = Annotated[int | None, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (default {DEFAULT_LIMIT}); "
+                                    "with format=ndjson, a cap on the streamed rows (default: none)")]
+After = Annotated[str | None, Query(description="tie-breaker from a 'next' link (rows at `start` with a "
+                                    "larger id)", max_length=24)]
+Format = Annotated[Literal["json", "ndjson"], Query(description="ndjson streams the whole [start, end) range")]
+
+CANDLE_FIELDS = tuple(Candle.model_fields)
+TRADE_FIELDS = tuple(Trade.model_fields)
+DEPTH_FIELDS = tuple(DepthUpdate.model_fields)
+FUNDING_FIELDS = tuple(FundingRate.model_fields)
+MARK_FIELDS = tuple(MarkPrice.model_fields)
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    return Response(content=dumps(body), media_type="application/json")
+
+
+def next_link(request: Request, src: Source, rows: list[dict[str, Any]], more: bool) -> str | None:
+    """The following page: start at the last time + 1, or at the last time past the last tie key."""
+    if not more or not rows:
+        return None
+    last = rows[-1]
+    t = int(last[src.time_field])
+    tie = src.tie_field
+    if tie is not None and tie in last:
+        url = request.url.include_query_params(start=t, after=int(last[tie]))
+    else:
+        url = request.url.remove_query_params("after").include_query_params(start=t + 1)
+    return str(url)
+
+
+def serve(
+    request: Request,
+    st: AppState,
+    src: Source,
+    *,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    after: str | None,
+    fmt: str,
+    step_ms: int,
+    header: dict[str, Any],
+    route: str,
+) -> Response:
+    """One shared read path: stream, page forward from ``start``, or the latest ``limit`` rows (cached)."""
+    lo, hi = parse_range(start, end)
+    after_id = parse_after(after)
+    store = st.mongo
+    if fmt == "ndjson":
+        stream = iter_ndjson(store, src, lo, hi, limit=limit or 0)
+        return StreamingResponse(stream, media_type=NDJSON)
+    n = limit or DEFAULT_LIMIT
+    if lo is None:
+        key = (route, src, hi, n)
+        cacheable = st.api.cache_enabled and hi is None
+
+        def latest_body() -> bytes:
+            rows = read_latest(store, src, n, end=hi, step_ms=step_ms, hints=st.hints)
+            body = dumps({**header, "count": len(rows), "rows": rows, "next": None})
+            if cacheable:
+                st.hot.put(key, body, int(rows[-1][src.time_field]) if rows else None)
+            return body
+
+        if not cacheable:
+            return Response(content=latest_body(), media_type="application/json")
+        probe = lambda newest: has_newer(store, src, newest)  # noqa: E731
+        cached = st.hot.get(key, probe)
+        if st.metrics is not None:
+            st.metrics.cache.labels("hit" if cached is not None else "miss").inc()
+        if cached is None:
+            with st.hot.fill_lock(key):
+                cached = st.hot.get(key, probe)  # filled while this request waited
+                if cached is None:
+                    cached = latest_body()
+        return Response(content=cached, media_type="application/json")
+    rows, more = read_page(store, src, lo, hi, n, after_id, step_ms=step_ms)
+    nxt = next_link(request, src, rows, more)
+    return json_response({**header, "count": len(rows), "rows": rows, "next": nxt})
+
+
+@router.get("/candles", response_model=CandlesPage, responses={
+    **ERRORS, 200: {"content": {NDJSON: {"schema": Candle.model_json_schema()}}}})
+def candles(
+    st: State,
+    request: Request,
+    pair: Pair,
+    period: Annotated[str, Query(description=f"one of {', '.join(CANDLE_PERIODS)}", max_length=8,
+                                 examples=list(CANDLE_PERIODS))] = "1m",
+    start: Start = None,
+    end: End = None,
+    limit: Limit = None,
+    format: Format = "json",
+) -> Response:
+    """Candles in ascending ``open_time``.
+
+    Without ``start``: the newest ``limit`` candles (before ``end`` if given), served from a
+    short-lived cache that is dropped as soon as a newer candle lands. With ``start``: a page
+    forward from it and a ``next`` link while more rows exist. ``format=ndjson`` streams
+    the whole range, one candle per line.
+    """
+    sym = known_pair(pair, st)
+    check_period(period)
+    src = Source("candles", sym, (("interval", period),), CANDLE_FIELDS)
+    return serve(request, st, src, start=start, end=end, limit=limit, after=None, fmt=format,
+                 step_ms=INTERVAL_MS[period], header={"pair": sym, "period": period}, route="candles")
+
+
+@router.get("/trades", response_model=TradesPage, responses={
+    **ERRORS, 200: {"content": {NDJSON: {"schema": Trade.model_json_schema()}}}})
+def trades(
+    st: State,
+    request: Request,
+    pair: Pair,
+    start: Start = None,
+    end: End = None,
+    limit: Limit = None,
+    after: After = None,
+    format: Format = "json",
+) -> Response:
+    """Aggregated trades in ascending ``trade_time``; prices and quantities as exact decimal strings."""
+    sym = known_pair(pair, st)
+    src = Source("agg_trades", sym, (), TRADE_FIELDS)
+    return serve(request, st, src, start=start, end=end, limit=limit, after=after, fmt=format, step_ms=1_000,
+                 header={"pair": sym}, route="trades")
+
+
+@router.get("/depth", response_model=DepthPage, responses={
+    **ERRORS, 200: {"content": {NDJSON: {"schema": DepthUpdate.model_json_schema()}}}})
+def depth(
+    st: State,
+    request: Request,
+    pair: Pair,
+    start: Start = None,
+    end: End = None,
+    limit: Limit = None,
+    after: After = None,
+    format: Format = "json",
+) -> Response:
+    """Diff depth updates in ascending ``event_time``; levels are ``[price, qty]`` decimal strings."""
+    sym = known_pair(pair, st)
+    src = Source("depth_updates", sym, (), DEPTH_FIELDS)
+    return serve(request, st, src, start=start, end=end, limit=limit, after=after, fmt=format, step_ms=250,
+                 header={"pair": sym}, route="depth")
+
+
+@router.get("/funding", response_model=FundingPage, responses={
+    **ERRORS, 200: {"content": {NDJSON: {"schema": FundingRate.model_json_schema()}}}})
+def funding(
+    st: State,
+    request: Request,
+    pair: Pair,
+    source: Annotated[Literal["funding_rates", "mark_prices"],
+                      Query(description="settled funding rates, or mark price updates with the predicted rate")
+                      ] = "funding_rates",
+    start: Start = None,
+    end: End = None,
+    limit: Limit = None,
+    format: Format = "json",
+) -> Response:
+    """Funding rates per funding time (intervals differ by symbol: 8h, 4h, 1h), or mark prices."""
+    sym = known_pair(pair, st)
+    fields = FUNDING_FIELDS if source == "funding_rates" else MARK_FIELDS
+    src = Source(source, sym, (), fields)
+    step = 3_600_000 if source == "funding_rates" else 1_000
+    return serve(request, st, src, start=start, end=end, limit=limit, after=None, fmt=format, step_ms=step,
+                 header={"pair": sym, "source": source}, route="funding")
