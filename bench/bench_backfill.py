@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--end", default=None, help="last day (ISO); default: yesterday")
     ap.add_argument("--max-concurrent-runs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--per-run", type=int, default=10, help="partitions per run (0 = single run)")
     args = ap.parse_args()
     symbols = args.symbols.split(",")
     last = dt.date.fromisoformat(args.end) if args.end else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
@@ -58,7 +59,8 @@ def main() -> None:
     mongo_url = f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true"
     env = {"DM_MONGO_URL": mongo_url, "DM_MONGO_DB": "bench", "DM_METADATA_URL": f"sqlite:///{work / 'meta.db'}",
            "DM_BINANCE_REST_URL": exchange.url, "DM_SYMBOLS": ",".join(symbols),
-           "DM_PARTITION_START": days[0], "DM_AUTOMATION": "false"}
+           "DM_PARTITION_START": days[0], "DM_AUTOMATION": "false",
+           "DM_BACKFILL_PARTITIONS_PER_RUN": str(args.per_run)}
     dagster = None
     try:
         dagster = start_dagster_dev(dagster_port, str(home), env, log_dir=work)
@@ -86,7 +88,7 @@ def main() -> None:
             "partitions": len(partitions), "days": args.days, "symbols": symbols,
             "backfill_status": state.status, "runs": len(state.runs),
             "runs_succeeded": sum(r["status"] == "SUCCESS" for r in state.runs),
-            "max_concurrent_runs": args.max_concurrent_runs,
+            "max_concurrent_runs": args.max_concurrent_runs, "partitions_per_run": args.per_run or "all",
             "wall_s": round(wall, 1), "rest_requests": len(rest), "rest_weight": weight,
             "weight_floor_s": round(floor_s, 1),
             "wall_over_floor": round(wall / floor_s, 2) if floor_s else None,

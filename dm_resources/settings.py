@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # Sensors and schedules start RUNNING by default; benchmarks and some tests turn them off
     # so that only what they launch runs.
     automation: bool = True
+    # Partitions per run when Dagster backfills candles (0 = one run for the whole backfill).
+    backfill_partitions_per_run: int = Field(10, ge=0, le=1000)
 
     @field_validator("nats_url")
     @classmethod

@@ -22,14 +22,16 @@ from dm_assets.candles import audit, build
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
 from dm_assets.raw.assets import raw_key
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
+from dm_resources.settings import get_settings
 
 CANDLES_GROUP = "candles"
 HIGHER_INTERVALS = ("5m", "15m", "1h", "4h", "1d")
 INTERVALS = ("1m", *HIGHER_INTERVALS)
 
-# Measured in bench/bench_backfill.py: several partitions per run amortise run start-up
-# (process launch, resource set-up) while keeping a failed run's blast radius small.
-BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=10)
+# Measured in bench/bench_backfill.py (README): several partitions per run amortise run
+# start-up (process launch, resource set-up) while keeping a failed run's blast radius small.
+_PER_RUN = get_settings().backfill_partitions_per_run
+BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=_PER_RUN) if _PER_RUN else BackfillPolicy.single_run()
 
 CANDLE_FRESHNESS = FreshnessPolicy.time_window(
     fail_window=dt.timedelta(minutes=30), warn_window=dt.timedelta(minutes=10)
