@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m deploy.demo
+	$(BIN)/python -m deploy.demo $(DEMO_ARGS)
 
 stack: $(STAMP)
 	$(BIN)/python -m dm_resources.embedded up
