@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from dm_resources.metadata.store import MetadataStore
     from dm_resources.mongo import MongoStore
 
-# A minute that closed less than this long ago may still be on its way over the bus.
-ARRIVAL_GRACE_MS = 2 * MINUTE_MS
+# Today's newest minutes are the audit schedule's job (it refreshes today every 5 minutes);
+# the gap sensor only asks for minutes older than that, or it would request a run for
+# today on every tick just because time moved on.
+ARRIVAL_GRACE_MS = 10 * MINUTE_MS
 
 
 @dataclass(frozen=True)
