@@ -53,8 +53,13 @@ def create_app(
     api_settings: ApiSettings | None = None,
 ) -> FastAPI:
     """An app over the given stores (or ones built from ``settings``/env on first use)."""
-    st = AppState(settings=settings or get_settings(), api=api_settings or ApiSettings(),
-                  _mongo=mongo, _meta=meta, _dagster=dagster)
+    st = AppState(
+        settings=settings or get_settings(),
+        api=api_settings or ApiSettings(),
+        _mongo=mongo,
+        _meta=meta,
+        _dagster=dagster,
+    )
     st.hot.ttl_s = st.api.cache_ttl_s
     st.hot.revalidate_s = st.api.cache_revalidate_s
     metrics = ApiMetrics()
@@ -71,8 +76,9 @@ def create_app(
 
     @app.exception_handler(ParamError)
     async def _param_error(_: Request, exc: ParamError) -> JSONResponse:
-        return _error(exc.status, [exc.where, exc.param], exc.message,
-                      "not_found" if exc.status == 404 else "value_error")
+        return _error(
+            exc.status, [exc.where, exc.param], exc.message, "not_found" if exc.status == 404 else "value_error"
+        )
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
@@ -103,8 +109,12 @@ def create_app(
     for module in (health, data, analysis, catalog, backfill):
         app.include_router(module.router)
 
-    @app.get("/metrics", include_in_schema=True, tags=["health"],
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+    @app.get(
+        "/metrics",
+        include_in_schema=True,
+        tags=["health"],
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    )
     def prometheus_metrics() -> Response:
         """Request counts, latency histograms per route, in-flight requests, hot-cache hits."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -49,8 +49,9 @@ def day_of(ms: int) -> dt.date:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).date()
 
 
-def plan_partitions(pairs: Sequence[str], start_ms: int, end_ms: int, *, first_day: dt.date,
-                    today: dt.date, max_days: int) -> list[str]:
+def plan_partitions(
+    pairs: Sequence[str], start_ms: int, end_ms: int, *, first_day: dt.date, today: dt.date, max_days: int
+) -> list[str]:
     """``YYYY-MM-DD|SYMBOL`` keys for every UTC day touched by ``[start_ms, end_ms)`` × pairs.
 
     Days before the first partition or after today (the newest partition) do not exist in
@@ -60,8 +61,7 @@ def plan_partitions(pairs: Sequence[str], start_ms: int, end_ms: int, *, first_d
         raise ParamError("start", "start must be before end; the range is [start, end)", where="body")
     d0, d1 = day_of(start_ms), day_of(end_ms - 1)
     if d0 < first_day:
-        raise ParamError("start", f"{d0} is before the first partition {first_day} (DM_PARTITION_START)",
-                         where="body")
+        raise ParamError("start", f"{d0} is before the first partition {first_day} (DM_PARTITION_START)", where="body")
     if d1 > today:
         raise ParamError("end", f"{d1} is after today's partition {today} (UTC)", where="body")
     days = (d1 - d0).days + 1
@@ -77,8 +77,14 @@ def plan_partitions(pairs: Sequence[str], start_ms: int, end_ms: int, *, first_d
 # Dagster BulkActionStatus → our status vocabulary (dm_resources.metadata.schemas.BackfillStatus),
 # the same mapping dm_assets.backfills.tracking applies, on GraphQL strings.
 _RUN_STATUS = {
-    "QUEUED": "queued", "NOT_STARTED": "queued", "MANAGED": "queued", "STARTING": "running",
-    "STARTED": "running", "SUCCESS": "success", "FAILURE": "failure", "CANCELING": "canceled",
+    "QUEUED": "queued",
+    "NOT_STARTED": "queued",
+    "MANAGED": "queued",
+    "STARTING": "running",
+    "STARTED": "running",
+    "SUCCESS": "success",
+    "FAILURE": "failure",
+    "CANCELING": "canceled",
     "CANCELED": "canceled",
 }
 
@@ -121,8 +127,9 @@ def ensure_symbol_partitions(gql: DagsterGraphQL, symbols: Iterable[str]) -> lis
     selector = repository_selector(gql)
     added = []
     for sym in symbols:
-        res = _call(gql, ADD_DYNAMIC_PARTITION, {"selector": selector, "name": SYMBOLS_PARTITIONS_NAME,
-                                                 "key": sym})["addDynamicPartition"]
+        res = _call(gql, ADD_DYNAMIC_PARTITION, {"selector": selector, "name": SYMBOLS_PARTITIONS_NAME, "key": sym})[
+            "addDynamicPartition"
+        ]
         kind = res["__typename"]
         if kind == "AddDynamicPartitionSuccess":
             added.append(sym)

@@ -31,8 +31,14 @@ class _Entry(Generic[V]):
 
 
 class HotCache(Generic[V]):
-    def __init__(self, *, ttl_s: float = 5.0, revalidate_s: float = 0.5, max_entries: int = 512,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 5.0,
+        revalidate_s: float = 0.5,
+        max_entries: int = 512,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_s = ttl_s
         self.revalidate_s = revalidate_s
         self.max_entries = max_entries
@@ -114,8 +120,9 @@ class HotCache(Generic[V]):
 class ValueCache(Generic[V]):
     """One value recomputed at most every ``ttl_s`` (the set of known symbols)."""
 
-    def __init__(self, compute: Callable[[], V], ttl_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, compute: Callable[[], V], ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._compute = compute
         self.ttl_s = ttl_s
         self._clock = clock

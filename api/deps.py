@@ -84,9 +84,15 @@ class AppState:
 
     @property
     def mongo(self) -> MongoStore:
-        return self._lazy("_mongo", lambda: MongoStore(
-            self.settings.mongo_url, self.settings.mongo_db, retry_attempts=2,
-            server_selection_timeout_ms=self.api.mongo_timeout_ms))
+        return self._lazy(
+            "_mongo",
+            lambda: MongoStore(
+                self.settings.mongo_url,
+                self.settings.mongo_db,
+                retry_attempts=2,
+                server_selection_timeout_ms=self.api.mongo_timeout_ms,
+            ),
+        )
 
     @property
     def meta(self) -> MetadataStore:
@@ -94,8 +100,9 @@ class AppState:
 
     @property
     def dagster(self) -> DagsterGraphQL:
-        return self._lazy("_dagster", lambda: DagsterGraphQL(self.settings.dagster_graphql_url,
-                                                             timeout=self.api.dagster_timeout_s))
+        return self._lazy(
+            "_dagster", lambda: DagsterGraphQL(self.settings.dagster_graphql_url, timeout=self.api.dagster_timeout_s)
+        )
 
     def known_symbols(self) -> frozenset[str]:
         """Configured symbols plus those in the catalog (cached ~30 s): the list an unknown-pair error shows."""
@@ -126,9 +133,10 @@ class AppState:
             return hit[0]
         now_ms = int(time.time() * 1000)
         window = {"$gte": now_ms - PAIR_PROBE_WINDOW_MS, "$lt": now_ms + 86_400_000}
-        found = any(self.mongo.collection(name).find_one({"symbol": sym, **extra, time_field: window},
-                                                         {"_id": 1}) is not None
-                    for name, extra, time_field in PAIR_PROBES)
+        found = any(
+            self.mongo.collection(name).find_one({"symbol": sym, **extra, time_field: window}, {"_id": 1}) is not None
+            for name, extra, time_field in PAIR_PROBES
+        )
         with self._lock:
             if len(self._probed) > 10_000:
                 self._probed.clear()
@@ -214,4 +222,3 @@ __all__ = [
     "require_write_token",
     "state",
 ]
-

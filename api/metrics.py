@@ -18,13 +18,21 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ApiMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter("dm_api_requests_total", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("dm_api_request_duration_seconds", "Time to the end of the response body",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "dm_api_requests_total",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dm_api_request_duration_seconds",
+            "Time to the end of the response body",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge("dm_api_requests_in_flight", "Requests being served", registry=self.registry)
-        self.cache = Counter("dm_api_cache_total", "Hot cache lookups by result", ["result"],
-                             registry=self.registry)
+        self.cache = Counter("dm_api_cache_total", "Hot cache lookups by result", ["result"], registry=self.registry)
 
 
 class MetricsMiddleware:

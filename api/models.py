@@ -67,6 +67,7 @@ class Page(_Model, Generic[T]):
 
 # --- data ------------------------------------------------------------------------------------------
 
+
 class Candle(_Model):
     open_time: int
     close_time: int
@@ -137,6 +138,7 @@ class FundingPage(Page[FundingRate | MarkPrice]):
 
 # --- analytics ---------------------------------------------------------------------------------------
 
+
 class AnalyticsResult(_Model):
     """One analytics document; ``values`` is served as the analytics assets wrote it."""
 
@@ -157,6 +159,7 @@ class AnalyticsPage(Page[AnalyticsResult]):
 
 
 # --- health --------------------------------------------------------------------------------------------
+
 
 class Liveness(_Model):
     status: Literal["ok"]
@@ -197,6 +200,7 @@ class PairHealth(_Model):
 
 # --- catalog -------------------------------------------------------------------------------------------
 
+
 class DatasetSchema(_Model):
     id: str
     collection: str
@@ -210,6 +214,7 @@ class LineageResponse(_Model):
 
 
 # --- backfill --------------------------------------------------------------------------------------------
+
 
 class BackfillRequest(_Model):
     """What to backfill: the UTC days touched by ``[start, end)`` for each pair.

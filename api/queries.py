@@ -119,8 +119,16 @@ class Source:
     def sort(self) -> list[tuple[str, int]]:
         return [(k, ASCENDING) for k in self.spec.key]
 
-    def find(self, store: MongoStore, flt: Mapping[str, Any], proj: Mapping[str, Any], *,
-             batch_size: int = 0, limit: int = 0, raw: bool = False) -> Any:
+    def find(
+        self,
+        store: MongoStore,
+        flt: Mapping[str, Any],
+        proj: Mapping[str, Any],
+        *,
+        batch_size: int = 0,
+        limit: int = 0,
+        raw: bool = False,
+    ) -> Any:
         """A cursor in index order (see the module docstring for how, per server)."""
         coll = store.collection(self.name)
         finder = coll.find_raw_batches if raw else coll.find
@@ -141,8 +149,9 @@ def time_window(start: int | None, end: int | None) -> dict[str, int] | None:
     return w or None
 
 
-def read_page(store: MongoStore, src: Source, start: int, end: int | None, limit: int,
-              after: int | None = None, *, step_ms: int) -> tuple[list[dict[str, Any]], bool]:
+def read_page(
+    store: MongoStore, src: Source, start: int, end: int | None, limit: int, after: int | None = None, *, step_ms: int
+) -> tuple[list[dict[str, Any]], bool]:
     """Up to ``limit`` rows from ``start`` (skipping tie keys ``<= after`` at ``start``); and whether more exist.
 
     Without ``end`` the read gallops forward over bounded windows sized for ``limit`` rows
@@ -162,8 +171,7 @@ def read_page(store: MongoStore, src: Source, start: int, end: int | None, limit
     while len(rows) <= limit and lo < stop:
         hi = min(stop, lo + window)
         want = limit + 1 - len(rows)
-        rows.extend(src.find(store, src.filter(time_window(lo, hi)), proj, batch_size=min(want, 10_000),
-                             limit=want))
+        rows.extend(src.find(store, src.filter(time_window(lo, hi)), proj, batch_size=min(want, 10_000), limit=want))
         lo, window = hi, window * 4
     more = len(rows) > limit
     return rows[:limit], more
@@ -187,8 +195,9 @@ class LatestHints:
                 self._hint.clear()
 
 
-def read_latest(store: MongoStore, src: Source, n: int, *, end: int | None, step_ms: int,
-                hints: LatestHints) -> list[dict[str, Any]]:
+def read_latest(
+    store: MongoStore, src: Source, n: int, *, end: int | None, step_ms: int, hints: LatestHints
+) -> list[dict[str, Any]]:
     """The newest ``n`` rows before ``end`` (or overall), oldest first, by bounded ascending windows only.
 
     The first window is sized to hold ``n`` rows of ``step_ms`` each, ending at the newest
@@ -220,8 +229,15 @@ def has_newer(store: MongoStore, src: Source, newest: int | None) -> bool:
     return doc is not None
 
 
-def iter_ndjson(store: MongoStore, src: Source, start: int | None, end: int | None, *,
-                batch_size: int = STREAM_BATCH, limit: int = 0) -> Iterator[bytes]:
+def iter_ndjson(
+    store: MongoStore,
+    src: Source,
+    start: int | None,
+    end: int | None,
+    *,
+    batch_size: int = STREAM_BATCH,
+    limit: int = 0,
+) -> Iterator[bytes]:
     """NDJSON chunks (one per server batch) of every row in ``[start, end)``, ascending.
 
     Raw BSON batches decoded by ``bson.decode_all`` (C) and rendered by orjson: the
@@ -229,8 +245,7 @@ def iter_ndjson(store: MongoStore, src: Source, start: int | None, end: int | No
     """
     lo = start if start is not None else FLOOR_MS
     hi = end if end is not None else now_ms() + FUTURE_SLACK_MS
-    cursor = src.find(store, src.filter(time_window(lo, hi)), src.proj, batch_size=batch_size, limit=limit,
-                      raw=True)
+    cursor = src.find(store, src.filter(time_window(lo, hi)), src.proj, batch_size=batch_size, limit=limit, raw=True)
     nl = b"\n"
     try:
         for batch in cursor:

@@ -17,8 +17,7 @@ from dm_resources.embedded import free_port
 def serve(app: FastAPI, *, port: int | None = None, timeout: float = 20.0) -> Iterator[str]:
     """Run uvicorn for ``app`` until the block ends; yields the base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            access_log=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -37,8 +37,20 @@ from dm_resources.mongo import MongoStore
 
 MIN = 60_000
 SYMBOL = "BTCUSDT"
-CANDLE_FIELDS = ("open_time", "close_time", "open", "high", "low", "close", "volume", "quote_volume",
-                 "taker_buy_volume", "taker_buy_quote_volume", "trades", "source")
+CANDLE_FIELDS = (
+    "open_time",
+    "close_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "trades",
+    "source",
+)
 
 
 def candles(start: int, n: int) -> list[dict[str, Any]]:
@@ -46,10 +58,25 @@ def candles(start: int, n: int) -> list[dict[str, Any]]:
     for i in range(n):
         t = start + i * MIN
         p = 27000.0 + (i % 1000) * 0.1
-        out.append({"_id": f"{SYMBOL}:1m:{t}", "symbol": SYMBOL, "interval": "1m", "open_time": t,
-                    "close_time": t + MIN - 1, "open": p, "high": p + 5.5, "low": p - 4.25, "close": p + 1.0,
-                    "volume": 12.345 + i % 7, "quote_volume": 333333.25, "taker_buy_volume": 6.5,
-                    "taker_buy_quote_volume": 175000.5, "trades": 100 + i % 50, "source": "kline"})
+        out.append(
+            {
+                "_id": f"{SYMBOL}:1m:{t}",
+                "symbol": SYMBOL,
+                "interval": "1m",
+                "open_time": t,
+                "close_time": t + MIN - 1,
+                "open": p,
+                "high": p + 5.5,
+                "low": p - 4.25,
+                "close": p + 1.0,
+                "volume": 12.345 + i % 7,
+                "quote_volume": 333333.25,
+                "taker_buy_volume": 6.5,
+                "taker_buy_quote_volume": 175000.5,
+                "trades": 100 + i % 50,
+                "source": "kline",
+            }
+        )
     return out
 
 
@@ -60,8 +87,13 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(lat_s: list[float], wall: float) -> dict[str, float]:
     ms = [x * 1000 for x in lat_s]
-    return {"requests": len(ms), "p50_ms": round(pct(ms, 50), 2), "p99_ms": round(pct(ms, 99), 2),
-            "mean_ms": round(statistics.fmean(ms), 2), "requests_per_s": round(len(ms) / wall, 1)}
+    return {
+        "requests": len(ms),
+        "p50_ms": round(pct(ms, 50), 2),
+        "p99_ms": round(pct(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "requests_per_s": round(len(ms) / wall, 1),
+    }
 
 
 async def load(url: str, params: dict[str, Any], concurrency: int, total: int) -> dict[str, float]:
@@ -139,8 +171,12 @@ def full_read(base: str, start: int, end: int) -> dict[str, Any]:
             pages += 1
             url, q = body["next"], None
     wall = time.perf_counter() - t0
-    out["json_pages_limit_5000"] = {"rows": rows, "pages": pages, "wall_s": round(wall, 3),
-                                    "rows_per_s": round(rows / wall)}
+    out["json_pages_limit_5000"] = {
+        "rows": rows,
+        "pages": pages,
+        "wall_s": round(wall, 3),
+        "rows_per_s": round(rows / wall),
+    }
     return out
 
 
@@ -190,8 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         def direct_query() -> list[dict[str, Any]]:
             # Same filter, projection and index order as the API's read (Source.find: hint on
             # SecantusDB, sort on MongoDB), decoded by pymongo into dicts.
-            rows = list(src.find(store, {"symbol": SYMBOL, "interval": "1m", "open_time": {"$gte": lo, "$lt": end}},
-                                 proj, batch_size=1001))
+            rows = list(
+                src.find(
+                    store,
+                    {"symbol": SYMBOL, "interval": "1m", "open_time": {"$gte": lo, "$lt": end}},
+                    proj,
+                    batch_size=1001,
+                )
+            )
             assert len(rows) == 1000
             return rows
 
@@ -200,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
             f"concurrency_{args.concurrency}": direct(direct_query, args.concurrency, args.requests),
         }
 
-        env = {"DM_MONGO_URL": mongo_url, "DM_MONGO_DB": db, "DM_METADATA_URL": meta_url, "DM_SYMBOLS": SYMBOL,
-               "DM_DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{free_port()}/graphql"}
+        env = {
+            "DM_MONGO_URL": mongo_url,
+            "DM_MONGO_DB": db,
+            "DM_METADATA_URL": meta_url,
+            "DM_SYMBOLS": SYMBOL,
+            "DM_DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{free_port()}/graphql",
+        }
         params = {"pair": SYMBOL, "period": "1m", "limit": 1000}
         for label, extra in (("cached", {}), ("uncached", {"DM_API_CACHE_ENABLED": "false"})):
             api_port = free_port()
@@ -223,21 +270,31 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         n = sum(chunk.count(b"\n") for chunk in iter_ndjson(store, src, start, end))
         wall = time.perf_counter() - t0
-        result["full_range_direct_raw_batches_to_ndjson"] = {"rows": n, "wall_s": round(wall, 3),
-                                                              "rows_per_s": round(n / wall)}
+        result["full_range_direct_raw_batches_to_ndjson"] = {
+            "rows": n,
+            "wall_s": round(wall, 3),
+            "rows_per_s": round(n / wall),
+        }
         t0 = time.perf_counter()
-        n = sum(1 for _ in src.find(store, {"symbol": SYMBOL, "interval": "1m",
-                                            "open_time": {"$gte": start, "$lt": end}}, proj, batch_size=10_000))
+        n = sum(
+            1
+            for _ in src.find(
+                store,
+                {"symbol": SYMBOL, "interval": "1m", "open_time": {"$gte": start, "$lt": end}},
+                proj,
+                batch_size=10_000,
+            )
+        )
         wall = time.perf_counter() - t0
-        result["full_range_direct_pymongo_find"] = {"rows": n, "wall_s": round(wall, 3),
-                                                    "rows_per_s": round(n / wall)}
+        result["full_range_direct_pymongo_find"] = {"rows": n, "wall_s": round(wall, 3), "rows_per_s": round(n / wall)}
 
         c = f"concurrency_{args.concurrency}"
         d_seq, d_c = result["direct_store_query"]["sequential"], result["direct_store_query"][c]
         result["targets"] = {
             "cached_p99_ms_under_25": result["api_cached"][c]["p99_ms"] < 25,
-            "uncached_vs_direct_p50_sequential": round(result["api_uncached"]["sequential"]["p50_ms"]
-                                                       / d_seq["p50_ms"], 2),
+            "uncached_vs_direct_p50_sequential": round(
+                result["api_uncached"]["sequential"]["p50_ms"] / d_seq["p50_ms"], 2
+            ),
             f"uncached_vs_direct_p50_{c}": round(result["api_uncached"][c]["p50_ms"] / d_c["p50_ms"], 2),
             f"uncached_vs_direct_p99_{c}": round(result["api_uncached"][c]["p99_ms"] / d_c["p99_ms"], 2),
             "full_year_stream_under_5s": result["full_range_through_api"]["ndjson_stream"]["wall_s"] < 5.0,

@@ -30,7 +30,9 @@ from dm_resources.mongo import MongoStore  # noqa: E402
 from tests.fake_exchange import FakeExchange  # noqa: E402
 
 ASSETS = [["candles", f"candles_{iv}"] for iv in ("1m", "5m", "15m", "1h", "4h", "1d")] + [
-    ["quality", "audit_results"], ["quality", "health_scores"]]
+    ["quality", "audit_results"],
+    ["quality", "health_scores"],
+]
 
 
 def main() -> None:
@@ -55,12 +57,19 @@ def main() -> None:
     home.mkdir()
     (home / "dagster.yaml").write_text(
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
-        f"  config:\n    max_concurrent_runs: {args.max_concurrent_runs}\ntelemetry:\n  enabled: false\n")
+        f"  config:\n    max_concurrent_runs: {args.max_concurrent_runs}\ntelemetry:\n  enabled: false\n"
+    )
     mongo_url = f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true"
-    env = {"DM_MONGO_URL": mongo_url, "DM_MONGO_DB": "bench", "DM_METADATA_URL": f"sqlite:///{work / 'meta.db'}",
-           "DM_BINANCE_REST_URL": exchange.url, "DM_SYMBOLS": ",".join(symbols),
-           "DM_PARTITION_START": days[0], "DM_AUTOMATION": "false",
-           "DM_BACKFILL_PARTITIONS_PER_RUN": str(args.per_run)}
+    env = {
+        "DM_MONGO_URL": mongo_url,
+        "DM_MONGO_DB": "bench",
+        "DM_METADATA_URL": f"sqlite:///{work / 'meta.db'}",
+        "DM_BINANCE_REST_URL": exchange.url,
+        "DM_SYMBOLS": ",".join(symbols),
+        "DM_PARTITION_START": days[0],
+        "DM_AUTOMATION": "false",
+        "DM_BACKFILL_PARTITIONS_PER_RUN": str(args.per_run),
+    }
     dagster = None
     try:
         dagster = start_dagster_dev(dagster_port, str(home), env, log_dir=work)
@@ -74,27 +83,48 @@ def main() -> None:
         state = gql.wait_for_backfill(backfill_id, timeout=args.timeout, poll=2.0)
         wall = time.perf_counter() - t0
         rest = exchange.requests_to("/fapi/v1/klines")
-        weight = sum(10 if int(p.get("limit", 500)) > 1000 else 5 if int(p.get("limit", 500)) >= 500 else
-                     2 if int(p.get("limit", 500)) >= 100 else 1 for p in rest)
+        weight = sum(
+            10
+            if int(p.get("limit", 500)) > 1000
+            else 5
+            if int(p.get("limit", 500)) >= 500
+            else 2
+            if int(p.get("limit", 500)) >= 100
+            else 1
+            for p in rest
+        )
         store = MongoStore(mongo_url, "bench")
         from dm_assets.partitions import day_bounds_ms
 
         lo, hi = day_bounds_ms(days[0])[0], day_bounds_ms(days[-1])[1]
-        candles_1m = sum(store.count("candles", s, {"interval": "1m", "open_time": {"$gte": lo, "$lt": hi}})
-                         for s in symbols)
+        candles_1m = sum(
+            store.count("candles", s, {"interval": "1m", "open_time": {"$gte": lo, "$lt": hi}}) for s in symbols
+        )
         store.close()
         floor_s = weight / 2400 * 60
-        print(json.dumps({
-            "partitions": len(partitions), "days": args.days, "symbols": symbols,
-            "backfill_status": state.status, "runs": len(state.runs),
-            "runs_succeeded": sum(r["status"] == "SUCCESS" for r in state.runs),
-            "max_concurrent_runs": args.max_concurrent_runs, "partitions_per_run": args.per_run or "all",
-            "wall_s": round(wall, 1), "rest_requests": len(rest), "rest_weight": weight,
-            "weight_floor_s": round(floor_s, 1),
-            "wall_over_floor": round(wall / floor_s, 2) if floor_s else None,
-            "candles_1m_stored": candles_1m, "candles_1m_expected": len(partitions) * 1440,
-            "s_per_partition": round(wall / len(partitions), 2),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "partitions": len(partitions),
+                    "days": args.days,
+                    "symbols": symbols,
+                    "backfill_status": state.status,
+                    "runs": len(state.runs),
+                    "runs_succeeded": sum(r["status"] == "SUCCESS" for r in state.runs),
+                    "max_concurrent_runs": args.max_concurrent_runs,
+                    "partitions_per_run": args.per_run or "all",
+                    "wall_s": round(wall, 1),
+                    "rest_requests": len(rest),
+                    "rest_weight": weight,
+                    "weight_floor_s": round(floor_s, 1),
+                    "wall_over_floor": round(wall / floor_s, 2) if floor_s else None,
+                    "candles_1m_stored": candles_1m,
+                    "candles_1m_expected": len(partitions) * 1440,
+                    "s_per_partition": round(wall / len(partitions), 2),
+                },
+                indent=2,
+            )
+        )
     finally:
         if dagster is not None:
             dagster.stop(signal.SIGINT, timeout=30)

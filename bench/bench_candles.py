@@ -46,15 +46,17 @@ def synthetic_trades(n: int, seed: int = 1) -> pd.DataFrame:
     t = START + np.cumsum(gaps)
     price = np.round(42_000 * np.exp(np.cumsum(rng.normal(0, 2e-5, n))), 1)
     first = np.cumsum(rng.integers(1, 4, n))
-    return pd.DataFrame({
-        "agg_id": np.arange(n, dtype=np.int64),
-        "trade_time": t,
-        "price": price,
-        "qty": np.round(rng.exponential(0.05, n), 3) + 0.001,
-        "buyer_is_maker": rng.random(n) < 0.5,
-        "first_trade_id": first,
-        "last_trade_id": first + rng.integers(0, 3, n),
-    })
+    return pd.DataFrame(
+        {
+            "agg_id": np.arange(n, dtype=np.int64),
+            "trade_time": t,
+            "price": price,
+            "qty": np.round(rng.exponential(0.05, n), 3) + 0.001,
+            "buyer_is_maker": rng.random(n) < 0.5,
+            "first_trade_id": first,
+            "last_trade_id": first + rng.integers(0, 3, n),
+        }
+    )
 
 
 def synthetic_1m(days: int, seed: int = 2) -> pd.DataFrame:
@@ -64,12 +66,22 @@ def synthetic_1m(days: int, seed: int = 2) -> pd.DataFrame:
     open_ = np.r_[42_000.0, close[:-1]]
     vol = rng.exponential(20.0, n)
     ot = START + np.arange(n, dtype=np.int64) * compute.MINUTE_MS
-    return pd.DataFrame({
-        "open_time": ot, "close_time": ot + compute.MINUTE_MS - 1, "open": open_,
-        "high": np.maximum(open_, close) * 1.0004, "low": np.minimum(open_, close) * 0.9996, "close": close,
-        "volume": vol, "quote_volume": vol * close, "taker_buy_volume": vol / 2,
-        "taker_buy_quote_volume": vol * close / 2, "trades": rng.integers(0, 500, n), "source": "kline",
-    })
+    return pd.DataFrame(
+        {
+            "open_time": ot,
+            "close_time": ot + compute.MINUTE_MS - 1,
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.0004,
+            "low": np.minimum(open_, close) * 0.9996,
+            "close": close,
+            "volume": vol,
+            "quote_volume": vol * close,
+            "taker_buy_volume": vol / 2,
+            "taker_buy_quote_volume": vol * close / 2,
+            "trades": rng.integers(0, 500, n),
+            "source": "kline",
+        }
+    )
 
 
 def bench_trades(n: int, repeat: int) -> dict[str, object]:
@@ -79,9 +91,12 @@ def bench_trades(n: int, repeat: int) -> dict[str, object]:
     shuffled = trades.sample(frac=1.0, random_state=3).reset_index(drop=True)
     sec_shuffled = best_of(lambda: compute.trades_to_1m(shuffled), repeat)
     return {
-        "trades": n, "minutes": minutes,
-        "sorted_seconds": round(sec, 4), "sorted_trades_per_s": round(n / sec),
-        "shuffled_seconds": round(sec_shuffled, 4), "shuffled_trades_per_s": round(n / sec_shuffled),
+        "trades": n,
+        "minutes": minutes,
+        "sorted_seconds": round(sec, 4),
+        "sorted_trades_per_s": round(n / sec),
+        "shuffled_seconds": round(sec_shuffled, 4),
+        "shuffled_trades_per_s": round(n / sec_shuffled),
     }
 
 
@@ -90,9 +105,15 @@ def synthetic_docs(n: int) -> list[dict[str, object]]:
     prices = rng.uniform(40_000, 44_000, n)
     qtys = rng.uniform(0.001, 5, n)
     return [
-        {"agg_id": i, "trade_time": START + i * 10, "price": Decimal128(f"{p:.1f}"),
-         "qty": Decimal128(f"{q:.3f}"), "buyer_is_maker": bool(i & 1), "first_trade_id": i,
-         "last_trade_id": i}
+        {
+            "agg_id": i,
+            "trade_time": START + i * 10,
+            "price": Decimal128(f"{p:.1f}"),
+            "qty": Decimal128(f"{q:.3f}"),
+            "buyer_is_maker": bool(i & 1),
+            "first_trade_id": i,
+            "last_trade_id": i,
+        }
         for i, (p, q) in enumerate(zip(prices, qtys, strict=True))
     ]
 
@@ -121,7 +142,8 @@ def main() -> None:
     sec_fast = best_of(lambda: compute.decimals_to_float(prices), args.repeat)
     sec_str = best_of(lambda: np.array([str(d) for d in prices], dtype=float), 1)
     out["decode"] = {
-        "docs": args.docs, "agg_trades_frame_docs_per_s": round(args.docs / sec),
+        "docs": args.docs,
+        "agg_trades_frame_docs_per_s": round(args.docs / sec),
         "decimal128_bid_values_per_s": round(args.docs / sec_fast),
         "decimal128_str_values_per_s": round(args.docs / sec_str),
     }

@@ -44,7 +44,9 @@ from dm_resources.settings import load_settings
 VAR = ROOT / "var"
 warnings.filterwarnings("ignore", message=".*currently in beta.*")
 CANDLE_AND_QUALITY = [["candles", f"candles_{iv}"] for iv in ("1m", "5m", "15m", "1h", "4h", "1d")] + [
-    ["quality", "audit_results"], ["quality", "health_scores"]]
+    ["quality", "audit_results"],
+    ["quality", "health_scores"],
+]
 
 
 def say(msg: str) -> None:
@@ -119,24 +121,47 @@ def main(argv: list[str] | None = None) -> int:
         # -- ingest ----------------------------------------------------------------------
         metrics_port = _port(9108)
         ingest_env = {**os.environ, **env, "DM_INGEST_METRICS_PORT": str(metrics_port), "DM_INGEST_LOG_JSON": "true"}
-        ingest = ManagedProcess("ingest", [sys.executable, "-m", "ingest_service"], VAR / "logs" / "ingest.log",
-                                env=ingest_env).start()
+        ingest = ManagedProcess(
+            "ingest", [sys.executable, "-m", "ingest_service"], VAR / "logs" / "ingest.log", env=ingest_env
+        ).start()
         started.append(ingest)
-        wait_until(lambda: _get(f"http://127.0.0.1:{metrics_port}/health/readiness")[0] == 200, 60,
-                   "ingest service readiness", ingest)
+        wait_until(
+            lambda: _get(f"http://127.0.0.1:{metrics_port}/health/readiness")[0] == 200,
+            60,
+            "ingest service readiness",
+            ingest,
+        )
         say(f"ingest service up: metrics http://127.0.0.1:{metrics_port}/metrics")
 
         now = int(time.time() * 1000)
         start_ms = now - now % 60_000 - int(args.minutes * 60_000)
         session = VAR / "demo" / "session.jsonl"
         session.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "ingest_service.generator", str(session), "--symbols",
-                        ",".join(settings.symbols), "--minutes", str(args.minutes), "--start-ms", str(start_ms),
-                        "--bad", "25"], check=True, env={**os.environ, **env})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ingest_service.generator",
+                str(session),
+                "--symbols",
+                ",".join(settings.symbols),
+                "--minutes",
+                str(args.minutes),
+                "--start-ms",
+                str(start_ms),
+                "--bad",
+                "25",
+            ],
+            check=True,
+            env={**os.environ, **env},
+        )
         lines = sum(1 for _ in session.open())
         say(f"generated {lines} messages ({args.minutes:g} min, {len(settings.symbols)} symbols, 25 malformed)")
-        subprocess.run([sys.executable, "-m", "ingest_service.replay", str(session), "--no-progress"],
-                       check=True, env={**os.environ, **env})
+        subprocess.run(
+            [sys.executable, "-m", "ingest_service.replay", str(session), "--no-progress"],
+            check=True,
+            env={**os.environ, **env},
+        )
         counts = _wait_stored(store, expected_min=int(lines * 0.5))
         say("stored per collection: " + json.dumps({k: counts.get(k, 0) for k in COLLECTIONS}))
 
@@ -155,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         gql = DagsterGraphQL(f"http://127.0.0.1:{dagster_port}/graphql")
         today = dt.datetime.now(dt.UTC).date().isoformat()
         partitions = [f"{today}|{s}" for s in settings.symbols]
-        backfill_id = gql.launch_backfill(CANDLE_AND_QUALITY, partitions, tags={"dm/origin": "api"},
-                                          title="demo: today's candles")
+        backfill_id = gql.launch_backfill(
+            CANDLE_AND_QUALITY, partitions, tags={"dm/origin": "api"}, title="demo: today's candles"
+        )
         say(f"backfill {backfill_id} launched for {partitions}; waiting ...")
         state = gql.wait_for_backfill(backfill_id, timeout=900, poll=2.0)
         say(f"backfill {state.status}: {len(state.runs)} run(s)")
         day_start = int(dt.datetime.fromisoformat(today).replace(tzinfo=dt.UTC).timestamp() * 1000)
         for s in settings.symbols:
-            rows = store.read_range("candles", s, day_start, None, extra={"interval": "1m"},
-                                    projection={"source": 1})
+            rows = store.read_range("candles", s, day_start, None, extra={"interval": "1m"}, projection={"source": 1})
             sources: dict[str, int] = {}
             for r in rows:
                 sources[r["source"]] = sources.get(r["source"], 0) + 1
@@ -176,19 +201,31 @@ def main(argv: list[str] | None = None) -> int:
         from dm_assets.analytics.assets import run_config as analytics_config
 
         as_of = int(time.time() * 1000)
-        runs = [gql.launch_run("analytics_job", asset_selection=[k.path for k in SYMBOL_KEYS], partition_key=s,
-                               run_config=analytics_config(as_of, correlation=False).to_config_dict(),
-                               tags={"dm/origin": "api"}) for s in settings.symbols]
+        runs = [
+            gql.launch_run(
+                "analytics_job",
+                asset_selection=[k.path for k in SYMBOL_KEYS],
+                partition_key=s,
+                run_config=analytics_config(as_of, correlation=False).to_config_dict(),
+                tags={"dm/origin": "api"},
+            )
+            for s in settings.symbols
+        ]
         for run_id in runs:
             say(f"analytics run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600)}")
-        corr = gql.launch_run("analytics_job", asset_selection=[analytics_key("correlation").path],
-                              run_config=analytics_config(as_of, symbol_assets=False).to_config_dict(),
-                              tags={"dm/origin": "api"})
+        corr = gql.launch_run(
+            "analytics_job",
+            asset_selection=[analytics_key("correlation").path],
+            run_config=analytics_config(as_of, symbol_assets=False).to_config_dict(),
+            tags={"dm/origin": "api"},
+        )
         say(f"correlation run {corr[:8]}: {gql.wait_for_run(corr, timeout=600)}")
         cat = gql.launch_run("catalog_job", tags={"dm/origin": "api"})
         say(f"catalog run {cat[:8]}: {gql.wait_for_run(cat, timeout=600)}")
-        say(f"analytics documents: {store.count('analytics')}; catalog datasets: {len(meta.list_datasets())}; "
-            f"lineage edges: {len(meta.lineage())}")
+        say(
+            f"analytics documents: {store.count('analytics')}; catalog datasets: {len(meta.list_datasets())}; "
+            f"lineage edges: {len(meta.lineage())}"
+        )
 
         # -- API ---------------------------------------------------------------------------
         api_port = None
@@ -198,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
             started.append(start_api(api_port, api_env, log_dir=VAR / "logs"))
             base = f"http://127.0.0.1:{api_port}"
             sym = settings.symbols[0]
-            for path in ("/health/readiness", f"/data/candles?pair={sym}&period=1m&limit=3",
-                         f"/data/candles?pair={sym}&period=1h&limit=2", "/health/summary", "/catalog/datasets"):
+            for path in (
+                "/health/readiness",
+                f"/data/candles?pair={sym}&period=1m&limit=3",
+                f"/data/candles?pair={sym}&period=1h&limit=2",
+                "/health/summary",
+                "/catalog/datasets",
+            ):
                 code, body = _get(base + path)
                 say(f"GET {path} -> {code}: {body[:300]}")
 

@@ -14,8 +14,15 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _dismiss(page: Page) -> None:
@@ -47,5 +54,7 @@ def main(base: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3000",
-         Path(sys.argv[2] if len(sys.argv) > 2 else "docs"))
+    main(
+        sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3000",
+        Path(sys.argv[2] if len(sys.argv) > 2 else "docs"),
+    )

@@ -82,8 +82,10 @@ class BinanceBanned(BinanceError):
     def __init__(self, retry_after_s: float | None, msg: str, path: str) -> None:
         self.retry_after_s, self.msg, self.path = retry_after_s, msg, path
         until = f"Retry-After {retry_after_s:g} s" if retry_after_s is not None else "no Retry-After given"
-        super().__init__(f"Binance banned this IP (HTTP 418 on GET {path}, {until}): {msg or 'no message'}; "
-                         "no request is sent until the ban ends")
+        super().__init__(
+            f"Binance banned this IP (HTTP 418 on GET {path}, {until}): {msg or 'no message'}; "
+            "no request is sent until the ban ends"
+        )
 
 
 class BinanceUnavailable(BinanceError):
@@ -123,8 +125,7 @@ def request_weight(limit: int) -> int:
 
 def _dec(value: object, field: str) -> Decimal:
     if not isinstance(value, str):
-        raise BinanceProtocolError(
-            f"kline {field} must be a decimal string, got {type(value).__name__} {value!r}")
+        raise BinanceProtocolError(f"kline {field} must be a decimal string, got {type(value).__name__} {value!r}")
     try:
         d = Decimal(value)
     except decimal.InvalidOperation:
@@ -311,7 +312,8 @@ class BinanceClient:
         self._now_ms = now_ms
         # initial * 2**n plus up to `initial` of jitter, so replicas that failed together spread out.
         self._backoff = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s) + wait_random(
-            0, backoff_initial_s)
+            0, backoff_initial_s
+        )
         self._lock = threading.Lock()
         self._used_weight = 0
         self._window_minute = -1
@@ -363,8 +365,14 @@ class BinanceClient:
             used = self._used_weight
         if not must_wait:
             return
-        log.info("weight %d + %d would exceed %.0f of %d: sleeping %.2f s to the next minute",
-                 used, weight, budget, self.weight_limit, wait_s)
+        log.info(
+            "weight %d + %d would exceed %.0f of %d: sleeping %.2f s to the next minute",
+            used,
+            weight,
+            budget,
+            self.weight_limit,
+            wait_s,
+        )
         with self._lock:
             self.stats.weight_waits += 1
         self._do_sleep(wait_s)
@@ -396,8 +404,12 @@ class BinanceClient:
         exc = state.outcome.exception() if state.outcome else None
         with self._lock:
             self.stats.retries += 1
-        log.warning("Binance attempt %d failed (%s); retrying in %.2f s", state.attempt_number, exc,
-                    state.next_action.sleep if state.next_action else 0.0)
+        log.warning(
+            "Binance attempt %d failed (%s); retrying in %.2f s",
+            state.attempt_number,
+            exc,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
 
     @property
     def banned_until_ms(self) -> int | None:
@@ -411,8 +423,7 @@ class BinanceClient:
         until = self.banned_until_ms
         if until is not None:
             left = (until - self._now_ms()) / 1000
-            raise BinanceBanned(left, f"still banned by an earlier 418 for {left:.0f} s; request not sent",
-                                path)
+            raise BinanceBanned(left, f"still banned by an earlier 418 for {left:.0f} s; request not sent", path)
         self._reserve_weight(weight)
         url = self.base_url + path
         with self._lock:
@@ -445,8 +456,12 @@ class BinanceClient:
                 now = self._now_ms()
                 after = ((now // MINUTE_MS + 1) * MINUTE_MS - now) / 1000 + self.weight_window_margin_s
             if after > self.max_retry_after_s:
-                raise BinanceUnavailable(f"HTTP 429 with Retry-After {after:g} s, longer than the "
-                                         f"{self.max_retry_after_s:g} s this client waits: {msg}", path, 1)
+                raise BinanceUnavailable(
+                    f"HTTP 429 with Retry-After {after:g} s, longer than the "
+                    f"{self.max_retry_after_s:g} s this client waits: {msg}",
+                    path,
+                    1,
+                )
             raise _Transient(f"HTTP 429 rate limited (code {code}): {msg}", retry_after_s=after)
         if status >= 500:
             with self._lock:
@@ -511,8 +526,7 @@ class BinanceClient:
             if limit <= 0:
                 break
             now = self._now_ms()  # before sending: the server answers at a later time
-            params = {"symbol": symbol, "interval": interval, "startTime": cursor, "endTime": last_incl,
-                      "limit": limit}
+            params = {"symbol": symbol, "interval": interval, "startTime": cursor, "endTime": last_incl, "limit": limit}
             body = self._get(KLINES_PATH, params, request_weight(limit))
             if not isinstance(body, list):
                 raise BinanceProtocolError(f"klines body is not a list: {str(body)[:200]}")
@@ -525,7 +539,8 @@ class BinanceClient:
                 if k.open_time <= prev:
                     raise BinanceProtocolError(
                         f"klines page for {symbol} {interval} not strictly ascending from {cursor}: "
-                        f"{k.open_time} after {prev}")
+                        f"{k.open_time} after {prev}"
+                    )
                 prev = k.open_time
                 if k.open_time > last_incl:  # Binance does not do this; never return past the range
                     break

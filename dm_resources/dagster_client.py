@@ -112,8 +112,14 @@ class DagsterGraphQL:
         except (requests.RequestException, DagsterAPIError, ValueError):
             return False
 
-    def launch_backfill(self, asset_keys: list[list[str]], partition_names: list[str], *,
-                        tags: dict[str, str] | None = None, title: str | None = None) -> str:
+    def launch_backfill(
+        self,
+        asset_keys: list[list[str]],
+        partition_names: list[str],
+        *,
+        tags: dict[str, str] | None = None,
+        title: str | None = None,
+    ) -> str:
         params: dict[str, Any] = {
             "assetSelection": [{"path": k} for k in asset_keys],
             "partitionNames": partition_names,
@@ -127,19 +133,31 @@ class DagsterGraphQL:
             raise DagsterAPIError(f"backfill not launched ({result['__typename']}): {detail}")
         return str(result["backfillId"])
 
-    def launch_run(self, job_name: str, *, asset_selection: list[list[str]] | None = None,
-                   partition_key: str | None = None, run_config: dict[str, Any] | None = None,
-                   tags: dict[str, str] | None = None) -> str:
+    def launch_run(
+        self,
+        job_name: str,
+        *,
+        asset_selection: list[list[str]] | None = None,
+        partition_key: str | None = None,
+        run_config: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> str:
         """Launch one run of a job (optionally a subset of its assets, one partition); returns the run id."""
         all_tags = dict(tags or {})
         if partition_key is not None:
             all_tags["dagster/partition"] = partition_key
-        selector: dict[str, Any] = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
-                                    "jobName": job_name}
+        selector: dict[str, Any] = {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": REPOSITORY,
+            "jobName": job_name,
+        }
         if asset_selection:
             selector["assetSelection"] = [{"path": k} for k in asset_selection]
-        params = {"selector": selector, "runConfigData": run_config or {},
-                  "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in all_tags.items()]}}
+        params = {
+            "selector": selector,
+            "runConfigData": run_config or {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in all_tags.items()]},
+        }
         result = self._call(LAUNCH_RUN, {"params": params})["launchRun"]
         if result["__typename"] != "LaunchRunSuccess":
             detail = result.get("message") or result.get("errors") or result
@@ -167,17 +185,22 @@ class DagsterGraphQL:
         if result["__typename"] != "PartitionBackfill":
             raise DagsterAPIError(f"backfill {backfill_id}: {result.get('message', result['__typename'])}")
         return BackfillState(
-            backfill_id=result["id"], status=result["status"], num_partitions=result.get("numPartitions"),
-            runs=result.get("runs") or [], error=(result.get("error") or {}).get("message"),
-            started=result.get("timestamp"), ended=result.get("endTimestamp"),
+            backfill_id=result["id"],
+            status=result["status"],
+            num_partitions=result.get("numPartitions"),
+            runs=result.get("runs") or [],
+            error=(result.get("error") or {}).get("message"),
+            started=result.get("timestamp"),
+            ended=result.get("endTimestamp"),
         )
 
     def wait_for_backfill(self, backfill_id: str, timeout: float = 600.0, poll: float = 1.0) -> BackfillState:
         deadline = time.monotonic() + timeout
         while True:
             state = self.backfill(backfill_id)
-            if state.done and not any(r["status"] in {"QUEUED", "STARTING", "STARTED", "NOT_STARTED"}
-                                      for r in state.runs):
+            if state.done and not any(
+                r["status"] in {"QUEUED", "STARTING", "STARTED", "NOT_STARTED"} for r in state.runs
+            ):
                 return state
             if time.monotonic() > deadline:
                 raise TimeoutError(f"backfill {backfill_id} still {state.status} after {timeout:.0f}s")

@@ -79,8 +79,13 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self.proc = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, env=self.env, cwd=ROOT,
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            env=self.env,
+            cwd=ROOT,
         )
         log.close()
         return self
@@ -160,8 +165,19 @@ def start_secantus(port: int, data_dir: Path, *, host: str = "127.0.0.1", cache_
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(
         "secantusdb",
-        [_venv_binary("secantusd-py"), "--host", host, "--port", str(port),
-         "--storage-path", str(data_dir / "wiredtiger"), "--log-level", "WARNING", "--cache-size", cache_size],
+        [
+            _venv_binary("secantusd-py"),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data_dir / "wiredtiger"),
+            "--log-level",
+            "WARNING",
+            "--cache-size",
+            cache_size,
+        ],
         data_dir / "secantusdb.log",
     ).start()
     url = f"mongodb://{host}:{port}/?directConnection=true"
@@ -179,8 +195,9 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def start_dagster_dev(port: int, dagster_home: str, env: dict[str, str], *, log_dir: Path,
-                      timeout: float = 180.0) -> ManagedProcess:
+def start_dagster_dev(
+    port: int, dagster_home: str, env: dict[str, str], *, log_dir: Path, timeout: float = 180.0
+) -> ManagedProcess:
     """``dagster dev`` (webserver + daemon) on the workspace; stop it with ``stop(signal.SIGINT)``.
 
     ``dagster dev`` does not stop promptly on SIGTERM (measured here), so callers stop it with
@@ -190,7 +207,8 @@ def start_dagster_dev(port: int, dagster_home: str, env: dict[str, str], *, log_
     proc = ManagedProcess(
         "dagster-dev",
         [_venv_binary("dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        log_dir / "dagster-dev.log", env=full_env,
+        log_dir / "dagster-dev.log",
+        env=full_env,
     ).start()
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/server_info"), timeout, f"dagster dev on :{port}", proc)
     return proc
@@ -201,7 +219,8 @@ def start_api(port: int, env: dict[str, str], *, log_dir: Path, timeout: float =
     proc = ManagedProcess(
         "api",
         [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
-        log_dir / "api.log", env={**os.environ, **env},
+        log_dir / "api.log",
+        env={**os.environ, **env},
     ).start()
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/health/liveness"), timeout, f"API on :{port}", proc)
     return proc
@@ -250,8 +269,9 @@ class EmbeddedStack:
             if is_listening(host, port):
                 raise RuntimeError(f"{host}:{port} is taken by something that does not speak MongoDB")
             self.started.append(start_secantus(port, self.var_dir / "mongo"))
-            self.notes.append(f"MongoDB    {url} db={self.settings.mongo_db} "
-                              f"(started SecantusDB, data in {self.var_dir / 'mongo'})")
+            self.notes.append(
+                f"MongoDB    {url} db={self.settings.mongo_db} (started SecantusDB, data in {self.var_dir / 'mongo'})"
+            )
         self.env["DM_MONGO_URL"] = url
         self.env["DM_MONGO_DB"] = self.settings.mongo_db
 

@@ -63,31 +63,68 @@ class CollectionSpec:
 COLLECTIONS: dict[str, CollectionSpec] = {
     spec.name: spec
     for spec in (
-        CollectionSpec("agg_trades", "trade_time", ("symbol", "trade_time", "agg_id"),
-                       description="Aggregated trades (aggTrade), one per agg trade id"),
-        CollectionSpec("klines", "open_time", ("symbol", "interval", "open_time"),
-                       description="Closed exchange klines (x=true) from the websocket or REST"),
-        CollectionSpec("depth_updates", "event_time", ("symbol", "event_time", "final_update_id"),
-                       description="Diff depth updates (depthUpdate)"),
-        CollectionSpec("book_tickers", "event_time", ("symbol", "event_time", "update_id"),
-                       description="Best bid/ask updates (bookTicker)"),
-        CollectionSpec("tickers", "event_time", ("symbol", "event_time"),
-                       description="Rolling 24h ticker statistics (24hrTicker)"),
-        CollectionSpec("mark_prices", "event_time", ("symbol", "event_time"),
-                       description="Mark price, index price and predicted funding rate (markPriceUpdate)"),
-        CollectionSpec("funding_rates", "funding_time", ("symbol", "funding_time"),
-                       description="Funding rate per symbol per funding time"),
-        CollectionSpec("dead_letters", "received_at", ("symbol", "received_at"), unique=False,
-                       description="Messages that could not be decoded or validated, with the reason"),
-        CollectionSpec("candles", "open_time", ("symbol", "interval", "open_time"),
-                       description="Candles built by Dagster from raw data (1m and higher intervals)"),
-        CollectionSpec("analytics", "window_end", ("symbol", "kind", "interval", "window_end"),
-                       description="Analytics results computed by Dagster"),
+        CollectionSpec(
+            "agg_trades",
+            "trade_time",
+            ("symbol", "trade_time", "agg_id"),
+            description="Aggregated trades (aggTrade), one per agg trade id",
+        ),
+        CollectionSpec(
+            "klines",
+            "open_time",
+            ("symbol", "interval", "open_time"),
+            description="Closed exchange klines (x=true) from the websocket or REST",
+        ),
+        CollectionSpec(
+            "depth_updates",
+            "event_time",
+            ("symbol", "event_time", "final_update_id"),
+            description="Diff depth updates (depthUpdate)",
+        ),
+        CollectionSpec(
+            "book_tickers",
+            "event_time",
+            ("symbol", "event_time", "update_id"),
+            description="Best bid/ask updates (bookTicker)",
+        ),
+        CollectionSpec(
+            "tickers", "event_time", ("symbol", "event_time"), description="Rolling 24h ticker statistics (24hrTicker)"
+        ),
+        CollectionSpec(
+            "mark_prices",
+            "event_time",
+            ("symbol", "event_time"),
+            description="Mark price, index price and predicted funding rate (markPriceUpdate)",
+        ),
+        CollectionSpec(
+            "funding_rates",
+            "funding_time",
+            ("symbol", "funding_time"),
+            description="Funding rate per symbol per funding time",
+        ),
+        CollectionSpec(
+            "dead_letters",
+            "received_at",
+            ("symbol", "received_at"),
+            unique=False,
+            description="Messages that could not be decoded or validated, with the reason",
+        ),
+        CollectionSpec(
+            "candles",
+            "open_time",
+            ("symbol", "interval", "open_time"),
+            description="Candles built by Dagster from raw data (1m and higher intervals)",
+        ),
+        CollectionSpec(
+            "analytics",
+            "window_end",
+            ("symbol", "kind", "interval", "window_end"),
+            description="Analytics results computed by Dagster",
+        ),
     )
 }
 
-RAW_COLLECTIONS = ("agg_trades", "klines", "depth_updates", "book_tickers", "tickers", "mark_prices",
-                   "funding_rates")
+RAW_COLLECTIONS = ("agg_trades", "klines", "depth_updates", "book_tickers", "tickers", "mark_prices", "funding_rates")
 
 
 @dataclass
@@ -262,7 +299,11 @@ class MongoStore:
 
     # -- reads -------------------------------------------------------------------
     def _range_filter(
-        self, spec: CollectionSpec, symbol: str, start_ms: int | None, end_ms: int | None,
+        self,
+        spec: CollectionSpec,
+        symbol: str,
+        start_ms: int | None,
+        end_ms: int | None,
         extra: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         flt: dict[str, Any] = {"symbol": symbol}
@@ -301,8 +342,9 @@ class MongoStore:
             cursor = cursor.limit(limit)
         yield from cursor
 
-    def read_range(self, name: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None,
-                   **kw: Any) -> list[dict[str, Any]]:
+    def read_range(
+        self, name: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None, **kw: Any
+    ) -> list[dict[str, Any]]:
         for attempt in _retrying(self.retry_attempts):
             with attempt:
                 return list(self.iter_range(name, symbol, start_ms, end_ms, **kw))

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     @classmethod
     def _mongo_db(cls, v: str) -> str:
         if not v or any(c in v for c in '/\\. "$') or len(v) > 63:
-            raise ValueError("must be a MongoDB database name (no / \\ . space \" $, at most 63 chars)")
+            raise ValueError('must be a MongoDB database name (no / \\ . space " $, at most 63 chars)')
         return v
 
     @field_validator("metadata_url")

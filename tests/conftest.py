@@ -134,8 +134,13 @@ def postgres_url() -> Iterator[str]:
 
     name = f"dm_test_{uuid.uuid4().hex[:10]}"
     admin = make_url(base)
-    conn = psycopg2.connect(host=admin.host, port=admin.port or 5432, user=admin.username,
-                            password=admin.password or "", dbname=admin.database or "postgres")
+    conn = psycopg2.connect(
+        host=admin.host,
+        port=admin.port or 5432,
+        user=admin.username,
+        password=admin.password or "",
+        dbname=admin.database or "postgres",
+    )
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')

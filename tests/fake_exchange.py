@@ -59,8 +59,17 @@ GENESIS_MS = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
 HORIZON_MS = int(dt.datetime(2032, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
 _N_DAYS = (HORIZON_MS - GENESIS_MS) // DAY_MS
 _DAILY_SIGMA = 0.03
-_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "taker_buy_volume",
-            "taker_buy_quote_volume")
+_COLUMNS = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trades",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+)
 
 
 def _fmt(value: int, decimals: int) -> str:
@@ -149,8 +158,15 @@ class Market:
         taker = np.floor(vol * rng.uniform(0.2, 0.8, n)).astype(np.int64)
         trades = np.maximum(1, vol // 150 + rng.integers(0, 20, n)).astype(np.int64)
         return {
-            "open": o, "high": h, "low": lo, "close": c, "volume": vol, "quote_volume": vol * vwap,
-            "trades": trades, "taker_buy_volume": taker, "taker_buy_quote_volume": taker * vwap,
+            "open": o,
+            "high": h,
+            "low": lo,
+            "close": c,
+            "volume": vol,
+            "quote_volume": vol * vwap,
+            "trades": trades,
+            "taker_buy_volume": taker,
+            "taker_buy_quote_volume": taker * vwap,
         }
 
     def minutes(self, symbol: str, start_ms: int, end_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -175,11 +191,18 @@ class Market:
 
 def _row(open_time: int, interval: str, agg: dict[str, int]) -> list[Any]:
     return [
-        open_time, _fmt(agg["open"], PRICE_DECIMALS), _fmt(agg["high"], PRICE_DECIMALS),
-        _fmt(agg["low"], PRICE_DECIMALS), _fmt(agg["close"], PRICE_DECIMALS),
+        open_time,
+        _fmt(agg["open"], PRICE_DECIMALS),
+        _fmt(agg["high"], PRICE_DECIMALS),
+        _fmt(agg["low"], PRICE_DECIMALS),
+        _fmt(agg["close"], PRICE_DECIMALS),
         _fmt(agg["volume"], QTY_DECIMALS),
-        close_time(open_time, interval), _fmt(agg["quote_volume"], QUOTE_DECIMALS), int(agg["trades"]),
-        _fmt(agg["taker_buy_volume"], QTY_DECIMALS), _fmt(agg["taker_buy_quote_volume"], QUOTE_DECIMALS), "0",
+        close_time(open_time, interval),
+        _fmt(agg["quote_volume"], QUOTE_DECIMALS),
+        int(agg["trades"]),
+        _fmt(agg["taker_buy_volume"], QTY_DECIMALS),
+        _fmt(agg["taker_buy_quote_volume"], QUOTE_DECIMALS),
+        "0",
     ]
 
 
@@ -246,8 +269,9 @@ class FakeExchange:
             fixed = int(value)
             self._clock = lambda: fixed
 
-    def fail_next(self, status: int, count: int = 1, retry_after: float | None = None,
-                  body: dict[str, Any] | None = None) -> None:
+    def fail_next(
+        self, status: int, count: int = 1, retry_after: float | None = None, body: dict[str, Any] | None = None
+    ) -> None:
         """Answer the next ``count`` API requests with ``status`` (and ``Retry-After`` if given)."""
         with self._lock:
             self._faults.extend(_Fault(status, retry_after, body) for _ in range(count))
@@ -284,8 +308,9 @@ class FakeExchange:
         handler = _make_handler(self)
         self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-binance", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-binance", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -326,7 +351,8 @@ class FakeExchange:
         starts = np.flatnonzero(np.r_[True, bucket_idx[1:] != bucket_idx[:-1]])
         stops = np.r_[starts[1:], times.size] - 1
         agg = {
-            "open": cols["open"][starts], "close": cols["close"][stops],
+            "open": cols["open"][starts],
+            "close": cols["close"][stops],
             "high": np.maximum.reduceat(cols["high"], starts),
             "low": np.minimum.reduceat(cols["low"], starts),
         }
@@ -337,8 +363,16 @@ class FakeExchange:
             rows.append(_row(opens[int(bucket_idx[i])], interval, {c: int(v[j]) for c, v in agg.items()}))
         return rows
 
-    def _iter_rows(self, symbol: str, interval: str, first_open: int, last_open: int, now: int,
-                   reverse: bool = False, chunk_size: int = 1500) -> Iterator[list[Any]]:
+    def _iter_rows(
+        self,
+        symbol: str,
+        interval: str,
+        first_open: int,
+        last_open: int,
+        now: int,
+        reverse: bool = False,
+        chunk_size: int = 1500,
+    ) -> Iterator[list[Any]]:
         """Rows with ``first_open <= open_time <= last_open`` (and <= now), ascending unless ``reverse``.
 
         Generated ``chunk_size`` buckets (at most 200k minutes) at a time, so a request
@@ -370,8 +404,16 @@ class FakeExchange:
                 t = nt
             yield from self._aggregate(symbol, interval, chunk, now)
 
-    def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int, *,
-               include_open: bool = False, now_ms: int | None = None) -> list[list[Any]]:
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        start_ms: int,
+        end_ms: int,
+        *,
+        include_open: bool = False,
+        now_ms: int | None = None,
+    ) -> list[list[Any]]:
         """Binance rows with ``start_ms <= open_time < end_ms`` as the exchange holds them (holes absent).
 
         For test expectations: no HTTP, no weight. The still-open candle is left out
@@ -439,9 +481,14 @@ class FakeExchange:
             "timezone": "UTC",
             "serverTime": self.now_ms,
             "symbols": [
-                {"symbol": s, "pair": s, "contractType": "PERPETUAL",
-                 "status": self.statuses.get(s, "TRADING"), "pricePrecision": PRICE_DECIMALS,
-                 "quantityPrecision": QTY_DECIMALS}
+                {
+                    "symbol": s,
+                    "pair": s,
+                    "contractType": "PERPETUAL",
+                    "status": self.statuses.get(s, "TRADING"),
+                    "pricePrecision": PRICE_DECIMALS,
+                    "quantityPrecision": QTY_DECIMALS,
+                }
                 for s in [*self.symbols, *(s for s in self.statuses if s not in self.symbols)]
             ],
         }
@@ -449,8 +496,10 @@ class FakeExchange:
     def _klines(self, params: dict[str, str]) -> tuple[int, Any]:
         symbol = params.get("symbol")
         if not symbol:
-            return 400, {"code": -1102,
-                         "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."}
+            return 400, {
+                "code": -1102,
+                "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+            }
         if symbol not in self.symbols and symbol not in self.statuses:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         interval = params.get("interval")
@@ -476,8 +525,7 @@ class FakeExchange:
                     break
         else:  # the newest `limit` rows ending at endTime (or now)
             last = end if end is not None else now
-            newest_first = self._iter_rows(symbol, interval, GENESIS_MS, last, now, reverse=True,
-                                           chunk_size=limit)
+            newest_first = self._iter_rows(symbol, interval, GENESIS_MS, last, now, reverse=True, chunk_size=limit)
             for row in newest_first:
                 rows.append(row)
                 if len(rows) == limit:

@@ -50,8 +50,14 @@ def exchange() -> Iterator[FakeExchange]:
 
 @pytest.fixture
 def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(load_settings(mongo_url=mongo_store.url, mongo_db=mongo_store.db_name,
-                                     metadata_url=sqlite_metadata_url, binance_rest_url=exchange.url))
+    return ResourceSet(
+        load_settings(
+            mongo_url=mongo_store.url,
+            mongo_db=mongo_store.db_name,
+            metadata_url=sqlite_metadata_url,
+            binance_rest_url=exchange.url,
+        )
+    )
 
 
 def _build_candles(store: MongoStore, url: str, meta_url: str) -> None:
@@ -70,43 +76,93 @@ def _seed_quotes_and_funding(store: MongoStore, symbol: str) -> dict[str, pd.Dat
     for i in range(120):  # one quote every 30 s over the last hour
         t = END - 3_600_000 + i * 30_000
         bid, ask = f"{65000 + i % 7}.{i % 10}0", f"{65001 + i % 7 + (i % 3)}.{i % 10}0"
-        quotes.append({"_id": f"{symbol}:{i}", "symbol": symbol, "update_id": i, "event_time": t,
-                       "transaction_time": t, "bid_price": Decimal128(bid), "bid_qty": Decimal128("1.5"),
-                       "ask_price": Decimal128(ask), "ask_qty": Decimal128("2.25")})
+        quotes.append(
+            {
+                "_id": f"{symbol}:{i}",
+                "symbol": symbol,
+                "update_id": i,
+                "event_time": t,
+                "transaction_time": t,
+                "bid_price": Decimal128(bid),
+                "bid_qty": Decimal128("1.5"),
+                "ask_price": Decimal128(ask),
+                "ask_qty": Decimal128("2.25"),
+            }
+        )
     for i in range(10):  # depth in the last 5 minutes
         t = END - 300_000 + i * 25_000
-        depth.append({"_id": f"{symbol}:{1000 + i}", "symbol": symbol, "event_time": t, "transaction_time": t,
-                      "first_update_id": 1000 + i, "final_update_id": 1000 + i, "prev_final_update_id": 999 + i,
-                      "bids": [[Decimal128("65000.1"), Decimal128(f"{i + 1}.5")], [Decimal128("64999"),
-                                                                                   Decimal128("0")]],
-                      "asks": [[Decimal128("65001.2"), Decimal128(f"{10 - i}.25")]]})
+        depth.append(
+            {
+                "_id": f"{symbol}:{1000 + i}",
+                "symbol": symbol,
+                "event_time": t,
+                "transaction_time": t,
+                "first_update_id": 1000 + i,
+                "final_update_id": 1000 + i,
+                "prev_final_update_id": 999 + i,
+                "bids": [[Decimal128("65000.1"), Decimal128(f"{i + 1}.5")], [Decimal128("64999"), Decimal128("0")]],
+                "asks": [[Decimal128("65001.2"), Decimal128(f"{10 - i}.25")]],
+            }
+        )
     for i in range(30):  # mark prices every 2 minutes in the last hour
         t = END - 3_600_000 + i * 120_000
-        marks.append({"_id": f"{symbol}:{t}", "symbol": symbol, "event_time": t, "mark_price": Decimal128("65000.5"),
-                      "index_price": Decimal128("65000.1"), "estimated_settle_price": Decimal128("65000.2"),
-                      "funding_rate": Decimal128(f"0.0000{i % 9 + 1}"), "next_funding_time": END + 8 * 3_600_000})
+        marks.append(
+            {
+                "_id": f"{symbol}:{t}",
+                "symbol": symbol,
+                "event_time": t,
+                "mark_price": Decimal128("65000.5"),
+                "index_price": Decimal128("65000.1"),
+                "estimated_settle_price": Decimal128("65000.2"),
+                "funding_rate": Decimal128(f"0.0000{i % 9 + 1}"),
+                "next_funding_time": END + 8 * 3_600_000,
+            }
+        )
     for i in range(12):  # 4 days of 8-hourly settlements
         t = END - (12 - i) * 8 * 3_600_000 + 3  # a few ms of jitter, as Binance has
-        funding.append({"_id": f"{symbol}:{t}", "symbol": symbol, "funding_time": t,
-                        "funding_rate": Decimal128(f"0.000{i % 4 + 1}"), "mark_price": Decimal128("65000"),
-                        "event_time": t - 1})
+        funding.append(
+            {
+                "_id": f"{symbol}:{t}",
+                "symbol": symbol,
+                "funding_time": t,
+                "funding_rate": Decimal128(f"0.000{i % 4 + 1}"),
+                "mark_price": Decimal128("65000"),
+                "event_time": t - 1,
+            }
+        )
     store.insert_idempotent("book_tickers", quotes)
     store.insert_idempotent("depth_updates", depth)
     store.insert_idempotent("mark_prices", marks)
     store.insert_idempotent("funding_rates", funding)
     # The test's own float frames of the same input (not via the asset's readers).
     return {
-        "quotes": pd.DataFrame({"event_time": [q["event_time"] for q in quotes],
-                                "bid_price": [float(str(q["bid_price"])) for q in quotes],
-                                "ask_price": [float(str(q["ask_price"])) for q in quotes]}),
-        "depth": pd.DataFrame({"event_time": [d["event_time"] for d in depth],
-                               "bids": [[[float(str(p)), float(str(q))] for p, q in d["bids"]] for d in depth],
-                               "asks": [[[float(str(p)), float(str(q))] for p, q in d["asks"]] for d in depth]}),
-        "marks": pd.DataFrame({"event_time": [m["event_time"] for m in marks],
-                               "funding_rate": [float(str(m["funding_rate"])) for m in marks],
-                               "next_funding_time": [m["next_funding_time"] for m in marks]}),
-        "funding": pd.DataFrame({"funding_time": [f["funding_time"] for f in funding],
-                                 "funding_rate": [float(str(f["funding_rate"])) for f in funding]}),
+        "quotes": pd.DataFrame(
+            {
+                "event_time": [q["event_time"] for q in quotes],
+                "bid_price": [float(str(q["bid_price"])) for q in quotes],
+                "ask_price": [float(str(q["ask_price"])) for q in quotes],
+            }
+        ),
+        "depth": pd.DataFrame(
+            {
+                "event_time": [d["event_time"] for d in depth],
+                "bids": [[[float(str(p)), float(str(q))] for p, q in d["bids"]] for d in depth],
+                "asks": [[[float(str(p)), float(str(q))] for p, q in d["asks"]] for d in depth],
+            }
+        ),
+        "marks": pd.DataFrame(
+            {
+                "event_time": [m["event_time"] for m in marks],
+                "funding_rate": [float(str(m["funding_rate"])) for m in marks],
+                "next_funding_time": [m["next_funding_time"] for m in marks],
+            }
+        ),
+        "funding": pd.DataFrame(
+            {
+                "funding_time": [f["funding_time"] for f in funding],
+                "funding_rate": [float(str(f["funding_rate"])) for f in funding],
+            }
+        ),
     }
 
 
@@ -125,9 +181,13 @@ def test_analytics_assets_are_downstream_of_candles(resources: ResourceSet) -> N
     children_1m = {k.to_user_string() for k in graph.get(AssetKey(["candles", "candles_1m"])).child_keys}
     assert {"analytics/volatility", "analytics/volume", "analytics/trend", "analytics/correlation"} <= children_1m
     assert {p.to_user_string() for p in graph.get(analytics_key("spread")).parent_keys} == {
-        "raw/book_tickers", "raw/depth_updates"}
+        "raw/book_tickers",
+        "raw/depth_updates",
+    }
     assert {p.to_user_string() for p in graph.get(analytics_key("funding")).parent_keys} == {
-        "raw/funding_rates", "raw/mark_prices"}
+        "raw/funding_rates",
+        "raw/mark_prices",
+    }
     for kind in ("volatility", "volume", "trend", "spread", "funding", "correlation"):
         node = graph.get(analytics_key(kind))
         assert node.group_name == "analytics" and set(node.kinds) == {"mongodb", "pandas"}
@@ -136,7 +196,10 @@ def test_analytics_assets_are_downstream_of_candles(resources: ResourceSet) -> N
 
 
 def test_materialized_documents_equal_the_pure_functions(
-    instance: DagsterInstance, resources: ResourceSet, mongo_store: MongoStore, exchange: FakeExchange,
+    instance: DagsterInstance,
+    resources: ResourceSet,
+    mongo_store: MongoStore,
+    exchange: FakeExchange,
     sqlite_metadata_url: str,
 ) -> None:
     _build_candles(mongo_store, exchange.url, sqlite_metadata_url)
@@ -145,11 +208,17 @@ def test_materialized_documents_equal_the_pure_functions(
     res = resources.as_dict()
 
     for symbol in SYMBOLS:
-        result = materialize([symbol_analytics], instance=instance, partition_key=symbol, resources=res,
-                             run_config=run_config(AS_OF, correlation=False))
+        result = materialize(
+            [symbol_analytics],
+            instance=instance,
+            partition_key=symbol,
+            resources=res,
+            run_config=run_config(AS_OF, correlation=False),
+        )
         assert result.success
-    corr_run = materialize([correlation], instance=instance, resources=res,
-                           run_config=run_config(AS_OF, symbol_assets=False))
+    corr_run = materialize(
+        [correlation], instance=instance, resources=res, run_config=run_config(AS_OF, symbol_assets=False)
+    )
     assert corr_run.success
 
     frames = {(s, iv): _frame(mongo_store, s, iv) for s in SYMBOLS for iv in ("1m", "1h")}
@@ -160,7 +229,11 @@ def test_materialized_documents_equal_the_pure_functions(
             vol = _doc(mongo_store, s, "volatility", spec.interval)
             assert vol["values"] == compute_volatility(candles, spec.interval, spec.volatility_window).to_dict()
             assert (vol["symbol"], vol["kind"], vol["interval"], vol["window_end"]) == (
-                s, "volatility", spec.interval, END)
+                s,
+                "volatility",
+                spec.interval,
+                END,
+            )
             assert vol["values"]["bars"] == len(candles)
             # A day of 1m bars fills the 60-bar window; 24 hourly bars cannot fill 24 returns (needs 25).
             assert vol["values"]["insufficient_data"] is (spec.interval == "1h")
@@ -169,17 +242,20 @@ def test_materialized_documents_equal_the_pure_functions(
             trend = _doc(mongo_store, s, "trend", spec.interval)
             full = compute_trend(candles, spec.interval, spec.trend_fast, spec.trend_slow).to_dict()
             assert trend["values"] == abuild.trim_trend(full)
-            assert trend["values"]["sma_crossovers"] == full["sma_crossovers"][-abuild.MAX_CROSSOVERS:]
+            assert trend["values"]["sma_crossovers"] == full["sma_crossovers"][-abuild.MAX_CROSSOVERS :]
             assert trend["values"]["sma_crossovers_total"] == len(full["sma_crossovers"])
         corr = _doc(mongo_store, "*", "correlation", spec.interval)
-        expected = compute_correlation({s: frames[s, spec.interval] for s in SYMBOLS}, spec.interval,
-                                       spec.correlation_windows)
+        expected = compute_correlation(
+            {s: frames[s, spec.interval] for s in SYMBOLS}, spec.interval, spec.correlation_windows
+        )
         assert corr["values"] == {"windows": [r.to_dict() for r in expected]}
         assert corr["values"]["windows"][0]["symbols"] == list(SYMBOLS)
 
     spread = _doc(mongo_store, "BTCUSDT", "spread", "1h")
-    assert spread["values"] == compute_spread(inputs["quotes"], window_end=END, depth=inputs["depth"],
-                                              levels=abuild.DEPTH_LEVELS).to_dict()
+    assert (
+        spread["values"]
+        == compute_spread(inputs["quotes"], window_end=END, depth=inputs["depth"], levels=abuild.DEPTH_LEVELS).to_dict()
+    )
     assert spread["values"]["count"] == 120 and spread["values"]["imbalance_count"] == 10
     funding = _doc(mongo_store, "BTCUSDT", "funding", "30d")
     assert funding["values"] == compute_funding(inputs["funding"], inputs["marks"]).to_dict()
@@ -195,8 +271,13 @@ def test_materialized_documents_equal_the_pure_functions(
     assert vol_meta["documents"].value == 2 and "| ETHUSDT | volatility | 1m |" in vol_meta["summary"].value
 
     # Re-running the same tick rewrites the same documents: nothing new appears.
-    again = materialize([symbol_analytics], instance=instance, partition_key="BTCUSDT", resources=res,
-                        run_config=run_config(AS_OF, correlation=False))
+    again = materialize(
+        [symbol_analytics],
+        instance=instance,
+        partition_key="BTCUSDT",
+        resources=res,
+        run_config=run_config(AS_OF, correlation=False),
+    )
     assert again.success
     assert all(m.metadata["upserted"].value == 0 for m in again.asset_materializations_for_node("symbol_analytics"))
     assert mongo_store.count("analytics") == 2 * 3 * 2 + 2 + 2
@@ -207,13 +288,21 @@ def test_empty_store_writes_nothing_and_succeeds(
 ) -> None:
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["BTCUSDT"])
     res = resources.as_dict()
-    result = materialize([symbol_analytics], instance=instance, partition_key="BTCUSDT", resources=res,
-                         run_config=run_config(AS_OF, correlation=False))
-    corr = materialize([correlation], instance=instance, resources=res, run_config=run_config(None,
-                                                                                             symbol_assets=False))
+    result = materialize(
+        [symbol_analytics],
+        instance=instance,
+        partition_key="BTCUSDT",
+        resources=res,
+        run_config=run_config(AS_OF, correlation=False),
+    )
+    corr = materialize(
+        [correlation], instance=instance, resources=res, run_config=run_config(None, symbol_assets=False)
+    )
     assert result.success and corr.success
-    mats = [*result.asset_materializations_for_node("symbol_analytics"),
-            *corr.asset_materializations_for_node("analytics__correlation")]
+    mats = [
+        *result.asset_materializations_for_node("symbol_analytics"),
+        *corr.asset_materializations_for_node("analytics__correlation"),
+    ]
     assert len(mats) == 6
     assert all(m.metadata["documents"].value == 0 for m in mats)
     assert mongo_store.count("analytics") == 0
@@ -222,17 +311,26 @@ def test_empty_store_writes_nothing_and_succeeds(
 
 
 def test_subset_materializes_only_the_selected_kind(
-    instance: DagsterInstance, resources: ResourceSet, mongo_store: MongoStore, exchange: FakeExchange,
+    instance: DagsterInstance,
+    resources: ResourceSet,
+    mongo_store: MongoStore,
+    exchange: FakeExchange,
     sqlite_metadata_url: str,
 ) -> None:
     _build_candles(mongo_store, exchange.url, sqlite_metadata_url)
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["BTCUSDT"])
-    result = materialize([symbol_analytics], selection=[analytics_key("volatility")], instance=instance,
-                         partition_key="BTCUSDT", resources=resources.as_dict(),
-                         run_config=run_config(AS_OF, correlation=False))
+    result = materialize(
+        [symbol_analytics],
+        selection=[analytics_key("volatility")],
+        instance=instance,
+        partition_key="BTCUSDT",
+        resources=resources.as_dict(),
+        run_config=run_config(AS_OF, correlation=False),
+    )
     assert result.success
     assert [m.asset_key for m in result.asset_materializations_for_node("symbol_analytics")] == [
-        analytics_key("volatility")]
+        analytics_key("volatility")
+    ]
     kinds = {d["kind"] for d in mongo_store.read_range("analytics", "BTCUSDT")}
     assert kinds == {"volatility"}
 
@@ -261,15 +359,26 @@ def test_schedule_skips_without_symbols(instance: DagsterInstance) -> None:
 
 
 def test_readers_convert_raw_decimals() -> None:
-    docs = [{"event_time": 5, "bid_price": Decimal128("0.00012345"), "bid_qty": Decimal128("3"),
-             "ask_price": Decimal128("0.00012346"), "ask_qty": Decimal128("4.5")}]
+    docs = [
+        {
+            "event_time": 5,
+            "bid_price": Decimal128("0.00012345"),
+            "bid_qty": Decimal128("3"),
+            "ask_price": Decimal128("0.00012346"),
+            "ask_qty": Decimal128("4.5"),
+        }
+    ]
     frame = abuild.book_tickers_frame(docs)
     assert frame.loc[0, "bid_price"] == 0.00012345 and frame.loc[0, "ask_qty"] == 4.5
-    assert list(abuild.book_tickers_frame([]).columns) == ["event_time", "bid_price", "bid_qty", "ask_price",
-                                                           "ask_qty"]
-    marks = abuild.mark_prices_frame([{"event_time": 1, "funding_rate": Decimal128("0.0001")},
-                                      {"event_time": 2, "funding_rate": Decimal128("0.0002"),
-                                       "next_funding_time": 99}])
+    assert list(abuild.book_tickers_frame([]).columns) == ["event_time", "bid_price", "bid_qty", "ask_price", "ask_qty"]
+    marks = abuild.mark_prices_frame(
+        [
+            {"event_time": 1, "funding_rate": Decimal128("0.0001")},
+            {"event_time": 2, "funding_rate": Decimal128("0.0002"), "next_funding_time": 99},
+        ]
+    )
     assert marks["next_funding_time"].isna().tolist() == [True, False]
-    assert abuild.candle_window(abuild.CANDLE_SPECS[1], START + 90 * M) == (START + 60 * M - 30 * 86_400_000,
-                                                                            START + 60 * M)
+    assert abuild.candle_window(abuild.CANDLE_SPECS[1], START + 90 * M) == (
+        START + 60 * M - 30 * 86_400_000,
+        START + 60 * M,
+    )

@@ -41,17 +41,32 @@ def test_backfill_route_starts_a_real_dagster_run(mongo_server, tmp_path: Path) 
     (home / "dagster.yaml").touch()  # SQLite instance storage, never the repository's Postgres config
     port = free_port()
     with FakeExchange(symbols=["BTCUSDT"]) as exchange:
-        env = {"DM_MONGO_URL": mongo_server.url, "DM_MONGO_DB": db, "DM_METADATA_URL": meta_url,
-               "DM_BINANCE_REST_URL": exchange.url, "DM_SYMBOLS": "BTCUSDT", "DM_AUTOMATION": "false"}
+        env = {
+            "DM_MONGO_URL": mongo_server.url,
+            "DM_MONGO_DB": db,
+            "DM_METADATA_URL": meta_url,
+            "DM_BINANCE_REST_URL": exchange.url,
+            "DM_SYMBOLS": "BTCUSDT",
+            "DM_AUTOMATION": "false",
+        }
         dagster = start_dagster_dev(port, str(home), env, log_dir=tmp_path, timeout=240)
         try:
-            settings = load_settings(mongo_url=mongo_server.url, mongo_db=db, metadata_url=meta_url,
-                                     symbols=["BTCUSDT"], api_token=TOKEN,
-                                     dagster_graphql_url=f"http://127.0.0.1:{port}/graphql")
+            settings = load_settings(
+                mongo_url=mongo_server.url,
+                mongo_db=db,
+                metadata_url=meta_url,
+                symbols=["BTCUSDT"],
+                api_token=TOKEN,
+                dagster_graphql_url=f"http://127.0.0.1:{port}/graphql",
+            )
             app = create_app(settings, mongo=store, meta=meta)
             yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-            body = {"pairs": ["btcusdt"], "period": "1m", "start": f"{yesterday}T00:00:00Z",
-                    "end": f"{yesterday}T02:00:00Z"}
+            body = {
+                "pairs": ["btcusdt"],
+                "period": "1m",
+                "start": f"{yesterday}T00:00:00Z",
+                "end": f"{yesterday}T02:00:00Z",
+            }
             with serve(app) as base, httpx.Client(base_url=base, timeout=60) as http:
                 ready = Readiness.model_validate(http.get("/health/readiness").json())
                 assert (ready.status, ready.down) == ("ready", [])

@@ -57,12 +57,25 @@ def candle_docs(symbol: str, interval: str, step: int, start: int, n: int) -> li
     for i in range(n):
         t = start + i * step
         base = 100.0 + (i % 97) * 0.25
-        out.append({
-            "_id": f"{symbol}:{interval}:{t}", "symbol": symbol, "interval": interval, "open_time": t,
-            "close_time": t + step - 1, "open": base, "high": base + 1.5, "low": base - 1.25, "close": base + 0.5,
-            "volume": 10.0 + i, "quote_volume": 1000.0 + i, "taker_buy_volume": 4.0, "taker_buy_quote_volume": 400.0,
-            "trades": 7 + i % 5, "source": "kline",
-        })
+        out.append(
+            {
+                "_id": f"{symbol}:{interval}:{t}",
+                "symbol": symbol,
+                "interval": interval,
+                "open_time": t,
+                "close_time": t + step - 1,
+                "open": base,
+                "high": base + 1.5,
+                "low": base - 1.25,
+                "close": base + 0.5,
+                "volume": 10.0 + i,
+                "quote_volume": 1000.0 + i,
+                "taker_buy_volume": 4.0,
+                "taker_buy_quote_volume": 400.0,
+                "trades": 7 + i % 5,
+                "source": "kline",
+            }
+        )
     return out
 
 
@@ -80,64 +93,160 @@ def seed_mongo(store: MongoStore, day0: int) -> None:
     store.insert_idempotent("candles", candle_docs("BTCUSDT", "1h", HOUR, day0, 48))
     store.insert_idempotent("candles", candle_docs("SOLUSDT", "1m", MIN, day0, 5))  # in the store, not configured
     # Three trades share each millisecond: paging must break ties on agg_id.
-    trades = [{"_id": f"BTCUSDT:{1000 + i}", "symbol": "BTCUSDT", "agg_id": 1000 + i,
-               "price": Decimal128(PRICE), "qty": Decimal128("0.00100000"), "first_trade_id": 5000 + i,
-               "last_trade_id": 5000 + i, "trade_time": day0 + (i // 3) * 1000,
-               "event_time": day0 + (i // 3) * 1000 + 3,
-               "buyer_is_maker": i % 2 == 0} for i in range(30)]
+    trades = [
+        {
+            "_id": f"BTCUSDT:{1000 + i}",
+            "symbol": "BTCUSDT",
+            "agg_id": 1000 + i,
+            "price": Decimal128(PRICE),
+            "qty": Decimal128("0.00100000"),
+            "first_trade_id": 5000 + i,
+            "last_trade_id": 5000 + i,
+            "trade_time": day0 + (i // 3) * 1000,
+            "event_time": day0 + (i // 3) * 1000 + 3,
+            "buyer_is_maker": i % 2 == 0,
+        }
+        for i in range(30)
+    ]
     store.insert_idempotent("agg_trades", trades)
-    depth = [{"_id": f"BTCUSDT:{900 + i}", "symbol": "BTCUSDT", "event_time": day0 + i * 250,
-              "transaction_time": day0 + i * 250 - 1, "first_update_id": 800 + i, "final_update_id": 900 + i,
-              "prev_final_update_id": 899 + i, "bids": [[Decimal128("27000.10"), Decimal128("1.500")]],
-              "asks": [[Decimal128("27000.20"), Decimal128("0.250")]]} for i in range(12)]
+    depth = [
+        {
+            "_id": f"BTCUSDT:{900 + i}",
+            "symbol": "BTCUSDT",
+            "event_time": day0 + i * 250,
+            "transaction_time": day0 + i * 250 - 1,
+            "first_update_id": 800 + i,
+            "final_update_id": 900 + i,
+            "prev_final_update_id": 899 + i,
+            "bids": [[Decimal128("27000.10"), Decimal128("1.500")]],
+            "asks": [[Decimal128("27000.20"), Decimal128("0.250")]],
+        }
+        for i in range(12)
+    ]
     store.insert_idempotent("depth_updates", depth)
-    funding = [{"_id": f"BTCUSDT:{day0 + i * 8 * HOUR}", "symbol": "BTCUSDT", "funding_time": day0 + i * 8 * HOUR,
-                "funding_rate": Decimal128("0.00010000"), "mark_price": Decimal128("27000.5"),
-                "event_time": day0 + i * 8 * HOUR - 1000} for i in range(6)]
+    funding = [
+        {
+            "_id": f"BTCUSDT:{day0 + i * 8 * HOUR}",
+            "symbol": "BTCUSDT",
+            "funding_time": day0 + i * 8 * HOUR,
+            "funding_rate": Decimal128("0.00010000"),
+            "mark_price": Decimal128("27000.5"),
+            "event_time": day0 + i * 8 * HOUR - 1000,
+        }
+        for i in range(6)
+    ]
     store.insert_idempotent("funding_rates", funding)
-    marks = [{"_id": f"BTCUSDT:{day0 + i * 1000}", "symbol": "BTCUSDT", "event_time": day0 + i * 1000,
-              "mark_price": Decimal128("27000.5"), "index_price": Decimal128("27001.1"),
-              "estimated_settle_price": Decimal128("27000.9"), "funding_rate": Decimal128("0.00010000"),
-              "next_funding_time": day0 + 8 * HOUR} for i in range(10)]
+    marks = [
+        {
+            "_id": f"BTCUSDT:{day0 + i * 1000}",
+            "symbol": "BTCUSDT",
+            "event_time": day0 + i * 1000,
+            "mark_price": Decimal128("27000.5"),
+            "index_price": Decimal128("27001.1"),
+            "estimated_settle_price": Decimal128("27000.9"),
+            "funding_rate": Decimal128("0.00010000"),
+            "next_funding_time": day0 + 8 * HOUR,
+        }
+        for i in range(10)
+    ]
     store.insert_idempotent("mark_prices", marks)
-    analytics = [{"_id": f"BTCUSDT:volatility:1m:{day0 + i * 15 * MIN}", "symbol": "BTCUSDT", "kind": "volatility",
-                  "interval": "1m", "window_end": day0 + i * 15 * MIN,
-                  "values": {"realized_vol": 0.5 + i, "bars": 60, "insufficient_data": False, "gk": None,
-                             "by_window": {"60": 0.1 * i}},
-                  "computed_at": dt.datetime(2026, 3, 10, tzinfo=dt.UTC)} for i in range(4)]
+    analytics = [
+        {
+            "_id": f"BTCUSDT:volatility:1m:{day0 + i * 15 * MIN}",
+            "symbol": "BTCUSDT",
+            "kind": "volatility",
+            "interval": "1m",
+            "window_end": day0 + i * 15 * MIN,
+            "values": {
+                "realized_vol": 0.5 + i,
+                "bars": 60,
+                "insufficient_data": False,
+                "gk": None,
+                "by_window": {"60": 0.1 * i},
+            },
+            "computed_at": dt.datetime(2026, 3, 10, tzinfo=dt.UTC),
+        }
+        for i in range(4)
+    ]
     syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-    analytics.append({
-        "_id": f"*:correlation:1m:{day0}", "symbol": "*", "kind": "correlation", "interval": "1m",
-        "window_end": day0, "values": {"windows": [{
-            "window": 60, "symbols": syms, "matrix": [[1.0, 0.8, 0.1], [0.8, 1.0, 0.2], [0.1, 0.2, 1.0]],
-            "graph": {"nodes": syms, "edges": [{"source": "BTCUSDT", "target": "ETHUSDT", "weight": 0.8}]}}]}})
+    analytics.append(
+        {
+            "_id": f"*:correlation:1m:{day0}",
+            "symbol": "*",
+            "kind": "correlation",
+            "interval": "1m",
+            "window_end": day0,
+            "values": {
+                "windows": [
+                    {
+                        "window": 60,
+                        "symbols": syms,
+                        "matrix": [[1.0, 0.8, 0.1], [0.8, 1.0, 0.2], [0.1, 0.2, 1.0]],
+                        "graph": {"nodes": syms, "edges": [{"source": "BTCUSDT", "target": "ETHUSDT", "weight": 0.8}]},
+                    }
+                ]
+            },
+        }
+    )
     store.insert_idempotent("analytics", analytics)
 
 
 def seed_meta(meta: MetadataStore, day0: int) -> None:
     d0 = dt.datetime.fromtimestamp(day0 / 1000, tz=dt.UTC).date()
-    meta.upsert_health([
-        HealthMetricIn(symbol="BTCUSDT", interval="1m", day=d0, completeness=100, freshness=90, consistency=100,
-                       score=97),
-        HealthMetricIn(symbol="BTCUSDT", interval="1m", day=d0 + dt.timedelta(days=1), completeness=99,
-                       freshness=95, consistency=100, score=98),
-        HealthMetricIn(symbol="ETHUSDT", interval="1m", day=d0, completeness=50, freshness=10, consistency=90,
-                       score=40),
-    ])
-    meta.upsert_datasets([
-        DatasetIn(kind="candles", symbol="BTCUSDT", interval="1m", collection="candles", row_count=2880,
-                  first_time=day0, last_time=day0 + 2 * DAY - MIN, health_score=98,
-                  schema=[SchemaField(name="open_time", type="long", description="bucket start, epoch ms UTC"),
-                          SchemaField(name="close", type="double")]),
-        DatasetIn(kind="agg_trades", symbol="BTCUSDT", collection="agg_trades", row_count=30),
-    ])
-    meta.replace_lineage([
-        LineageEdge(upstream="raw/klines", downstream="candles/candles_1m", transformation="Build 1m candles."),
-        LineageEdge(upstream="candles/candles_1m", downstream="candles/candles_5m"),
-    ])
-    meta.create_backfill_job(origin="ui", symbols=["BTCUSDT"], interval="1m", start_time=day0,
-                             end_time=day0 + DAY, status="success", job_id="bf-ui-1",
-                             dagster_backfill_id="bf-ui-1")
+    meta.upsert_health(
+        [
+            HealthMetricIn(
+                symbol="BTCUSDT", interval="1m", day=d0, completeness=100, freshness=90, consistency=100, score=97
+            ),
+            HealthMetricIn(
+                symbol="BTCUSDT",
+                interval="1m",
+                day=d0 + dt.timedelta(days=1),
+                completeness=99,
+                freshness=95,
+                consistency=100,
+                score=98,
+            ),
+            HealthMetricIn(
+                symbol="ETHUSDT", interval="1m", day=d0, completeness=50, freshness=10, consistency=90, score=40
+            ),
+        ]
+    )
+    meta.upsert_datasets(
+        [
+            DatasetIn(
+                kind="candles",
+                symbol="BTCUSDT",
+                interval="1m",
+                collection="candles",
+                row_count=2880,
+                first_time=day0,
+                last_time=day0 + 2 * DAY - MIN,
+                health_score=98,
+                schema=[
+                    SchemaField(name="open_time", type="long", description="bucket start, epoch ms UTC"),
+                    SchemaField(name="close", type="double"),
+                ],
+            ),
+            DatasetIn(kind="agg_trades", symbol="BTCUSDT", collection="agg_trades", row_count=30),
+        ]
+    )
+    meta.replace_lineage(
+        [
+            LineageEdge(upstream="raw/klines", downstream="candles/candles_1m", transformation="Build 1m candles."),
+            LineageEdge(upstream="candles/candles_1m", downstream="candles/candles_5m"),
+        ]
+    )
+    meta.create_backfill_job(
+        origin="ui",
+        symbols=["BTCUSDT"],
+        interval="1m",
+        start_time=day0,
+        end_time=day0 + DAY,
+        status="success",
+        job_id="bf-ui-1",
+        dagster_backfill_id="bf-ui-1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +260,14 @@ def seeded(mongo_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     seed_mongo(store, day0)
     seed_meta(meta, day0)
     # Dagster is not running for these tests: a closed port makes it "down" at once.
-    settings = load_settings(mongo_url=mongo_server.url, mongo_db=db, metadata_url=str(meta.url),
-                             symbols=["BTCUSDT", "ETHUSDT"], api_token=TOKEN,
-                             dagster_graphql_url=f"http://127.0.0.1:{free_port()}/graphql")
+    settings = load_settings(
+        mongo_url=mongo_server.url,
+        mongo_db=db,
+        metadata_url=str(meta.url),
+        symbols=["BTCUSDT", "ETHUSDT"],
+        api_token=TOKEN,
+        dagster_graphql_url=f"http://127.0.0.1:{free_port()}/graphql",
+    )
     yield Seeded(store, meta, settings, day0)
     store.client.drop_database(db)
     store.close()
@@ -163,8 +277,12 @@ def seeded(mongo_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def base(seeded: Seeded) -> Iterator[str]:
     # Revalidate on every hit so a newly landed candle is seen at once (the test below).
-    app = create_app(seeded.settings, mongo=seeded.store, meta=seeded.meta,
-                     api_settings=ApiSettings(cache_revalidate_s=0.0, cache_ttl_s=60.0))
+    app = create_app(
+        seeded.settings,
+        mongo=seeded.store,
+        meta=seeded.meta,
+        api_settings=ApiSettings(cache_revalidate_s=0.0, cache_ttl_s=60.0),
+    )
     with serve(app) as url:
         yield url
 
@@ -187,6 +305,7 @@ def error_for(resp: httpx.Response, status: int | tuple[int, ...], param: str) -
 
 # --- data -----------------------------------------------------------------------------------------------
 
+
 def test_latest_candles_are_the_newest_rows_in_order(http: httpx.Client, seeded: Seeded) -> None:
     resp = http.get("/data/candles", params={"pair": "btcusdt", "period": "1m", "limit": 1000})
     assert resp.status_code == 200, resp.text
@@ -195,15 +314,19 @@ def test_latest_candles_are_the_newest_rows_in_order(http: httpx.Client, seeded:
     assert (page.pair, page.period, page.count, page.next) == ("BTCUSDT", "1m", 1000, None)
     assert [c.open_time for c in page.rows] == [d["open_time"] for d in stored]
     assert [c.close for c in page.rows] == [d["close"] for d in stored]
-    assert page.rows[0].model_dump() == {k: v for k, v in stored[0].items()
-                                         if k not in ("_id", "symbol", "interval")}
+    assert page.rows[0].model_dump() == {k: v for k, v in stored[0].items() if k not in ("_id", "symbol", "interval")}
 
 
 def test_candle_pages_follow_next_links_over_the_whole_range(http: httpx.Client, seeded: Seeded) -> None:
     start = dt.datetime.fromtimestamp(seeded.day0 / 1000, tz=dt.UTC).isoformat().replace("+00:00", "Z")
     url: str | None = "/data/candles"
-    params: dict[str, Any] | None = {"pair": "BTCUSDT", "period": "1m", "start": start,
-                                     "end": seeded.day0 + 2 * DAY, "limit": 1000}
+    params: dict[str, Any] | None = {
+        "pair": "BTCUSDT",
+        "period": "1m",
+        "start": start,
+        "end": seeded.day0 + 2 * DAY,
+        "limit": 1000,
+    }
     times: list[int] = []
     pages = 0
     while url:
@@ -246,8 +369,12 @@ def test_depth_and_funding(http: httpx.Client, seeded: Seeded) -> None:
     assert depth.rows[0].bids == [["27000.10", "1.500"]]
     rates = FundingPage.model_validate(http.get("/data/funding", params={"pair": "BTCUSDT"}).json())
     assert [r.funding_time for r in rates.rows] == [seeded.day0 + i * 8 * HOUR for i in range(6)]  # type: ignore
-    marks = FundingPage.model_validate(http.get("/data/funding", params={
-        "pair": "BTCUSDT", "source": "mark_prices", "start": seeded.day0, "end": seeded.day0 + 5000}).json())
+    marks = FundingPage.model_validate(
+        http.get(
+            "/data/funding",
+            params={"pair": "BTCUSDT", "source": "mark_prices", "start": seeded.day0, "end": seeded.day0 + 5000},
+        ).json()
+    )
     assert marks.source == "mark_prices" and marks.count == 5
     assert marks.rows[0].index_price == "27001.1"  # type: ignore[union-attr]
 
@@ -257,30 +384,41 @@ def test_a_pair_present_only_in_the_store_is_known(http: httpx.Client) -> None:
     assert (page.pair, page.count) == ("SOLUSDT", 5)
 
 
-@pytest.mark.parametrize(("params", "status", "param", "says"), [
-    ({"pair": "DOGEUSDT"}, 404, "pair", "not a known pair"),
-    ({"pair": '{"$ne": 1}'}, 422, "pair", "not a symbol"),
-    ({"pair": "BTC USDT"}, 422, "pair", "not a symbol"),
-    ({"pair": "BTCUSDT", "period": "2m"}, 422, "period", "not a supported interval"),
-    ({"pair": "BTCUSDT", "period": "1s"}, 422, "period", "spot only"),
-    ({"pair": "BTCUSDT", "start": "2026-03-11", "end": "2026-03-10"}, 422, "start", "must be before end"),
-    ({"pair": "BTCUSDT", "limit": 0}, 422, "limit", "greater than or equal to 1"),
-    ({"pair": "BTCUSDT", "limit": 5001}, 422, "limit", "less than or equal to 5000"),
-    ({"pair": "BTCUSDT", "limit": "lots"}, 422, "limit", "valid integer"),
-    ({"pair": "BTCUSDT", "start": "yesterday"}, 422, "start", "is neither ISO-8601"),
-    ({"pair": "BTCUSDT", "end": "99999999999999999"}, 422, "end", "outside"),
-    ({"period": "1m"}, 422, "pair", "required"),
-])
-def test_candle_parameters_are_validated(http: httpx.Client, params: dict[str, Any], status: int, param: str,
-                                         says: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "status", "param", "says"),
+    [
+        ({"pair": "DOGEUSDT"}, 404, "pair", "not a known pair"),
+        ({"pair": '{"$ne": 1}'}, 422, "pair", "not a symbol"),
+        ({"pair": "BTC USDT"}, 422, "pair", "not a symbol"),
+        ({"pair": "BTCUSDT", "period": "2m"}, 422, "period", "not a supported interval"),
+        ({"pair": "BTCUSDT", "period": "1s"}, 422, "period", "spot only"),
+        ({"pair": "BTCUSDT", "start": "2026-03-11", "end": "2026-03-10"}, 422, "start", "must be before end"),
+        ({"pair": "BTCUSDT", "limit": 0}, 422, "limit", "greater than or equal to 1"),
+        ({"pair": "BTCUSDT", "limit": 5001}, 422, "limit", "less than or equal to 5000"),
+        ({"pair": "BTCUSDT", "limit": "lots"}, 422, "limit", "valid integer"),
+        ({"pair": "BTCUSDT", "start": "yesterday"}, 422, "start", "is neither ISO-8601"),
+        ({"pair": "BTCUSDT", "end": "99999999999999999"}, 422, "end", "outside"),
+        ({"period": "1m"}, 422, "pair", "required"),
+    ],
+)
+def test_candle_parameters_are_validated(
+    http: httpx.Client, params: dict[str, Any], status: int, param: str, says: str
+) -> None:
     msg = error_for(http.get("/data/candles", params=params), status, param)
     assert says.lower() in msg.lower()
 
 
-@pytest.mark.parametrize("query", [
-    "pair[$ne]=1", "pair=%7B%22%24ne%22%3A1%7D", "pair=BTCUSDT%00", "pair=%24where",
-    "pair=BTCUSDT&start[$gt]=0&start=abc", "pair=BTCUSDT&start=%7B%22%24gt%22%3A0%7D",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pair[$ne]=1",
+        "pair=%7B%22%24ne%22%3A1%7D",
+        "pair=BTCUSDT%00",
+        "pair=%24where",
+        "pair=BTCUSDT&start[$gt]=0&start=abc",
+        "pair=BTCUSDT&start=%7B%22%24gt%22%3A0%7D",
+    ],
+)
 def test_injection_attempts_are_4xx(http: httpx.Client, query: str) -> None:
     for path in ("/data/candles", "/data/trades", "/data/funding", "/analysis/volatility", "/health"):
         resp = http.get(f"{path}?{query}")
@@ -310,13 +448,20 @@ def test_hot_cache_serves_hits_and_drops_them_when_a_newer_candle_lands(http: ht
 
 # --- analytics ---------------------------------------------------------------------------------------------
 
+
 def test_analytics_latest_range_and_empty(http: httpx.Client, seeded: Seeded) -> None:
     latest = AnalyticsPage.model_validate(http.get("/analysis/volatility", params={"pair": "BTCUSDT"}).json())
     assert latest.count == 1 and latest.rows[0].window_end == seeded.day0 + 45 * MIN
-    assert latest.rows[0].values == {"realized_vol": 3.5, "bars": 60, "insufficient_data": False, "gk": None,
-                                     "by_window": {"60": pytest.approx(0.3)}}
-    many = AnalyticsPage.model_validate(http.get("/analysis/volatility", params={
-        "pair": "BTCUSDT", "start": seeded.day0, "limit": 2}).json())
+    assert latest.rows[0].values == {
+        "realized_vol": 3.5,
+        "bars": 60,
+        "insufficient_data": False,
+        "gk": None,
+        "by_window": {"60": pytest.approx(0.3)},
+    }
+    many = AnalyticsPage.model_validate(
+        http.get("/analysis/volatility", params={"pair": "BTCUSDT", "start": seeded.day0, "limit": 2}).json()
+    )
     assert [r.window_end for r in many.rows] == [seeded.day0, seeded.day0 + 15 * MIN] and many.next
     rest = AnalyticsPage.model_validate(http.get(many.next).json())
     assert [r.window_end for r in rest.rows] == [seeded.day0 + 30 * MIN, seeded.day0 + 45 * MIN]
@@ -327,8 +472,7 @@ def test_analytics_latest_range_and_empty(http: httpx.Client, seeded: Seeded) ->
 
 
 def test_correlation_keeps_the_requested_pairs(http: httpx.Client) -> None:
-    page = AnalyticsPage.model_validate(http.get("/analysis/correlation",
-                                                 params={"pairs": "ethusdt,BTCUSDT"}).json())
+    page = AnalyticsPage.model_validate(http.get("/analysis/correlation", params={"pairs": "ethusdt,BTCUSDT"}).json())
     window = page.rows[0].values["windows"][0]
     assert window["symbols"] == ["BTCUSDT", "ETHUSDT"]
     assert window["matrix"] == [[1.0, 0.8], [0.8, 1.0]]
@@ -340,6 +484,7 @@ def test_correlation_keeps_the_requested_pairs(http: httpx.Client) -> None:
 
 
 # --- health -------------------------------------------------------------------------------------------------
+
 
 def test_liveness_and_readiness_name_the_dependency_that_is_down(http: httpx.Client) -> None:
     assert http.get("/health/liveness").json() == {"status": "ok"}
@@ -355,13 +500,15 @@ def test_health_summary_and_per_pair(http: httpx.Client, seeded: Seeded) -> None
     assert {(p.pair, p.score) for p in summary.pairs} == {("BTCUSDT", 98.0), ("ETHUSDT", 40.0)}
     rows = PairHealth.model_validate(http.get("/health", params={"pair": "BTCUSDT"}).json())
     assert [r.score for r in rows.rows] == [97.0, 98.0]
-    one = PairHealth.model_validate(http.get("/health", params={
-        "pair": "BTCUSDT", "start": seeded.day0, "end": seeded.day0 + DAY}).json())
+    one = PairHealth.model_validate(
+        http.get("/health", params={"pair": "BTCUSDT", "start": seeded.day0, "end": seeded.day0 + DAY}).json()
+    )
     assert [r.score for r in one.rows] == [97.0]
     error_for(http.get("/health", params={"pair": "XRPUSDT"}), 404, "pair")
 
 
 # --- catalog ------------------------------------------------------------------------------------------------
+
 
 def test_catalog_datasets_schema_and_lineage(http: httpx.Client) -> None:
     listed = [DatasetRecord.model_validate(d) for d in http.get("/catalog/datasets").json()]
@@ -376,8 +523,7 @@ def test_catalog_datasets_schema_and_lineage(http: httpx.Client) -> None:
     assert lin.node == "candles/candles_1m"
     assert [e.upstream for e in lin.lineage.upstream] == ["raw/klines"]
     assert [e.downstream for e in lin.lineage.downstream] == ["candles/candles_5m"]
-    deep = LineageResponse.model_validate(http.get("/catalog/lineage/candles/candles_5m",
-                                                   params={"depth": 2}).json())
+    deep = LineageResponse.model_validate(http.get("/catalog/lineage/candles/candles_5m", params={"depth": 2}).json())
     assert [e.upstream for e in deep.lineage.upstream] == ["candles/candles_1m", "raw/klines"]
     error_for(http.get("/catalog/datasets/candles:NOPE:1m"), 404, "dataset_id")
     error_for(http.get("/catalog/schemas/nope"), 404, "dataset_id")
@@ -387,22 +533,24 @@ def test_catalog_datasets_schema_and_lineage(http: httpx.Client) -> None:
 
 # --- backfill -------------------------------------------------------------------------------------------------
 
+
 def test_backfill_start_needs_the_token(http: httpx.Client, seeded: Seeded) -> None:
     body = {"pairs": ["BTCUSDT"], "period": "1m", "start": seeded.day0, "end": seeded.day0 + DAY}
     error_for(http.post("/backfill/start", json=body), 401, "Authorization")
-    error_for(http.post("/backfill/start", json=body, headers={"Authorization": "Bearer wrong"}), 401,
-              "Authorization")
+    error_for(http.post("/backfill/start", json=body, headers={"Authorization": "Bearer wrong"}), 401, "Authorization")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     # Valid request, but Dagster is down: 503 that says so, and nothing recorded.
     msg = error_for(http.post("/backfill/start", json=body, headers=auth), 503, "dagster")
     assert "not reachable" in msg
-    bad = [({**body, "start": seeded.day0 + DAY, "end": seeded.day0}, "start"),
-           ({**body, "pairs": [{"$ne": 1}]}, "pairs"),
-           ({**body, "pairs": ["NOPEUSDT"]}, "pairs"),
-           ({**body, "period": "7m"}, "period"),
-           ({**body, "start": "2019-01-01"}, "start"),
-           ({**body, "end": "2999-01-01"}, "end"),
-           ({"pairs": ["BTCUSDT"]}, "start")]
+    bad = [
+        ({**body, "start": seeded.day0 + DAY, "end": seeded.day0}, "start"),
+        ({**body, "pairs": [{"$ne": 1}]}, "pairs"),
+        ({**body, "pairs": ["NOPEUSDT"]}, "pairs"),
+        ({**body, "period": "7m"}, "period"),
+        ({**body, "start": "2019-01-01"}, "start"),
+        ({**body, "end": "2999-01-01"}, "end"),
+        ({"pairs": ["BTCUSDT"]}, "start"),
+    ]
     for payload, param in bad:
         error_for(http.post("/backfill/start", json=payload, headers=auth), (404, 422), param)
     assert [j.id for j in BackfillJobList.model_validate(http.get("/backfill/jobs").json()).jobs] == ["bf-ui-1"]
@@ -420,20 +568,30 @@ def test_backfill_jobs_are_listed_and_reported_from_the_store_when_dagster_is_do
 
 # --- metrics, docs, auth on reads -----------------------------------------------------------------------------------
 
+
 def test_metrics_count_requests_per_route_with_latency_histograms(http: httpx.Client) -> None:
     http.get("/data/candles", params={"pair": "BTCUSDT", "limit": 2})
     http.get("/catalog/datasets/none-such")
     text = http.get("/metrics").text
     assert re.search(r'dm_api_requests_total\{method="GET",route="/data/candles",status="200"\} [1-9]', text)
-    assert re.search(r'dm_api_requests_total\{method="GET",route="/catalog/datasets/\{dataset_id\}",'
-                     r'status="404"\} [1-9]', text)
+    assert re.search(
+        r'dm_api_requests_total\{method="GET",route="/catalog/datasets/\{dataset_id\}",'
+        r'status="404"\} [1-9]',
+        text,
+    )
     assert 'dm_api_request_duration_seconds_bucket{le="0.025",method="GET",route="/data/candles"}' in text
 
 
 def test_openapi_and_docs_are_served(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
-    for path in ("/data/candles", "/analysis/correlation", "/catalog/lineage/{dataset_id}", "/backfill/start",
-                 "/health", "/metrics"):
+    for path in (
+        "/data/candles",
+        "/analysis/correlation",
+        "/catalog/lineage/{dataset_id}",
+        "/backfill/start",
+        "/health",
+        "/metrics",
+    ):
         assert path in spec["paths"]
     params = {p["name"] for p in spec["paths"]["/data/candles"]["get"]["parameters"]}
     assert {"pair", "period", "start", "end", "limit"} <= params
@@ -441,11 +599,13 @@ def test_openapi_and_docs_are_served(http: httpx.Client) -> None:
 
 
 def test_reads_can_require_the_token(seeded: Seeded, tmp_path: Path) -> None:
-    app = create_app(seeded.settings, mongo=seeded.store, meta=seeded.meta,
-                     api_settings=ApiSettings(protect_reads=True))
+    app = create_app(
+        seeded.settings, mongo=seeded.store, meta=seeded.meta, api_settings=ApiSettings(protect_reads=True)
+    )
     with serve(app) as url, httpx.Client(base_url=url) as client:
         error_for(client.get("/data/candles", params={"pair": "BTCUSDT"}), 401, "Authorization")
-        ok = client.get("/data/candles", params={"pair": "BTCUSDT", "limit": 1},
-                        headers={"Authorization": f"Bearer {TOKEN}"})
+        ok = client.get(
+            "/data/candles", params={"pair": "BTCUSDT", "limit": 1}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert ok.status_code == 200 and ok.json()["count"] == 1
         assert client.get("/health/liveness").status_code == 200  # probes stay open

@@ -23,9 +23,13 @@ from tests.test_api_routes import base, seeded  # noqa: E402, F401  (module fixt
 MAX_EXAMPLES = 25
 # Random strings are almost never a known pair or interval, so a share of the cases gets
 # real ones (and then random times, limits and formats) to reach the store reads.
-VALID = st.fixed_dictionaries({"pair": st.sampled_from(["BTCUSDT", "ethusdt"]),
-                               "period": st.sampled_from(["1m", "1h", "5m"]),
-                               "pairs": st.sampled_from(["BTCUSDT,ETHUSDT", "ETHUSDT"])})
+VALID = st.fixed_dictionaries(
+    {
+        "pair": st.sampled_from(["BTCUSDT", "ethusdt"]),
+        "period": st.sampled_from(["1m", "1h", "5m"]),
+        "pairs": st.sampled_from(["BTCUSDT,ETHUSDT", "ETHUSDT"]),
+    }
+)
 
 
 def with_valid_values(pair: tuple[Any, dict[str, str]]) -> Any:
@@ -50,12 +54,20 @@ def test_no_server_errors_and_bodies_match_the_schema(base: str) -> None:  # noq
         operation = result.ok()
         operations += 1
 
-        strategy = st.one_of(operation.as_strategy(), *operation.get_strategies_from_examples(),
-                             st.tuples(operation.as_strategy(), VALID).map(with_valid_values))
+        strategy = st.one_of(
+            operation.as_strategy(),
+            *operation.get_strategies_from_examples(),
+            st.tuples(operation.as_strategy(), VALID).map(with_valid_values),
+        )
 
         @given(case=strategy)
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: Any) -> None:
             case.call_and_validate(checks=[not_a_server_error, response_schema_conformance], timeout=30)
 

@@ -23,22 +23,27 @@ from api.routes.analysis import subset_correlation
 T0 = 1_773_100_800_000  # 2026-03-10T00:00:00Z
 
 
-@pytest.mark.parametrize(("text", "ms"), [
-    ("1773100800000", T0),
-    ("2026-03-10T00:00:00Z", T0),
-    ("2026-03-10T00:00:00+00:00", T0),
-    ("2026-03-10T00:00:00 00:00", T0),  # '+' decoded to a space by a careless client
-    ("2026-03-10T02:00:00+02:00", T0),
-    ("2026-03-10", T0),
-    ("2026-03-10T00:00:00.250", T0 + 250),
-    ("0", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("1773100800000", T0),
+        ("2026-03-10T00:00:00Z", T0),
+        ("2026-03-10T00:00:00+00:00", T0),
+        ("2026-03-10T00:00:00 00:00", T0),  # '+' decoded to a space by a careless client
+        ("2026-03-10T02:00:00+02:00", T0),
+        ("2026-03-10", T0),
+        ("2026-03-10T00:00:00.250", T0 + 250),
+        ("0", 0),
+    ],
+)
 def test_parse_time_accepts_iso_and_epoch_ms(text: str, ms: int) -> None:
     assert parse_time(text, "start") == ms
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "-5", "99999999999999999", "1e12",
-                                  '{"$gt": 0}', "2026-03-10T00:00:00+25:00"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "yesterday", "2026-13-01", "-5", "99999999999999999", "1e12", '{"$gt": 0}', "2026-03-10T00:00:00+25:00"],
+)
 def test_parse_time_refuses_with_the_parameter_name(text: str) -> None:
     with pytest.raises(ParamError) as err:
         parse_time(text, "end")
@@ -99,6 +104,7 @@ def test_hot_cache_revalidates_then_expires() -> None:
         def probe(newest: int | None) -> bool:
             probes.append(newest)
             return flag
+
         return probe
 
     cache.put("k", b"v", 100)
@@ -133,12 +139,14 @@ def test_value_cache_recomputes_after_ttl() -> None:
 
 def test_plan_partitions_covers_every_touched_utc_day() -> None:
     first, today = dt.date(2026, 1, 1), dt.date(2026, 3, 12)
-    keys = plan_partitions(["BTCUSDT", "ETHUSDT"], T0 + 3_600_000, T0 + 86_400_000 + 1, first_day=first,
-                           today=today, max_days=10)
+    keys = plan_partitions(
+        ["BTCUSDT", "ETHUSDT"], T0 + 3_600_000, T0 + 86_400_000 + 1, first_day=first, today=today, max_days=10
+    )
     assert keys == ["2026-03-10|BTCUSDT", "2026-03-10|ETHUSDT", "2026-03-11|BTCUSDT", "2026-03-11|ETHUSDT"]
     # end is exclusive: ending exactly at midnight does not touch the next day
     assert plan_partitions(["BTCUSDT"], T0, T0 + 86_400_000, first_day=first, today=today, max_days=10) == [
-        "2026-03-10|BTCUSDT"]
+        "2026-03-10|BTCUSDT"
+    ]
     with pytest.raises(ParamError, match="before the first partition"):
         plan_partitions(["BTCUSDT"], 0, T0, first_day=first, today=today, max_days=1000)
     with pytest.raises(ParamError, match="after today"):
@@ -147,26 +155,41 @@ def test_plan_partitions_covers_every_touched_utc_day() -> None:
         plan_partitions(["BTCUSDT"], T0, T0 + 2 * 86_400_000, first_day=first, today=today, max_days=1)
 
 
-@pytest.mark.parametrize(("status", "runs", "ours"), [
-    ("REQUESTED", [], "requested"),
-    ("REQUESTED", ["STARTED"], "running"),
-    ("COMPLETED", ["SUCCESS", "STARTED"], "running"),
-    ("COMPLETED_SUCCESS", ["SUCCESS", "SUCCESS"], "success"),
-    ("COMPLETED", ["SUCCESS", "FAILURE"], "failure"),
-    ("COMPLETED_FAILED", ["SUCCESS", "FAILURE"], "partial"),
-    ("FAILED", ["FAILURE"], "failure"),
-    ("CANCELING", ["STARTED"], "canceled"),
-])
+@pytest.mark.parametrize(
+    ("status", "runs", "ours"),
+    [
+        ("REQUESTED", [], "requested"),
+        ("REQUESTED", ["STARTED"], "running"),
+        ("COMPLETED", ["SUCCESS", "STARTED"], "running"),
+        ("COMPLETED_SUCCESS", ["SUCCESS", "SUCCESS"], "success"),
+        ("COMPLETED", ["SUCCESS", "FAILURE"], "failure"),
+        ("COMPLETED_FAILED", ["SUCCESS", "FAILURE"], "partial"),
+        ("FAILED", ["FAILURE"], "failure"),
+        ("CANCELING", ["STARTED"], "canceled"),
+    ],
+)
 def test_backfill_status_mapping(status: str, runs: list[str], ours: str) -> None:
     assert backfill_status(status, runs) == ours
 
 
 def test_subset_correlation_keeps_matrix_rows_and_edges_of_requested_pairs() -> None:
     syms = ["A1", "B1", "C1"]
-    values = {"windows": [{"symbols": syms, "matrix": [[1, 2, 3], [2, 1, 4], [3, 4, 1]],
-                           "graph": {"nodes": syms, "edges": [{"source": "A1", "target": "C1", "weight": 3},
-                                                              {"source": "A1", "target": "B1", "weight": 2}]}}],
-              "other": 1}
+    values = {
+        "windows": [
+            {
+                "symbols": syms,
+                "matrix": [[1, 2, 3], [2, 1, 4], [3, 4, 1]],
+                "graph": {
+                    "nodes": syms,
+                    "edges": [
+                        {"source": "A1", "target": "C1", "weight": 3},
+                        {"source": "A1", "target": "B1", "weight": 2},
+                    ],
+                },
+            }
+        ],
+        "other": 1,
+    }
     out = subset_correlation(values, ["C1", "A1"])
     w = out["windows"][0]
     assert (w["symbols"], w["matrix"], out["other"]) == (["A1", "C1"], [[1, 3], [3, 1]], 1)

@@ -31,20 +31,36 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
         yield inst
 
 
-def test_sensor_and_schedule_runs_are_recorded(instance: DagsterInstance, meta: MetadataStore,
-                                               mongo_store: MongoStore) -> None:
+def test_sensor_and_schedule_runs_are_recorded(
+    instance: DagsterInstance, meta: MetadataStore, mongo_store: MongoStore
+) -> None:
     with FakeExchange() as ex:
-        res = ResourceSet(load_settings(mongo_url=mongo_store.url, mongo_db=mongo_store.db_name,
-                                        metadata_url=str(meta.engine.url), binance_rest_url=ex.url))
-        result = materialize(CANDLE_ASSETS[:1], instance=instance, partition_key=partition_key(DAY, "BTCUSDT"),
-                             resources=res.as_dict(), tags={"dm/origin": "sensor"})
+        res = ResourceSet(
+            load_settings(
+                mongo_url=mongo_store.url,
+                mongo_db=mongo_store.db_name,
+                metadata_url=str(meta.engine.url),
+                binance_rest_url=ex.url,
+            )
+        )
+        result = materialize(
+            CANDLE_ASSETS[:1],
+            instance=instance,
+            partition_key=partition_key(DAY, "BTCUSDT"),
+            resources=res.as_dict(),
+            tags={"dm/origin": "sensor"},
+        )
     assert result.success
     counts = sync_runs(instance, meta, since=None)
     assert counts == {"runs_created": 1, "runs_updated": 0}
     job = meta.get_backfill_job(f"run:{result.run_id}")
     assert job is not None
-    assert (job.origin, job.status, job.symbols, job.dagster_run_ids) == ("sensor", "success", ["BTCUSDT"],
-                                                                         [result.run_id])
+    assert (job.origin, job.status, job.symbols, job.dagster_run_ids) == (
+        "sensor",
+        "success",
+        ["BTCUSDT"],
+        [result.run_id],
+    )
     assert job.partition_keys == [f"{DAY}|BTCUSDT"]
     assert (job.start_time, job.end_time) == day_bounds_ms(DAY)
     assert sync_runs(instance, meta, since=None) == {"runs_created": 0, "runs_updated": 0}  # idempotent
@@ -54,10 +70,17 @@ def test_ui_backfill_is_recorded_and_follows_status(instance: DagsterInstance, m
     defs = build_defs(ResourceSet(load_settings(metadata_url=str(meta.engine.url))))
     keys = [f"{DAY}|BTCUSDT", "2026-03-11|ETHUSDT"]
     backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id="bf123", asset_graph=defs.resolve_asset_graph(), partition_names=keys,
-        asset_selection=[AssetKey(["candles", "candles_1m"])], backfill_timestamp=time.time(),
-        tags={"user": "ops@example.com"}, dynamic_partitions_store=instance, all_partitions=False,
-        title="ops backfill", description=None, run_config=None,
+        backfill_id="bf123",
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=keys,
+        asset_selection=[AssetKey(["candles", "candles_1m"])],
+        backfill_timestamp=time.time(),
+        tags={"user": "ops@example.com"},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title="ops backfill",
+        description=None,
+        run_config=None,
     )
     instance.add_backfill(backfill)
 
@@ -79,14 +102,28 @@ def test_ui_backfill_is_recorded_and_follows_status(instance: DagsterInstance, m
 
 def test_api_backfill_row_is_updated_not_duplicated(instance: DagsterInstance, meta: MetadataStore) -> None:
     """The API creates its row under the Dagster backfill id first; tracking then updates that row."""
-    meta.create_backfill_job(origin="api", symbols=["BTCUSDT"], interval="1m", status="requested",
-                             dagster_backfill_id="bfapi", job_id="bfapi", requested_by="svc")
+    meta.create_backfill_job(
+        origin="api",
+        symbols=["BTCUSDT"],
+        interval="1m",
+        status="requested",
+        dagster_backfill_id="bfapi",
+        job_id="bfapi",
+        requested_by="svc",
+    )
     defs = build_defs(ResourceSet(load_settings(metadata_url=str(meta.engine.url))))
     backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id="bfapi", asset_graph=defs.resolve_asset_graph(), partition_names=[f"{DAY}|BTCUSDT"],
-        asset_selection=[AssetKey(["candles", "candles_1m"])], backfill_timestamp=time.time(),
-        tags={"dm/origin": "api"}, dynamic_partitions_store=instance, all_partitions=False, title=None,
-        description=None, run_config=None,
+        backfill_id="bfapi",
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=[f"{DAY}|BTCUSDT"],
+        asset_selection=[AssetKey(["candles", "candles_1m"])],
+        backfill_timestamp=time.time(),
+        tags={"dm/origin": "api"},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=None,
+        description=None,
+        run_config=None,
     ).with_status(BulkActionStatus.COMPLETED_FAILED)
     instance.add_backfill(backfill)
     assert sync_backfills(instance, meta) == {"backfills_created": 0, "backfills_updated": 1}

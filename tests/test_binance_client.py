@@ -93,8 +93,9 @@ def test_pages_without_gaps_or_overlaps(exchange: FakeExchange) -> None:
     calls = exchange.requests_to("/fapi/v1/klines")
     assert len(calls) == 4
     # Each page starts 1 ms after the previous page's last open_time.
-    assert [int(c["startTime"]) for c in calls] == [start] + [start + (1000 * i - 1) * MINUTE_MS + 1
-                                                              for i in range(1, 4)]
+    assert [int(c["startTime"]) for c in calls] == [start] + [
+        start + (1000 * i - 1) * MINUTE_MS + 1 for i in range(1, 4)
+    ]
     # Binance's endTime is inclusive; ours is exclusive.
     assert {int(c["endTime"]) for c in calls} == {end - 1}
     # The last page asks only for what can exist: cheaper weight.
@@ -296,8 +297,15 @@ def test_weight_budget_sleeps_to_the_next_minute(exchange: FakeExchange) -> None
     clock = VirtualClock(NOW)
     exchange.now_ms = clock.now_ms
     exchange.weight_limit = 25  # the fake answers 429 past this: the client must never get there
-    client = BinanceClient(exchange.url, weight_limit=25, weight_safety=0.9, page_size=1000,
-                           now_ms=clock.now_ms, sleep=clock.sleep, weight_window_margin_s=0.0)
+    client = BinanceClient(
+        exchange.url,
+        weight_limit=25,
+        weight_safety=0.9,
+        page_size=1000,
+        now_ms=clock.now_ms,
+        sleep=clock.sleep,
+        weight_window_margin_s=0.0,
+    )
     start = utc_ms(2026, 1, 1, 0, 0)
     end = start + 6_000 * MINUTE_MS  # 6 pages of weight 5; budget 22.5 per minute allows 4
     rows = client.fetch_klines(SYM, "1m", start, end)
@@ -313,10 +321,10 @@ def test_weight_used_by_others_is_read_from_the_header(exchange: FakeExchange) -
     exchange.now_ms = clock.now_ms
     exchange.weight_limit = 25
     for _ in range(4):  # another process on the same IP spends 20 of the 25
-        requests.get(exchange.url + "/fapi/v1/klines",
-                     params={"symbol": SYM, "interval": "1m", "limit": 1000}, timeout=5).raise_for_status()
-    client = BinanceClient(exchange.url, weight_limit=25, page_size=100, now_ms=clock.now_ms,
-                           sleep=clock.sleep)
+        requests.get(
+            exchange.url + "/fapi/v1/klines", params={"symbol": SYM, "interval": "1m", "limit": 1000}, timeout=5
+        ).raise_for_status()
+    client = BinanceClient(exchange.url, weight_limit=25, page_size=100, now_ms=clock.now_ms, sleep=clock.sleep)
     client.fetch_klines(SYM, "1m", NOW - 300 * MINUTE_MS, NOW - 100 * MINUTE_MS)  # 2 pages of weight 2
     assert client.stats.weight_waits == 1 and client.stats.rate_limited == 0
     assert client.counters()["weight_waits"] == 1
@@ -355,9 +363,21 @@ def test_decimals_are_exact(exchange: FakeExchange) -> None:
 
 
 def test_kline_row_parsing_keeps_every_digit_and_refuses_floats() -> None:
-    row = [1767225600000, "0.00012345", "0.00012400", "0.00012300", "0.00012399", "123456789.123456789",
-           1767225659999, "15234.567890123456789012345678901", 42, "0.1", "0.00000000001", "0",
-           "future-field"]
+    row = [
+        1767225600000,
+        "0.00012345",
+        "0.00012400",
+        "0.00012300",
+        "0.00012399",
+        "123456789.123456789",
+        1767225659999,
+        "15234.567890123456789012345678901",
+        42,
+        "0.1",
+        "0.00000000001",
+        "0",
+        "future-field",
+    ]
     k = Kline.from_row(row)
     assert k.quote_volume == Decimal("15234.567890123456789012345678901")
     doc = k.to_document(SYM, "1m")
@@ -432,20 +452,35 @@ def test_validate_interval_names_the_valid_ones() -> None:
 def _aggregate(minutes: list[list[Any]]) -> list[Any]:
     """Independent Decimal aggregation of 1m rows (the test's own, not the fake's numpy path)."""
     return [
-        minutes[0][1], max(Decimal(m[2]) for m in minutes), min(Decimal(m[3]) for m in minutes),
+        minutes[0][1],
+        max(Decimal(m[2]) for m in minutes),
+        min(Decimal(m[3]) for m in minutes),
         minutes[-1][4],
-        sum(Decimal(m[5]) for m in minutes), sum(Decimal(m[7]) for m in minutes), sum(m[8] for m in minutes),
-        sum(Decimal(m[9]) for m in minutes), sum(Decimal(m[10]) for m in minutes),
+        sum(Decimal(m[5]) for m in minutes),
+        sum(Decimal(m[7]) for m in minutes),
+        sum(m[8] for m in minutes),
+        sum(Decimal(m[9]) for m in minutes),
+        sum(Decimal(m[10]) for m in minutes),
     ]
 
 
 def _numbers(row: list[Any]) -> list[Any]:
-    return [row[1], Decimal(row[2]), Decimal(row[3]), row[4], Decimal(row[5]), Decimal(row[7]), row[8],
-            Decimal(row[9]), Decimal(row[10])]
+    return [
+        row[1],
+        Decimal(row[2]),
+        Decimal(row[3]),
+        row[4],
+        Decimal(row[5]),
+        Decimal(row[7]),
+        row[8],
+        Decimal(row[9]),
+        Decimal(row[10]),
+    ]
 
 
-@pytest.mark.parametrize("interval", ["3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d",
-                                      "3d", "1w", "1M"])
+@pytest.mark.parametrize(
+    "interval", ["3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"]
+)
 def test_fake_higher_intervals_aggregate_the_1m_klines(exchange: FakeExchange, interval: str) -> None:
     exchange.now_ms = utc_ms(2026, 4, 2, 5, 7) + 11  # several whole months, weeks and 3d buckets before it
     span = {"1w": 3, "1M": 2, "3d": 4}.get(interval, 3)
@@ -465,7 +500,7 @@ def test_fake_higher_intervals_aggregate_the_1m_klines(exchange: FakeExchange, i
     minute_opens = [m[0] for m in minutes]
     for k in higher:
         lo = bisect.bisect_left(minute_opens, k.open_time)
-        inside = minutes[lo:bisect.bisect_left(minute_opens, next_bucket_start(k.open_time, interval))]
+        inside = minutes[lo : bisect.bisect_left(minute_opens, next_bucket_start(k.open_time, interval))]
         raw = next(r for r in exchange.klines(SYM, interval, k.open_time, k.open_time + 1))
         assert _numbers(raw) == _aggregate(inside)
         assert k.close_time == close_time(k.open_time, interval)
@@ -486,8 +521,9 @@ def test_fake_minutes_are_continuous_and_sane(exchange: FakeExchange) -> None:
 
 def test_fake_paging_rules(exchange: FakeExchange) -> None:
     def get(**params: Any) -> requests.Response:
-        return requests.get(exchange.url + "/fapi/v1/klines",
-                            params={"symbol": SYM, "interval": "1m", **params}, timeout=5)
+        return requests.get(
+            exchange.url + "/fapi/v1/klines", params={"symbol": SYM, "interval": "1m", **params}, timeout=5
+        )
 
     start = utc_ms(2026, 1, 5, 0, 0)
     body = get(startTime=start, endTime=start + 3 * MINUTE_MS).json()
@@ -500,8 +536,7 @@ def test_fake_paging_rules(exchange: FakeExchange) -> None:
 
     too_many = get(limit=1501)
     assert too_many.status_code == 400 and too_many.json()["code"] == -1130
-    bad = requests.get(exchange.url + "/fapi/v1/klines", params={"symbol": "XXX", "interval": "1m"},
-                       timeout=5)
+    bad = requests.get(exchange.url + "/fapi/v1/klines", params={"symbol": "XXX", "interval": "1m"}, timeout=5)
     assert bad.status_code == 400 and bad.json() == {"code": -1121, "msg": "Invalid symbol."}
     assert get(startTime=start + 1, endTime=start).json()["code"] == -1023
 
@@ -511,8 +546,9 @@ def test_fake_weight_header_accumulates_per_minute(exchange: FakeExchange) -> No
     exchange.now_ms = clock.now_ms
     seen = []
     for limit in (50, 200, 700, 1200):
-        r = requests.get(exchange.url + "/fapi/v1/klines",
-                         params={"symbol": SYM, "interval": "1m", "limit": limit}, timeout=5)
+        r = requests.get(
+            exchange.url + "/fapi/v1/klines", params={"symbol": SYM, "interval": "1m", "limit": limit}, timeout=5
+        )
         seen.append(int(r.headers["X-MBX-USED-WEIGHT-1M"]))
     assert seen == [1, 3, 8, 18]
     clock.advance(MINUTE_MS)

@@ -24,12 +24,23 @@ def good_day(n: int = 1440, seed: int = 1) -> pd.DataFrame:
     open_ = np.r_[100.0, close[:-1]]
     vol = rng.uniform(0.1, 10, n)
     ot = DAY + np.arange(n, dtype=np.int64) * MINUTE_MS
-    return pd.DataFrame({
-        "symbol": "BTCUSDT", "interval": "1m", "open_time": ot, "close_time": ot + MINUTE_MS - 1,
-        "open": open_, "high": np.maximum(open_, close) * 1.0005, "low": np.minimum(open_, close) * 0.9995,
-        "close": close, "volume": vol, "quote_volume": vol * close, "taker_buy_volume": vol * 0.4,
-        "taker_buy_quote_volume": vol * close * 0.4, "trades": rng.integers(1, 100, n),
-    })
+    return pd.DataFrame(
+        {
+            "symbol": "BTCUSDT",
+            "interval": "1m",
+            "open_time": ot,
+            "close_time": ot + MINUTE_MS - 1,
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.0005,
+            "low": np.minimum(open_, close) * 0.9995,
+            "close": close,
+            "volume": vol,
+            "quote_volume": vol * close,
+            "taker_buy_volume": vol * 0.4,
+            "taker_buy_quote_volume": vol * close * 0.4,
+            "trades": rng.integers(1, 100, n),
+        }
+    )
 
 
 def test_good_day_passes_every_check() -> None:

@@ -31,8 +31,23 @@ def close(a: float, b: float) -> bool:
 
 def test_decimals_to_float_matches_float_of_string() -> None:
     rng = random.Random(7)
-    strings = ["0", "-0", "0.00012345", "27000.10", "1E+5", "-3.5E-7", "123456789012345678901234567890.1234",
-               "9007199254740993", "1E-30", "NaN", "Infinity", "-Infinity", "0.1", "1e22", "1e23"]
+    strings = [
+        "0",
+        "-0",
+        "0.00012345",
+        "27000.10",
+        "1E+5",
+        "-3.5E-7",
+        "123456789012345678901234567890.1234",
+        "9007199254740993",
+        "1E-30",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "0.1",
+        "1e22",
+        "1e23",
+    ]
     for _ in range(2000):
         digits = rng.randint(1, 15)
         coef = rng.randint(0, 10**digits - 1)
@@ -52,9 +67,18 @@ def test_decimals_to_float_mixed_types() -> None:
 
 
 def _trade_doc(agg_id: int, t: int, price: str, qty: str, maker: bool, first: int, last: int) -> dict:
-    return {"_id": f"BTCUSDT:{agg_id}", "symbol": "BTCUSDT", "agg_id": agg_id, "trade_time": t,
-            "event_time": t + 3, "price": Decimal128(price), "qty": Decimal128(qty), "buyer_is_maker": maker,
-            "first_trade_id": first, "last_trade_id": last}
+    return {
+        "_id": f"BTCUSDT:{agg_id}",
+        "symbol": "BTCUSDT",
+        "agg_id": agg_id,
+        "trade_time": t,
+        "event_time": t + 3,
+        "price": Decimal128(price),
+        "qty": Decimal128(qty),
+        "buyer_is_maker": maker,
+        "first_trade_id": first,
+        "last_trade_id": last,
+    }
 
 
 def test_agg_trades_frame_and_trade_count_from_ids() -> None:
@@ -73,11 +97,24 @@ def test_agg_trades_frame_and_trade_count_from_ids() -> None:
 
 def _kline_doc(open_time: int, source: str) -> dict:
     o, h, lo, c = "10", "12", "9", "11"
-    return {"_id": f"BTCUSDT:1m:{open_time}", "symbol": "BTCUSDT", "interval": "1m", "open_time": open_time,
-            "close_time": open_time + MINUTE_MS - 1, "open": Decimal128(o), "high": Decimal128(h),
-            "low": Decimal128(lo), "close": Decimal128(c), "volume": Decimal128("5"),
-            "quote_volume": Decimal128("52.5"), "trades": 7, "taker_buy_volume": Decimal128("2"),
-            "taker_buy_quote_volume": Decimal128("21"), "event_time": open_time + MINUTE_MS, "source": source}
+    return {
+        "_id": f"BTCUSDT:1m:{open_time}",
+        "symbol": "BTCUSDT",
+        "interval": "1m",
+        "open_time": open_time,
+        "close_time": open_time + MINUTE_MS - 1,
+        "open": Decimal128(o),
+        "high": Decimal128(h),
+        "low": Decimal128(lo),
+        "close": Decimal128(c),
+        "volume": Decimal128("5"),
+        "quote_volume": Decimal128("52.5"),
+        "trades": 7,
+        "taker_buy_volume": Decimal128("2"),
+        "taker_buy_quote_volume": Decimal128("21"),
+        "event_time": open_time + MINUTE_MS,
+        "source": source,
+    }
 
 
 def test_klines_frame_maps_sources() -> None:
@@ -153,9 +190,14 @@ def test_trades_to_1m_ties_broken_by_agg_id_and_duplicates_dropped() -> None:
 
 def test_trades_to_1m_complete_flag_follows_agg_id_continuity() -> None:
     # minutes 0..4, ids: m0: 1,2  m1: 3  m2: 5 (4 is lost)  m3: 6  m4: 7
-    rows = [(1, DAY + 1, 1, 1, True), (2, DAY + 2, 1, 1, True), (3, DAY + MINUTE_MS, 1, 1, True),
-            (5, DAY + 2 * MINUTE_MS, 1, 1, True), (6, DAY + 3 * MINUTE_MS, 1, 1, True),
-            (7, DAY + 4 * MINUTE_MS, 1, 1, True)]
+    rows = [
+        (1, DAY + 1, 1, 1, True),
+        (2, DAY + 2, 1, 1, True),
+        (3, DAY + MINUTE_MS, 1, 1, True),
+        (5, DAY + 2 * MINUTE_MS, 1, 1, True),
+        (6, DAY + 3 * MINUTE_MS, 1, 1, True),
+        (7, DAY + 4 * MINUTE_MS, 1, 1, True),
+    ]
     out = compute.trades_to_1m(_trades(rows))
     # m0 at the input's start and m4 at its end cannot be proven; the hole 3→5 touches m1 and m2.
     assert out["complete"].tolist() == [False, False, False, True, False]
@@ -166,9 +208,20 @@ def _loop_1m(df: pd.DataFrame) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
     for r in sorted(df.itertuples(index=False), key=lambda r: (r.trade_time, r.agg_id)):
         m = r.trade_time // 60_000 * 60_000
-        c = out.setdefault(m, {"open": r.price, "high": r.price, "low": r.price, "close": r.price,
-                               "volume": 0.0, "quote_volume": 0.0, "taker_buy_volume": 0.0,
-                               "taker_buy_quote_volume": 0.0, "trades": 0})
+        c = out.setdefault(
+            m,
+            {
+                "open": r.price,
+                "high": r.price,
+                "low": r.price,
+                "close": r.price,
+                "volume": 0.0,
+                "quote_volume": 0.0,
+                "taker_buy_volume": 0.0,
+                "taker_buy_quote_volume": 0.0,
+                "trades": 0,
+            },
+        )
         c["high"] = max(c["high"], r.price)
         c["low"] = min(c["low"], r.price)
         c["close"] = r.price
@@ -184,20 +237,30 @@ def _loop_1m(df: pd.DataFrame) -> dict[int, dict[str, float]]:
 def test_trades_to_1m_matches_plain_loop_on_random_trades() -> None:
     rng = np.random.default_rng(3)
     n = 3000
-    df = pd.DataFrame({
-        "agg_id": rng.permutation(n) + 1000,
-        "trade_time": DAY + rng.integers(0, 30 * MINUTE_MS, n),
-        "price": np.round(rng.uniform(27000, 27100, n), 1),
-        "qty": np.round(rng.uniform(0.001, 2, n), 3),
-        "buyer_is_maker": rng.random(n) < 0.5,
-    })
+    df = pd.DataFrame(
+        {
+            "agg_id": rng.permutation(n) + 1000,
+            "trade_time": DAY + rng.integers(0, 30 * MINUTE_MS, n),
+            "price": np.round(rng.uniform(27000, 27100, n), 1),
+            "qty": np.round(rng.uniform(0.001, 2, n), 3),
+            "buyer_is_maker": rng.random(n) < 0.5,
+        }
+    )
     got = compute.trades_to_1m(df)
     want = _loop_1m(df)
     assert got["open_time"].tolist() == sorted(want)
     for row in got.itertuples(index=False):
         w = want[row.open_time]
-        for k in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume",
-                  "taker_buy_quote_volume"):
+        for k in (
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "taker_buy_volume",
+            "taker_buy_quote_volume",
+        ):
             assert close(getattr(row, k), w[k]), (row.open_time, k)
         assert row.trades == w["trades"]
 
@@ -212,11 +275,20 @@ def test_trades_to_1m_empty() -> None:
 
 def _candle_frame(open_times: list[int], price: float) -> pd.DataFrame:
     n = len(open_times)
-    return pd.DataFrame({
-        "open_time": np.array(open_times, dtype=np.int64), "open": [price] * n, "high": [price + 1] * n,
-        "low": [price - 1] * n, "close": [price] * n, "volume": [1.0] * n, "quote_volume": [price] * n,
-        "taker_buy_volume": [0.5] * n, "taker_buy_quote_volume": [price / 2] * n, "trades": [1] * n,
-    })
+    return pd.DataFrame(
+        {
+            "open_time": np.array(open_times, dtype=np.int64),
+            "open": [price] * n,
+            "high": [price + 1] * n,
+            "low": [price - 1] * n,
+            "close": [price] * n,
+            "volume": [1.0] * n,
+            "quote_volume": [price] * n,
+            "taker_buy_volume": [0.5] * n,
+            "taker_buy_quote_volume": [price / 2] * n,
+            "trades": [1] * n,
+        }
+    )
 
 
 def M(i: int) -> int:
@@ -265,7 +337,10 @@ def test_missing_minutes_and_ranges() -> None:
     assert compute.group_into_ranges(miss, MINUTE_MS) == [(M(2), M(5)), (M(6), M(9))]
     assert compute.group_into_ranges([M(7), M(2), M(3), M(3)], MINUTE_MS) == [(M(2), M(4)), (M(7), M(8))]
     assert compute.group_into_ranges(np.arange(M(0), M(5), MINUTE_MS), MINUTE_MS, max_count=2) == [
-        (M(0), M(2)), (M(2), M(4)), (M(4), M(5))]
+        (M(0), M(2)),
+        (M(2), M(4)),
+        (M(4), M(5)),
+    ]
     assert compute.group_into_ranges([], MINUTE_MS) == []
 
 
@@ -279,13 +354,22 @@ def _random_1m(n_minutes: int, start: int, seed: int, drop: float = 0.0) -> pd.D
     high = np.maximum(open_, close_) * (1 + rng.uniform(0, 1e-3, n_minutes))
     low = np.minimum(open_, close_) * (1 - rng.uniform(0, 1e-3, n_minutes))
     vol = rng.uniform(0, 10, n_minutes)
-    df = pd.DataFrame({
-        "open_time": start + np.arange(n_minutes, dtype=np.int64) * MINUTE_MS,
-        "close_time": start + np.arange(n_minutes, dtype=np.int64) * MINUTE_MS + MINUTE_MS - 1,
-        "open": open_, "high": high, "low": low, "close": close_, "volume": vol, "quote_volume": vol * close_,
-        "taker_buy_volume": vol / 2, "taker_buy_quote_volume": vol * close_ / 2,
-        "trades": rng.integers(0, 50, n_minutes), "source": "kline",
-    })
+    df = pd.DataFrame(
+        {
+            "open_time": start + np.arange(n_minutes, dtype=np.int64) * MINUTE_MS,
+            "close_time": start + np.arange(n_minutes, dtype=np.int64) * MINUTE_MS + MINUTE_MS - 1,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close_,
+            "volume": vol,
+            "quote_volume": vol * close_,
+            "taker_buy_volume": vol / 2,
+            "taker_buy_quote_volume": vol * close_ / 2,
+            "trades": rng.integers(0, 50, n_minutes),
+            "source": "kline",
+        }
+    )
     if drop:
         df = df[rng.random(n_minutes) >= drop].reset_index(drop=True)
     return df
@@ -297,8 +381,12 @@ def _loop_resample(df: pd.DataFrame, step: int) -> dict[int, dict[str, float]]:
         b = r["open_time"] - r["open_time"] % step
         if b not in out:
             out[b] = {k: r[k] for k in ("open", "high", "low", "close")}
-            out[b].update({k: 0.0 for k in ("volume", "quote_volume", "taker_buy_volume",
-                                            "taker_buy_quote_volume", "trades", "n")})
+            out[b].update(
+                {
+                    k: 0.0
+                    for k in ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume", "trades", "n")
+                }
+            )
         c = out[b]
         c["high"] = max(c["high"], r["high"])
         c["low"] = min(c["low"], r["low"])
@@ -322,8 +410,16 @@ def test_resample_matches_plain_loop(interval: str) -> None:
     assert sorted(incomplete.tolist()) == sorted(b for b, c in want.items() if c["n"] < per)
     for row in got.to_dict("records"):
         w = complete[row["open_time"]]
-        for k in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume",
-                  "taker_buy_quote_volume"):
+        for k in (
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "taker_buy_volume",
+            "taker_buy_quote_volume",
+        ):
             assert close(row[k], w[k]), (interval, row["open_time"], k)
         assert row["trades"] == w["trades"]
         assert row["close_time"] == row["open_time"] + step - 1

@@ -73,8 +73,16 @@ def test_day_with_local_holes_completes_from_rest_and_rerun_changes_nothing(
         assert len(ours) == len(theirs) > 0
         for c, k in zip(ours, theirs, strict=True):
             assert c["open_time"] == k.open_time and c["close_time"] == k.close_time
-            for f in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume",
-                      "taker_buy_quote_volume"):
+            for f in (
+                "open",
+                "high",
+                "low",
+                "close",
+                "volume",
+                "quote_volume",
+                "taker_buy_volume",
+                "taker_buy_quote_volume",
+            ):
                 assert c[f] == pytest.approx(float(getattr(k, f)), rel=1e-12), (interval, f, c["open_time"])
             assert c["trades"] == k.trades
         again = build.build_higher_day(mongo_store, meta, SYMBOL, DAY, interval, now=NOW)
@@ -82,9 +90,18 @@ def test_day_with_local_holes_completes_from_rest_and_rerun_changes_nothing(
 
 
 def _trade(agg_id: int, t: int, price: str, qty: str, buyer_is_maker: bool) -> dict:
-    return {"_id": f"{SYMBOL}:{agg_id}", "symbol": SYMBOL, "agg_id": agg_id, "price": Decimal128(price),
-            "qty": Decimal128(qty), "first_trade_id": agg_id * 2, "last_trade_id": agg_id * 2 + 1,
-            "trade_time": t, "event_time": t + 1, "buyer_is_maker": buyer_is_maker}
+    return {
+        "_id": f"{SYMBOL}:{agg_id}",
+        "symbol": SYMBOL,
+        "agg_id": agg_id,
+        "price": Decimal128(price),
+        "qty": Decimal128(qty),
+        "first_trade_id": agg_id * 2,
+        "last_trade_id": agg_id * 2 + 1,
+        "trade_time": t,
+        "event_time": t + 1,
+        "buyer_is_maker": buyer_is_maker,
+    }
 
 
 def test_trades_fill_minutes_they_prove_complete(
@@ -108,8 +125,17 @@ def test_trades_fill_minutes_they_prove_complete(
     out = build.build_1m_day(mongo_store, meta, _client(exchange), SYMBOL, DAY, now=NOW)
     assert out.rows == 1440 and out.missing == []
     candles = {(c["open_time"] - START) // M: c for c in _candles(mongo_store, "1m")}
-    assert {i for i, c in candles.items() if c["source"] == "agg_trades"} == {1000, 1001, 1002, 1003, 1004, 1005,
-                                                                              1006, 1008, 1009}
+    assert {i for i, c in candles.items() if c["source"] == "agg_trades"} == {
+        1000,
+        1001,
+        1002,
+        1003,
+        1004,
+        1005,
+        1006,
+        1008,
+        1009,
+    }
     assert candles[1007]["source"] == "rest"
     m1000 = candles[1000]
     assert (m1000["open"], m1000["high"], m1000["low"], m1000["close"]) == (106.05, 106.25, 106.05, 106.25)
@@ -123,8 +149,9 @@ def test_exchange_holes_are_confirmed_missing_after_bounded_attempts(
 ) -> None:
     holes = {(SYMBOL, START + i * M) for i in range(600, 603)}
     with FakeExchange(now_ms=NOW, holes=holes) as ex:
-        results = [build.build_1m_day(mongo_store, meta, _client(ex), SYMBOL, DAY, now=NOW, confirm_after=3)
-                   for _ in range(4)]
+        results = [
+            build.build_1m_day(mongo_store, meta, _client(ex), SYMBOL, DAY, now=NOW, confirm_after=3) for _ in range(4)
+        ]
         requests_after_confirm = len(ex.requests_to("/fapi/v1/klines"))
         gap, _ = gaps.partition_gap(mongo_store, meta, SYMBOL, DAY, NOW)
     assert [len(r.missing) for r in results] == [3, 3, 0, 0]
@@ -155,8 +182,9 @@ def test_open_minute_is_not_built(mongo_store: MongoStore, meta: MetadataStore) 
     assert max(c["open_time"] for c in _candles(mongo_store, "1m")) == START + 89 * M
 
 
-def test_gap_sensor_logic_sees_missing_minutes(mongo_store: MongoStore, meta: MetadataStore,
-                                               exchange: FakeExchange) -> None:
+def test_gap_sensor_logic_sees_missing_minutes(
+    mongo_store: MongoStore, meta: MetadataStore, exchange: FakeExchange
+) -> None:
     gap, times = gaps.partition_gap(mongo_store, meta, SYMBOL, DAY, NOW)
     assert gap.missing == 1440 and len(times) == 1440
     build.build_1m_day(mongo_store, meta, _client(exchange), SYMBOL, DAY, now=NOW)

@@ -43,8 +43,14 @@ def exchange() -> Iterator[FakeExchange]:
 
 @pytest.fixture
 def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(load_settings(mongo_url=mongo_store.url, mongo_db=mongo_store.db_name,
-                                     metadata_url=sqlite_metadata_url, binance_rest_url=exchange.url))
+    return ResourceSet(
+        load_settings(
+            mongo_url=mongo_store.url,
+            mongo_db=mongo_store.db_name,
+            metadata_url=sqlite_metadata_url,
+            binance_rest_url=exchange.url,
+        )
+    )
 
 
 def _run_catalog_job(resources: ResourceSet, instance: DagsterInstance) -> None:
@@ -58,17 +64,45 @@ def _seed(store: MongoStore, meta: MetadataStore, ex: FakeExchange) -> None:
     client = BinanceClient(ex.url, now_ms=lambda: NOW, sleep=lambda s: None)
     cbuild.build_1m_day(store, meta, client, "BTCUSDT", DAY, now=NOW)
     cbuild.build_higher_day(store, meta, "BTCUSDT", DAY, "1h", now=NOW)
-    store.insert_idempotent("agg_trades", [
-        {"_id": f"ETHUSDT:{i}", "symbol": "ETHUSDT", "agg_id": i, "price": Decimal128("3000.5"),
-         "qty": Decimal128("0.25"), "first_trade_id": i, "last_trade_id": i, "trade_time": START + i * 1000,
-         "event_time": START + i * 1000 + 1, "buyer_is_maker": i % 2 == 0} for i in range(5)])
+    store.insert_idempotent(
+        "agg_trades",
+        [
+            {
+                "_id": f"ETHUSDT:{i}",
+                "symbol": "ETHUSDT",
+                "agg_id": i,
+                "price": Decimal128("3000.5"),
+                "qty": Decimal128("0.25"),
+                "first_trade_id": i,
+                "last_trade_id": i,
+                "trade_time": START + i * 1000,
+                "event_time": START + i * 1000 + 1,
+                "buyer_is_maker": i % 2 == 0,
+            }
+            for i in range(5)
+        ],
+    )
     store.upsert("analytics", abuild.symbol_documents(store, "BTCUSDT", END, ["volatility"]))
-    meta.upsert_health([HealthMetricIn(symbol="BTCUSDT", interval="1m", day=dt.date.fromisoformat(DAY),
-                                       completeness=100.0, freshness=90.0, consistency=100.0, score=97.5)])
+    meta.upsert_health(
+        [
+            HealthMetricIn(
+                symbol="BTCUSDT",
+                interval="1m",
+                day=dt.date.fromisoformat(DAY),
+                completeness=100.0,
+                freshness=90.0,
+                consistency=100.0,
+                score=97.5,
+            )
+        ]
+    )
 
 
 def test_catalog_lists_every_dataset_with_schema_and_lineage(
-    instance: DagsterInstance, resources: ResourceSet, mongo_store: MongoStore, meta: MetadataStore,
+    instance: DagsterInstance,
+    resources: ResourceSet,
+    mongo_store: MongoStore,
+    meta: MetadataStore,
     exchange: FakeExchange,
 ) -> None:
     _seed(mongo_store, meta, exchange)
@@ -77,9 +111,14 @@ def test_catalog_lists_every_dataset_with_schema_and_lineage(
     after = int(time.time() * 1000)
 
     datasets = {d.id: d for d in meta.list_datasets()}
-    assert set(datasets) == {"klines:BTCUSDT:1m", "candles:BTCUSDT:1m", "candles:BTCUSDT:1h",
-                             "agg_trades:ETHUSDT", "analytics.volatility:BTCUSDT:1m",
-                             "analytics.volatility:BTCUSDT:1h"}
+    assert set(datasets) == {
+        "klines:BTCUSDT:1m",
+        "candles:BTCUSDT:1m",
+        "candles:BTCUSDT:1h",
+        "agg_trades:ETHUSDT",
+        "analytics.volatility:BTCUSDT:1m",
+        "analytics.volatility:BTCUSDT:1h",
+    }
 
     c1m = datasets["candles:BTCUSDT:1m"]
     assert (c1m.kind, c1m.symbol, c1m.interval, c1m.collection) == ("candles", "BTCUSDT", "1m", "candles")
@@ -111,9 +150,19 @@ def test_catalog_lists_every_dataset_with_schema_and_lineage(
     view = meta.lineage_for("candles/candles_1m")
     assert {e.upstream for e in view.upstream} == {"raw/klines", "raw/agg_trades"}
     assert {e.downstream for e in view.downstream} == {
-        "candles/candles_5m", "candles/candles_15m", "candles/candles_1h", "candles/candles_4h", "candles/candles_1d",
-        "quality/audit_results", "quality/health_scores", "analytics/volatility", "analytics/volume",
-        "analytics/trend", "analytics/correlation", "catalog/datasets"}
+        "candles/candles_5m",
+        "candles/candles_15m",
+        "candles/candles_1h",
+        "candles/candles_4h",
+        "candles/candles_1d",
+        "quality/audit_results",
+        "quality/health_scores",
+        "analytics/volatility",
+        "analytics/volume",
+        "analytics/trend",
+        "analytics/correlation",
+        "catalog/datasets",
+    }
     edge = next(e for e in view.downstream if e.downstream == "candles/candles_5m")
     assert edge.transformation is not None and edge.transformation.startswith("5m candles derived from the stored 1m")
     assert edge.transformation.endswith(".") and edge.asset_group == "candles"
@@ -124,7 +173,8 @@ def test_catalog_lists_every_dataset_with_schema_and_lineage(
     _run_catalog_job(resources, instance)
     again = {d.id: d for d in meta.list_datasets()}
     assert {k: (d.row_count, d.first_time, d.last_time) for k, d in again.items()} == {
-        k: (d.row_count, d.first_time, d.last_time) for k, d in datasets.items()}
+        k: (d.row_count, d.first_time, d.last_time) for k, d in datasets.items()
+    }
     assert len(meta.lineage()) == edges
 
 
@@ -139,17 +189,27 @@ def test_empty_store_gives_an_empty_catalog_and_the_code_lineage(
 
 
 def _quotes(symbol: str, times: list[int]) -> list[dict]:
-    return [{"_id": f"{symbol}:{t}", "symbol": symbol, "update_id": t, "event_time": t, "transaction_time": t,
-             "bid_price": Decimal128("1.0"), "bid_qty": Decimal128("2"), "ask_price": Decimal128("1.1"),
-             "ask_qty": Decimal128("3")} for t in times]
+    return [
+        {
+            "_id": f"{symbol}:{t}",
+            "symbol": symbol,
+            "update_id": t,
+            "event_time": t,
+            "transaction_time": t,
+            "bid_price": Decimal128("1.0"),
+            "bid_qty": Decimal128("2"),
+            "ask_price": Decimal128("1.1"),
+            "ask_qty": Decimal128("3"),
+        }
+        for t in times
+    ]
 
 
 def test_refresh_adds_the_new_tail_and_recounts_on_demand(mongo_store: MongoStore, meta: MetadataStore) -> None:
     now = int(time.time() * 1000)
     mongo_store.insert_idempotent("book_tickers", _quotes("BTCUSDT", [now - 50_000, now - 40_000, now - 30_000]))
     first = catalog.refresh_catalog(mongo_store, meta, now=now)  # empty catalog: discovers every symbol
-    assert [(d.key(), d.row_count, d.last_time) for d in first.datasets] == [
-        ("book_tickers:BTCUSDT", 3, now - 30_000)]
+    assert [(d.key(), d.row_count, d.last_time) for d in first.datasets] == [("book_tickers:BTCUSDT", 3, now - 30_000)]
     assert first.datasets[0].freshness_seconds == 30.0
 
     # Two new quotes after the last one, and one late quote before it.
@@ -166,14 +226,16 @@ def test_symbols_outside_the_candidates_wait_for_discover_all(mongo_store: Mongo
     mongo_store.insert_idempotent("book_tickers", _quotes("BTCUSDT", [now - 1000]))
     catalog.refresh_catalog(mongo_store, meta, now=now)
     mongo_store.insert_idempotent("book_tickers", _quotes("XRPUSDT", [now - 1000]))
-    assert [d.key() for d in catalog.refresh_catalog(mongo_store, meta, now=now).datasets] == [
-        "book_tickers:BTCUSDT"]
+    assert [d.key() for d in catalog.refresh_catalog(mongo_store, meta, now=now).datasets] == ["book_tickers:BTCUSDT"]
     given = catalog.refresh_catalog(mongo_store, meta, now=now, symbols=["XRPUSDT"])
     assert [d.key() for d in given.datasets] == ["book_tickers:BTCUSDT", "book_tickers:XRPUSDT"]
     mongo_store.insert_idempotent("book_tickers", _quotes("ADAUSDT", [now - 1000]))
     everything = catalog.refresh_catalog(mongo_store, meta, now=now, discover_all=True)
-    assert {d.key() for d in everything.datasets} == {"book_tickers:ADAUSDT", "book_tickers:BTCUSDT",
-                                                       "book_tickers:XRPUSDT"}
+    assert {d.key() for d in everything.datasets} == {
+        "book_tickers:ADAUSDT",
+        "book_tickers:BTCUSDT",
+        "book_tickers:XRPUSDT",
+    }
 
 
 def test_emptied_dataset_stays_with_zero_rows(mongo_store: MongoStore, meta: MetadataStore) -> None:
@@ -215,16 +277,22 @@ def test_lineage_of_a_subset_run_launched_from_the_code_location(
     """A run that reconstructs its job from the code location (as launched runs do) has a repository:
     the lineage asset alone, selected as a subset, still records the whole graph."""
     s = resources.settings
-    for var, value in {"DM_MONGO_URL": s.mongo_url, "DM_MONGO_DB": s.mongo_db, "DM_METADATA_URL": s.metadata_url,
-                       "DM_BINANCE_REST_URL": s.binance_rest_url}.items():
+    for var, value in {
+        "DM_MONGO_URL": s.mongo_url,
+        "DM_MONGO_DB": s.mongo_db,
+        "DM_METADATA_URL": s.metadata_url,
+        "DM_BINANCE_REST_URL": s.binance_rest_url,
+    }.items():
         monkeypatch.setenv(var, value)
     repo = ReconstructableRepository.for_module("tests.test_catalog", "location_from_env", working_directory=str(ROOT))
-    with execute_job(ReconstructableJob(repo, "catalog_job"), instance=instance,
-                     asset_selection=[AssetKey(["catalog", "lineage"])]) as result:
+    with execute_job(
+        ReconstructableJob(repo, "catalog_job"), instance=instance, asset_selection=[AssetKey(["catalog", "lineage"])]
+    ) as result:
         assert result.success
     graph = build_defs(resources).resolve_asset_graph()
-    expected = {(p.to_user_string(), k.to_user_string()) for k in graph.get_all_asset_keys()
-                for p in graph.get(k).parent_keys}
+    expected = {
+        (p.to_user_string(), k.to_user_string()) for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys
+    }
     assert {(e.upstream, e.downstream) for e in meta.lineage()} == expected
     assert ("candles/candles_1m", "quality/audit_results") in expected
     assert meta.list_datasets() == []  # only the selected asset ran
@@ -234,8 +302,16 @@ def test_lineage_of_a_subset_run_launched_from_the_code_location(
 
 
 def test_schema_types_and_declared_fields() -> None:
-    sample = {"_id": "X:1", "symbol": "X", "price": Decimal128("1.5"), "bids": [[Decimal128("1"), Decimal128("2")]],
-              "empty": [], "when": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "flag": True, "n": None}
+    sample = {
+        "_id": "X:1",
+        "symbol": "X",
+        "price": Decimal128("1.5"),
+        "bids": [[Decimal128("1"), Decimal128("2")]],
+        "empty": [],
+        "when": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "flag": True,
+        "n": None,
+    }
     types = {f.name: f.type for f in catalog.schema_of("agg_trades", sample)}
     assert types["price"] == "decimal128" and types["bids"] == "array<array<decimal128>>"
     assert types["empty"] == "array" and types["when"] == "date" and types["flag"] == "bool" and types["n"] == "null"

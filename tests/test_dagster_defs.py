@@ -49,16 +49,27 @@ def exchange() -> Iterator[FakeExchange]:
 
 @pytest.fixture
 def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(load_settings(mongo_url=mongo_store.url, mongo_db=mongo_store.db_name,
-                                     metadata_url=sqlite_metadata_url, binance_rest_url=exchange.url))
+    return ResourceSet(
+        load_settings(
+            mongo_url=mongo_store.url,
+            mongo_db=mongo_store.db_name,
+            metadata_url=sqlite_metadata_url,
+            binance_rest_url=exchange.url,
+        )
+    )
 
 
 def test_definitions_load(resources: ResourceSet) -> None:
     defs = build_defs(resources)
     Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw/klines", "candles/candles_1m", "candles/candles_1d", "quality/audit_results",
-            "quality/health_scores"} <= keys
+    assert {
+        "raw/klines",
+        "candles/candles_1m",
+        "candles/candles_1d",
+        "quality/audit_results",
+        "quality/health_scores",
+    } <= keys
 
 
 def _spec_snapshot(defs: Definitions) -> dict[str, dict]:
@@ -90,8 +101,10 @@ def test_asset_spec_snapshot(resources: ResourceSet) -> None:
 
 def _seed_partition(store: MongoStore, ex: FakeExchange, symbol: str, skip: set[int]) -> None:
     rows = ex.klines(symbol, "1m", START, END)
-    store.insert_idempotent("klines", [Kline.from_row(r).to_document(symbol, "1m", source="ws")
-                                       for i, r in enumerate(rows) if i not in skip])
+    store.insert_idempotent(
+        "klines",
+        [Kline.from_row(r).to_document(symbol, "1m", source="ws") for i, r in enumerate(rows) if i not in skip],
+    )
 
 
 def test_materialize_partition_with_checks(
@@ -100,14 +113,18 @@ def test_materialize_partition_with_checks(
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["BTCUSDT"])
     _seed_partition(mongo_store, exchange, "BTCUSDT", skip=set(range(10, 30)))
     pk = partition_key(DAY, "BTCUSDT")
-    result = materialize([*CANDLE_ASSETS, *QUALITY_ASSETS], instance=instance, partition_key=pk,
-                         resources=resources.as_dict())
+    result = materialize(
+        [*CANDLE_ASSETS, *QUALITY_ASSETS], instance=instance, partition_key=pk, resources=resources.as_dict()
+    )
     assert result.success
     mat = result.asset_materializations_for_node("candles__candles_1m")[0]
     assert mat.metadata["rows"].value == 1440
     assert json.loads(json.dumps(mat.metadata["by_source"].value)) == {"kline": 1420, "rest": 20}
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()
-              if e.asset_key == AssetKey(["candles", "candles_1m"])}
+    checks = {
+        e.check_name: e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == AssetKey(["candles", "candles_1m"])
+    }
     assert set(checks) == {"no_gaps", "no_duplicates", "ohlc_sane", "no_outlier_jumps"}
     assert all(c.passed for c in checks.values())
 
@@ -136,8 +153,13 @@ def test_checks_fail_on_injected_bad_candles(
     bad["high"], bad["low"] = Decimal128("1.00"), Decimal128("99999.00")  # high < low: impossible candle
     docs[900]["close"] = Decimal128(str(float(docs[900]["close"].to_decimal()) * 3))  # a 200% jump
     mongo_store.insert_idempotent("klines", docs)
-    result = materialize(CANDLE_ASSETS[:1], instance=instance, partition_key=partition_key(DAY, "ETHUSDT"),
-                         resources=resources.as_dict(), raise_on_error=False)
+    result = materialize(
+        CANDLE_ASSETS[:1],
+        instance=instance,
+        partition_key=partition_key(DAY, "ETHUSDT"),
+        resources=resources.as_dict(),
+        raise_on_error=False,
+    )
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not checks["ohlc_sane"].passed
     assert checks["ohlc_sane"].metadata["count"].value >= 1
@@ -146,10 +168,12 @@ def test_checks_fail_on_injected_bad_candles(
     assert checks["no_gaps"].passed and checks["no_duplicates"].passed
 
 
-def test_symbol_discovery_sensor_adds_new_symbols(instance: DagsterInstance, resources: ResourceSet,
-                                                  mongo_store: MongoStore) -> None:
-    mongo_store.insert_idempotent("agg_trades", [{"_id": "DOGEUSDT:1", "symbol": "DOGEUSDT", "agg_id": 1,
-                                                  "trade_time": START}])
+def test_symbol_discovery_sensor_adds_new_symbols(
+    instance: DagsterInstance, resources: ResourceSet, mongo_store: MongoStore
+) -> None:
+    mongo_store.insert_idempotent(
+        "agg_trades", [{"_id": "DOGEUSDT:1", "symbol": "DOGEUSDT", "agg_id": 1, "trade_time": START}]
+    )
     with build_sensor_context(instance=instance, resources={"mongo": resources.mongo}) as ctx:
         result = symbol_discovery_sensor(ctx)
     added = result.dynamic_partitions_requests[0]
@@ -219,8 +243,10 @@ def test_audit_schedule_targets_today_for_every_symbol(instance: DagsterInstance
 
 
 def test_raw_observations(mongo_store: MongoStore) -> None:
-    mongo_store.insert_idempotent("agg_trades", [{"_id": f"BTCUSDT:{i}", "symbol": "BTCUSDT", "agg_id": i,
-                                                  "trade_time": START + i} for i in range(5)])
+    mongo_store.insert_idempotent(
+        "agg_trades",
+        [{"_id": f"BTCUSDT:{i}", "symbol": "BTCUSDT", "agg_id": i, "trade_time": START + i} for i in range(5)],
+    )
     obs = {o.asset_key.to_user_string(): o for o in observe_raw(mongo_store, now_ms=START + 10_004)}
     trades = obs["raw/agg_trades"].metadata
     assert trades["documents"].value == 5 and trades["latest_event_time_ms"].value == START + 4
@@ -242,8 +268,14 @@ def test_definitions_validate_with_postgres_instance(
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": postgres_url}
     bin_dir = Path(sys.executable).parent
-    proc = subprocess.run([str(bin_dir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(bin_dir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The instance really is PostgreSQL-backed and usable.
     monkeypatch.setenv("DAGSTER_PG_URL", postgres_url)

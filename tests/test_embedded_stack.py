@@ -51,8 +51,9 @@ def test_uses_reachable_servers_and_starts_nothing(
     tmp_path: Path, nats_server: str, mongo_server: MongoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
-    settings = load_settings(nats_url=nats_server, mongo_url=mongo_server.url,
-                             metadata_url="mysql+pymysql://u:secret@db.internal/meta")
+    settings = load_settings(
+        nats_url=nats_server, mongo_url=mongo_server.url, metadata_url="mysql+pymysql://u:secret@db.internal/meta"
+    )
     stack = EmbeddedStack(settings, tmp_path / "var").up()
     try:
         assert stack.started == []

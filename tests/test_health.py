@@ -56,12 +56,21 @@ def test_score_weighted_mean_rounded() -> None:
 
 def _day(open_times: np.ndarray) -> pd.DataFrame:
     n = len(open_times)
-    return pd.DataFrame({
-        "open_time": open_times, "close_time": open_times + MINUTE_MS - 1, "open": np.full(n, 10.0),
-        "high": np.full(n, 11.0), "low": np.full(n, 9.0), "close": np.full(n, 10.0), "volume": np.ones(n),
-        "quote_volume": np.full(n, 10.0), "taker_buy_volume": np.full(n, 0.5),
-        "taker_buy_quote_volume": np.full(n, 5.0), "trades": np.ones(n, dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "open_time": open_times,
+            "close_time": open_times + MINUTE_MS - 1,
+            "open": np.full(n, 10.0),
+            "high": np.full(n, 11.0),
+            "low": np.full(n, 9.0),
+            "close": np.full(n, 10.0),
+            "volume": np.ones(n),
+            "quote_volume": np.full(n, 10.0),
+            "taker_buy_volume": np.full(n, 0.5),
+            "taker_buy_quote_volume": np.full(n, 5.0),
+            "trades": np.ones(n, dtype=np.int64),
+        }
+    )
 
 
 def test_day_health_from_candles() -> None:

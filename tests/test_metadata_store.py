@@ -49,11 +49,20 @@ def store(metadata_url: str) -> Iterator[MetadataStore]:
 
 
 def _health(symbol: str, day: dt.date, score: float, interval: str = "1m", **kw: object) -> HealthMetricIn:
-    return HealthMetricIn(symbol=symbol, interval=interval, day=day, completeness=score, freshness=score,
-                          consistency=score, score=score, **kw)  # type: ignore[arg-type]
+    return HealthMetricIn(
+        symbol=symbol,
+        interval=interval,
+        day=day,
+        completeness=score,
+        freshness=score,
+        consistency=score,
+        score=score,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 # --- migrations ---------------------------------------------------------------------------------
+
 
 def test_migrations_build_empty_database_and_rerun_is_noop(metadata_url: str) -> None:
     s = MetadataStore(metadata_url)
@@ -133,8 +142,14 @@ def test_upgrade_function(metadata_url: str) -> None:
 def test_cli_reads_dm_metadata_url(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "cli.db"
     env = {**os.environ, "DM_METADATA_URL": f"sqlite:///{db}"}
-    proc = subprocess.run([sys.executable, "-m", "dm_resources.metadata", "upgrade"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dm_resources.metadata", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     s = MetadataStore(f"sqlite:///{db}")
     try:
@@ -144,6 +159,7 @@ def test_cli_reads_dm_metadata_url(tmp_path: Path) -> None:
 
 
 # --- engine -------------------------------------------------------------------------------------
+
 
 def test_ping_and_pickle(store: MetadataStore) -> None:
     assert store.ping()
@@ -166,17 +182,32 @@ def test_sqlite_uses_wal_and_busy_timeout(sqlite_metadata_url: str) -> None:
 
 # --- audit logs ---------------------------------------------------------------------------------
 
+
 def test_audit_round_trip_json_and_utc(store: MetadataStore) -> None:
     t0 = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
     details = {"gaps": [[1767225600000, 1767225660000]], "note": "Größe ✓", "ratio": 0.25, "ok": None}
     rows = [
-        AuditLogIn(check_name="gaps", severity="WARN", passed=False, symbol="BTCUSDT", interval="1m",
-                   asset_key="candles_1m", partition_key="2026-01-02|BTCUSDT", message="2 gaps",
-                   details=details, run_id="run-1", created_at=t0),
+        AuditLogIn(
+            check_name="gaps",
+            severity="WARN",
+            passed=False,
+            symbol="BTCUSDT",
+            interval="1m",
+            asset_key="candles_1m",
+            partition_key="2026-01-02|BTCUSDT",
+            message="2 gaps",
+            details=details,
+            run_id="run-1",
+            created_at=t0,
+        ),
         AuditLogIn(check_name="ohlc", passed=True, symbol="BTCUSDT", created_at=t0 + dt.timedelta(minutes=1)),
         # Same instant written from another zone: stored and returned as UTC.
-        AuditLogIn(check_name="gaps", passed=True, symbol="ETHUSDT",
-                   created_at=(t0 + dt.timedelta(minutes=2)).astimezone(TOKYO)),
+        AuditLogIn(
+            check_name="gaps",
+            passed=True,
+            symbol="ETHUSDT",
+            created_at=(t0 + dt.timedelta(minutes=2)).astimezone(TOKYO),
+        ),
     ]
     assert store.record_audit(rows) == 3
     assert store.record_audit([]) == 0
@@ -187,7 +218,11 @@ def test_audit_round_trip_json_and_utc(store: MetadataStore) -> None:
     assert first.created_at == t0 and first.created_at.tzinfo == UTC
     assert first.details == details
     assert (first.severity, first.passed, first.partition_key, first.run_id) == (
-        "WARN", False, "2026-01-02|BTCUSDT", "run-1")
+        "WARN",
+        False,
+        "2026-01-02|BTCUSDT",
+        "run-1",
+    )
 
     eth = store.audit_logs(symbol="ETHUSDT")[0]
     assert eth.created_at == t0 + dt.timedelta(minutes=2)
@@ -214,10 +249,12 @@ def test_audit_defaults_and_refuses_bad_input(store: MetadataStore) -> None:
 
 # --- health -------------------------------------------------------------------------------------
 
+
 def test_health_upsert_updates_in_place(store: MetadataStore) -> None:
     d1, d2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
-    store.upsert_health([_health("BTCUSDT", d1, 80.0, details={"gaps": 3}), _health("BTCUSDT", d2, 90.0),
-                         _health("ETHUSDT", d1, 70.0)])
+    store.upsert_health(
+        [_health("BTCUSDT", d1, 80.0, details={"gaps": 3}), _health("BTCUSDT", d2, 90.0), _health("ETHUSDT", d1, 70.0)]
+    )
     before = {(r.symbol, r.day): r for r in store.health()}
     assert len(before) == 3
 
@@ -239,15 +276,19 @@ def test_health_upsert_updates_in_place(store: MetadataStore) -> None:
 def test_latest_health_by_symbol(store: MetadataStore) -> None:
     d1, d2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
     t = dt.datetime(2026, 1, 3, tzinfo=UTC)
-    store.upsert_health([
-        _health("BTCUSDT", d1, 50.0, computed_at=t),
-        _health("BTCUSDT", d2, 60.0, computed_at=t),
-        _health("BTCUSDT", d2, 65.0, interval="5m", computed_at=t + dt.timedelta(seconds=1)),
-        _health("ETHUSDT", d1, 70.0, computed_at=t),
-    ])
+    store.upsert_health(
+        [
+            _health("BTCUSDT", d1, 50.0, computed_at=t),
+            _health("BTCUSDT", d2, 60.0, computed_at=t),
+            _health("BTCUSDT", d2, 65.0, interval="5m", computed_at=t + dt.timedelta(seconds=1)),
+            _health("ETHUSDT", d1, 70.0, computed_at=t),
+        ]
+    )
     latest = store.latest_health_by_symbol()
     assert {s: (r.day, r.interval, r.score) for s, r in latest.items()} == {
-        "BTCUSDT": (d2, "5m", 65.0), "ETHUSDT": (d1, "1m", 70.0)}
+        "BTCUSDT": (d2, "5m", 65.0),
+        "ETHUSDT": (d1, "1m", 70.0),
+    }
     only_1m = store.latest_health_by_symbol(interval="1m")
     assert only_1m["BTCUSDT"].score == 60.0
     assert store.latest_health_by_symbol(interval="1h") == {}
@@ -255,23 +296,34 @@ def test_latest_health_by_symbol(store: MetadataStore) -> None:
 
 # --- backfill jobs ------------------------------------------------------------------------------
 
+
 def test_backfill_job_lifecycle(store: MetadataStore) -> None:
     start, end = 1767225600000, 1767311999999
-    job_id = store.create_backfill_job(origin="api", symbols=["BTCUSDT", "ETHUSDT"], interval="1m",
-                                       start_time=start, end_time=end,
-                                       partition_keys=["2026-01-01|BTCUSDT", "2026-01-01|ETHUSDT"],
-                                       requested_by="ops")
+    job_id = store.create_backfill_job(
+        origin="api",
+        symbols=["BTCUSDT", "ETHUSDT"],
+        interval="1m",
+        start_time=start,
+        end_time=end,
+        partition_keys=["2026-01-01|BTCUSDT", "2026-01-01|ETHUSDT"],
+        requested_by="ops",
+    )
     job = store.get_backfill_job(job_id)
     assert job is not None
     assert (job.status, job.origin, job.symbols, job.start_time, job.end_time) == (
-        "queued", "api", ["BTCUSDT", "ETHUSDT"], start, end)
+        "queued",
+        "api",
+        ["BTCUSDT", "ETHUSDT"],
+        start,
+        end,
+    )
     assert job.partition_keys == ["2026-01-01|BTCUSDT", "2026-01-01|ETHUSDT"]
     assert job.created_at.tzinfo == UTC and job.dagster_run_ids is None
 
-    running = store.update_backfill_job(job_id, status="running", dagster_backfill_id="bf_abc",
-                                        dagster_run_ids=["r1", "r2"])
-    assert (running.status, running.dagster_backfill_id, running.dagster_run_ids) == ("running", "bf_abc",
-                                                                                      ["r1", "r2"])
+    running = store.update_backfill_job(
+        job_id, status="running", dagster_backfill_id="bf_abc", dagster_run_ids=["r1", "r2"]
+    )
+    assert (running.status, running.dagster_backfill_id, running.dagster_run_ids) == ("running", "bf_abc", ["r1", "r2"])
     assert running.updated_at >= job.updated_at and running.created_at == job.created_at
 
     run_job = f"run:{uuid.uuid4()}"  # 40 chars: a run requested by a sensor
@@ -302,18 +354,33 @@ def test_backfill_job_lifecycle(store: MetadataStore) -> None:
 
 # --- datasets -----------------------------------------------------------------------------------
 
+
 def test_dataset_upsert_get_list_and_partial_update(store: MetadataStore) -> None:
-    schema = [SchemaField(name="open_time", type="int64", description="epoch ms UTC"),
-              SchemaField(name="close", type="float64")]
-    ds_id = store.upsert_dataset(DatasetIn(
-        kind="candles", symbol="BTCUSDT", interval="1m", collection="candles", description="1m candles",
-        schema=schema, row_count=1440, first_time=1767225600000, last_time=1767311940000,
-        freshness_seconds=12.345678901234))
+    schema = [
+        SchemaField(name="open_time", type="int64", description="epoch ms UTC"),
+        SchemaField(name="close", type="float64"),
+    ]
+    ds_id = store.upsert_dataset(
+        DatasetIn(
+            kind="candles",
+            symbol="BTCUSDT",
+            interval="1m",
+            collection="candles",
+            description="1m candles",
+            schema=schema,
+            row_count=1440,
+            first_time=1767225600000,
+            last_time=1767311940000,
+            freshness_seconds=12.345678901234,
+        )
+    )
     assert ds_id == dataset_id("candles", "BTCUSDT", "1m") == "candles:BTCUSDT:1m"
-    store.upsert_datasets([
-        DatasetIn(kind="agg_trades", symbol="BTCUSDT", collection="agg_trades"),
-        DatasetIn(kind="candles", symbol="ETHUSDT", interval="1m", collection="candles"),
-    ])
+    store.upsert_datasets(
+        [
+            DatasetIn(kind="agg_trades", symbol="BTCUSDT", collection="agg_trades"),
+            DatasetIn(kind="candles", symbol="ETHUSDT", interval="1m", collection="candles"),
+        ]
+    )
 
     got = store.get_dataset(ds_id)
     assert got is not None
@@ -325,33 +392,31 @@ def test_dataset_upsert_get_list_and_partial_update(store: MetadataStore) -> Non
     assert dumped == {"name": "open_time", "type": "int64", "description": "epoch ms UTC"}
 
     # The health job sets only the score: counts and schema written by the catalog stay.
-    store.upsert_dataset(DatasetIn(kind="candles", symbol="BTCUSDT", interval="1m", collection="candles",
-                                   health_score=97.3))
+    store.upsert_dataset(
+        DatasetIn(kind="candles", symbol="BTCUSDT", interval="1m", collection="candles", health_score=97.3)
+    )
     again = store.get_dataset(ds_id)
     assert again is not None
-    assert (again.health_score, again.row_count, again.schema_, again.description) == (97.3, 1440, schema,
-                                                                                       "1m candles")
+    assert (again.health_score, again.row_count, again.schema_, again.description) == (97.3, 1440, schema, "1m candles")
     assert again.updated_at >= got.updated_at
 
-    assert [d.id for d in store.list_datasets()] == ["agg_trades:BTCUSDT", "candles:BTCUSDT:1m",
-                                                     "candles:ETHUSDT:1m"]
+    assert [d.id for d in store.list_datasets()] == ["agg_trades:BTCUSDT", "candles:BTCUSDT:1m", "candles:ETHUSDT:1m"]
     assert [d.id for d in store.list_datasets(kind="candles")] == ["candles:BTCUSDT:1m", "candles:ETHUSDT:1m"]
-    assert [d.id for d in store.list_datasets(symbol="BTCUSDT")] == ["agg_trades:BTCUSDT",
-                                                                     "candles:BTCUSDT:1m"]
+    assert [d.id for d in store.list_datasets(symbol="BTCUSDT")] == ["agg_trades:BTCUSDT", "candles:BTCUSDT:1m"]
     assert store.get_dataset("candles:XRPUSDT:1m") is None
 
 
 # --- lineage ------------------------------------------------------------------------------------
 
 GRAPH = [
-    LineageEdge(upstream="klines", downstream="candles_1m", transformation="closed klines → 1m candles",
-                asset_group="candles"),
-    LineageEdge(upstream="agg_trades", downstream="candles_1m", transformation="trades → 1m bars",
-                asset_group="candles"),
-    LineageEdge(upstream="candles_1m", downstream="candles_5m", transformation="resample",
-                asset_group="candles"),
-    LineageEdge(upstream="candles_5m", downstream="volatility", transformation="rolling std",
-                asset_group="analytics"),
+    LineageEdge(
+        upstream="klines", downstream="candles_1m", transformation="closed klines → 1m candles", asset_group="candles"
+    ),
+    LineageEdge(
+        upstream="agg_trades", downstream="candles_1m", transformation="trades → 1m bars", asset_group="candles"
+    ),
+    LineageEdge(upstream="candles_1m", downstream="candles_5m", transformation="resample", asset_group="candles"),
+    LineageEdge(upstream="candles_5m", downstream="volatility", transformation="rolling std", asset_group="analytics"),
 ]
 
 
@@ -363,13 +428,13 @@ def test_replace_lineage_is_idempotent_and_removes_stale_edges(store: MetadataSt
     assert second == first
     assert all(e.recorded_at is not None and e.recorded_at.tzinfo == UTC for e in second.values())
 
-    renamed = LineageEdge(upstream="candles_1m", downstream="candles_5m", transformation="ohlcv resample",
-                          asset_group="candles")
+    renamed = LineageEdge(
+        upstream="candles_1m", downstream="candles_5m", transformation="ohlcv resample", asset_group="candles"
+    )
     changed = [*GRAPH[:3], renamed]
     assert store.replace_lineage(changed) == 3  # the duplicate edge collapses; volatility edge removed
     third = {(e.upstream, e.downstream): e for e in store.lineage()}
-    assert set(third) == {("klines", "candles_1m"), ("agg_trades", "candles_1m"),
-                          ("candles_1m", "candles_5m")}
+    assert set(third) == {("klines", "candles_1m"), ("agg_trades", "candles_1m"), ("candles_1m", "candles_5m")}
     kept = third[("candles_1m", "candles_5m")]
     assert kept.transformation == "ohlcv resample"
     assert kept.recorded_at == first[("candles_1m", "candles_5m")].recorded_at
@@ -396,6 +461,7 @@ def test_walk_lineage_survives_cycles() -> None:
 
 
 # --- confirmed missing --------------------------------------------------------------------------
+
 
 def test_mark_missing_confirms_after_n_attempts(store: MetadataStore) -> None:
     base = 1767225600000

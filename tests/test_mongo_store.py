@@ -70,8 +70,7 @@ def test_latest_n_oldest_first(mongo_store: MongoStore) -> None:
     start = 1_700_000_000_000
     mongo_store.insert_idempotent("agg_trades", _trades("BTCUSDT", 5000, start))
     last_time = start + 4999 * 1000
-    rows = mongo_store.latest("agg_trades", "BTCUSDT", 10, now_ms=last_time + 86_400_000 * 30,
-                              initial_window_ms=60_000)
+    rows = mongo_store.latest("agg_trades", "BTCUSDT", 10, now_ms=last_time + 86_400_000 * 30, initial_window_ms=60_000)
     assert [r["agg_id"] for r in rows] == list(range(4990, 5000))
     assert mongo_store.latest("agg_trades", "NOPE", 5) == []
     everything = mongo_store.latest("agg_trades", "BTCUSDT", 10_000, now_ms=last_time)
@@ -104,8 +103,9 @@ def test_indexes_created_idempotently(mongo_store: MongoStore) -> None:
 def test_ping_false_when_server_unreachable() -> None:
     from dm_resources.embedded import free_port
 
-    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", "x",
-                       server_selection_timeout_ms=300)
+    store = MongoStore(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", "x", server_selection_timeout_ms=300
+    )
     assert store.ping() is False
     store.close()
 
@@ -114,11 +114,13 @@ def test_sync_range_inserts_new_replaces_changed_and_skips_equal(mongo_store: Mo
     def doc(t: int, close: float) -> dict:
         return {"_id": f"BTCUSDT:1m:{t}", "symbol": "BTCUSDT", "interval": "1m", "open_time": t, "close": close}
 
-    first = mongo_store.sync_range("candles", "BTCUSDT", 0, 600_000, [doc(t, 1.0) for t in range(0, 300_000, 60_000)],
-                                   extra={"interval": "1m"})
+    first = mongo_store.sync_range(
+        "candles", "BTCUSDT", 0, 600_000, [doc(t, 1.0) for t in range(0, 300_000, 60_000)], extra={"interval": "1m"}
+    )
     assert (first.upserted, first.modified) == (5, 0)
-    same = mongo_store.sync_range("candles", "BTCUSDT", 0, 600_000, [doc(t, 1.0) for t in range(0, 300_000, 60_000)],
-                                  extra={"interval": "1m"})
+    same = mongo_store.sync_range(
+        "candles", "BTCUSDT", 0, 600_000, [doc(t, 1.0) for t in range(0, 300_000, 60_000)], extra={"interval": "1m"}
+    )
     assert (same.upserted, same.modified) == (0, 0)
     docs = [doc(t, 2.0 if t == 60_000 else 1.0) for t in range(0, 420_000, 60_000)]
     mixed = mongo_store.sync_range("candles", "BTCUSDT", 0, 600_000, docs, extra={"interval": "1m"})

@@ -25,8 +25,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 CORRELATION_SYMBOL = "*"  # dm_assets.analytics.build.CORRELATION_SYMBOL
 ANALYTICS_FIELDS = ("symbol", "kind", "interval", "window_end", "values", "computed_at")
-ALimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="results: the newest N without `start`, "
-                              "else a page forward from `start`")]
+ALimit = Annotated[
+    int,
+    Query(ge=1, le=MAX_LIMIT, description="results: the newest N without `start`, else a page forward from `start`"),
+]
 _UNITS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000, "M": 30 * 86_400_000}
 ANALYTICS_TICK_MS = 15 * 60_000  # the analytics schedule's cadence
 
@@ -35,8 +37,9 @@ def label_ms(label: str) -> int:
     return int(label[:-1]) * _UNITS[label[-1]]
 
 
-def read_analytics(request: Request, st: AppState, symbol: str, kind: str, period: str, start: str | None,
-                   end: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+def read_analytics(
+    request: Request, st: AppState, symbol: str, kind: str, period: str, start: str | None, end: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
     lo, hi = parse_range(start, end)
     src = Source("analytics", symbol, (("kind", kind), ("interval", period)), ANALYTICS_FIELDS)
     store = st.mongo
@@ -47,9 +50,18 @@ def read_analytics(request: Request, st: AppState, symbol: str, kind: str, perio
     return read_latest(store, src, limit, end=hi, step_ms=step, hints=st.hints), None
 
 
-def cached_latest(request: Request, st: AppState, symbol: str, kind: str, period: str, start: str | None,
-                  end: str | None, limit: int, header: dict[str, Any],
-                  shape: Any = None) -> Response:
+def cached_latest(
+    request: Request,
+    st: AppState,
+    symbol: str,
+    kind: str,
+    period: str,
+    start: str | None,
+    end: str | None,
+    limit: int,
+    header: dict[str, Any],
+    shape: Any = None,
+) -> Response:
     """Latest results through the hot cache (dropped when a newer ``window_end`` lands); pages uncached."""
     cacheable = st.api.cache_enabled and start is None and end is None
     src = Source("analytics", symbol, (("kind", kind), ("interval", period)), ANALYTICS_FIELDS)
@@ -83,21 +95,30 @@ def _kind_route(kind: str, default_period: str, summary: str) -> None:
         request: Request,
         st: State,
         pair: Pair,
-        period: Annotated[str, Query(description="interval label the results were computed on, e.g. 1m, 1h",
-                                     max_length=8)] = default_period,
+        period: Annotated[
+            str, Query(description="interval label the results were computed on, e.g. 1m, 1h", max_length=8)
+        ] = default_period,
         start: Start = None,
         end: End = None,
         limit: ALimit = 1,
     ) -> Response:
         sym = known_pair(pair, st)
         check_analytics_period(period)
-        return cached_latest(request, st, sym, kind, period, start, end, limit,
-                             {"pair": sym, "kind": kind, "period": period})
+        return cached_latest(
+            request, st, sym, kind, period, start, end, limit, {"pair": sym, "kind": kind, "period": period}
+        )
 
     handler.__doc__ = summary
     handler.__name__ = f"analysis_{kind}"
-    router.add_api_route(f"/{kind}", handler, methods=["GET"], response_model=AnalyticsPage, responses=ERRORS,
-                         name=f"analysis_{kind}", summary=summary.split(".")[0])
+    router.add_api_route(
+        f"/{kind}",
+        handler,
+        methods=["GET"],
+        response_model=AnalyticsPage,
+        responses=ERRORS,
+        name=f"analysis_{kind}",
+        summary=summary.split(".")[0],
+    )
 
 
 _kind_route("volatility", "1m", "Realized volatility (close-to-close, Parkinson, Garman-Klass) per window.")
@@ -131,8 +152,9 @@ def subset_correlation(values: dict[str, Any], pairs: list[str]) -> dict[str, An
             if isinstance(graph.get("nodes"), list):
                 ng["nodes"] = [n for n in graph["nodes"] if n in keep]
             if isinstance(graph.get("edges"), list):
-                ng["edges"] = [e for e in graph["edges"] if isinstance(e, dict)
-                               and {e.get("source"), e.get("target")} <= keep]
+                ng["edges"] = [
+                    e for e in graph["edges"] if isinstance(e, dict) and {e.get("source"), e.get("target")} <= keep
+                ]
             nw["graph"] = ng
         windows.append(nw)
     out["windows"] = windows
@@ -143,10 +165,11 @@ def subset_correlation(values: dict[str, Any], pairs: list[str]) -> dict[str, An
 def correlation(
     st: State,
     request: Request,
-    pairs: Annotated[str | None, Query(description="comma-separated pairs to keep, e.g. BTCUSDT,ETHUSDT; "
-                                       "all when omitted", max_length=2000)] = None,
-    period: Annotated[str, Query(description="interval the returns were computed on: 1m or 1h",
-                                 max_length=8)] = "1m",
+    pairs: Annotated[
+        str | None,
+        Query(description="comma-separated pairs to keep, e.g. BTCUSDT,ETHUSDT; all when omitted", max_length=2000),
+    ] = None,
+    period: Annotated[str, Query(description="interval the returns were computed on: 1m or 1h", max_length=8)] = "1m",
     start: Start = None,
     end: End = None,
     limit: ALimit = 1,
@@ -164,6 +187,5 @@ def correlation(
         return row
 
     header = {"pair": CORRELATION_SYMBOL, "kind": "correlation", "period": period, "pairs": wanted}
-    resp = cached_latest(request, st, CORRELATION_SYMBOL, "correlation", period, start, end, limit,
-                         header, shape=shape)
+    resp = cached_latest(request, st, CORRELATION_SYMBOL, "correlation", period, start, end, limit, header, shape=shape)
     return resp

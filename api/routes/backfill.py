@@ -60,11 +60,20 @@ def _time(value: str | int, param: str) -> int:
     return ms
 
 
-@router.post("/start", response_model=BackfillStarted, status_code=202,
-             dependencies=[Depends(require_write_token)],
-             responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-                        404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                        502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+@router.post(
+    "/start",
+    response_model=BackfillStarted,
+    status_code=202,
+    dependencies=[Depends(require_write_token)],
+    responses={
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        502: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
 def start_backfill(st: State, req: BackfillRequest) -> BackfillStarted:
     """Backfill candles (every interval) and their quality assets for each UTC day of ``[start, end)`` × pairs.
 
@@ -76,33 +85,58 @@ def start_backfill(st: State, req: BackfillRequest) -> BackfillStarted:
     start_ms, end_ms = _time(req.start, "start"), _time(req.end, "end")
     if start_ms >= end_ms:
         raise ParamError("start", "start must be before end; the range is [start, end)", where="body")
-    partitions = plan_partitions(pairs, start_ms, end_ms, first_day=st.settings.partition_start,
-                                 today=dt.datetime.now(dt.UTC).date(), max_days=st.api.max_backfill_days)
+    partitions = plan_partitions(
+        pairs,
+        start_ms,
+        end_ms,
+        first_day=st.settings.partition_start,
+        today=dt.datetime.now(dt.UTC).date(),
+        max_days=st.api.max_backfill_days,
+    )
     gql = st.dagster
     assets = [list(k) for k in BACKFILL_ASSETS]
     try:
         ensure_symbol_partitions(gql, pairs)
-        backfill_id = gql.launch_backfill(assets, partitions, tags={"dm/origin": "api", "dm/period": req.period},
-                                          title=f"api: {','.join(pairs)} {partitions[0].split('|')[0]}"
-                                                f"..{partitions[-1].split('|')[0]}")
+        backfill_id = gql.launch_backfill(
+            assets,
+            partitions,
+            tags={"dm/origin": "api", "dm/period": req.period},
+            title=f"api: {','.join(pairs)} {partitions[0].split('|')[0]}..{partitions[-1].split('|')[0]}",
+        )
     except requests.RequestException as exc:
         raise UpstreamError(503, f"Dagster is not reachable at {gql.url}: {type(exc).__name__}") from exc
     except DagsterAPIError as exc:
         raise UpstreamError(502, str(exc)[:500]) from exc
-    fields: dict[str, Any] = {"symbols": pairs, "interval": req.period, "start_time": start_ms,
-                              "end_time": end_ms, "partition_keys": partitions, "requested_by": "api"}
+    fields: dict[str, Any] = {
+        "symbols": pairs,
+        "interval": req.period,
+        "start_time": start_ms,
+        "end_time": end_ms,
+        "partition_keys": partitions,
+        "requested_by": "api",
+    }
     try:
-        st.meta.create_backfill_job(origin="api", status="requested", dagster_backfill_id=backfill_id,
-                                    job_id=backfill_id, **fields)
+        st.meta.create_backfill_job(
+            origin="api", status="requested", dagster_backfill_id=backfill_id, job_id=backfill_id, **fields
+        )
     except IntegrityError:
         # The tracking sensor saw the backfill first and created the row: add what only we know.
         st.meta.update_backfill_job(backfill_id, **fields)
-    return BackfillStarted(id=backfill_id, dagster_backfill_id=backfill_id, partitions=partitions,
-                           assets=["/".join(k) for k in BACKFILL_ASSETS], status="requested")
+    return BackfillStarted(
+        id=backfill_id,
+        dagster_backfill_id=backfill_id,
+        partitions=partitions,
+        assets=["/".join(k) for k in BACKFILL_ASSETS],
+        status="requested",
+    )
 
 
-@router.get("/jobs", response_model=BackfillJobList, dependencies=[Depends(read_access)],
-            responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.get(
+    "/jobs",
+    response_model=BackfillJobList,
+    dependencies=[Depends(read_access)],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
 def list_jobs(
     st: State,
     status: Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}", max_length=16)] = None,
@@ -114,8 +148,12 @@ def list_jobs(
     return BackfillJobList(jobs=st.meta.list_backfill_jobs(status, limit))  # type: ignore[arg-type]
 
 
-@router.get("/jobs/{job_id}", response_model=BackfillJobView, dependencies=[Depends(read_access)],
-            responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+@router.get(
+    "/jobs/{job_id}",
+    response_model=BackfillJobView,
+    dependencies=[Depends(read_access)],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
 def get_job(
     st: State,
     job_id: Annotated[str, Path(max_length=64, description="the id POST /backfill/start returned")],
@@ -129,8 +167,12 @@ def get_job(
         try:
             state_ = st.dagster.backfill(job.dagster_backfill_id)
             live = DagsterBackfillView(
-                backfill_id=state_.backfill_id, status=state_.status, num_partitions=state_.num_partitions,
-                runs=[DagsterRun(run_id=r["runId"], status=r["status"]) for r in state_.runs], error=state_.error)
+                backfill_id=state_.backfill_id,
+                status=state_.status,
+                num_partitions=state_.num_partitions,
+                runs=[DagsterRun(run_id=r["runId"], status=r["status"]) for r in state_.runs],
+                error=state_.error,
+            )
         except (requests.RequestException, DagsterAPIError, KeyError, ValueError) as exc:
             log.info("backfill %s: Dagster status unavailable (%s); serving the stored row", job_id, exc)
     if live is None:

@@ -20,8 +20,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "a parameter is malformed; the message names it"},
 }
 ID_RE = re.compile(r"^[A-Za-z0-9_.:*/\-]{1,255}$")
-DatasetId = Annotated[str, Path(description="dataset id kind:SYMBOL[:interval], e.g. candles:BTCUSDT:1m",
-                                max_length=255)]
+DatasetId = Annotated[
+    str, Path(description="dataset id kind:SYMBOL[:interval], e.g. candles:BTCUSDT:1m", max_length=255)
+]
 
 
 def _check_id(value: str, param: str = "dataset_id") -> str:
@@ -33,16 +34,18 @@ def _check_id(value: str, param: str = "dataset_id") -> str:
 def _dataset(st: AppState, dataset_id: str) -> DatasetRecord:
     rec = st.meta.get_dataset(_check_id(dataset_id))
     if rec is None:
-        raise ParamError("dataset_id", f"no dataset {dataset_id!r}; GET /catalog/datasets lists them",
-                         status=404, where="path")
+        raise ParamError(
+            "dataset_id", f"no dataset {dataset_id!r}; GET /catalog/datasets lists them", status=404, where="path"
+        )
     return rec
 
 
 @router.get("/datasets", response_model=list[DatasetRecord], responses=ERRORS)
 def datasets(
     st: State,
-    kind: Annotated[str | None, Query(description="candles, agg_trades, analytics.volatility, …",
-                                      max_length=64)] = None,
+    kind: Annotated[
+        str | None, Query(description="candles, agg_trades, analytics.volatility, …", max_length=64)
+    ] = None,
     pair: Annotated[str | None, Query(description="only this pair's datasets", max_length=64)] = None,
 ) -> list[DatasetRecord]:
     """Every cataloged dataset: collection, row count, time span, freshness and health score."""
@@ -87,6 +90,5 @@ def lineage(
     node = lineage_node(rec) if rec is not None else dataset_id
     view = st.meta.lineage_for(node, depth)
     if rec is None and not view.upstream and not view.downstream:
-        raise ParamError("dataset_id", f"no dataset or asset {dataset_id!r} in the catalog", status=404,
-                         where="path")
+        raise ParamError("dataset_id", f"no dataset or asset {dataset_id!r} in the catalog", status=404, where="path")
     return LineageResponse(id=dataset_id, node=node, lineage=view)

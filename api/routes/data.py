@@ -37,16 +37,35 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 NDJSON = "application/x-ndjson"
 
-Pair = Annotated[str, Query(description="Symbol, e.g. BTCUSDT (case-insensitive)", max_length=64,
-                            examples=["BTCUSDT"])]
-Start = Annotated[str | None, Query(description="Inclusive; ISO-8601 or epoch milliseconds", max_length=64,
-                                    examples=["2026-03-10T00:00:00Z", "1773100800000"])]
-End = Annotated[str | None, Query(description="Exclusive; ISO-8601 or epoch milliseconds", max_length=64,
-                                  examples=["2026-03-11T00:00:00Z", "1773187200000"])]
-Limit = Annotated[int | None, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (default {DEFAULT_LIMIT}); "
-                                    "with format=ndjson, a cap on the streamed rows (default: none)")]
-After = Annotated[str | None, Query(description="tie-breaker from a 'next' link (rows at `start` with a "
-                                    "larger id)", max_length=24)]
+Pair = Annotated[str, Query(description="Symbol, e.g. BTCUSDT (case-insensitive)", max_length=64, examples=["BTCUSDT"])]
+Start = Annotated[
+    str | None,
+    Query(
+        description="Inclusive; ISO-8601 or epoch milliseconds",
+        max_length=64,
+        examples=["2026-03-10T00:00:00Z", "1773100800000"],
+    ),
+]
+End = Annotated[
+    str | None,
+    Query(
+        description="Exclusive; ISO-8601 or epoch milliseconds",
+        max_length=64,
+        examples=["2026-03-11T00:00:00Z", "1773187200000"],
+    ),
+]
+Limit = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=MAX_LIMIT,
+        description=f"rows per page (default {DEFAULT_LIMIT}); "
+        "with format=ndjson, a cap on the streamed rows (default: none)",
+    ),
+]
+After = Annotated[
+    str | None, Query(description="tie-breaker from a 'next' link (rows at `start` with a larger id)", max_length=24)
+]
 Format = Annotated[Literal["json", "ndjson"], Query(description="ndjson streams the whole [start, end) range")]
 
 CANDLE_FIELDS = tuple(Candle.model_fields)
@@ -124,14 +143,18 @@ def serve(
     return json_response({**header, "count": len(rows), "rows": rows, "next": nxt})
 
 
-@router.get("/candles", response_model=CandlesPage, responses={
-    **ERRORS, 200: {"content": {NDJSON: {"schema": Candle.model_json_schema()}}}})
+@router.get(
+    "/candles",
+    response_model=CandlesPage,
+    responses={**ERRORS, 200: {"content": {NDJSON: {"schema": Candle.model_json_schema()}}}},
+)
 def candles(
     st: State,
     request: Request,
     pair: Pair,
-    period: Annotated[str, Query(description=f"one of {', '.join(CANDLE_PERIODS)}", max_length=8,
-                                 examples=list(CANDLE_PERIODS))] = "1m",
+    period: Annotated[
+        str, Query(description=f"one of {', '.join(CANDLE_PERIODS)}", max_length=8, examples=list(CANDLE_PERIODS))
+    ] = "1m",
     start: Start = None,
     end: End = None,
     limit: Limit = None,
@@ -147,12 +170,26 @@ def candles(
     sym = known_pair(pair, st)
     check_period(period)
     src = Source("candles", sym, (("interval", period),), CANDLE_FIELDS)
-    return serve(request, st, src, start=start, end=end, limit=limit, after=None, fmt=format,
-                 step_ms=INTERVAL_MS[period], header={"pair": sym, "period": period}, route="candles")
+    return serve(
+        request,
+        st,
+        src,
+        start=start,
+        end=end,
+        limit=limit,
+        after=None,
+        fmt=format,
+        step_ms=INTERVAL_MS[period],
+        header={"pair": sym, "period": period},
+        route="candles",
+    )
 
 
-@router.get("/trades", response_model=TradesPage, responses={
-    **ERRORS, 200: {"content": {NDJSON: {"schema": Trade.model_json_schema()}}}})
+@router.get(
+    "/trades",
+    response_model=TradesPage,
+    responses={**ERRORS, 200: {"content": {NDJSON: {"schema": Trade.model_json_schema()}}}},
+)
 def trades(
     st: State,
     request: Request,
@@ -166,12 +203,26 @@ def trades(
     """Aggregated trades in ascending ``trade_time``; prices and quantities as exact decimal strings."""
     sym = known_pair(pair, st)
     src = Source("agg_trades", sym, (), TRADE_FIELDS)
-    return serve(request, st, src, start=start, end=end, limit=limit, after=after, fmt=format, step_ms=1_000,
-                 header={"pair": sym}, route="trades")
+    return serve(
+        request,
+        st,
+        src,
+        start=start,
+        end=end,
+        limit=limit,
+        after=after,
+        fmt=format,
+        step_ms=1_000,
+        header={"pair": sym},
+        route="trades",
+    )
 
 
-@router.get("/depth", response_model=DepthPage, responses={
-    **ERRORS, 200: {"content": {NDJSON: {"schema": DepthUpdate.model_json_schema()}}}})
+@router.get(
+    "/depth",
+    response_model=DepthPage,
+    responses={**ERRORS, 200: {"content": {NDJSON: {"schema": DepthUpdate.model_json_schema()}}}},
+)
 def depth(
     st: State,
     request: Request,
@@ -185,19 +236,34 @@ def depth(
     """Diff depth updates in ascending ``event_time``; levels are ``[price, qty]`` decimal strings."""
     sym = known_pair(pair, st)
     src = Source("depth_updates", sym, (), DEPTH_FIELDS)
-    return serve(request, st, src, start=start, end=end, limit=limit, after=after, fmt=format, step_ms=250,
-                 header={"pair": sym}, route="depth")
+    return serve(
+        request,
+        st,
+        src,
+        start=start,
+        end=end,
+        limit=limit,
+        after=after,
+        fmt=format,
+        step_ms=250,
+        header={"pair": sym},
+        route="depth",
+    )
 
 
-@router.get("/funding", response_model=FundingPage, responses={
-    **ERRORS, 200: {"content": {NDJSON: {"schema": FundingRate.model_json_schema()}}}})
+@router.get(
+    "/funding",
+    response_model=FundingPage,
+    responses={**ERRORS, 200: {"content": {NDJSON: {"schema": FundingRate.model_json_schema()}}}},
+)
 def funding(
     st: State,
     request: Request,
     pair: Pair,
-    source: Annotated[Literal["funding_rates", "mark_prices"],
-                      Query(description="settled funding rates, or mark price updates with the predicted rate")
-                      ] = "funding_rates",
+    source: Annotated[
+        Literal["funding_rates", "mark_prices"],
+        Query(description="settled funding rates, or mark price updates with the predicted rate"),
+    ] = "funding_rates",
     start: Start = None,
     end: End = None,
     limit: Limit = None,
@@ -208,5 +274,16 @@ def funding(
     fields = FUNDING_FIELDS if source == "funding_rates" else MARK_FIELDS
     src = Source(source, sym, (), fields)
     step = 3_600_000 if source == "funding_rates" else 1_000
-    return serve(request, st, src, start=start, end=end, limit=limit, after=None, fmt=format, step_ms=step,
-                 header={"pair": sym, "source": source}, route="funding")
+    return serve(
+        request,
+        st,
+        src,
+        start=start,
+        end=end,
+        limit=limit,
+        after=None,
+        fmt=format,
+        step_ms=step,
+        header={"pair": sym, "source": source},
+        route="funding",
+    )

@@ -41,8 +41,7 @@ def _probe(name: str, fn: Any) -> DependencyCheck:
             error = "did not answer"
     except Exception as exc:  # a probe reports, it never raises
         ok, error = False, f"{type(exc).__name__}: {str(exc)[:200]}"
-    return DependencyCheck(name=name, ok=ok, latency_ms=round((time.perf_counter() - started) * 1000, 2),
-                           error=error)
+    return DependencyCheck(name=name, ok=ok, latency_ms=round((time.perf_counter() - started) * 1000, 2), error=error)
 
 
 def _mongo_ping(st: AppState) -> bool:
@@ -50,8 +49,11 @@ def _mongo_ping(st: AppState) -> bool:
     return True
 
 
-@router.get("/health/readiness", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "a dependency is down; `down` names it"}})
+@router.get(
+    "/health/readiness",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "a dependency is down; `down` names it"}},
+)
 def readiness(st: State, response: Response) -> Readiness:
     """MongoDB, the metadata database (MySQL/SQLite) and Dagster's GraphQL API, probed in parallel."""
     dagster = DagsterGraphQL(st.settings.dagster_graphql_url, timeout=READINESS_TIMEOUT_S)
@@ -70,33 +72,52 @@ def readiness(st: State, response: Response) -> Readiness:
     return Readiness(status="not_ready" if down else "ready", down=down, checks=checks)
 
 
-@router.get("/health/summary", response_model=HealthSummary, dependencies=[Depends(read_access)],
-            responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.get(
+    "/health/summary",
+    response_model=HealthSummary,
+    dependencies=[Depends(read_access)],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
 def summary(
     st: State,
-    period: Annotated[str | None, Query(description="candle interval to summarise; default: the most "
-                                        "recently computed per pair", max_length=8)] = None,
+    period: Annotated[
+        str | None,
+        Query(description="candle interval to summarise; default: the most recently computed per pair", max_length=8),
+    ] = None,
 ) -> HealthSummary:
     """Each pair's latest daily data-quality score (from ``health_metrics``)."""
     if period is not None:
         check_period(period)
     latest = st.meta.latest_health_by_symbol(period)
-    return HealthSummary(pairs=[
-        HealthSummaryItem(pair=r.symbol, interval=r.interval, day=r.day.isoformat(), score=r.score,
-                          completeness=r.completeness, freshness=r.freshness, consistency=r.consistency,
-                          computed_at=r.computed_at.isoformat())
-        for r in latest.values()
-    ])
+    return HealthSummary(
+        pairs=[
+            HealthSummaryItem(
+                pair=r.symbol,
+                interval=r.interval,
+                day=r.day.isoformat(),
+                score=r.score,
+                completeness=r.completeness,
+                freshness=r.freshness,
+                consistency=r.consistency,
+                computed_at=r.computed_at.isoformat(),
+            )
+            for r in latest.values()
+        ]
+    )
 
 
-@router.get("/health", response_model=PairHealth, dependencies=[Depends(read_access)],
-            responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                       422: {"model": ErrorResponse}})
+@router.get(
+    "/health",
+    response_model=PairHealth,
+    dependencies=[Depends(read_access)],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
 def pair_health(
     st: State,
     pair: Pair,
-    period: Annotated[str | None, Query(description=f"one of {', '.join(CANDLE_PERIODS)}; all when omitted",
-                                        max_length=8)] = None,
+    period: Annotated[
+        str | None, Query(description=f"one of {', '.join(CANDLE_PERIODS)}; all when omitted", max_length=8)
+    ] = None,
     start: Start = None,
     end: End = None,
 ) -> PairHealth:

@@ -15,7 +15,6 @@ symbol's candles once for volatility, volume and trend; each kind is still an as
 its own in the graph, with its own upstreams.
 """
 
-
 import datetime as dt
 from collections.abc import Iterator
 
@@ -176,8 +175,9 @@ def symbol_analytics(
     for kind in kinds:
         docs = by_kind[kind]
         res = store.upsert("analytics", docs)
-        yield MaterializeResult(asset_key=analytics_key(kind),
-                                metadata=_metadata(docs, as_of, res.upserted, res.modified))
+        yield MaterializeResult(
+            asset_key=analytics_key(kind), metadata=_metadata(docs, as_of, res.upserted, res.modified)
+        )
 
 
 @asset(

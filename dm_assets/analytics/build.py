@@ -82,10 +82,24 @@ class CandleSpec:
 # last 30 days (1d volatility, 1d/7d/30d correlation). Reads are 1,440 and 720 candles
 # per symbol, a few ms each on the (symbol, interval, open_time) index.
 CANDLE_SPECS: tuple[CandleSpec, ...] = (
-    CandleSpec("1m", DAY_MS, volatility_window=60, volume_window=20, trend_fast=20, trend_slow=50,
-               correlation_windows=(60, 240, 1440)),
-    CandleSpec("1h", 30 * DAY_MS, volatility_window=24, volume_window=24, trend_fast=20, trend_slow=50,
-               correlation_windows=(24, 168, 720)),
+    CandleSpec(
+        "1m",
+        DAY_MS,
+        volatility_window=60,
+        volume_window=20,
+        trend_fast=20,
+        trend_slow=50,
+        correlation_windows=(60, 240, 1440),
+    ),
+    CandleSpec(
+        "1h",
+        30 * DAY_MS,
+        volatility_window=24,
+        volume_window=24,
+        trend_fast=20,
+        trend_slow=50,
+        correlation_windows=(24, 168, 720),
+    ),
 )
 CANDLE_INTERVALS: tuple[str, ...] = tuple(s.interval for s in CANDLE_SPECS)
 
@@ -113,8 +127,14 @@ def doc_id(symbol: str, kind: str, interval: str, window_end: int) -> str:
     return f"{symbol}:{kind}:{interval}:{window_end}"
 
 
-def analytics_document(symbol: str, kind: str, interval: str, window_end: int, values: Mapping[str, Any],
-                       computed_at: dt.datetime | None = None) -> dict[str, Any]:
+def analytics_document(
+    symbol: str,
+    kind: str,
+    interval: str,
+    window_end: int,
+    values: Mapping[str, Any],
+    computed_at: dt.datetime | None = None,
+) -> dict[str, Any]:
     """One ``analytics`` document (docs/DATA_MODEL.md); ``computed_at`` is a UTC datetime (BSON date)."""
     return {
         "_id": doc_id(symbol, kind, interval, window_end),
@@ -157,54 +177,85 @@ def _floats(docs: Sequence[Mapping[str, Any]], name: str) -> Any:
 
 def book_tickers_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """``book_tickers`` documents (Decimal128 prices) → event_time, bid/ask price and qty as float64."""
-    return pd.DataFrame({
-        "event_time": [int(d["event_time"]) for d in docs],
-        **{c: _floats(docs, c) for c in ("bid_price", "bid_qty", "ask_price", "ask_qty")},
-    }, columns=["event_time", "bid_price", "bid_qty", "ask_price", "ask_qty"])
+    return pd.DataFrame(
+        {
+            "event_time": [int(d["event_time"]) for d in docs],
+            **{c: _floats(docs, c) for c in ("bid_price", "bid_qty", "ask_price", "ask_qty")},
+        },
+        columns=["event_time", "bid_price", "bid_qty", "ask_price", "ask_qty"],
+    )
 
 
 def depth_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """``depth_updates`` documents → event_time, bids, asks (level lists left as stored; spread converts them)."""
-    return pd.DataFrame({
-        "event_time": [int(d["event_time"]) for d in docs],
-        "bids": [d.get("bids") or [] for d in docs],
-        "asks": [d.get("asks") or [] for d in docs],
-    }, columns=["event_time", "bids", "asks"])
+    return pd.DataFrame(
+        {
+            "event_time": [int(d["event_time"]) for d in docs],
+            "bids": [d.get("bids") or [] for d in docs],
+            "asks": [d.get("asks") or [] for d in docs],
+        },
+        columns=["event_time", "bids", "asks"],
+    )
 
 
 def funding_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "funding_time": [int(d["funding_time"]) for d in docs],
-        "funding_rate": _floats(docs, "funding_rate"),
-    }, columns=["funding_time", "funding_rate"])
+    return pd.DataFrame(
+        {
+            "funding_time": [int(d["funding_time"]) for d in docs],
+            "funding_rate": _floats(docs, "funding_rate"),
+        },
+        columns=["funding_time", "funding_rate"],
+    )
 
 
 def mark_prices_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "event_time": [int(d["event_time"]) for d in docs],
-        "funding_rate": _floats(docs, "funding_rate"),
-        "next_funding_time": pd.array([d.get("next_funding_time") for d in docs], dtype="Int64"),
-    }, columns=["event_time", "funding_rate", "next_funding_time"])
+    return pd.DataFrame(
+        {
+            "event_time": [int(d["event_time"]) for d in docs],
+            "funding_rate": _floats(docs, "funding_rate"),
+            "next_funding_time": pd.array([d.get("next_funding_time") for d in docs], dtype="Int64"),
+        },
+        columns=["event_time", "funding_rate", "next_funding_time"],
+    )
 
 
 def read_spread_inputs(store: MongoStore, symbol: str, as_of: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(book tickers of the trailing hour, depth of the trailing 5 minutes, window end)."""
     end = floor_ms(as_of, MINUTE_MS)
-    quotes = store.read_range("book_tickers", symbol, end - SPREAD_LOOKBACK_MS, end,
-                              projection={"_id": 0, "event_time": 1, "bid_price": 1, "bid_qty": 1,
-                                          "ask_price": 1, "ask_qty": 1})
-    depth = store.read_range("depth_updates", symbol, end - DEPTH_LOOKBACK_MS, end,
-                             projection={"_id": 0, "event_time": 1, "bids": 1, "asks": 1})
+    quotes = store.read_range(
+        "book_tickers",
+        symbol,
+        end - SPREAD_LOOKBACK_MS,
+        end,
+        projection={"_id": 0, "event_time": 1, "bid_price": 1, "bid_qty": 1, "ask_price": 1, "ask_qty": 1},
+    )
+    depth = store.read_range(
+        "depth_updates",
+        symbol,
+        end - DEPTH_LOOKBACK_MS,
+        end,
+        projection={"_id": 0, "event_time": 1, "bids": 1, "asks": 1},
+    )
     return book_tickers_frame(quotes), depth_frame(depth), end
 
 
 def read_funding_inputs(store: MongoStore, symbol: str, as_of: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(settled funding of the trailing 30 days, mark prices of the trailing hour, window end)."""
     end = floor_ms(as_of, MINUTE_MS)
-    rates = store.read_range("funding_rates", symbol, end - FUNDING_LOOKBACK_MS, end,
-                             projection={"_id": 0, "funding_time": 1, "funding_rate": 1})
-    marks = store.read_range("mark_prices", symbol, end - MARK_LOOKBACK_MS, end,
-                             projection={"_id": 0, "event_time": 1, "funding_rate": 1, "next_funding_time": 1})
+    rates = store.read_range(
+        "funding_rates",
+        symbol,
+        end - FUNDING_LOOKBACK_MS,
+        end,
+        projection={"_id": 0, "funding_time": 1, "funding_rate": 1},
+    )
+    marks = store.read_range(
+        "mark_prices",
+        symbol,
+        end - MARK_LOOKBACK_MS,
+        end,
+        projection={"_id": 0, "event_time": 1, "funding_rate": 1, "next_funding_time": 1},
+    )
     return funding_frame(rates), mark_prices_frame(marks), end
 
 
@@ -250,8 +301,11 @@ def symbol_documents(
                 continue
             end = candle_window(spec, as_of)[1]
             for kind in candle_kinds:
-                docs.append(analytics_document(symbol, kind, spec.interval, end,
-                                               candle_kind_values(kind, candles, spec), computed_at))
+                docs.append(
+                    analytics_document(
+                        symbol, kind, spec.interval, end, candle_kind_values(kind, candles, spec), computed_at
+                    )
+                )
     if "spread" in wanted:
         quotes, depth, end = read_spread_inputs(store, symbol, as_of)
         if len(quotes) or len(depth):
@@ -265,8 +319,9 @@ def symbol_documents(
     return docs
 
 
-def correlation_documents(store: MongoStore, symbols: Iterable[str], as_of: int,
-                          computed_at: dt.datetime | None = None) -> list[dict[str, Any]]:
+def correlation_documents(
+    store: MongoStore, symbols: Iterable[str], as_of: int, computed_at: dt.datetime | None = None
+) -> list[dict[str, Any]]:
     """One cross-symbol document per candle interval (symbol ``*``); none when no symbol has candles."""
     computed_at = computed_at or dt.datetime.now(dt.UTC)
     docs = []
@@ -276,8 +331,11 @@ def correlation_documents(store: MongoStore, symbols: Iterable[str], as_of: int,
         if all(f.empty for f in frames.values()):
             continue
         end = candle_window(spec, as_of)[1]
-        docs.append(analytics_document(CORRELATION_SYMBOL, "correlation", spec.interval, end,
-                                       correlation_values(frames, spec), computed_at))
+        docs.append(
+            analytics_document(
+                CORRELATION_SYMBOL, "correlation", spec.interval, end, correlation_values(frames, spec), computed_at
+            )
+        )
     return docs
 
 
@@ -293,20 +351,36 @@ def _fmt(v: Any, digits: int = 6) -> str:
 
 
 HEADLINES: dict[str, tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...]] = {
-    "volatility": (("bars", lambda v: v.get("bars")),
-                   ("close_to_close", lambda v: v.get("close_to_close")),
-                   ("yang_zhang (ann.)", lambda v: (v.get("annualized") or {}).get("yang_zhang"))),
-    "volume": (("total_volume", lambda v: v.get("total_volume")), ("vwap", lambda v: v.get("vwap")),
-               ("spike_ratio", lambda v: v.get("spike_ratio"))),
-    "trend": (("last_close", lambda v: v.get("last_close")), ("adx", lambda v: v.get("adx")),
-              ("slope (ann.)", lambda v: v.get("slope_annualized"))),
-    "spread": (("quotes", lambda v: v.get("count")), ("mean_bps", lambda v: v.get("mean_bps")),
-               ("imbalance_mean", lambda v: v.get("imbalance_mean"))),
-    "funding": (("events", lambda v: v.get("count")), ("mean", lambda v: v.get("mean")),
-                ("annualized", lambda v: v.get("annualized"))),
-    "correlation": (("symbols", lambda v: len((v.get("windows") or [{}])[0].get("symbols") or [])),
-                    ("observations", lambda v: (v.get("windows") or [{}])[-1].get("observations")),
-                    ("edges", lambda v: len(((v.get("windows") or [{}])[-1].get("graph") or {}).get("edges") or []))),
+    "volatility": (
+        ("bars", lambda v: v.get("bars")),
+        ("close_to_close", lambda v: v.get("close_to_close")),
+        ("yang_zhang (ann.)", lambda v: (v.get("annualized") or {}).get("yang_zhang")),
+    ),
+    "volume": (
+        ("total_volume", lambda v: v.get("total_volume")),
+        ("vwap", lambda v: v.get("vwap")),
+        ("spike_ratio", lambda v: v.get("spike_ratio")),
+    ),
+    "trend": (
+        ("last_close", lambda v: v.get("last_close")),
+        ("adx", lambda v: v.get("adx")),
+        ("slope (ann.)", lambda v: v.get("slope_annualized")),
+    ),
+    "spread": (
+        ("quotes", lambda v: v.get("count")),
+        ("mean_bps", lambda v: v.get("mean_bps")),
+        ("imbalance_mean", lambda v: v.get("imbalance_mean")),
+    ),
+    "funding": (
+        ("events", lambda v: v.get("count")),
+        ("mean", lambda v: v.get("mean")),
+        ("annualized", lambda v: v.get("annualized")),
+    ),
+    "correlation": (
+        ("symbols", lambda v: len((v.get("windows") or [{}])[0].get("symbols") or [])),
+        ("observations", lambda v: (v.get("windows") or [{}])[-1].get("observations")),
+        ("edges", lambda v: len(((v.get("windows") or [{}])[-1].get("graph") or {}).get("edges") or [])),
+    ),
 }
 
 

@@ -37,12 +37,23 @@ def analytics_requests(symbols: list[str], as_of: dt.datetime) -> list[RunReques
     tick = as_of.astimezone(dt.UTC).strftime("%Y%m%dT%H%M")
     tags = {"dm/origin": "schedule"}
     requests = [
-        RunRequest(run_key=f"analytics:{s}:{tick}", partition_key=s, asset_selection=SYMBOL_KEYS,
-                   run_config=run_config(ms, correlation=False), tags=tags)
+        RunRequest(
+            run_key=f"analytics:{s}:{tick}",
+            partition_key=s,
+            asset_selection=SYMBOL_KEYS,
+            run_config=run_config(ms, correlation=False),
+            tags=tags,
+        )
         for s in symbols
     ]
-    requests.append(RunRequest(run_key=f"analytics:correlation:{tick}", asset_selection=[analytics_key("correlation")],
-                               run_config=run_config(ms, symbol_assets=False), tags=tags))
+    requests.append(
+        RunRequest(
+            run_key=f"analytics:correlation:{tick}",
+            asset_selection=[analytics_key("correlation")],
+            run_config=run_config(ms, symbol_assets=False),
+            tags=tags,
+        )
+    )
     return requests
 
 

@@ -95,16 +95,25 @@ def sync_backfills(instance: DagsterInstance, meta: MetadataStore, limit: int = 
             origin = bf.tags.get(ORIGIN_TAG, "ui")
             meta.create_backfill_job(
                 origin=origin if origin in ("api", "ui", "sensor", "schedule") else "ui",
-                symbols=symbols or ["*"], interval="1m", start_time=start, end_time=end,
-                partition_keys=keys, status=status, requested_by=bf.user or bf.tags.get("user"),
-                dagster_backfill_id=bf.backfill_id, job_id=bf.backfill_id,
+                symbols=symbols or ["*"],
+                interval="1m",
+                start_time=start,
+                end_time=end,
+                partition_keys=keys,
+                status=status,
+                requested_by=bf.user or bf.tags.get("user"),
+                dagster_backfill_id=bf.backfill_id,
+                job_id=bf.backfill_id,
             )
             if run_ids or error:
                 meta.update_backfill_job(bf.backfill_id, dagster_run_ids=run_ids, **({"error": error} if error else {}))
             created += 1
         elif existing.status != status or (existing.dagster_run_ids or []) != run_ids:
-            fields: dict[str, Any] = {"status": status, "dagster_run_ids": run_ids,
-                                      "dagster_backfill_id": bf.backfill_id}
+            fields: dict[str, Any] = {
+                "status": status,
+                "dagster_run_ids": run_ids,
+                "dagster_backfill_id": bf.backfill_id,
+            }
             if error:
                 fields["error"] = error
             meta.update_backfill_job(bf.backfill_id, **fields)
@@ -125,8 +134,16 @@ def sync_runs(instance: DagsterInstance, meta: MetadataStore, since: dt.datetime
                 pk = run.tags.get("dagster/partition")
                 keys = [pk] if pk else []
                 symbols, start, end = _window(keys)
-                meta.create_backfill_job(origin=origin, symbols=symbols or ["*"], interval="1m", start_time=start,
-                                         end_time=end, partition_keys=keys, status=status, job_id=job_id)
+                meta.create_backfill_job(
+                    origin=origin,
+                    symbols=symbols or ["*"],
+                    interval="1m",
+                    start_time=start,
+                    end_time=end,
+                    partition_keys=keys,
+                    status=status,
+                    job_id=job_id,
+                )
                 meta.update_backfill_job(job_id, dagster_run_ids=[run.run_id])
                 created += 1
             elif existing.status != status:

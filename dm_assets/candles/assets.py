@@ -1,6 +1,5 @@
 """Candle assets, partitioned by date × symbol, with their checks. Thin: logic is in build.py."""
 
-
 import datetime as dt
 from collections.abc import Iterable
 
@@ -88,8 +87,9 @@ def _merge(builds: list[build.DayBuild]) -> dict[str, object]:
     return meta
 
 
-def _run_checks(context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource,
-                interval: str) -> list[AssetCheckResult]:
+def _run_checks(
+    context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource, interval: str
+) -> list[AssetCheckResult]:
     """Checks over every partition this run touched, folded into one result per check."""
     outcomes: dict[str, list[audit.CheckOutcome]] = {}
     for pk in context.partition_keys:
@@ -159,4 +159,3 @@ def _higher_asset(interval: str) -> AssetsDefinition:
 
 
 CANDLE_ASSETS = [candles_1m, *(_higher_asset(iv) for iv in HIGHER_INTERVALS)]
-

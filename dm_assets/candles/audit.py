@@ -40,8 +40,9 @@ def _read(store: MongoStore, symbol: str, interval: str, start: int, end: int) -
     return candles_frame(docs)
 
 
-def check_partition(store: MongoStore, meta: MetadataStore, symbol: str, day: str, interval: str,
-                    *, now: int | None = None) -> list[CheckResult]:
+def check_partition(
+    store: MongoStore, meta: MetadataStore, symbol: str, day: str, interval: str, *, now: int | None = None
+) -> list[CheckResult]:
     """Every candle check for one (day, symbol, interval), named as the asset check specs."""
     now = now if now is not None else int(time.time() * 1000)
     start, end = day_bounds_ms(day)
@@ -59,8 +60,9 @@ def check_partition(store: MongoStore, meta: MetadataStore, symbol: str, day: st
 
 
 def _renamed(r: CheckResult, name: str) -> CheckResult:
-    return CheckResult(name=name, severity=r.severity, count=r.count, checked=r.checked, samples=r.samples,
-                       details=dict(r.details))
+    return CheckResult(
+        name=name, severity=r.severity, count=r.count, checked=r.checked, samples=r.samples, details=dict(r.details)
+    )
 
 
 def fold(results: Sequence[CheckResult]) -> CheckResult:
@@ -68,9 +70,14 @@ def fold(results: Sequence[CheckResult]) -> CheckResult:
     order = {"OK": 0, "WARN": 1, "ERROR": 2}
     worst = max(results, key=lambda r: order[r.severity])
     samples = tuple(sorted({s for r in results for s in r.samples}))[: checks.MAX_SAMPLES]
-    return CheckResult(name=worst.name, severity=worst.severity, count=sum(r.count for r in results),
-                       checked=sum(r.checked for r in results), samples=samples,
-                       details={"partitions": len(results)} if len(results) > 1 else dict(worst.details))
+    return CheckResult(
+        name=worst.name,
+        severity=worst.severity,
+        count=sum(r.count for r in results),
+        checked=sum(r.checked for r in results),
+        samples=samples,
+        details={"partitions": len(results)} if len(results) > 1 else dict(worst.details),
+    )
 
 
 def message(r: CheckResult) -> str:
@@ -83,14 +90,29 @@ def to_audit_log(r: CheckResult, *, symbol: str, interval: str, partition_key: s
     from dm_assets.candles.assets import candles_key
 
     return AuditLogIn(
-        check_name=r.name, severity=_SEVERITY_TO_LOG[r.severity], passed=r.passed, message=message(r),
-        details=r.metadata(), asset_key=candles_key(interval).to_user_string(), partition_key=partition_key,
-        symbol=symbol, interval=interval, run_id=run_id,
+        check_name=r.name,
+        severity=_SEVERITY_TO_LOG[r.severity],
+        passed=r.passed,
+        message=message(r),
+        details=r.metadata(),
+        asset_key=candles_key(interval).to_user_string(),
+        partition_key=partition_key,
+        symbol=symbol,
+        interval=interval,
+        run_id=run_id,
     )
 
 
-def health_metric(store: MongoStore, meta: MetadataStore, symbol: str, day: str, interval: str,
-                  *, run_id: str | None = None, now: int | None = None) -> HealthMetricIn:
+def health_metric(
+    store: MongoStore,
+    meta: MetadataStore,
+    symbol: str,
+    day: str,
+    interval: str,
+    *,
+    run_id: str | None = None,
+    now: int | None = None,
+) -> HealthMetricIn:
     """The day's health of one symbol × interval, on the 0–100 scale of ``health_metrics``."""
     now = now if now is not None else int(time.time() * 1000)
     start, end = day_bounds_ms(day)
@@ -99,8 +121,13 @@ def health_metric(store: MongoStore, meta: MetadataStore, symbol: str, day: str,
     import datetime as dt
 
     return HealthMetricIn(
-        symbol=symbol, interval=interval, day=dt.date.fromisoformat(day),
-        completeness=round(100 * h.completeness, 4), freshness=round(100 * h.freshness, 4),
-        consistency=round(100 * h.consistency, 4), score=h.score,
-        details={"rows": len(df), "weights": dict(health.WEIGHTS)}, run_id=run_id,
+        symbol=symbol,
+        interval=interval,
+        day=dt.date.fromisoformat(day),
+        completeness=round(100 * h.completeness, 4),
+        freshness=round(100 * h.freshness, 4),
+        consistency=round(100 * h.consistency, 4),
+        score=h.score,
+        details={"rows": len(df), "weights": dict(health.WEIGHTS)},
+        run_id=run_id,
     )

@@ -71,10 +71,18 @@ class DayBuild:
 
     def as_metadata(self) -> dict[str, Any]:
         return {
-            "symbol": self.symbol, "day": self.day, "interval": self.interval, "rows": self.rows,
-            "expected": self.expected, "by_source": dict(self.by_source), "missing": len(self.missing),
-            "confirmed_missing": len(self.confirmed_missing), "rest_requests": self.rest_requests,
-            "rest_rows": self.rest_rows, "upserted": self.upserted, "modified": self.modified,
+            "symbol": self.symbol,
+            "day": self.day,
+            "interval": self.interval,
+            "rows": self.rows,
+            "expected": self.expected,
+            "by_source": dict(self.by_source),
+            "missing": len(self.missing),
+            "confirmed_missing": len(self.confirmed_missing),
+            "rest_requests": self.rest_requests,
+            "rest_rows": self.rest_rows,
+            "upserted": self.upserted,
+            "modified": self.modified,
             "rest_error": self.rest_error or "",
         }
 
@@ -129,17 +137,34 @@ def _flat_candles(minutes: np.ndarray, trades: pd.DataFrame) -> pd.DataFrame:
     idx = np.searchsorted(times, minutes, side="left") - 1
     px = prices[idx]
     zeros = np.zeros(len(minutes))
-    return pd.DataFrame({
-        "open_time": minutes, "open": px, "high": px, "low": px, "close": px, "volume": zeros,
-        "quote_volume": zeros, "taker_buy_volume": zeros, "taker_buy_quote_volume": zeros,
-        "trades": np.zeros(len(minutes), dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "open_time": minutes,
+            "open": px,
+            "high": px,
+            "low": px,
+            "close": px,
+            "volume": zeros,
+            "quote_volume": zeros,
+            "taker_buy_volume": zeros,
+            "taker_buy_quote_volume": zeros,
+            "trades": np.zeros(len(minutes), dtype=np.int64),
+        }
+    )
 
 
 def _read_trades(store: MongoStore, symbol: str, start: int, end: int) -> pd.DataFrame:
     """Trades in [start, end) plus the nearest trade on each side (needed for the contiguity proof)."""
-    proj = {"_id": 0, "agg_id": 1, "trade_time": 1, "price": 1, "qty": 1, "buyer_is_maker": 1,
-            "first_trade_id": 1, "last_trade_id": 1}
+    proj = {
+        "_id": 0,
+        "agg_id": 1,
+        "trade_time": 1,
+        "price": 1,
+        "qty": 1,
+        "buyer_is_maker": 1,
+        "first_trade_id": 1,
+        "last_trade_id": 1,
+    }
     docs = store.read_range("agg_trades", symbol, start - MINUTE_MS, end + MINUTE_MS, projection=proj)
     return compute.agg_trades_frame(docs)
 
@@ -178,8 +203,11 @@ def build_1m_day(
     # 2. Minutes the aggregated trades prove complete.
     if todo.size:
         trade_frames = [_read_trades(store, symbol, s, e) for s, e in compute.group_into_ranges(todo, MINUTE_MS)]
-        trades = pd.concat([f for f in trade_frames if not f.empty], ignore_index=True) if any(
-            not f.empty for f in trade_frames) else pd.DataFrame()
+        trades = (
+            pd.concat([f for f in trade_frames if not f.empty], ignore_index=True)
+            if any(not f.empty for f in trade_frames)
+            else pd.DataFrame()
+        )
         if not trades.empty:
             trades = trades.drop_duplicates("agg_id")
             complete, empty = complete_trade_minutes(trades, todo)
@@ -218,8 +246,9 @@ def build_1m_day(
     # 4. Still missing: count an attempt (only when the exchange answered: an error is not evidence).
     newly_confirmed: set[int] = set()
     if todo.size and client is not None and out.rest_error is None:
-        newly_confirmed = meta.mark_missing(symbol, "1m", todo.tolist(), "exchange returned no kline",
-                                            confirm_after_attempts=confirm_after)
+        newly_confirmed = meta.mark_missing(
+            symbol, "1m", todo.tolist(), "exchange returned no kline", confirm_after_attempts=confirm_after
+        )
     out.confirmed_missing = sorted(confirmed | newly_confirmed)
     out.missing = sorted(set(todo.tolist()) - newly_confirmed)
 
@@ -238,8 +267,9 @@ def read_candles(store: MongoStore, symbol: str, interval: str, start: int, end:
     return compute.candles_frame(docs)
 
 
-def build_higher_day(store: MongoStore, meta: MetadataStore, symbol: str, day: str, interval: str,
-                     *, now: int | None = None) -> DayBuild:
+def build_higher_day(
+    store: MongoStore, meta: MetadataStore, symbol: str, day: str, interval: str, *, now: int | None = None
+) -> DayBuild:
     """Derive one higher interval for one day from the stored 1m candles; idempotent.
 
     A bucket is written only when each of its minutes is present or confirmed missing, so

@@ -41,8 +41,13 @@ class CheckResult:
         return self.severity != "ERROR"
 
     def metadata(self) -> dict[str, Any]:
-        return {"count": self.count, "checked": self.checked, "severity": self.severity,
-                "samples": list(self.samples), **self.details}
+        return {
+            "count": self.count,
+            "checked": self.checked,
+            "severity": self.severity,
+            "samples": list(self.samples),
+            **self.details,
+        }
 
 
 def _samples(open_times: np.ndarray) -> tuple[int, ...]:
@@ -85,7 +90,11 @@ def find_gaps(
     else:
         severity = "ERROR"
     return CheckResult(
-        name="gaps", severity=severity, count=n, checked=int(grid.size), samples=_samples(missing),
+        name="gaps",
+        severity=severity,
+        count=n,
+        checked=int(grid.size),
+        samples=_samples(missing),
         details={
             "present": int(grid.size - absent.size),
             "confirmed_missing": int(excused_hit.size),
@@ -116,16 +125,16 @@ def find_duplicates(df: pd.DataFrame, keys: Iterable[str] | None = None) -> Chec
     conflicting_keys = distinct_versions[distinct_versions.duplicated(key_cols, keep=False)]
     conflicting = int(conflicting_keys.drop_duplicates(key_cols).shape[0])
     return CheckResult(
-        name="duplicates", severity="ERROR" if conflicting else "WARN", count=surplus, checked=len(df),
+        name="duplicates",
+        severity="ERROR" if conflicting else "WARN",
+        count=surplus,
+        checked=len(df),
         samples=_samples(dups["open_time"].to_numpy()) if "open_time" in dups else (),
-        details={"duplicated_keys": int(dups.drop_duplicates(key_cols).shape[0]),
-                 "conflicting_keys": conflicting},
+        details={"duplicated_keys": int(dups.drop_duplicates(key_cols).shape[0]), "conflicting_keys": conflicting},
     )
 
 
-def ohlc_violations(
-    df: pd.DataFrame, *, interval_ms: int | None = None, rel_tol: float = 1e-9
-) -> CheckResult:
+def ohlc_violations(df: pd.DataFrame, *, interval_ms: int | None = None, rel_tol: float = 1e-9) -> CheckResult:
     """Rows breaking candle invariants; any is ERROR (a candle that cannot be true).
 
     Rules: values finite; low ≤ open ≤ high, low ≤ close ≤ high, low ≤ high; volume,
@@ -163,7 +172,11 @@ def ohlc_violations(
     n = int(bad.sum())
     samples = _samples(df["open_time"].to_numpy()[bad]) if "open_time" in df else ()
     return CheckResult(
-        name="ohlc", severity="ERROR" if n else "OK", count=n, checked=len(df), samples=samples,
+        name="ohlc",
+        severity="ERROR" if n else "OK",
+        count=n,
+        checked=len(df),
+        samples=samples,
         details={k: int(v.sum()) for k, v in rules.items() if v.any()},
     )
 
@@ -202,8 +215,15 @@ def outlier_jumps(df: pd.DataFrame, z: float = 8.0, *, min_returns: int = 30) ->
     flags = np.zeros(r.size, dtype=bool) if sigma == 0.0 else dev > z * sigma
     n = int(flags.sum())
     return CheckResult(
-        name="outlier_jumps", severity="WARN" if n else "OK", count=n, checked=int(r.size),
+        name="outlier_jumps",
+        severity="WARN" if n else "OK",
+        count=n,
+        checked=int(r.size),
         samples=_samples(ot[1:][flags]),
-        details={"z": z, "robust_sigma": sigma, "median_return": med,
-                 "max_abs_z": float(dev.max() / sigma) if sigma else 0.0},
+        details={
+            "z": z,
+            "robust_sigma": sigma,
+            "median_return": med,
+            "max_abs_z": float(dev.max() / sigma) if sigma else 0.0,
+        },
     )

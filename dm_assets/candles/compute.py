@@ -50,8 +50,7 @@ SOURCE_REST = "rest"
 SOURCE_TRADES = "agg_trades"
 SOURCE_DERIVED = "derived"
 # ``klines.source`` (ws/rest, raw collection) → ``candles.source``.
-_KLINE_SOURCE_MAP = {"ws": SOURCE_KLINE, "rest": SOURCE_REST, SOURCE_KLINE: SOURCE_KLINE,
-                     SOURCE_REST: SOURCE_REST}
+_KLINE_SOURCE_MAP = {"ws": SOURCE_KLINE, "rest": SOURCE_REST, SOURCE_KLINE: SOURCE_KLINE, SOURCE_REST: SOURCE_REST}
 
 
 def interval_ms(interval: str) -> int:
@@ -142,15 +141,18 @@ def agg_trades_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     docs = list(docs)
     cols = ["agg_id", "trade_time", "price", "qty", "buyer_is_maker"]
     if not docs:
-        return pd.DataFrame({c: np.empty(0, dtype=np.int64 if c in ("agg_id", "trade_time") else np.float64)
-                             for c in cols})
-    frame = pd.DataFrame({
-        "agg_id": _ints(docs, "agg_id"),
-        "trade_time": _ints(docs, "trade_time"),
-        "price": _floats(docs, "price"),
-        "qty": _floats(docs, "qty"),
-        "buyer_is_maker": np.fromiter((bool(d["buyer_is_maker"]) for d in docs), dtype=bool, count=len(docs)),
-    })
+        return pd.DataFrame(
+            {c: np.empty(0, dtype=np.int64 if c in ("agg_id", "trade_time") else np.float64) for c in cols}
+        )
+    frame = pd.DataFrame(
+        {
+            "agg_id": _ints(docs, "agg_id"),
+            "trade_time": _ints(docs, "trade_time"),
+            "price": _floats(docs, "price"),
+            "qty": _floats(docs, "qty"),
+            "buyer_is_maker": np.fromiter((bool(d["buyer_is_maker"]) for d in docs), dtype=bool, count=len(docs)),
+        }
+    )
     if all("first_trade_id" in d and "last_trade_id" in d for d in docs):
         frame["first_trade_id"] = _ints(docs, "first_trade_id")
         frame["last_trade_id"] = _ints(docs, "last_trade_id")
@@ -185,19 +187,21 @@ def rest_klines_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
     if len(rows) == 0:
         return empty_candles()
     cols = list(zip(*rows, strict=False))
-    frame = pd.DataFrame({
-        "open_time": np.asarray(cols[0], dtype=np.int64),
-        "close_time": np.asarray(cols[6], dtype=np.int64),
-        "open": decimals_to_float(cols[1]),
-        "high": decimals_to_float(cols[2]),
-        "low": decimals_to_float(cols[3]),
-        "close": decimals_to_float(cols[4]),
-        "volume": decimals_to_float(cols[5]),
-        "quote_volume": decimals_to_float(cols[7]),
-        "trades": np.asarray(cols[8], dtype=np.int64),
-        "taker_buy_volume": decimals_to_float(cols[9]),
-        "taker_buy_quote_volume": decimals_to_float(cols[10]),
-    })
+    frame = pd.DataFrame(
+        {
+            "open_time": np.asarray(cols[0], dtype=np.int64),
+            "close_time": np.asarray(cols[6], dtype=np.int64),
+            "open": decimals_to_float(cols[1]),
+            "high": decimals_to_float(cols[2]),
+            "low": decimals_to_float(cols[3]),
+            "close": decimals_to_float(cols[4]),
+            "volume": decimals_to_float(cols[5]),
+            "quote_volume": decimals_to_float(cols[7]),
+            "trades": np.asarray(cols[8], dtype=np.int64),
+            "taker_buy_volume": decimals_to_float(cols[9]),
+            "taker_buy_quote_volume": decimals_to_float(cols[10]),
+        }
+    )
     frame["source"] = SOURCE_REST
     return frame[list(CANDLE_COLUMNS)]
 
@@ -322,19 +326,21 @@ def trades_to_1m(trades: pd.DataFrame) -> pd.DataFrame:
     ends = np.r_[starts[1:], n]
     pq = p * q
     buy = ~m
-    out = pd.DataFrame({
-        "open_time": minute[starts],
-        "close_time": minute[starts] + (MINUTE_MS - 1),
-        "open": p[starts],
-        "high": np.maximum.reduceat(p, starts),
-        "low": np.minimum.reduceat(p, starts),
-        "close": p[ends - 1],
-        "volume": np.add.reduceat(q, starts),
-        "quote_volume": np.add.reduceat(pq, starts),
-        "taker_buy_volume": np.add.reduceat(np.where(buy, q, 0.0), starts),
-        "taker_buy_quote_volume": np.add.reduceat(np.where(buy, pq, 0.0), starts),
-        "trades": np.add.reduceat(la - f + 1, starts) if has_ids else (ends - starts).astype(np.int64),  # type: ignore[operator]
-    })
+    out = pd.DataFrame(
+        {
+            "open_time": minute[starts],
+            "close_time": minute[starts] + (MINUTE_MS - 1),
+            "open": p[starts],
+            "high": np.maximum.reduceat(p, starts),
+            "low": np.minimum.reduceat(p, starts),
+            "close": p[ends - 1],
+            "volume": np.add.reduceat(q, starts),
+            "quote_volume": np.add.reduceat(pq, starts),
+            "taker_buy_volume": np.add.reduceat(np.where(buy, q, 0.0), starts),
+            "taker_buy_quote_volume": np.add.reduceat(np.where(buy, pq, 0.0), starts),
+            "trades": np.add.reduceat(la - f + 1, starts) if has_ids else (ends - starts).astype(np.int64),  # type: ignore[operator]
+        }
+    )
     if agg is not None:
         out["complete"] = _complete_minutes(agg, starts, ends)
     return out
@@ -379,8 +385,11 @@ def missing_minutes(
     if stop <= first:
         return np.empty(0, dtype=np.int64)
     grid = np.arange(first, stop, step_ms, dtype=np.int64)
-    have = np.fromiter(existing_open_times, dtype=np.int64) if not isinstance(
-        existing_open_times, np.ndarray) else existing_open_times.astype(np.int64, copy=False)
+    have = (
+        np.fromiter(existing_open_times, dtype=np.int64)
+        if not isinstance(existing_open_times, np.ndarray)
+        else existing_open_times.astype(np.int64, copy=False)
+    )
     return grid[~np.isin(grid, have)]
 
 
@@ -392,8 +401,11 @@ def group_into_ranges(
     Used to ask REST for a set of missing minutes in as few requests as possible;
     ``max_count`` splits runs longer than one request may return (1500 on Binance).
     """
-    ts = np.unique(np.fromiter(open_times, dtype=np.int64) if not isinstance(open_times, np.ndarray)
-                   else open_times.astype(np.int64))
+    ts = np.unique(
+        np.fromiter(open_times, dtype=np.int64)
+        if not isinstance(open_times, np.ndarray)
+        else open_times.astype(np.int64)
+    )
     if ts.size == 0:
         return []
     breaks = np.flatnonzero(np.diff(ts) != step) + 1
@@ -460,11 +472,13 @@ def assemble_day(
     day_end = day_start_ms + DAY_MS
     cutoff = min(day_end, floor_time(now_ms))
     parts = [
-        p for p in (
+        p
+        for p in (
             _as_candles(klines_df, None, 0),
             _as_candles(rest_df, SOURCE_REST, 2),
             _as_candles(trades_1m_df, SOURCE_TRADES, 3),
-        ) if p is not None
+        )
+        if p is not None
     ]
     if not parts:
         frame = empty_candles()
@@ -478,7 +492,8 @@ def assemble_day(
         frame = frame.drop_duplicates("open_time", keep="first")
     unproven = (
         frame.loc[frame["_rank"] == 3, "open_time"].to_numpy(dtype=np.int64)
-        if "_rank" in frame else np.empty(0, dtype=np.int64)
+        if "_rank" in frame
+        else np.empty(0, dtype=np.int64)
     )
     candles = frame.reindex(columns=list(CANDLE_COLUMNS)).reset_index(drop=True)
     absent = missing_minutes(candles["open_time"].to_numpy(dtype=np.int64), day_start_ms, day_end, now_ms)
@@ -558,17 +573,19 @@ def resample(
     emit = (complete | (not complete_only)) & (closed | (not complete_only))
 
     o, h, lo, c = (col(n, np.float64) for n in PRICE_COLUMNS)
-    out = pd.DataFrame({
-        "open_time": opens,
-        "close_time": opens + (step - 1),
-        "open": o[starts],
-        "high": np.maximum.reduceat(h, starts),
-        "low": np.minimum.reduceat(lo, starts),
-        "close": c[ends - 1],
-        **{v: np.add.reduceat(col(v, np.float64), starts) for v in VOLUME_COLUMNS},
-        "trades": np.add.reduceat(col("trades", np.int64), starts),
-        "source": SOURCE_DERIVED,
-    })
+    out = pd.DataFrame(
+        {
+            "open_time": opens,
+            "close_time": opens + (step - 1),
+            "open": o[starts],
+            "high": np.maximum.reduceat(h, starts),
+            "low": np.minimum.reduceat(lo, starts),
+            "close": c[ends - 1],
+            **{v: np.add.reduceat(col(v, np.float64), starts) for v in VOLUME_COLUMNS},
+            "trades": np.add.reduceat(col("trades", np.int64), starts),
+            "source": SOURCE_DERIVED,
+        }
+    )
     out = out[list(CANDLE_COLUMNS)]
     if not emit.all():
         out = out[emit].reset_index(drop=True)

@@ -56,8 +56,9 @@ def partition_gap(
     expected = expected_minutes(day, now - ARRIVAL_GRACE_MS)
     if expected.size == 0:
         return PartitionGap(day, symbol, 0, 0, False), ()
-    rows = store.read_range("candles", symbol, start, end, extra={"interval": "1m"},
-                            projection={"_id": 0, "open_time": 1})
+    rows = store.read_range(
+        "candles", symbol, start, end, extra={"interval": "1m"}, projection={"_id": 0, "open_time": 1}
+    )
     have = np.fromiter((r["open_time"] for r in rows), dtype=np.int64, count=len(rows))
     records = meta.missing(symbol, "1m", start, end - 1)
     confirmed = np.array([r.open_time for r in records if r.confirmed_at is not None], dtype=np.int64)

@@ -44,9 +44,7 @@ class HealthScore:
     score: float  # 0–100, 2 decimals
 
 
-def expected_buckets(
-    day_start_ms: int, now_ms: int, interval_ms: int = MINUTE_MS, day_ms: int = DAY_MS
-) -> int:
+def expected_buckets(day_start_ms: int, now_ms: int, interval_ms: int = MINUTE_MS, day_ms: int = DAY_MS) -> int:
     """Closed buckets of the day so far: a past day all, today those before the open one, a future day 0."""
     stop = min(day_start_ms + day_ms, floor_time(now_ms, interval_ms))
     return max(0, (stop - day_start_ms) // interval_ms)
@@ -95,8 +93,7 @@ def health_score(
     weights: Mapping[str, float] = WEIGHTS,
 ) -> HealthScore:
     """Weighted mean of the three components ×100, rounded to 2 decimals."""
-    parts = {"completeness": completeness_value, "freshness": freshness_value,
-             "consistency": consistency_value}
+    parts = {"completeness": completeness_value, "freshness": freshness_value, "consistency": consistency_value}
     total = sum(weights.values())
     mean = sum(weights[k] * v for k, v in parts.items()) / total
     return HealthScore(completeness_value, freshness_value, consistency_value, round(100.0 * mean, 2))

@@ -12,8 +12,9 @@ from dm_assets.partitions import AUTOMATION_STATUS, SYMBOLS_PARTITIONS_NAME, par
 
 def audit_requests(day: str, symbols: list[str], tick: str) -> list[RunRequest]:
     return [
-        RunRequest(run_key=f"audit:{day}|{s}:{tick}", partition_key=partition_key(day, s),
-                   tags={"dm/origin": "schedule"})
+        RunRequest(
+            run_key=f"audit:{day}|{s}:{tick}", partition_key=partition_key(day, s), tags={"dm/origin": "schedule"}
+        )
         for s in symbols
     ]
 

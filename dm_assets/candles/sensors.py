@@ -87,11 +87,13 @@ def gap_sensor(context: SensorEvaluationContext, mongo: MongoResource, metadata:
         day, symbol = scan[offset]
         gap, missing_times = gaps.partition_gap(store, meta, symbol, day, now)
         if gap.missing or gap.higher_missing:
-            requests.append(RunRequest(
-                run_key=gap.run_key(missing_times),
-                partition_key=partition_key(day, symbol),
-                tags={"dm/origin": "sensor", "dm/missing_minutes": str(gap.missing)},
-            ))
+            requests.append(
+                RunRequest(
+                    run_key=gap.run_key(missing_times),
+                    partition_key=partition_key(day, symbol),
+                    tags={"dm/origin": "sensor", "dm/missing_minutes": str(gap.missing)},
+                )
+            )
         offset += 1
         scanned += 1
     next_offset = 0 if offset >= len(scan) else offset

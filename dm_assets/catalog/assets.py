@@ -44,8 +44,12 @@ class CatalogConfig(Config):
 
 @asset(
     key=AssetKey([CATALOG_GROUP, "datasets"]),
-    deps=[*(raw_key(n) for n in RAW_COLLECTIONS), *(candles_key(iv) for iv in INTERVALS), *ANALYTICS_KEYS,
-          AssetKey(["quality", "health_scores"])],
+    deps=[
+        *(raw_key(n) for n in RAW_COLLECTIONS),
+        *(candles_key(iv) for iv in INTERVALS),
+        *ANALYTICS_KEYS,
+        AssetKey(["quality", "health_scores"]),
+    ],
     group_name=CATALOG_GROUP,
     kinds={"mysql"},
     tags=_TAGS,
@@ -61,17 +65,24 @@ def datasets(
     context: AssetExecutionContext, config: CatalogConfig, mongo: MongoResource, metadata: MetadataResource
 ) -> MaterializeResult:
     symbols = {*context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME), *get_settings().symbols}
-    refresh = build.refresh_catalog(mongo.get_store(), metadata.get_store(), symbols=symbols,
-                                    discover_all=config.discover_all, full=config.full_recount)
+    refresh = build.refresh_catalog(
+        mongo.get_store(),
+        metadata.get_store(),
+        symbols=symbols,
+        discover_all=config.discover_all,
+        full=config.full_recount,
+    )
     found = refresh.datasets
     stale = [d for d in found if d.freshness_seconds is not None and d.freshness_seconds > 600]
-    return MaterializeResult(metadata={
-        "datasets": len(found),
-        "by_kind": MetadataValue.json(build.by_kind(found)),
-        "emptied": len(refresh.emptied),
-        "older_than_10_min": len(stale),
-        "catalog": MetadataValue.md(build.summary_markdown(found)),
-    })
+    return MaterializeResult(
+        metadata={
+            "datasets": len(found),
+            "by_kind": MetadataValue.json(build.by_kind(found)),
+            "emptied": len(refresh.emptied),
+            "older_than_10_min": len(stale),
+            "catalog": MetadataValue.md(build.summary_markdown(found)),
+        }
+    )
 
 
 def _asset_graph(context: AssetExecutionContext) -> tuple["BaseAssetGraph", str]:
@@ -106,12 +117,14 @@ def lineage(context: AssetExecutionContext, metadata: MetadataResource) -> Mater
     edges = build.lineage_edges(graph)
     stored = metadata.get_store().replace_lineage(edges)
     nodes = {e.upstream for e in edges} | {e.downstream for e in edges}
-    return MaterializeResult(metadata={
-        "edges": stored,
-        "nodes": len(nodes),
-        "graph_source": source,
-        "graph": MetadataValue.md("\n".join(f"- `{e.upstream}` → `{e.downstream}`" for e in edges) or "no edges"),
-    })
+    return MaterializeResult(
+        metadata={
+            "edges": stored,
+            "nodes": len(nodes),
+            "graph_source": source,
+            "graph": MetadataValue.md("\n".join(f"- `{e.upstream}` → `{e.downstream}`" for e in edges) or "no edges"),
+        }
+    )
 
 
 CATALOG_ASSETS = [datasets, lineage]

@@ -97,8 +97,9 @@ def candidates(symbols: Iterable[str]) -> list[DatasetRef]:
     for symbol in [*syms, analytics_build.CORRELATION_SYMBOL]:
         for kind, iv in analytics_build.DATASETS:
             if (kind == "correlation") == (symbol == analytics_build.CORRELATION_SYMBOL):
-                refs.append(DatasetRef(ANALYTICS_KIND_PREFIX + kind, symbol, iv, "analytics",
-                                       {"kind": kind, "interval": iv}))
+                refs.append(
+                    DatasetRef(ANALYTICS_KIND_PREFIX + kind, symbol, iv, "analytics", {"kind": kind, "interval": iv})
+                )
     return refs
 
 
@@ -143,8 +144,11 @@ def schema_of(collection: str, sample: Mapping[str, Any] | None) -> list[SchemaF
     sample = sample or {}
     fields = [SchemaField(name=k, type=bson_type(v), description=describe(collection, k)) for k, v in sample.items()]
     present = set(sample)
-    fields += [SchemaField(name=k, type="unknown", description=d)
-               for k, d in FIELD_DESCRIPTIONS.get(collection, {}).items() if k not in present]
+    fields += [
+        SchemaField(name=k, type="unknown", description=d)
+        for k, d in FIELD_DESCRIPTIONS.get(collection, {}).items()
+        if k not in present
+    ]
     return fields
 
 
@@ -230,8 +234,14 @@ def _full_stats(store: MongoStore, ref: DatasetRef, now: int) -> tuple[int, int 
     return first, newest_time(store, ref, now, first), store.count(ref.collection, ref.symbol, extra=extra)
 
 
-def describe_dataset(store: MongoStore, ref: DatasetRef, health: HealthLookup, now: int,
-                     prev: DatasetRecord | None = None, full: bool = False) -> DatasetIn | None:
+def describe_dataset(
+    store: MongoStore,
+    ref: DatasetRef,
+    health: HealthLookup,
+    now: int,
+    prev: DatasetRecord | None = None,
+    full: bool = False,
+) -> DatasetIn | None:
     """The catalog entry of one dataset, or None when it holds no documents.
 
     With a previous entry and no recount due (or asked for), only documents after its last time are read.
@@ -298,9 +308,19 @@ def refresh_catalog(
             datasets.append(entry)
     found = {d.key() for d in datasets}
     emptied = [
-        DatasetIn(kind=r.kind, symbol=r.symbol, interval=r.interval, collection=r.collection, id=r.id, row_count=0,
-                  first_time=None, last_time=None, freshness_seconds=None)
-        for r in previous.values() if r.id not in found and r.collection in CATALOGED_COLLECTIONS and r.row_count
+        DatasetIn(
+            kind=r.kind,
+            symbol=r.symbol,
+            interval=r.interval,
+            collection=r.collection,
+            id=r.id,
+            row_count=0,
+            first_time=None,
+            last_time=None,
+            freshness_seconds=None,
+        )
+        for r in previous.values()
+        if r.id not in found and r.collection in CATALOGED_COLLECTIONS and r.row_count
     ]
     meta.upsert_datasets([*datasets, *emptied])
     return CatalogRefresh(datasets=datasets, emptied=[d.key() for d in emptied])
@@ -327,8 +347,14 @@ def lineage_edges(graph: BaseAssetGraph) -> list[LineageEdge]:
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
         for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
-            edges.append(LineageEdge(upstream=parent.to_user_string(), downstream=key.to_user_string(),
-                                     transformation=first_sentence(node.description), asset_group=node.group_name))
+            edges.append(
+                LineageEdge(
+                    upstream=parent.to_user_string(),
+                    downstream=key.to_user_string(),
+                    transformation=first_sentence(node.description),
+                    asset_group=node.group_name,
+                )
+            )
     return edges
 
 
@@ -338,8 +364,11 @@ def summary_markdown(datasets: Sequence[DatasetIn], limit: int = 50) -> str:
         return "no datasets found"
     lines = ["| dataset | rows | last (UTC) | freshness s | health |", "|---|---|---|---|---|"]
     for d in list(datasets)[:limit]:
-        last = (dt.datetime.fromtimestamp(d.last_time / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
-                if d.last_time is not None else "–")
+        last = (
+            dt.datetime.fromtimestamp(d.last_time / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
+            if d.last_time is not None
+            else "–"
+        )
         health = f"{d.health_score:.1f}" if d.health_score is not None else "–"
         lines.append(f"| {d.key()} | {d.row_count} | {last} | {d.freshness_seconds} | {health} |")
     if len(datasets) > limit:

@@ -1,6 +1,5 @@
 """Audit results and health scores per date × symbol, written to the metadata store (MySQL)."""
 
-
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from dm_assets.candles.assets import BACKFILL_POLICY
@@ -36,21 +35,31 @@ def audit_results(
         day, symbol = split_key(pk)
         for interval in _INTERVALS:
             for outcome in audit.check_partition(store, meta, symbol, day, interval):
-                rows.append(audit.to_audit_log(outcome, symbol=symbol, interval=interval, partition_key=str(pk),
-                                              run_id=context.run.run_id))
+                rows.append(
+                    audit.to_audit_log(
+                        outcome, symbol=symbol, interval=interval, partition_key=str(pk), run_id=context.run.run_id
+                    )
+                )
     written = meta.record_audit(rows)
     by_severity: dict[str, int] = {}
     for r in rows:
         if not r.passed:
             by_severity[r.severity] = by_severity.get(r.severity, 0) + 1
-    return MaterializeResult(metadata={
-        "audit_rows_written": written,
-        "failed_checks": sum(by_severity.values()),
-        "failed_by_severity": MetadataValue.json(by_severity),
-        "failures": MetadataValue.md("\n".join(
-            f"- **{r.severity}** {r.partition_key} {r.interval} `{r.check_name}`: {r.message}"
-            for r in rows if not r.passed) or "none"),
-    })
+    return MaterializeResult(
+        metadata={
+            "audit_rows_written": written,
+            "failed_checks": sum(by_severity.values()),
+            "failed_by_severity": MetadataValue.json(by_severity),
+            "failures": MetadataValue.md(
+                "\n".join(
+                    f"- **{r.severity}** {r.partition_key} {r.interval} `{r.check_name}`: {r.message}"
+                    for r in rows
+                    if not r.passed
+                )
+                or "none"
+            ),
+        }
+    )
 
 
 @asset(
@@ -80,15 +89,20 @@ def health_scores(
     meta.upsert_health(rows)
     table = "\n".join(
         f"| {r.day} | {r.symbol} | {r.interval} | {r.completeness:.2f} | {r.freshness:.2f} | "
-        f"{r.consistency:.2f} | **{r.score:.2f}** |" for r in rows)
-    return MaterializeResult(metadata={
-        "rows": len(rows),
-        "min_score": min((r.score for r in rows), default=100.0),
-        "mean_score": round(sum(r.score for r in rows) / len(rows), 2) if rows else 100.0,
-        "scores": MetadataValue.md(
-            "| day | symbol | interval | completeness | freshness | consistency | score |\n"
-            "|---|---|---|---|---|---|---|\n" + table),
-    })
+        f"{r.consistency:.2f} | **{r.score:.2f}** |"
+        for r in rows
+    )
+    return MaterializeResult(
+        metadata={
+            "rows": len(rows),
+            "min_score": min((r.score for r in rows), default=100.0),
+            "mean_score": round(sum(r.score for r in rows) / len(rows), 2) if rows else 100.0,
+            "scores": MetadataValue.md(
+                "| day | symbol | interval | completeness | freshness | consistency | score |\n"
+                "|---|---|---|---|---|---|---|\n" + table
+            ),
+        }
+    )
 
 
 QUALITY_ASSETS = [audit_results, health_scores]

@@ -35,6 +35,7 @@ class _Record(BaseModel):
 
 # --- audit logs -------------------------------------------------------------------------------
 
+
 class AuditLogIn(_Record):
     """One check result to store; ``created_at`` defaults to the time of the write."""
 
@@ -68,6 +69,7 @@ class AuditLogRecord(_Record):
 
 # --- health ----------------------------------------------------------------------------------
 
+
 class HealthMetricIn(_Record):
     """A day's health of one symbol × interval; all scores on the same 0–100 scale."""
 
@@ -98,6 +100,7 @@ class HealthMetricRecord(_Record):
 
 
 # --- backfill jobs ---------------------------------------------------------------------------
+
 
 class BackfillJobUpdate(_Record):
     """The fields :meth:`MetadataStore.update_backfill_job` may change (unknown names are refused)."""
@@ -139,6 +142,7 @@ class BackfillJobRecord(_Record):
 
 
 # --- datasets --------------------------------------------------------------------------------
+
 
 class SchemaField(_Record):
     name: str
@@ -193,6 +197,7 @@ class DatasetRecord(_Record):
 
 # --- lineage ---------------------------------------------------------------------------------
 
+
 class LineageEdge(_Record):
     """``upstream`` feeds ``downstream`` (node names are asset keys such as ``candles_1m``)."""
 
@@ -212,6 +217,7 @@ class LineageView(_Record):
 
 
 # --- confirmed missing -----------------------------------------------------------------------
+
 
 class MissingRecord(_Record):
     symbol: str

@@ -112,6 +112,7 @@ def utcnow() -> dt.datetime:
 
 # --- engine ------------------------------------------------------------------------------------
 
+
 def _normalise_url(url: str | URL) -> URL:
     parsed = make_url(url)
     if parsed.get_backend_name() in ("mysql", "mariadb") and "charset" not in parsed.query:
@@ -196,6 +197,7 @@ def _is_transient(exc: BaseException) -> bool:
 
 # --- migrations --------------------------------------------------------------------------------
 
+
 def alembic_config(url: str | URL | None = None, connection: Connection | None = None) -> Config:
     """An Alembic config pointing at the packaged migrations, independent of the working directory."""
     cfg = Config()
@@ -221,8 +223,7 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
     """Serialise concurrent migrators across processes (SQLite uses its write lock instead)."""
     backend = conn.dialect.name
     if backend in ("mysql", "mariadb"):
-        got = conn.execute(text("SELECT GET_LOCK(:n, :t)"),
-                           {"n": MIGRATION_LOCK, "t": MIGRATION_LOCK_TIMEOUT_S})
+        got = conn.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": MIGRATION_LOCK, "t": MIGRATION_LOCK_TIMEOUT_S})
         conn.commit()
         if got.scalar() != 1:
             raise TimeoutError(f"could not take migration lock {MIGRATION_LOCK!r}")
@@ -254,6 +255,7 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
 
 # --- pure helpers ------------------------------------------------------------------------------
 
+
 def walk_lineage(edges: Iterable[LineageEdge], node: str, depth: int | None = 1) -> LineageView:
     """Edges above and below ``node`` up to ``depth`` hops (None: the whole connected ancestry/descent)."""
     by_down: dict[str, list[LineageEdge]] = {}
@@ -262,8 +264,7 @@ def walk_lineage(edges: Iterable[LineageEdge], node: str, depth: int | None = 1)
         by_down.setdefault(e.downstream, []).append(e)
         by_up.setdefault(e.upstream, []).append(e)
 
-    def walk(index: dict[str, list[LineageEdge]],
-             next_node: Callable[[LineageEdge], str]) -> list[LineageEdge]:
+    def walk(index: dict[str, list[LineageEdge]], next_node: Callable[[LineageEdge], str]) -> list[LineageEdge]:
         found: list[LineageEdge] = []
         seen_nodes = {node}
         frontier = [node]
@@ -289,6 +290,7 @@ def walk_lineage(edges: Iterable[LineageEdge], node: str, depth: int | None = 1)
 
 
 # --- the store ---------------------------------------------------------------------------------
+
 
 class MetadataStore:
     """Plain class over SQLAlchemy, used by the ingest service, Dagster and the API alike."""
@@ -356,8 +358,14 @@ class MetadataStore:
         with self.engine.connect() as conn:
             yield conn
 
-    def _upsert(self, conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], key: Sequence[str],
-                update_cols: Sequence[str]) -> None:
+    def _upsert(
+        self,
+        conn: Connection,
+        table: Table,
+        rows: Sequence[Mapping[str, Any]],
+        key: Sequence[str],
+        update_cols: Sequence[str],
+    ) -> None:
         """Insert ``rows``; where ``key`` already exists, overwrite ``update_cols`` with the new values."""
         if not rows:
             return
@@ -374,8 +382,9 @@ class MetadataStore:
                 from sqlalchemy.dialects.postgresql import insert as dialect_insert
             ins = dialect_insert(table)
             if update_cols:
-                stmt = ins.on_conflict_do_update(index_elements=list(key),
-                                                 set_={c: ins.excluded[c] for c in update_cols})
+                stmt = ins.on_conflict_do_update(
+                    index_elements=list(key), set_={c: ins.excluded[c] for c in update_cols}
+                )
             else:
                 stmt = ins.on_conflict_do_nothing(index_elements=list(key))
         else:  # pragma: no cover - settings only allow the three backends above
@@ -517,10 +526,19 @@ class MetadataStore:
         """Record a backfill request and return its id (a uuid4 unless ``job_id`` is given)."""
         now = utcnow()
         record = BackfillJobRecord(
-            id=job_id or str(uuid.uuid4()), created_at=now, updated_at=now, origin=origin,
-            symbols=list(symbols), interval=interval, start_time=start_time, end_time=end_time,
-            partition_keys=list(partition_keys) if partition_keys is not None else None, status=status,
-            dagster_backfill_id=dagster_backfill_id, dagster_run_ids=None, error=None,
+            id=job_id or str(uuid.uuid4()),
+            created_at=now,
+            updated_at=now,
+            origin=origin,
+            symbols=list(symbols),
+            interval=interval,
+            start_time=start_time,
+            end_time=end_time,
+            partition_keys=list(partition_keys) if partition_keys is not None else None,
+            status=status,
+            dagster_backfill_id=dagster_backfill_id,
+            dagster_run_ids=None,
+            error=None,
             requested_by=requested_by,
         )
         self._write(lambda conn: conn.execute(insert(BACKFILLS), [record.model_dump()]))
@@ -615,18 +633,26 @@ class MetadataStore:
         """
         edges = {(e.upstream, e.downstream): e for e in records}  # last one wins on duplicates
         now = utcnow()
-        rows = [{"upstream": u, "downstream": d, "transformation": e.transformation,
-                 "asset_group": e.asset_group, "recorded_at": e.recorded_at or now}
-                for (u, d), e in edges.items()]
+        rows = [
+            {
+                "upstream": u,
+                "downstream": d,
+                "transformation": e.transformation,
+                "asset_group": e.asset_group,
+                "recorded_at": e.recorded_at or now,
+            }
+            for (u, d), e in edges.items()
+        ]
 
         def run(conn: Connection) -> None:
             # FOR UPDATE serialises concurrent replacers on MySQL (their delete + upsert otherwise
             # deadlock on InnoDB gap locks); SQLite already holds the write lock (BEGIN IMMEDIATE).
             existing = conn.execute(
-                select(LINEAGE.c.id, LINEAGE.c.upstream, LINEAGE.c.downstream).with_for_update()).all()
+                select(LINEAGE.c.id, LINEAGE.c.upstream, LINEAGE.c.downstream).with_for_update()
+            ).all()
             stale = [r.id for r in existing if (r.upstream, r.downstream) not in edges]
             for i in range(0, len(stale), 500):
-                conn.execute(delete(LINEAGE).where(LINEAGE.c.id.in_(stale[i:i + 500])))
+                conn.execute(delete(LINEAGE).where(LINEAGE.c.id.in_(stale[i : i + 500])))
             self._upsert(conn, LINEAGE, rows, ("upstream", "downstream"), ("transformation", "asset_group"))
 
         self._write(run)
@@ -668,8 +694,18 @@ class MetadataStore:
             return set()
         now = utcnow()
         first_confirmed = now if confirm_after_attempts <= 1 else None
-        rows = [{"symbol": symbol, "interval": interval, "open_time": t, "attempts": 1, "first_seen": now,
-                 "confirmed_at": first_confirmed, "reason": reason} for t in times]
+        rows = [
+            {
+                "symbol": symbol,
+                "interval": interval,
+                "open_time": t,
+                "attempts": 1,
+                "first_seen": now,
+                "confirmed_at": first_confirmed,
+                "reason": reason,
+            }
+            for t in times
+        ]
         t_ = MISSING
         # Constants are inline literals (int() keeps that safe): pymysql's executemany cannot
         # take bound parameters in the ON DUPLICATE KEY UPDATE clause.
@@ -704,9 +740,11 @@ class MetadataStore:
             conn.execute(stmt, rows)
             confirmed: set[int] = set()
             for i in range(0, len(times), 500):
-                chunk = times[i:i + 500]
+                chunk = times[i : i + 500]
                 q = select(t_.c.open_time).where(
-                    t_.c.symbol == symbol, t_.c.interval == interval, t_.c.open_time.in_(chunk),
+                    t_.c.symbol == symbol,
+                    t_.c.interval == interval,
+                    t_.c.open_time.in_(chunk),
                     t_.c.confirmed_at.is_not(None),
                 )
                 confirmed.update(conn.execute(q).scalars())
@@ -718,7 +756,9 @@ class MetadataStore:
         """Confirmed open times with ``start_ms <= open_time <= end_ms`` (inclusive, like Binance's range)."""
         t = MISSING
         q = select(t.c.open_time).where(
-            t.c.symbol == symbol, t.c.interval == interval, t.c.open_time.between(start_ms, end_ms),
+            t.c.symbol == symbol,
+            t.c.interval == interval,
+            t.c.open_time.between(start_ms, end_ms),
             t.c.confirmed_at.is_not(None),
         )
         with self._read() as conn:
@@ -727,12 +767,20 @@ class MetadataStore:
     def missing(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[MissingRecord]:
         """Every tracked open time in the inclusive range, suspects and confirmed, oldest first."""
         t = MISSING
-        q = select(t).where(
-            t.c.symbol == symbol, t.c.interval == interval, t.c.open_time.between(start_ms, end_ms),
-        ).order_by(t.c.open_time)
+        q = (
+            select(t)
+            .where(
+                t.c.symbol == symbol,
+                t.c.interval == interval,
+                t.c.open_time.between(start_ms, end_ms),
+            )
+            .order_by(t.c.open_time)
+        )
         with self._read() as conn:
-            return [MissingRecord.model_validate({k: v for k, v in r._mapping.items() if k != "id"})
-                    for r in conn.execute(q)]
+            return [
+                MissingRecord.model_validate({k: v for k, v in r._mapping.items() if k != "id"})
+                for r in conn.execute(q)
+            ]
 
     def clear_missing(self, symbol: str, interval: str, open_times: Iterable[int]) -> int:
         """Forget open times that turned out to exist after all (a later fill succeeded)."""
@@ -742,8 +790,11 @@ class MetadataStore:
         def run(conn: Connection) -> int:
             n = 0
             for i in range(0, len(times), 500):
-                res = conn.execute(delete(t).where(
-                    t.c.symbol == symbol, t.c.interval == interval, t.c.open_time.in_(times[i:i + 500])))
+                res = conn.execute(
+                    delete(t).where(
+                        t.c.symbol == symbol, t.c.interval == interval, t.c.open_time.in_(times[i : i + 500])
+                    )
+                )
                 n += res.rowcount
             return n
 

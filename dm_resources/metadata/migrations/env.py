@@ -56,8 +56,12 @@ def run_migrations_offline() -> None:
     from sqlalchemy.engine import make_url
 
     url = _url()
-    context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"},
-                      **_configure_kwargs(make_url(url).get_backend_name()))
+    context.configure(
+        url=url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        **_configure_kwargs(make_url(url).get_backend_name()),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -31,8 +31,7 @@ def _utc() -> sa.types.TypeEngine:
 
 
 def _big_id() -> sa.Column:
-    return sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                     autoincrement=True)
+    return sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True)
 
 
 def upgrade() -> None:
@@ -72,8 +71,7 @@ def upgrade() -> None:
         sa.Column("details", sa.JSON(), nullable=True),
         sa.Column("run_id", sa.String(64), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_audit_logs"),
-        sa.CheckConstraint("severity IN ('INFO', 'WARN', 'ERROR', 'CRITICAL')",
-                           name="ck_audit_logs_severity"),
+        sa.CheckConstraint("severity IN ('INFO', 'WARN', 'ERROR', 'CRITICAL')", name="ck_audit_logs_severity"),
         **MYSQL,
     )
     op.create_index("ix_audit_logs_symbol_created_at", "audit_logs", ["symbol", "created_at"])
@@ -152,13 +150,11 @@ def upgrade() -> None:
         sa.Column("confirmed_at", _utc(), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_confirmed_missing"),
-        sa.UniqueConstraint("symbol", "interval", "open_time",
-                            name="uq_confirmed_missing_symbol_interval_open_time"),
+        sa.UniqueConstraint("symbol", "interval", "open_time", name="uq_confirmed_missing_symbol_interval_open_time"),
         **MYSQL,
     )
 
 
 def downgrade() -> None:
-    for table in ("confirmed_missing", "lineage_records", "backfill_jobs", "health_metrics", "audit_logs",
-                  "datasets"):
+    for table in ("confirmed_missing", "lineage_records", "backfill_jobs", "health_metrics", "audit_logs", "datasets"):
         op.drop_table(table)
