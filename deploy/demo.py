@@ -40,6 +40,7 @@ from dm_resources.embedded import (
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore
 from dm_resources.settings import load_settings
+from ingest_service.progress import drain_budget_s, read_progress, wait_drained
 
 VAR = ROOT / "var"
 warnings.filterwarnings("ignore", message=".*currently in beta.*")
@@ -67,20 +68,11 @@ def _get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def _wait_stored(store: MongoStore, expected_min: int, timeout: float = 300) -> dict[str, int]:
-    """Until the raw counts stop growing (and reach what was published)."""
-    last: dict[str, int] = {}
-    stable = 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = store.counts(COLLECTIONS)
-        total = sum(v for k, v in counts.items() if k not in ("candles", "analytics"))
-        stable = stable + 1 if counts == last else 0
-        if total >= expected_min and stable >= 3:
-            return counts
-        last = counts
-        time.sleep(1.0)
-    return last
+def _wait_ingested(nats_url: str, stream: str, durable: str, published: int) -> None:
+    """Until the ingest service acked everything in the stream (read on the bus, not by counting the store)."""
+    now = read_progress(nats_url, stream, durable)
+    last_seq = now.stream_last_seq if now else 0
+    wait_drained(nats_url, stream, durable, min_last_seq=last_seq, timeout=drain_budget_s(published))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             env={**os.environ, **env},
         )
-        counts = _wait_stored(store, expected_min=int(lines * 0.5))
+        _wait_ingested(env.get("DM_NATS_URL", settings.nats_url), settings.nats_stream, settings.nats_durable, lines)
+        counts = store.counts(COLLECTIONS)
         say("stored per collection: " + json.dumps({k: counts.get(k, 0) for k in COLLECTIONS}))
 
         # -- Dagster -----------------------------------------------------------------------
