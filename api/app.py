@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.errors import ConnectionFailure, PyMongoError
 from sqlalchemy.exc import DBAPIError
@@ -70,7 +73,15 @@ def create_app(
         yield
         st.close()  # only what the app built itself; stores handed in belong to the caller
 
-    app = FastAPI(title="Market Data Manager API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Market Data Manager API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    _serve_docs_offline(app)
     app.state.dm = st
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -120,6 +131,45 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """``/docs`` and ``/redoc`` with Swagger UI and ReDoc served by this app, not from a CDN.
+
+    FastAPI's default pages load their JS/CSS from a CDN and render blank on a machine
+    without internet (trading hosts often are). The assets come from the ``fastapi-offline``
+    package; the pages are FastAPI's own (``get_swagger_ui_html``), only pointed here.
+    """
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{title} - Swagger UI",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 # Builds nothing that connects: stores are created on first use (see AppState).

@@ -598,6 +598,20 @@ def test_openapi_and_docs_are_served(http: httpx.Client) -> None:
     assert "swagger" in http.get("/docs").text.lower()
 
 
+def test_docs_pages_load_nothing_from_outside(http: httpx.Client) -> None:
+    """/docs and /redoc must render air-gapped: every script and stylesheet comes from this app."""
+    for page in ("/docs", "/redoc"):
+        html = http.get(page).text
+        refs = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+        assert refs, page
+        external = [r for r in refs if r.startswith(("http:", "https:", "//"))]
+        assert external == [], f"{page} loads {external}"
+        for ref in refs:
+            if ref.startswith("/docs-assets/"):
+                resp = http.get(ref)
+                assert resp.status_code == 200 and len(resp.content) > 1000, ref
+
+
 def test_reads_can_require_the_token(seeded: Seeded, tmp_path: Path) -> None:
     app = create_app(
         seeded.settings, mongo=seeded.store, meta=seeded.meta, api_settings=ApiSettings(protect_reads=True)
