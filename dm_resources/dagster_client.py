@@ -1,17 +1,24 @@
-"""A small client for Dagster's GraphQL API: launch partition backfills and follow them.
+"""Dagster's GraphQL API: launch partition backfills and runs, and follow them.
 
 The API layer and the demo start backfills *through Dagster* (not by materializing
 in-process) so that the runs appear in the UI, obey the run queue, and are tracked
 into ``backfill_jobs`` like any other backfill.
+
+Runs go through ``dagster_graphql.DagsterGraphQLClient`` (launch and status). It has no
+partition-backfill mutation and no backfill query, so those two documents are sent here
+over plain HTTP; everything else should use the library.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 LAUNCH_BACKFILL = """
 mutation($params: LaunchBackfillParams!) {
@@ -45,24 +52,6 @@ query($id: String!) {
 """
 
 VERSION = "query { version }"
-
-LAUNCH_RUN = """
-mutation($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on InvalidSubsetError { message }
-    ... on PipelineNotFoundError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
-
-RUN_STATUS = """
-query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { runId status } ... on PythonError { message } } }
-"""
 
 LOCATION = "market_data"  # workspace.yaml
 REPOSITORY = "__repository__"  # the implicit repository of a Definitions object
@@ -106,6 +95,19 @@ class DagsterGraphQL:
             raise DagsterAPIError("Dagster GraphQL error: " + "; ".join(e.get("message", "?") for e in body["errors"]))
         return body["data"]
 
+    @cached_property
+    def client(self) -> DagsterGraphQLClient:
+        """The library's client for the same endpoint (``http(s)://host:port[/prefix]/graphql``)."""
+        parts = urlsplit(self.url)
+        prefix = parts.path.removesuffix("/graphql").rstrip("/")
+        return DagsterGraphQLClient(
+            parts.hostname or "127.0.0.1",
+            port_number=parts.port,
+            use_https=parts.scheme == "https",
+            timeout=int(self.timeout),
+            path_prefix=prefix,
+        )
+
     def ping(self) -> bool:
         try:
             return bool(self._call(VERSION).get("version"))
@@ -146,29 +148,23 @@ class DagsterGraphQL:
         all_tags = dict(tags or {})
         if partition_key is not None:
             all_tags["dagster/partition"] = partition_key
-        selector: dict[str, Any] = {
-            "repositoryLocationName": LOCATION,
-            "repositoryName": REPOSITORY,
-            "jobName": job_name,
-        }
-        if asset_selection:
-            selector["assetSelection"] = [{"path": k} for k in asset_selection]
-        params = {
-            "selector": selector,
-            "runConfigData": run_config or {},
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in all_tags.items()]},
-        }
-        result = self._call(LAUNCH_RUN, {"params": params})["launchRun"]
-        if result["__typename"] != "LaunchRunSuccess":
-            detail = result.get("message") or result.get("errors") or result
-            raise DagsterAPIError(f"run of {job_name} not launched ({result['__typename']}): {detail}")
-        return str(result["run"]["runId"])
+        try:
+            return self.client.submit_job_execution(
+                job_name,
+                repository_location_name=LOCATION,
+                repository_name=REPOSITORY,
+                run_config=run_config or {},
+                tags=all_tags,
+                asset_selection=asset_selection,
+            )
+        except DagsterGraphQLClientError as exc:
+            raise DagsterAPIError(f"run of {job_name} not launched: {exc}") from exc
 
     def run_status(self, run_id: str) -> str:
-        result = self._call(RUN_STATUS, {"id": run_id})["runOrError"]
-        if result["__typename"] != "Run":
-            raise DagsterAPIError(f"run {run_id}: {result.get('message', result['__typename'])}")
-        return str(result["status"])
+        try:
+            return self.client.get_run_status(run_id).value
+        except DagsterGraphQLClientError as exc:
+            raise DagsterAPIError(f"run {run_id}: {exc}") from exc
 
     def wait_for_run(self, run_id: str, timeout: float = 600.0, poll: float = 1.0) -> str:
         deadline = time.monotonic() + timeout

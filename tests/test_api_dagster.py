@@ -18,6 +18,7 @@ import pytest
 from api.app import create_app
 from api.models import BackfillJobView, BackfillStarted, Readiness
 from api.testing import serve
+from dm_resources.dagster_client import DagsterAPIError, DagsterGraphQL
 from dm_resources.embedded import free_port, start_dagster_dev
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -94,6 +95,14 @@ def test_backfill_route_starts_a_real_dagster_run(mongo_server, tmp_path: Path) 
                 assert view.live is not None and view.live.backfill_id == started.id
                 assert view.live.runs, f"no run launched within {RUNS_TIMEOUT_S}s:\n{dagster.tail(40)}"
                 assert view.status in ("running", "success", "failure", "partial")
+
+            # Runs go through dagster-graphql's client: a job run launched and followed to its end,
+            # and an unknown job refused with Dagster's reason.
+            gql = DagsterGraphQL(f"http://127.0.0.1:{port}/graphql", timeout=60)
+            run_id = gql.launch_run("catalog_job", tags={"dm/origin": "test"})
+            assert gql.wait_for_run(run_id, timeout=RUNS_TIMEOUT_S, poll=2) == "SUCCESS", dagster.tail(40)
+            with pytest.raises(DagsterAPIError, match="no_such_job"):
+                gql.launch_run("no_such_job")
         finally:
             dagster.stop(signal.SIGINT, timeout=60)
             store.client.drop_database(db)
