@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dm_resources.settings import SYMBOL_RE
+from dm_resources.contracts import SYMBOL_RE
 
 # Intervals the candle assets build (dm_assets.candles); clients asking for another
 # Binance interval get a 4xx that lists these rather than an empty page.

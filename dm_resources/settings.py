@@ -9,7 +9,6 @@ connection is attempted.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlparse
@@ -17,8 +16,9 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dm_resources.contracts import validate_symbol
+
 ENV_PREFIX = "DM_"
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 
 
@@ -117,9 +117,7 @@ class Settings(BaseSettings):
     def _symbols(cls, v: list[str]) -> list[str]:
         out: list[str] = []
         for s in v:
-            sym = s.upper()
-            if not SYMBOL_RE.match(sym):
-                raise ValueError(f"{s!r} is not a Binance symbol (letters and digits, e.g. BTCUSDT)")
+            sym = validate_symbol(s.upper())
             if sym not in out:
                 out.append(sym)
         if not out:

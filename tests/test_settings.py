@@ -38,7 +38,7 @@ def test_env_values_are_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> 
         ("DM_NATS_URL", "http://127.0.0.1:4222", "nats://"),
         ("DM_METADATA_URL", "not a url", "SQLAlchemy URL"),
         ("DM_METADATA_URL", "oracle://u@h/db", "backend must be"),
-        ("DM_SYMBOLS", "BTC-USDT", "not a Binance symbol"),
+        ("DM_SYMBOLS", "BTC-USDT", "not a futures symbol"),
         ("DM_SYMBOLS", " , ", "at least one symbol"),
         ("DM_BINANCE_REST_URL", "fapi.binance.com", "http://"),
         ("DM_NATS_SUBJECT", "a b", "NATS subject"),
