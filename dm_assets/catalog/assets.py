@@ -5,10 +5,18 @@
 of any data, and is refreshed with the catalog so the stored graph follows deployments.
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
-from dagster_shared.check import CheckError
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 from pydantic import Field
 
 from dm_assets.analytics.assets import ANALYTICS_KEYS
@@ -19,9 +27,6 @@ from dm_assets.raw.assets import raw_key
 from dm_resources.mongo import RAW_COLLECTIONS
 from dm_resources.resources import MetadataResource, MongoResource
 from dm_resources.settings import get_settings
-
-if TYPE_CHECKING:
-    from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 
 CATALOG_GROUP = "catalog"
 _TAGS = {"dm/layer": "catalog"}
@@ -85,46 +90,36 @@ def datasets(
     )
 
 
-def _asset_graph(context: AssetExecutionContext) -> tuple["BaseAssetGraph", str]:
-    """The code location's whole asset graph.
+def build_lineage_asset(described: Callable[[], Sequence[AssetSpec]]) -> AssetsDefinition:
+    """The lineage asset over the specs ``described()`` returns: the whole code location's.
 
-    A run launched from the code location (UI, schedules, daemon) carries its repository, whose
-    graph is complete even when the run is a subset. An in-process run (``execute_in_process``,
-    tests) has no repository, and its job's own graph is pruned (a selected job keeps only some
-    edges outside its selection), so the graph is then taken from this code location's
-    ``Definitions`` — imported here, not at module level, because definitions.py imports this module.
+    The graph is handed in by whoever composes the code location (``dm_assets.definitions``)
+    rather than read from the run: an in-process run has no repository and a subset job's own
+    graph is pruned, while the composed specs are always the complete graph.
     """
-    try:
-        return context.repository_def.asset_graph, "repository"
-    except CheckError:
-        from dm_assets.definitions import defs
 
-        return defs.resolve_asset_graph(), "definitions"
-
-
-@asset(
-    key=AssetKey([CATALOG_GROUP, "lineage"]),
-    group_name=CATALOG_GROUP,
-    kinds={"mysql"},
-    tags=_TAGS,
-    description=(
-        "Replaces `lineage_records` in the metadata store with every upstream → downstream edge of this code "
-        "location's asset graph, each with the transformation in words (the downstream asset's first sentence)."
-    ),
-)
-def lineage(context: AssetExecutionContext, metadata: MetadataResource) -> MaterializeResult:
-    graph, source = _asset_graph(context)
-    edges = build.lineage_edges(graph)
-    stored = metadata.get_store().replace_lineage(edges)
-    nodes = {e.upstream for e in edges} | {e.downstream for e in edges}
-    return MaterializeResult(
-        metadata={
-            "edges": stored,
-            "nodes": len(nodes),
-            "graph_source": source,
-            "graph": MetadataValue.md("\n".join(f"- `{e.upstream}` → `{e.downstream}`" for e in edges) or "no edges"),
-        }
+    @asset(
+        key=AssetKey([CATALOG_GROUP, "lineage"]),
+        group_name=CATALOG_GROUP,
+        kinds={"mysql"},
+        tags=_TAGS,
+        description=(
+            "Replaces `lineage_records` in the metadata store with every upstream → downstream edge of this code "
+            "location's asset graph, each with the transformation in words (the downstream asset's first sentence)."
+        ),
     )
+    def lineage(metadata: MetadataResource) -> MaterializeResult:
+        edges = build.lineage_edges([*described(), *datasets.specs])
+        stored = metadata.get_store().replace_lineage(edges)
+        nodes = {e.upstream for e in edges} | {e.downstream for e in edges}
+        return MaterializeResult(
+            metadata={
+                "edges": stored,
+                "nodes": len(nodes),
+                "graph": MetadataValue.md(
+                    "\n".join(f"- `{e.upstream}` → `{e.downstream}`" for e in edges) or "no edges"
+                ),
+            }
+        )
 
-
-CATALOG_ASSETS = [datasets, lineage]
+    return lineage

@@ -40,7 +40,7 @@ from dm_resources.metadata.schemas import DatasetIn, DatasetRecord, LineageEdge,
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS
 
 if TYPE_CHECKING:
-    from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+    from dagster import AssetSpec
 
     from dm_resources.metadata.store import MetadataStore
     from dm_resources.mongo import MongoStore
@@ -341,18 +341,17 @@ def first_sentence(text: str | None) -> str | None:
     return m.group(1) if m else flat
 
 
-def lineage_edges(graph: BaseAssetGraph) -> list[LineageEdge]:
-    """Every upstream → downstream edge of the asset graph; the transformation is the downstream's first sentence."""
+def lineage_edges(specs: Iterable[AssetSpec]) -> list[LineageEdge]:
+    """Every upstream → downstream edge among ``specs``; the transformation is the downstream's first sentence."""
     edges: list[LineageEdge] = []
-    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
-        node = graph.get(key)
-        for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
+    for spec in sorted(specs, key=lambda s: s.key.to_user_string()):
+        for parent in sorted({d.asset_key for d in spec.deps}, key=lambda k: k.to_user_string()):
             edges.append(
                 LineageEdge(
                     upstream=parent.to_user_string(),
-                    downstream=key.to_user_string(),
-                    transformation=first_sentence(node.description),
-                    asset_group=node.group_name,
+                    downstream=spec.key.to_user_string(),
+                    transformation=first_sentence(spec.description),
+                    asset_group=spec.group_name,
                 )
             )
     return edges

@@ -1,0 +1,8 @@
+"""Analytics domain: per-symbol analytics and cross-symbol correlation, refreshed on a schedule."""
+
+from dagster import Definitions
+
+from dm_assets.analytics.assets import ANALYTICS_ASSETS
+from dm_assets.analytics.schedules import analytics_job, analytics_schedule
+
+defs = Definitions(assets=ANALYTICS_ASSETS, jobs=[analytics_job], schedules=[analytics_schedule])

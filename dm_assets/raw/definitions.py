@@ -1,0 +1,8 @@
+"""Raw domain: the MongoDB collections the ingest service writes, observed (not materialized)."""
+
+from dagster import Definitions
+
+from dm_assets.raw.assets import RAW_ASSET_SPECS
+from dm_assets.raw.sensors import raw_observation_sensor
+
+defs = Definitions(assets=RAW_ASSET_SPECS, sensors=[raw_observation_sensor])
