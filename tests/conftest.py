@@ -7,7 +7,9 @@
   (CI), each test in a database of its own that is dropped afterwards.
 * ``postgres_url``: PostgreSQL from ``DM_TEST_POSTGRES_URL`` or a skip.
 * ``meta``: a migrated SQLite metadata store; ``instance``: a persistent Dagster instance.
-* ``fake_exchange`` (tests/fake_exchange.py): the one fake, Binance REST over real HTTP on loopback.
+* ``exchange`` (tests/fake_exchange.py): the one fake, Binance REST over real HTTP on loopback; its
+  clock is the wall clock unless a test module overrides the ``exchange_now_ms`` fixture.
+* ``resources``: Dagster resources over this test's SecantusDB database, SQLite metadata and exchange.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from dagster import DagsterInstance
 from dm_resources.embedded import ManagedProcess, free_port, start_nats, start_secantus
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
+from dm_resources.resources import ResourceSet
+from dm_resources.settings import load_settings
+from tests.fake_exchange import FakeExchange
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +172,28 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
     (tmp_path / "dagster_home").mkdir()
     with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as inst:
         yield inst
+
+
+@pytest.fixture
+def exchange_now_ms() -> int | None:
+    """The fake exchange's "now" (epoch ms); ``None`` is the wall clock. Modules override this fixture."""
+    return None
+
+
+@pytest.fixture
+def exchange(exchange_now_ms: int | None) -> Iterator[FakeExchange]:
+    ex = (FakeExchange(now_ms=exchange_now_ms) if exchange_now_ms is not None else FakeExchange()).start()
+    yield ex
+    ex.stop()
+
+
+@pytest.fixture
+def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
+    return ResourceSet(
+        load_settings(
+            mongo_url=mongo_store.url,
+            mongo_db=mongo_store.db_name,
+            metadata_url=sqlite_metadata_url,
+            binance_rest_url=exchange.url,
+        )
+    )

@@ -39,7 +39,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
-import pytest
 
 from dm_resources.intervals import (
     DAY_MS,
@@ -571,13 +570,3 @@ def _make_handler(exchange: FakeExchange) -> type[BaseHTTPRequestHandler]:
             return
 
     return Handler
-
-
-@pytest.fixture
-def fake_exchange() -> Iterator[FakeExchange]:
-    """A started :class:`FakeExchange` (wall clock, default symbols), stopped after the test."""
-    exchange = FakeExchange().start()
-    try:
-        yield exchange
-    finally:
-        exchange.stop()

@@ -4,7 +4,6 @@ with a real Dagster instance, documents compared with the pure functions on the 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
@@ -30,7 +29,6 @@ from dm_resources.binance import BinanceClient
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
-from dm_resources.settings import load_settings
 from tests.fake_exchange import FakeExchange
 
 DAY = "2026-03-10"
@@ -42,22 +40,8 @@ M = 60_000
 
 
 @pytest.fixture
-def exchange() -> Iterator[FakeExchange]:
-    ex = FakeExchange(now_ms=NOW).start()
-    yield ex
-    ex.stop()
-
-
-@pytest.fixture
-def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(
-        load_settings(
-            mongo_url=mongo_store.url,
-            mongo_db=mongo_store.db_name,
-            metadata_url=sqlite_metadata_url,
-            binance_rest_url=exchange.url,
-        )
-    )
+def exchange_now_ms() -> int:
+    return NOW
 
 
 def _build_candles(store: MongoStore, url: str, meta_url: str) -> None:

@@ -38,7 +38,7 @@ from dm_resources.intervals import (
     next_bucket_start,
     validate_interval,
 )
-from tests.fake_exchange import FakeExchange, VirtualClock, fake_exchange  # noqa: F401
+from tests.fake_exchange import FakeExchange, VirtualClock
 
 SYM = "BTCUSDT"
 
@@ -66,9 +66,8 @@ def make_client(exchange: FakeExchange, **kw: Any) -> tuple[BinanceClient, Sleep
 
 
 @pytest.fixture
-def exchange(fake_exchange: FakeExchange) -> FakeExchange:  # noqa: F811
-    fake_exchange.now_ms = NOW
-    return fake_exchange
+def exchange_now_ms() -> int:
+    return NOW
 
 
 def open_times(rows: list[Kline]) -> list[int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from bson.decimal128 import Decimal128
 
@@ -22,10 +20,8 @@ SYMBOL = "BTCUSDT"
 
 
 @pytest.fixture
-def exchange() -> Iterator[FakeExchange]:
-    ex = FakeExchange(now_ms=NOW).start()
-    yield ex
-    ex.stop()
+def exchange_now_ms() -> int:
+    return NOW
 
 
 def _client(ex: FakeExchange) -> BinanceClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,22 +34,8 @@ M = 60_000
 
 
 @pytest.fixture
-def exchange() -> Iterator[FakeExchange]:
-    ex = FakeExchange(now_ms=NOW).start()
-    yield ex
-    ex.stop()
-
-
-@pytest.fixture
-def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(
-        load_settings(
-            mongo_url=mongo_store.url,
-            mongo_db=mongo_store.db_name,
-            metadata_url=sqlite_metadata_url,
-            binance_rest_url=exchange.url,
-        )
-    )
+def exchange_now_ms() -> int:
+    return NOW
 
 
 def _run_catalog_job(resources: ResourceSet, instance: DagsterInstance) -> None:

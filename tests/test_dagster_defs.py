@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,31 +31,11 @@ from dm_resources.binance import Kline
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
-from dm_resources.settings import load_settings
 from tests.fake_exchange import FakeExchange
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = "2026-03-10"
 START, END = day_bounds_ms(DAY)
-
-
-@pytest.fixture
-def exchange() -> Iterator[FakeExchange]:
-    ex = FakeExchange().start()  # wall clock: the test day is in the past
-    yield ex
-    ex.stop()
-
-
-@pytest.fixture
-def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(
-        load_settings(
-            mongo_url=mongo_store.url,
-            mongo_db=mongo_store.db_name,
-            metadata_url=sqlite_metadata_url,
-            binance_rest_url=exchange.url,
-        )
-    )
 
 
 def test_definitions_load(resources: ResourceSet) -> None:
