@@ -25,7 +25,7 @@ from api.queries import LatestHints
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
-from dm_resources.settings import Settings, get_settings
+from dm_resources.settings import Settings
 
 if TYPE_CHECKING:
     from api.metrics import ApiMetrics
@@ -205,10 +205,6 @@ def read_access(
     st = state(request)
     if st.api.protect_reads:
         _check_token(st, creds, x_api_token)
-
-
-def settings_or_default(settings: Settings | None) -> Settings:
-    return settings or get_settings()
 
 
 __all__ = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from dm_resources.contracts import SYMBOL_RE
 
@@ -21,7 +20,7 @@ from dm_resources.contracts import SYMBOL_RE
 CANDLE_PERIODS: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
 # Analytics labels are an interval or a lookback ("30d" for funding): any short duration label.
 ANALYTICS_PERIOD_RE = re.compile(r"^[0-9]{1,3}[mhdwM]$")
-MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 5000, 500
+MAX_LIMIT, DEFAULT_LIMIT = 5000, 500
 # Year 1970 .. 9999 in epoch ms: anything outside is a typo, not a time.
 MAX_EPOCH_MS = 253_402_300_799_999
 _EPOCH_RE = re.compile(r"^-?[0-9]{1,19}$")
@@ -126,24 +125,6 @@ def check_analytics_period(value: str, param: str = "period") -> str:
     if not ANALYTICS_PERIOD_RE.match(value):
         raise ParamError(param, f"{value!r} is not an interval label such as 1m, 1h or 30d")
     return value
-
-
-def check_limit(value: int, param: str = "limit", *, lo: int = MIN_LIMIT, hi: int = MAX_LIMIT) -> int:
-    if not lo <= value <= hi:
-        raise ParamError(param, f"{value} is out of bounds; allowed {lo}..{hi}")
-    return value
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Where the next page starts: rows at ``time`` with a key above ``after`` then everything later.
-
-    Collections whose time is not unique per symbol (trades, depth updates) need the
-    tie-breaker; for the others ``after`` is ``None`` and the page starts at ``time``.
-    """
-
-    time: int
-    after: int | None = None
 
 
 def parse_after(value: str | None, param: str = "after") -> int | None:

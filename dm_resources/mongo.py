@@ -58,7 +58,7 @@ class CollectionSpec:
     description: str = ""
 
 
-# The fixed set of collections from DESIGN.md. ``key`` is the compound index every
+# The fixed set of collections (docs/DATA_MODEL.md describes each). ``key`` is the compound index every
 # range read uses; its last field is the time field.
 COLLECTIONS: dict[str, CollectionSpec] = {
     spec.name: spec
