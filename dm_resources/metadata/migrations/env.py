@@ -77,7 +77,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from dm_resources.metadata.store import make_engine
+    from dm_resources.metadata.engine import make_engine
 
     engine = make_engine(_url(), pooled=False)
     try:
