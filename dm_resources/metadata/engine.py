@@ -301,10 +301,13 @@ class SqlStore:
             stmt: Any = my.on_duplicate_key_update({c: my.inserted[c] for c in update_cols})
         elif name in ("sqlite", "postgresql"):
             if name == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                ins: Any = sqlite_insert(table)
             else:
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            ins = dialect_insert(table)
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                ins = pg_insert(table)
             if update_cols:
                 stmt = ins.on_conflict_do_update(
                     index_elements=list(key), set_={c: ins.excluded[c] for c in update_cols}

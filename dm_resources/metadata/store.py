@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Table,
     and_,
@@ -386,7 +387,8 @@ class MetadataStore(SqlStore):
         t_ = MISSING
         # Constants are inline literals (int() keeps that safe): pymysql's executemany cannot
         # take bound parameters in the ON DUPLICATE KEY UPDATE clause.
-        one, limit = literal_column("1"), literal_column(str(int(confirm_after_attempts)))
+        one: ColumnElement[int] = literal_column("1")
+        limit: ColumnElement[int] = literal_column(str(int(confirm_after_attempts)))
         bumped = t_.c.attempts + one
         reached = and_(t_.c.confirmed_at.is_(None), bumped >= limit)
 
@@ -405,10 +407,13 @@ class MetadataStore(SqlStore):
                 )
             else:
                 if name == "sqlite":
-                    from sqlalchemy.dialects.sqlite import insert as dialect_insert
+                    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                    ins: Any = sqlite_insert(t_)
                 else:
-                    from sqlalchemy.dialects.postgresql import insert as dialect_insert
-                ins = dialect_insert(t_)
+                    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                    ins = pg_insert(t_)
                 confirm = case((reached, ins.excluded.first_seen), else_=t_.c.confirmed_at)
                 stmt = ins.on_conflict_do_update(
                     index_elements=["symbol", "interval", "open_time"],
