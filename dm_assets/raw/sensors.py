@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from dagster import AssetObservation, DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
@@ -25,7 +26,7 @@ def observe_raw(store: MongoStore, now_ms: int | None = None) -> list[AssetObser
             if rows:
                 latest[symbol] = int(rows[-1][spec.time_field])
         newest = max(latest.values(), default=None)
-        metadata: dict[str, object] = {
+        metadata: dict[str, Any] = {
             "documents": store.count(name),
             "symbols": len(latest),
             "latest_event_time_ms": newest if newest is not None else -1,
