@@ -63,6 +63,7 @@ def create_app(
         _meta=meta,
         _dagster=dagster,
     )
+    st.tokens  # noqa: B018  fail fast on a malformed DM_API_TOKENS (the error never shows a token)
     st.hot.ttl_s = st.api.cache_ttl_s
     st.hot.revalidate_s = st.api.cache_revalidate_s
     metrics = ApiMetrics()
