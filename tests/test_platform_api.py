@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from dm_resources.embedded import free_port
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.settings import Settings, load_settings
+from tests.conftest import _drop_mysql_database, _fresh_mysql_database, metadata_backends
 
 LEGACY = "legacy-write-token"
 ENGINE = "engine-token-0123456789"
@@ -99,19 +101,34 @@ def settings_for(store: MongoStore, meta_url: str) -> Settings:
     )
 
 
-@pytest.fixture(scope="module")
-def env(mongo_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=metadata_backends())
+def env(request: pytest.FixtureRequest, mongo_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The API over SecantusDB and a migrated metadata database: SQLite, and MariaDB when CI provides it."""
     db = f"p_{uuid.uuid4().hex[:10]}"
     store = MongoStore(mongo_server.url, db, retry_attempts=2, server_selection_timeout_ms=3000)
     store.ensure_indexes()
-    meta = MetadataStore(f"sqlite:///{tmp_path_factory.mktemp('platform') / 'metadata.db'}")
+    mysql_db: str | None = None
+    if request.param == "mysql":
+        meta_url, mysql_db = _fresh_mysql_database(os.environ["DM_TEST_MYSQL_URL"])
+    else:
+        meta_url = f"sqlite:///{tmp_path_factory.mktemp('platform') / 'metadata.db'}"
+    meta = MetadataStore(meta_url)
     meta.migrate()
-    settings = settings_for(store, str(meta.url))
-    with serve(make_app(store, meta, settings)) as url:
-        yield Env(url, store, meta, settings)
-    store.client.drop_database(db)
-    store.close()
-    meta.close()
+    settings = settings_for(store, meta_url)
+    try:
+        with serve(make_app(store, meta, settings)) as url:
+            yield Env(url, store, meta, settings)
+    finally:
+        store.client.drop_database(db)
+        store.close()
+        meta.close()
+        if mysql_db is not None:
+            _drop_mysql_database(os.environ["DM_TEST_MYSQL_URL"], mysql_db)
+
+
+def stored_decimal(env: Env, value: str) -> str:
+    """What a decimal column gives back: every digit on MariaDB, a REAL's shortest repr on SQLite."""
+    return value if env.meta.backend == "mysql" else repr(float(value))
 
 
 def auth(token: str) -> dict[str, str]:
@@ -294,7 +311,8 @@ def test_position_lifecycle(http: httpx.Client, env: Env) -> None:
     ).json()
     assert len(found["data"]) == 1
     row = found["data"][0]
-    assert row["position_id"] == "pos-1" and row["unrealized_pnl"] == "2.5" and row["entry_price"] == repr(float(PRICE))
+    assert row["position_id"] == "pos-1" and row["unrealized_pnl"] == "2.5"
+    assert row["entry_price"] == stored_decimal(env, PRICE)
     assert row["metadata"] == {"signal": "breakout", "score": 0.8} and row["entry_trade_ids"] == [11, 12]
     assert row["entry_time"] == "2026-03-10T12:00:00.123456Z"
 
