@@ -147,9 +147,7 @@ def main() -> None:
             q_api, q_direct = [], []
             for _ in range(args.queries):
                 q_api.append(timed(lambda: http.get("/api/v1/mongodb/klines_15m", params=params).raise_for_status()))
-                q_direct.append(
-                    timed(lambda: store.latest("klines", sym, 1, extra={"interval": "15m"}))
-                )
+                q_direct.append(timed(lambda: store.latest("klines", sym, 1, extra={"interval": "15m"})))
             assert http.get("/api/v1/mongodb/klines_15m", params=params).json()["data"][0]["close_time"] == iso_z(
                 last + M15 - 1
             )
