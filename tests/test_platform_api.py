@@ -398,7 +398,7 @@ def test_concurrent_upserts_of_one_open_position_end_with_one_row(mongo_store: M
     meta.migrate()
     app = make_app(mongo_store, meta, settings_for(mongo_store, metadata_url))
     flt = {"symbol": "ETHUSDT", "position_side": "SHORT", "status": "open"}
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(12)
 
     def upsert(i: int) -> dict[str, Any]:
         with httpx.Client(base_url=url, timeout=60) as c:
@@ -410,8 +410,8 @@ def test_concurrent_upserts_of_one_open_position_end_with_one_row(mongo_store: M
             ).json()
 
     try:
-        with serve(app) as url, ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(upsert, range(8)))
+        with serve(app) as url, ThreadPoolExecutor(max_workers=12) as pool:
+            results = list(pool.map(upsert, range(12)))
         assert sum(r["upserted_count"] for r in results) == 1, results
         assert all(r["upserted_count"] == 1 or r["matched_count"] == 1 for r in results), results
         with meta.engine.connect() as conn:

@@ -47,6 +47,7 @@ def test_klines_collection_names(name: str, interval: str | None) -> None:
 def test_resolve_checks_the_database_and_lists_the_allowed_collections() -> None:
     assert resolve("positions", "mysql").store == "positions"
     assert resolve("klines_m15", "mongodb").interval == "15m"
+    assert resolve("trades", "mongodb").store == "agg_trades" and resolve("funding").store == "funding_rates"
     with pytest.raises(ParamError) as info:
         resolve("admin", "mongodb")
     assert info.value.status == 404 and "positions, daily_pnl" in info.value.message

@@ -9,7 +9,7 @@ fields declared below, each with a type its values are coerced to before any sto
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from api.params import ParamError
@@ -282,6 +282,10 @@ MARKET: dict[str, Dataset] = {
         ),
     )
 }
+
+# The names the platform's services use for the same data.
+MARKET_ALIASES = {"trades": "agg_trades", "funding": "funding_rates"}
+MARKET.update({alias: replace(MARKET[name], name=alias) for alias, name in MARKET_ALIASES.items()})
 
 PLATFORM: dict[str, Dataset] = {
     "positions": Dataset(
