@@ -634,6 +634,15 @@ def test_an_unmigrated_metadata_database_says_so_and_how_to_fix_it(env: Env, tmp
                 assert "python -m dm_resources.metadata upgrade" in msg, msg
     finally:
         empty.close()
+    behind = MetadataStore(f"sqlite:///{tmp_path / 'behind.db'}")
+    behind.migrate("0001")  # created before the positions tables existed
+    try:
+        with serve(make_app(env.store, behind, env.settings)) as url, httpx.Client(base_url=url) as c:
+            check = next(x for x in c.get("/health/readiness").json()["checks"] if x["name"] == "metadata")
+            assert "at revision 0001, this code needs 0002" in check["error"]
+            assert "python -m dm_resources.metadata upgrade" in detail(c.get("/positions/open"), 503, "metadata")
+    finally:
+        behind.close()
 
 
 # --- the client --------------------------------------------------------------------------------------------

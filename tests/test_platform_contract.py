@@ -15,9 +15,10 @@ from api.contract.auth import ScopeDenied, TokenConfigError, authorize, parse_to
 from api.contract.datasets import klines_interval, resolve
 from api.contract.filters import ValueProblem, check_page, iso_z, parse_filter, parse_sort, to_decimal
 from api.contract.klines import from_document, to_document
-from api.contract.service import decimal_str
+from api.contract.service import check_platform_values, decimal_str
 from api.deps import ApiSettings
 from api.params import ParamError
+from api.routes.health import missing_table_hint
 from dm_resources.metadata.platform import Cond
 from dm_resources.settings import load_settings
 
@@ -189,3 +190,36 @@ def test_a_malformed_token_setting_stops_the_app_at_start_and_is_never_shown() -
     with pytest.raises(TokenConfigError) as info:
         create_app(load_settings(), api_settings=api)
     assert secret not in str(info.value) and "unknown scope" in str(info.value)
+
+
+def test_sql_values_must_fit_their_columns() -> None:
+    positions, pnl = resolve("positions"), resolve("daily_pnl")
+    check_platform_values(positions, {"position_id": "p" * 64, "entry_price": Decimal("12345678901234567890.5")})
+    for values, why in (
+        ({"position_id": "p" * 65}, "longer than 64"),
+        ({"commission_asset": "X" * 17}, "longer than 16"),
+        ({"entry_price": Decimal("0.0000000000000000001")}, "more than 18 decimal places"),
+        ({"quantity": Decimal("123456789012345678901")}, "more than 20 integer digits"),
+        ({"status": "pending"}, "status"),
+        ({"position_side": "long"}, "position_side"),
+    ):
+        with pytest.raises(ValueProblem, match=why):
+            check_platform_values(positions, values)
+    with pytest.raises(ValueProblem, match="decimal places"):
+        check_platform_values(pnl, {"daily_pnl": Decimal("1e-19")})
+
+
+def test_missing_table_errors_are_recognised_per_backend() -> None:
+    class Orig(Exception):
+        pass
+
+    class Wrapped(Exception):
+        def __init__(self, orig: Exception) -> None:
+            super().__init__(str(orig))
+            self.orig = orig
+
+    assert "upgrade" in (missing_table_hint(Wrapped(Orig("no such table: positions"))) or "")
+    assert "upgrade" in (missing_table_hint(Wrapped(Orig(1146, "Table 'db.positions' doesn't exist"))) or "")
+    assert "upgrade" in (missing_table_hint(Wrapped(Orig('relation "positions" does not exist'))) or "")
+    assert missing_table_hint(Wrapped(Orig(2003, "Can't connect to MySQL server"))) is None
+    assert missing_table_hint(Wrapped(Orig())) is None

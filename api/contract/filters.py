@@ -156,52 +156,55 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     raise AssertionError(f"unknown field type {t}")  # pragma: no cover
 
 
-def _field(ds: Dataset, name: Any, param: str, *, purpose: str = "filter") -> FieldSpec:
+def _field(ds: Dataset, name: Any, param: str, *, purpose: str = "filter", where: str = "query") -> FieldSpec:
     if not isinstance(name, str):
-        raise ParamError(param, "field names are strings")
+        raise ParamError(param, "field names are strings", where=where)
     if name.startswith("$"):
         raise ParamError(
             param,
             f"operator {name[:40]!r} is not allowed here; a {purpose} names fields of {ds.name!r}, "
             f"with operators {', '.join(OPERATORS)} inside a field",
+            where=where,
         )
     spec = ds.fields.get(name)
     if spec is None:
         shown = name if len(name) <= 64 else name[:64] + "…"
-        raise ParamError(param, f"unknown field {shown!r} for {ds.name!r}; fields: {', '.join(ds.fields)}")
+        raise ParamError(param, f"unknown field {shown!r} for {ds.name!r}; fields: {', '.join(ds.fields)}", where=where)
     return spec
 
 
-def parse_filter(ds: Dataset, raw: Any, param: str = "filter") -> list[Cond]:
+def parse_filter(ds: Dataset, raw: Any, param: str = "filter", *, where: str = "query") -> list[Cond]:
     """A client filter → typed conditions on declared fields (see the module docstring), else 422."""
     if raw is None:
         return []
     if not isinstance(raw, dict):
-        raise ParamError(param, 'must be a JSON object such as {"symbol": "BTCUSDT"}')
+        raise ParamError(param, 'must be a JSON object such as {"symbol": "BTCUSDT"}', where=where)
     if len(raw) > MAX_FILTER_FIELDS:
-        raise ParamError(param, f"at most {MAX_FILTER_FIELDS} fields per filter")
+        raise ParamError(param, f"at most {MAX_FILTER_FIELDS} fields per filter", where=where)
     conds: list[Cond] = []
     for name, value in raw.items():
-        spec = _field(ds, name, param)
+        spec = _field(ds, name, param, where=where)
         if not spec.filterable:
-            raise ParamError(param, f"field {name!r} ({spec.type}) cannot be filtered on")
+            raise ParamError(param, f"field {name!r} ({spec.type}) cannot be filtered on", where=where)
         if isinstance(value, dict):
             if not value:
-                raise ParamError(param, f"{name}: an empty object is not a condition")
+                raise ParamError(param, f"{name}: an empty object is not a condition", where=where)
             for op, operand in value.items():
                 if op not in OPERATORS:
                     raise ParamError(
-                        param, f"{name}: operator {str(op)[:40]!r} is not allowed; allowed: {', '.join(OPERATORS)}"
+                        param,
+                        f"{name}: operator {str(op)[:40]!r} is not allowed; allowed: {', '.join(OPERATORS)}",
+                        where=where,
                     )
-                conds.append(_cond(spec, OPERATORS[op], operand, param))
+                conds.append(_cond(spec, OPERATORS[op], operand, param, where))
         elif isinstance(value, list):
-            raise ParamError(param, f'{name}: an array is not a value; use {{"$in": [...]}}')
+            raise ParamError(param, f'{name}: an array is not a value; use {{"$in": [...]}}', where=where)
         else:
-            conds.append(_cond(spec, "eq", value, param))
+            conds.append(_cond(spec, "eq", value, param, where))
     return conds
 
 
-def _cond(spec: FieldSpec, op: str, operand: Any, param: str) -> Cond:
+def _cond(spec: FieldSpec, op: str, operand: Any, param: str, where: str = "query") -> Cond:
     try:
         if op == "in":
             if not isinstance(operand, list) or not operand:
@@ -219,38 +222,38 @@ def _cond(spec: FieldSpec, op: str, operand: Any, param: str) -> Cond:
             raise ValueProblem(f"${op} null is not a comparison")
         return Cond(spec.name, op, value)
     except ValueProblem as exc:
-        raise ParamError(param, f"{spec.name}: {exc}") from None
+        raise ParamError(param, f"{spec.name}: {exc}", where=where) from None
 
 
-def parse_sort(ds: Dataset, raw: Any, param: str = "sort") -> list[tuple[str, int]]:
+def parse_sort(ds: Dataset, raw: Any, param: str = "sort", *, where: str = "query") -> list[tuple[str, int]]:
     """``{field: 1|-1}`` on declared, comparable fields, in the object's order."""
     if raw is None:
         return []
     if not isinstance(raw, dict):
-        raise ParamError(param, 'must be a JSON object such as {"close_time": -1}')
+        raise ParamError(param, 'must be a JSON object such as {"close_time": -1}', where=where)
     if len(raw) > 4:
-        raise ParamError(param, "at most 4 sort fields")
+        raise ParamError(param, "at most 4 sort fields", where=where)
     out: list[tuple[str, int]] = []
     for name, direction in raw.items():
-        spec = _field(ds, name, param, purpose="sort")
+        spec = _field(ds, name, param, purpose="sort", where=where)
         if not spec.filterable:
-            raise ParamError(param, f"field {name!r} ({spec.type}) cannot be sorted on")
+            raise ParamError(param, f"field {name!r} ({spec.type}) cannot be sorted on", where=where)
         if isinstance(direction, bool) or direction not in (1, -1):
-            raise ParamError(param, f"{name}: direction must be 1 (ascending) or -1 (descending)")
+            raise ParamError(param, f"{name}: direction must be 1 (ascending) or -1 (descending)", where=where)
         out.append((name, int(direction)))
     return out
 
 
-def parse_fields(ds: Dataset, raw: Any, param: str = "fields") -> list[str] | None:
+def parse_fields(ds: Dataset, raw: Any, param: str = "fields", *, where: str = "query") -> list[str] | None:
     """A projection: declared field names (list, or comma-separated string from a query parameter)."""
     if raw is None or raw == "" or raw == []:
         return None
     names = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
     if not isinstance(names, list):
-        raise ParamError(param, "must be a list of field names")
+        raise ParamError(param, "must be a list of field names", where=where)
     out: list[str] = []
     for n in names:
-        spec = _field(ds, n, param, purpose="projection")
+        spec = _field(ds, n, param, purpose="projection", where=where)
         if spec.name not in out:
             out.append(spec.name)
     return out

@@ -38,9 +38,12 @@ from api.contract.filters import (
 )
 from api.params import ParamError
 from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort, now_ms
-from dm_resources.metadata.platform import Cond, ConflictError, PlatformTables
+from dm_resources.metadata.platform import TABLES, Cond, ConflictError, PlatformTables
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore
+
+# DECIMAL(38, 18): public field names are the column names (``metadata`` included).
+MONEY_PRECISION, MONEY_SCALE = 38, 18
 
 # --- rendering --------------------------------------------------------------------------------
 
@@ -86,16 +89,25 @@ def _store_value(value: Any) -> Any:
 
 
 def check_platform_values(ds: Dataset, values: dict[str, Any]) -> None:
+    """What the SQL columns can hold (MySQL strict mode would refuse it as a server error) and the vocabularies."""
+    table = TABLES[ds.store]
+    for name, value in values.items():
+        column_type = table.c[name].type
+        length = getattr(column_type, "length", None)
+        if isinstance(value, str) and length is not None and len(value) > length:
+            raise ValueProblem(f"{name}: longer than {length} characters")
+        if isinstance(value, Decimal):
+            exponent = value.as_tuple().exponent
+            if isinstance(exponent, int) and exponent < -MONEY_SCALE:
+                raise ValueProblem(f"{name}: more than {MONEY_SCALE} decimal places")
+            if value != 0 and value.adjusted() >= MONEY_PRECISION - MONEY_SCALE:
+                raise ValueProblem(f"{name}: more than {MONEY_PRECISION - MONEY_SCALE} integer digits")
     if ds.name != "positions":
         return
     if values.get("status") is not None and values["status"] not in POSITION_STATUSES:
         raise ValueProblem(f"status {values['status']!r} is not one of {', '.join(POSITION_STATUSES)}")
     if values.get("position_side") is not None and values["position_side"] not in POSITION_SIDES:
         raise ValueProblem(f"position_side {values['position_side']!r} is not one of {', '.join(POSITION_SIDES)}")
-
-
-def _sql_columns(values: dict[str, Any]) -> dict[str, Any]:
-    return values  # public field names are the column names (``metadata`` included)
 
 
 # --- inserts --------------------------------------------------------------------------------------
@@ -133,7 +145,7 @@ def insert(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, re
             try:
                 values = check_record(ds, rec)
                 check_platform_values(ds, values)
-                valid.append(_sql_columns(values))
+                valid.append(values)
                 where.append(i)
             except ValueProblem as exc:
                 errors.append({"index": i, "reason": str(exc)})
@@ -160,9 +172,9 @@ def query(
     where: str = "query",
 ) -> dict[str, Any]:
     """Validate everything first (422 before any store is touched), then read one page."""
-    conds = parse_filter(ds, filter_)
-    order = parse_sort(ds, sort)
-    names = parse_fields(ds, fields)
+    conds = parse_filter(ds, filter_, where=where)
+    order = parse_sort(ds, sort, where=where)
+    names = parse_fields(ds, fields, where=where)
     limit, offset = check_page(limit, offset, where=where)
     if ds.kind == "sql":
         assert meta is not None
@@ -309,7 +321,7 @@ def _writable_sql(ds: Dataset, verb: str, where: str = "path") -> None:
 
 def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: Any) -> dict[str, Any]:
     _writable_sql(ds, "update")
-    conds = parse_filter(ds, filter_)
+    conds = parse_filter(ds, filter_, where="body")
     if not conds:
         raise ParamError("filter", "an update needs a non-empty filter (refusing to update every row)", where="body")
     if not isinstance(upsert, bool):
@@ -317,13 +329,15 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
     values = check_update_data(ds, data)
     try:
         check_platform_values(ds, values)
-        for c in conds:
-            if c.op == "eq":
-                check_platform_values(ds, {c.field: c.value})
     except ValueProblem as exc:
         raise ParamError("data", str(exc), where="body") from None
+    if upsert:  # the filter's equalities become column values of an inserted row
+        try:
+            check_platform_values(ds, {c.field: c.value for c in conds if c.op == "eq" and c.value is not None})
+        except ValueProblem as exc:
+            raise ParamError("filter", str(exc), where="body") from None
     try:
-        out = PlatformTables(meta).update(ds.store, conds, _sql_columns(values), upsert=upsert)
+        out = PlatformTables(meta).update(ds.store, conds, values, upsert=upsert)
     except ConflictError as exc:
         raise ParamError("data", str(exc), status=409, where="body") from None
     except ValueError as exc:  # an upsert that would insert a row without its required fields
@@ -338,7 +352,7 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
 
 def delete(meta: MetadataStore, ds: Dataset, filter_: Any) -> dict[str, Any]:
     _writable_sql(ds, "delete")
-    conds = parse_filter(ds, filter_)
+    conds = parse_filter(ds, filter_, where="body")
     if not conds:
         raise ParamError("filter", "a delete needs a non-empty filter (refusing to delete every row)", where="body")
     return {"deleted_count": PlatformTables(meta).delete(ds.store, conds)}

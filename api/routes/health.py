@@ -77,8 +77,10 @@ def schema_problem(meta: Any) -> str | None:
 
 def missing_table_hint(exc: BaseException) -> str | None:
     """The message for a metadata error caused by a missing table (schema not created or not migrated)."""
-    text = str(getattr(exc, "orig", exc)).lower()
-    code = getattr(getattr(exc, "orig", None), "args", (None,))[0] if getattr(exc, "orig", None) else None
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).lower()
+    args = getattr(orig, "args", ())
+    code = args[0] if args else None
     if "no such table" in text or code == 1146 or ("relation" in text and "does not exist" in text):
         return (
             "the metadata database schema is missing or not migrated (a table does not exist): run "
