@@ -660,3 +660,33 @@ def test_async_client_reads_and_writes(env: Env) -> None:
     ins, latest, live, ready = asyncio.run(run())
     assert ins.inserted_count == 1 and latest is not None and latest["close_time"] == iso(T0 + 3_600_000 - 1)
     assert live == {"status": "ok"} and ready["status"] == "degraded"
+
+
+def test_sync_client_market_and_health_methods(env: Env) -> None:
+    candles = [
+        {
+            "_id": f"ETHUSDT:1m:{T0 + i * 60_000}",
+            "symbol": "ETHUSDT",
+            "interval": "1m",
+            "open_time": T0 + i * 60_000,
+            "close_time": T0 + i * 60_000 + 59_999,
+            **dict.fromkeys(("open", "high", "low", "close"), 2.0),
+            **dict.fromkeys(("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume"), 1.0),
+            "trades": 1,
+            "source": "kline",
+        }
+        for i in range(5)
+    ]
+    env.store.insert_idempotent("candles", candles)
+    with DMClient(env.url) as c:
+        assert c.root()["api"] == "/api/v1"
+        assert c.databases()["metadata"]["connected"] is True
+        page = c.candles("ETHUSDT", "1m", start=T0, end=T0 + 5 * 60_000)
+        assert [r["open_time"] for r in page["rows"]] == [d["open_time"] for d in candles]
+        assert c.trades("ETHUSDT", start=T0, end=T0 + 60_000)["rows"] == []
+        assert c.funding("ETHUSDT", start=T0, end=T0 + 86_400_000)["rows"] == []
+        assert "rows" in c.analytics("volatility", "ETHUSDT", "1m")
+        rows = c.query("mongodb", "candles", filter={"symbol": "ETHUSDT", "interval": "1m"}, limit=2)
+        assert [r["open_time"] for r in rows.data] == [T0, T0 + 60_000] and rows.pagination.has_more
+        with pytest.raises(NotFound):
+            c.candles("NOPEUSDT")
