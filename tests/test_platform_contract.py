@@ -127,6 +127,9 @@ def _record(**kw: object) -> dict[str, object]:
         "low_price": "95",
         "close_price": "105",
         "volume": "3.5",
+        "quote_asset_volume": "350",
+        "taker_buy_base_asset_volume": "1.5",
+        "taker_buy_quote_asset_volume": "150",
         "number_of_trades": 7,
     }
     base.update(kw)
@@ -153,6 +156,7 @@ def test_kline_records_map_to_our_documents_and_back() -> None:
         (_record(number_of_trades=-1), "negative"),
         (_record(number_of_trades="7"), "integer"),
         (_record(open_price=None), "missing"),
+        (_record(taker_buy_quote_asset_volume=None), "missing"),
         (_record(interval="1h"), "does not match"),
     ):
         with pytest.raises(ValueProblem, match=why):

@@ -129,7 +129,8 @@ DAILY_PNL_FIELDS = _fields(
     _f("updated_at", "datetime"),
 )
 
-# Extractor kline records, public name → our ``klines`` field (docs/DATA_MODEL.md).
+# Extractor kline records, public name → our ``klines`` field (docs/DATA_MODEL.md). What the
+# candles need is required (a kline without its volumes would build a candle of NaNs).
 KLINE_FIELDS = _fields(
     _f("symbol", "symbol", required=True),
     _f("interval", "str"),
@@ -141,12 +142,12 @@ KLINE_FIELDS = _fields(
     _f("low_price", "decimal", stored="low", required=True),
     _f("close_price", "decimal", stored="close", required=True),
     _f("volume", "decimal", required=True),
-    _f("quote_asset_volume", "decimal", stored="quote_volume"),
-    _f("taker_buy_base_asset_volume", "decimal", stored="taker_buy_volume"),
-    _f("taker_buy_quote_asset_volume", "decimal", stored="taker_buy_quote_volume"),
+    _f("quote_asset_volume", "decimal", stored="quote_volume", required=True),
+    _f("taker_buy_base_asset_volume", "decimal", stored="taker_buy_volume", required=True),
+    _f("taker_buy_quote_asset_volume", "decimal", stored="taker_buy_quote_volume", required=True),
     _f("price_change", "decimal"),
     _f("price_change_percent", "decimal"),
-    _f("number_of_trades", "int", stored="trades"),
+    _f("number_of_trades", "int", stored="trades", required=True),
     _f("source", "str"),
     _f("extractor_version", "str"),
     _f("extracted_at", "datetime"),
