@@ -368,6 +368,34 @@ def test_position_lifecycle(http: httpx.Client, env: Env) -> None:
         headers=auth(ENGINE),
     ).json()
     assert dup_open["failed"] == 1 and "already exists" in dup_open["errors"][0]["reason"]
+    # Re-opening the closed one would make two open positions: 409, nothing changed.
+    conflict = http.put(
+        "/api/v1/mysql/positions",
+        json={"filter": {"position_id": "pos-1"}, "data": {"status": "open"}},
+        headers=auth(ENGINE),
+    )
+    assert "already exists" in detail(conflict, 409, "data")
+    assert http.get("/positions/pos-1").json()["status"] == "closed"
+    # An upsert that would insert a position without its key fields is refused.
+    msg = detail(
+        http.put(
+            "/api/v1/mysql/positions",
+            json={"filter": {"position_id": "pos-9"}, "data": {"quantity": "1"}, "upsert": True},
+            headers=auth(ENGINE),
+        ),
+        422,
+        "filter",
+    )
+    assert "symbol" in msg and "position_side" in msg
+    assert "non-empty filter" in detail(
+        http.put("/api/v1/mysql/positions", json={"filter": {}, "data": {"quantity": "1"}}, headers=auth(ENGINE)),
+        422,
+        "filter",
+    )
+    # Typed routes validate their parameters.
+    detail(http.get("/positions", params={"position_side": "long"}), 422, "position_side")
+    detail(http.get("/positions/history", params={"from": "2026-03-11", "to": "2026-03-10"}), 422, "from")
+    detail(http.get("/pnl/daily", params={"from": "2026-03-11", "to": "2026-03-10"}), 422, "from")
 
 
 def test_daily_pnl_upserted_twice_is_one_row(http: httpx.Client, env: Env) -> None:
@@ -602,6 +630,21 @@ def test_market_datasets_are_readable_through_the_generic_query(http: httpx.Clie
     assert "interval" in detail(
         http.get("/api/v1/mongodb/candles", params={"filter": json.dumps({"symbol": "BTCUSDT"})}), 422, "filter"
     )
+    # klines_15m holds 15m klines only: asking it for another interval finds nothing, never 1h klines.
+    http.post(
+        "/api/v1/data/insert",
+        json={
+            "database": "mongodb",
+            "collection": "klines_15m",
+            "records": [kline_record("XRPUSDT", T0 + i * M15, i=i) for i in range(3)],
+        },
+        headers=auth(EXTRACTOR),
+    ).raise_for_status()
+    wrong = {"symbol": "XRPUSDT", "interval": "1h"}
+    assert http.get("/api/v1/mongodb/klines_15m", params={"filter": json.dumps(wrong)}).json()["data"] == []
+    right = {"symbol": "XRPUSDT", "interval": {"$in": ["15m", "1h"]}}
+    got = http.get("/api/v1/mongodb/klines_15m", params={"filter": json.dumps(right), "limit": 3}).json()["data"]
+    assert [r["interval"] for r in got] == ["15m"] * 3
 
 
 def test_health_keeps_the_platform_up_when_dagster_is_down(http: httpx.Client, env: Env) -> None:

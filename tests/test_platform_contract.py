@@ -13,7 +13,16 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.contract.auth import ScopeDenied, TokenConfigError, authorize, parse_tokens
 from api.contract.datasets import klines_interval, resolve
-from api.contract.filters import ValueProblem, check_page, iso_z, parse_filter, parse_sort, to_decimal
+from api.contract.filters import (
+    ValueProblem,
+    check_page,
+    check_update_data,
+    iso_z,
+    parse_fields,
+    parse_filter,
+    parse_sort,
+    to_decimal,
+)
 from api.contract.klines import from_document, to_document
 from api.contract.service import check_platform_values, decimal_str
 from api.deps import ApiSettings
@@ -227,3 +236,30 @@ def test_missing_table_errors_are_recognised_per_backend() -> None:
     assert "upgrade" in (missing_table_hint(Wrapped(Orig('relation "positions" does not exist'))) or "")
     assert missing_table_hint(Wrapped(Orig(2003, "Can't connect to MySQL server"))) is None
     assert missing_table_hint(Wrapped(Orig())) is None
+
+
+def test_more_refusals_of_the_declared_subset() -> None:
+    positions = resolve("positions")
+    too_many = {f: "x" for f in ("strategy_id", "exchange", "status", "close_reason")}
+    too_many.update({f"x{i}": 1 for i in range(40)})
+    with pytest.raises(ParamError, match="at most 32 fields"):
+        parse_filter(positions, too_many)
+    with pytest.raises(ParamError, match="at most 4 sort fields"):
+        parse_sort(positions, {f: 1 for f in ("symbol", "status", "exchange", "strategy_id", "entry_time")})
+    with pytest.raises(ParamError, match="unknown field 'password'"):
+        parse_fields(positions, "symbol,password")
+    assert parse_fields(positions, "symbol,status,symbol") == ["symbol", "status"]
+    for flt, why in (
+        ({"strategy_id": "s" * 256}, "longer than 255"),
+        ({"entry_time": 2**60}, "outside epoch ms"),
+        ({"entry_time": True}, "boolean"),
+        ({"symbol": 5}, "expected a string"),
+    ):
+        with pytest.raises(ParamError, match=why):
+            parse_filter(positions, flt)
+    with pytest.raises(ParamError, match="not a calendar date"):
+        parse_filter(resolve("daily_pnl"), {"date": "2026-02-30"})
+    with pytest.raises(ParamError, match=r"\$set must be a non-empty object"):
+        check_update_data(positions, {"$set": "closed"})
+    with pytest.raises(ParamError, match="non-empty object"):
+        check_update_data(positions, {})
