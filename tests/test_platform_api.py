@@ -655,6 +655,15 @@ def test_health_keeps_the_platform_up_when_dagster_is_down(http: httpx.Client, e
     # The routes that need Dagster say so.
     start = {"pairs": ["BTCUSDT"], "period": "1m", "start": T0, "end": T0 + 86_400_000}
     assert "Dagster" in detail(http.post("/backfill/start", json=start, headers=auth(LEGACY)), 503, "dagster")
+    http.post(
+        "/api/v1/data/insert",
+        json={
+            "database": "mongodb",
+            "collection": "klines_1h",
+            "records": [kline_record("DOTUSDT", T0, "1h", 3_600_000)],
+        },
+        headers=auth(EXTRACTOR),
+    ).raise_for_status()
     dbs = http.get("/health/databases").json()
     assert dbs["mongodb"]["connected"] and dbs["metadata"]["connected"]
     assert dbs["mongodb"]["counts"]["klines"] > 0 and "positions" in dbs["metadata"]["counts"]
