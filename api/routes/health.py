@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
+from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 from sqlalchemy import inspect, text
@@ -24,7 +26,7 @@ from api.models import (
 from api.params import CANDLE_PERIODS, check_period, parse_range
 from api.routes.data import End, Pair, Start
 from dm_resources.dagster_client import DagsterGraphQL
-from dm_resources.metadata.store import head_revision
+from dm_resources.metadata.store import alembic_config, head_revision
 from dm_resources.mongo import COLLECTIONS
 
 router = APIRouter(tags=["health"])
@@ -59,10 +61,26 @@ REQUIRED = ("mongodb", "metadata")
 UPGRADE_COMMAND = "python -m dm_resources.metadata upgrade"
 
 
+@functools.lru_cache(maxsize=1)
+def _known_revisions() -> frozenset[str]:
+    """Revisions shipped with this code (parsed once: they cannot change while it runs)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(r.revision for r in script.walk_revisions())
+
+
+@functools.lru_cache(maxsize=1)
+def _head() -> str:
+    return head_revision()
+
+
 def schema_problem(meta: Any) -> str | None:
-    """Why the metadata schema cannot serve the API (never created, or behind the code), or None."""
-    current, head = meta.current_revision(), head_revision()
-    if current == head:
+    """Why the metadata schema cannot serve the API (never created, or behind the code), or None.
+
+    A revision this code does not know is *newer* (a rolling deploy migrated ahead of this
+    pod): migrations only add, so it is not a reason to leave the Service.
+    """
+    current, head = meta.current_revision(), _head()
+    if current == head or (current is not None and current not in _known_revisions()):
         return None
     if current is None:
         return (
@@ -78,10 +96,10 @@ def schema_problem(meta: Any) -> str | None:
 def missing_table_hint(exc: BaseException) -> str | None:
     """The message for a metadata error caused by a missing table (schema not created or not migrated)."""
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).lower()
+    message = str(orig).lower()
     args = getattr(orig, "args", ())
     code = args[0] if args else None
-    if "no such table" in text or code == 1146 or ("relation" in text and "does not exist" in text):
+    if "no such table" in message or code == 1146 or ("relation" in message and "does not exist" in message):
         return (
             "the metadata database schema is missing or not migrated (a table does not exist): run "
             f"`{UPGRADE_COMMAND}` with DM_METADATA_URL pointing at it"
