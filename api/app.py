@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from api.deps import ApiSettings, AppState, AuthError
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
-from api.routes import analysis, backfill, catalog, data, health
+from api.routes import analysis, backfill, catalog, data, health, platform, positions
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -39,7 +39,10 @@ backfills started through Dagster.
 * Pages carry `next` (the URL of the following page) while more rows exist; `format=ndjson`
   streams a whole range.
 * Raw prices and quantities are decimal strings (no digit lost); candles and analytics are floats.
-* Writes need `Authorization: Bearer <DM_API_TOKEN>`.
+* Writes need `Authorization: Bearer <token>`: `DM_API_TOKEN` (every scope) or a scoped token
+  from `DM_API_TOKENS` (`positions:write`, `pnl:write`, `klines:write`, `read`).
+* `/api/v1/...` is the trading services' contract (positions, daily PnL, extractor klines,
+  market data by allow-list); `/positions` and `/pnl/daily` are its typed reads.
 """
 
 
@@ -63,6 +66,7 @@ def create_app(
         _meta=meta,
         _dagster=dagster,
     )
+    st.tokens  # noqa: B018  fail fast on a malformed DM_API_TOKENS (the error never shows a token)
     st.hot.ttl_s = st.api.cache_ttl_s
     st.hot.revalidate_s = st.api.cache_revalidate_s
     metrics = ApiMetrics()
@@ -115,9 +119,14 @@ def create_app(
     @app.exception_handler(DBAPIError)
     async def _meta_error(_: Request, exc: DBAPIError) -> JSONResponse:
         log.warning("metadata database error: %s", exc)
+        hint = health.missing_table_hint(exc)
+        if hint is not None:
+            return _error(503, ["metadata"], hint, "schema_missing")
         return _error(503, ["metadata"], "the metadata database is unavailable; retry later", "unavailable")
 
     for module in (health, data, analysis, catalog, backfill):
+        app.include_router(module.router)
+    for module in (platform, positions):  # the trading services' contract and typed routes (issue 13)
         app.include_router(module.router)
 
     @app.get(

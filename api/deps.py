@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.cache import HotCache, ValueCache
+from api.contract.auth import ScopeDenied, TokenRegistry, authorize, parse_tokens
+from api.contract.datasets import SCOPE_READ
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
 from dm_resources.dagster_client import DagsterGraphQL
@@ -47,6 +49,9 @@ class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DM_API_", extra="ignore", frozen=True)
 
     protect_reads: bool = Field(default=False, description="require the token on GET routes too")
+    tokens: SecretStr | None = Field(
+        default=None, description="scoped tokens, JSON {token: [scopes]} (api/contract/auth.py); never logged"
+    )
     cache_ttl_s: float = 5.0
     cache_revalidate_s: float = 0.5
     cache_enabled: bool = True
@@ -70,6 +75,15 @@ class AppState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _symbols: ValueCache[frozenset[str]] | None = None
     _probed: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    _tokens: TokenRegistry | None = None
+
+    @property
+    def tokens(self) -> TokenRegistry:
+        """``DM_API_TOKEN`` (every scope) plus ``DM_API_TOKENS`` (scoped), parsed once."""
+        if self._tokens is None:
+            raw = self.api.tokens.get_secret_value() if self.api.tokens is not None else None
+            self._tokens = parse_tokens(raw, self.settings.api_token)
+        return self._tokens
 
     def _lazy(self, attr: str, build: Callable[[], T]) -> T:
         value = getattr(self, attr)
@@ -201,10 +215,21 @@ def read_access(
     creds: Bearer,
     x_api_token: str | None = Header(default=None, include_in_schema=False),
 ) -> None:
-    """Reads are open unless ``DM_API_PROTECT_READS`` is set."""
+    """Reads are open unless ``DM_API_PROTECT_READS`` is set; then DM_API_TOKEN or a token with scope ``read``."""
     st = state(request)
     if st.api.protect_reads:
-        _check_token(st, creds, x_api_token)
+        if not st.api.tokens:
+            _check_token(st, creds, x_api_token)
+        else:
+            require_scope(st, creds.credentials if creds is not None else x_api_token, SCOPE_READ)
+
+
+def require_scope(st: AppState, token: str | None, scope: str) -> None:
+    """Raise :class:`AuthError` unless ``token`` (legacy or scoped) carries ``scope``."""
+    try:
+        authorize(st.tokens, token, scope)
+    except ScopeDenied as exc:
+        raise AuthError(exc.status, exc.message) from None
 
 
 __all__ = [
@@ -215,6 +240,7 @@ __all__ = [
     "State",
     "known_pair",
     "read_access",
+    "require_scope",
     "require_write_token",
     "state",
 ]

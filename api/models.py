@@ -173,8 +173,13 @@ class DependencyCheck(_Model):
 
 
 class Readiness(_Model):
-    status: Literal["ready", "not_ready"]
-    down: list[str]
+    """``ready``/``degraded`` answer 200: only MongoDB and the metadata database gate readiness."""
+
+    status: Literal["ready", "degraded", "not_ready"]
+    down: list[str] = Field(description="required dependencies that are down (status not_ready, HTTP 503)")
+    degraded: list[str] = Field(
+        default_factory=list, description="optional dependencies that are down (Dagster: backfill routes answer 503)"
+    )
     checks: list[DependencyCheck]
 
 

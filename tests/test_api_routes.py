@@ -489,9 +489,10 @@ def test_correlation_keeps_the_requested_pairs(http: httpx.Client) -> None:
 def test_liveness_and_readiness_name_the_dependency_that_is_down(http: httpx.Client) -> None:
     assert http.get("/health/liveness").json() == {"status": "ok"}
     resp = http.get("/health/readiness")
-    assert resp.status_code == 503
+    # Dagster down only degrades the API (backfill routes answer 503 naming it): still ready.
+    assert resp.status_code == 200
     ready = Readiness.model_validate(resp.json())
-    assert ready.down == ["dagster"]
+    assert ready.status == "degraded" and ready.down == [] and ready.degraded == ["dagster"]
     assert {c.name: c.ok for c in ready.checks} == {"mongodb": True, "metadata": True, "dagster": False}
 
 

@@ -35,7 +35,16 @@ from dm_resources.metadata import (
 from dm_resources.metadata.__main__ import main as cli_main
 from dm_resources.metadata.models import Base
 
-TABLES = {"datasets", "audit_logs", "health_metrics", "backfill_jobs", "lineage_records", "confirmed_missing"}
+TABLES = {
+    "datasets",
+    "audit_logs",
+    "health_metrics",
+    "backfill_jobs",
+    "lineage_records",
+    "confirmed_missing",
+    "positions",
+    "daily_pnl",
+}
 UTC = dt.UTC
 TOKYO = dt.timezone(dt.timedelta(hours=9))
 

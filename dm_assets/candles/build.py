@@ -6,6 +6,8 @@ against real servers and the fake exchange.
 Where a 1m candle comes from, in order of trust:
 
 1. ``kline`` — the exchange's own closed kline from the websocket (``klines``, source ws);
+   klines already in ``klines`` from a REST fill or an extractor (source ``rest``/``extractor``,
+   written through ``/api/v1``) are used as they are, so their minutes need no REST request;
 2. ``agg_trades`` — built from aggregated trades, but only for minutes the trades are
    *provably complete* for: Binance's aggregate trade ids are consecutive per symbol,
    so a minute is complete when the ids inside it are consecutive and join up with the

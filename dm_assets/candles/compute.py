@@ -49,8 +49,11 @@ SOURCE_KLINE = "kline"
 SOURCE_REST = "rest"
 SOURCE_TRADES = "agg_trades"
 SOURCE_DERIVED = "derived"
-# ``klines.source`` (ws/rest, raw collection) → ``candles.source``.
+# ``klines.source`` (ws/rest/extractor, raw collection) → ``candles.source``. The platform's
+# extractor jobs fetch klines from the exchange's REST API and write them through /api/v1:
+# trusted like our own REST fills.
 _KLINE_SOURCE_MAP = {"ws": SOURCE_KLINE, "rest": SOURCE_REST, SOURCE_KLINE: SOURCE_KLINE, SOURCE_REST: SOURCE_REST}
+_KLINE_SOURCE_MAP["extractor"] = SOURCE_REST
 
 
 def interval_ms(interval: str) -> int:

@@ -22,6 +22,7 @@ Conventions, chosen so the same schema behaves the same on every backend:
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -240,3 +242,112 @@ class ConfirmedMissing(Base):
     first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+# --- the trading platform's operational records (issue 13; code in metadata/platform.py) ----------
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """``DECIMAL(38, 18)``: every digit kept on MySQL/MariaDB and PostgreSQL.
+
+    SQLite has no decimal type (NUMERIC is stored as REAL): there the value goes in as a
+    float and comes back as the *shortest* decimal that round-trips it (``repr``), so
+    ``0.1`` reads back as ``0.1`` rather than SQLAlchemy's 18-digit float expansion. The
+    embedded default therefore keeps 15 significant digits; production MariaDB keeps all.
+    """
+
+    impl = Numeric(38, 18)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(Numeric(38, 18, asdecimal=dialect.name != "sqlite"))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+        return float(number) if dialect.name == "sqlite" else number
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+Money = ExactDecimal()
+POSITION_STATUSES = ("open", "closed")
+
+
+class Position(Base):
+    """A trading position the trade engine persists through ``/api/v1/mysql/positions``.
+
+    ``open_slot`` is 1 while the position is open and NULL once it is closed; the unique key
+    ``(symbol, position_side, open_slot)`` therefore allows any number of closed positions
+    but exactly one open one per symbol and side — what makes the engine's concurrent
+    upserts (filter ``{symbol, position_side, status: "open"}``) end with one row. NULLs
+    are distinct in unique keys on MySQL/MariaDB, SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "positions"
+    __table_args__ = (
+        UniqueConstraint("position_id"),
+        UniqueConstraint("symbol", "position_side", "open_slot"),
+        Index(None, "status", "symbol"),
+        Index(None, "strategy_id", "entry_time"),
+        Index(None, "closed_at"),
+        CheckConstraint(_in("status", POSITION_STATUSES), name="status"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    position_id: Mapped[str] = mapped_column(String(64))
+    strategy_id: Mapped[str | None] = mapped_column(String(128))
+    exchange: Mapped[str | None] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(32))
+    position_side: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    open_slot: Mapped[int | None] = mapped_column(Integer)
+    entry_price: Mapped[Any] = mapped_column(Money, nullable=True)
+    quantity: Mapped[Any] = mapped_column(Money, nullable=True)
+    entry_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    stop_loss: Mapped[Any] = mapped_column(Money, nullable=True)
+    take_profit: Mapped[Any] = mapped_column(Money, nullable=True)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    exchange_position_id: Mapped[str | None] = mapped_column(String(128))
+    entry_order_id: Mapped[str | None] = mapped_column(String(128))
+    entry_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    commission_asset: Mapped[str | None] = mapped_column(String(16))
+    commission_total: Mapped[Any] = mapped_column(Money, nullable=True)
+    avg_price: Mapped[Any] = mapped_column(Money, nullable=True)
+    unrealized_pnl: Mapped[Any] = mapped_column(Money, nullable=True)
+    realized_pnl: Mapped[Any] = mapped_column(Money, nullable=True)
+    total_cost: Mapped[Any] = mapped_column(Money, nullable=True)
+    total_value: Mapped[Any] = mapped_column(Money, nullable=True)
+    last_update: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    final_realized_pnl: Mapped[Any] = mapped_column(Money, nullable=True)
+    exit_price: Mapped[Any] = mapped_column(Money, nullable=True)
+    exit_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    exit_order_id: Mapped[str | None] = mapped_column(String(128))
+    exit_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    pnl: Mapped[Any] = mapped_column(Money, nullable=True)
+    pnl_pct: Mapped[Any] = mapped_column(Money, nullable=True)
+    pnl_after_fees: Mapped[Any] = mapped_column(Money, nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Double)
+    close_reason: Mapped[str | None] = mapped_column(String(255))
+    final_commission: Mapped[Any] = mapped_column(Money, nullable=True)
+
+
+class DailyPnl(Base):
+    """The trade engine's realised PnL per UTC day; the unique ``date`` makes its upsert atomic."""
+
+    __tablename__ = "daily_pnl"
+    __table_args__ = (UniqueConstraint("date"), MYSQL_TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    date: Mapped[dt.date] = mapped_column(Date)
+    daily_pnl: Mapped[Any] = mapped_column(Money)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

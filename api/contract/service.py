@@ -1,0 +1,393 @@
+"""What the ``/api/v1`` routes do, as plain functions over the stores (the routes stay thin).
+
+Partial batches (``POST /api/v1/data/insert``): every record is validated on its own; the
+valid ones are stored, the invalid ones are listed in ``errors`` with their index and the
+reason, and counted in ``failed``. Records already stored (same natural key: kline
+``symbol+interval+open_time``, ``position_id``, ``date``) are counted in ``duplicates``,
+not stored twice and not errors. ``inserted_count`` counts only new records. A request
+that is malformed as a whole (not a list, over the batch limit, unknown collection, wrong
+database, missing token) is refused before anything is stored.
+
+``POST /api/v1/{db}/{collection}/batch`` runs its operations in order, each on its own
+(no transaction across operations): each result says ``ok`` or carries the ``error``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from bson.decimal128 import Decimal128
+from pymongo import ASCENDING
+
+from api.contract import klines
+from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset
+from api.contract.filters import (
+    MAX_BATCH_OPERATIONS,
+    MAX_BATCH_RECORDS,
+    ValueProblem,
+    check_page,
+    check_record,
+    check_update_data,
+    epoch_ms,
+    parse_fields,
+    parse_filter,
+    parse_sort,
+)
+from api.params import ParamError
+from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort, now_ms
+from dm_resources.metadata.platform import TABLES, Cond, ConflictError, PlatformTables
+from dm_resources.metadata.store import MetadataStore
+from dm_resources.mongo import COLLECTIONS, MongoStore
+
+# DECIMAL(38, 18): public field names are the column names (``metadata`` included).
+MONEY_PRECISION, MONEY_SCALE = 38, 18
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def decimal_str(value: Decimal) -> str:
+    """Exact, without the trailing zeros a DECIMAL(38, 18) column pads with."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text if text not in ("", "-") else "0"
+
+
+def render(value: Any) -> Any:
+    """JSON-safe: decimals as exact strings, datetimes ISO-8601 ``Z``, dates ``YYYY-MM-DD``."""
+    if isinstance(value, Decimal):
+        return decimal_str(value)
+    if isinstance(value, Decimal128):
+        return decimal_str(value.to_decimal())
+    if isinstance(value, dt.datetime):
+        value = value.astimezone(dt.UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: render(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v) for v in value]
+    return value
+
+
+def _store_value(value: Any) -> Any:
+    """A typed filter value as MongoDB stores it: times epoch ms, decimals Decimal128."""
+    if isinstance(value, dt.datetime):
+        return epoch_ms(value)
+    if isinstance(value, Decimal):
+        return Decimal128(value)
+    if isinstance(value, tuple):
+        return [_store_value(v) for v in value]
+    return value
+
+
+# --- positions/daily_pnl checks beyond types -------------------------------------------------------
+
+
+def check_platform_values(ds: Dataset, values: dict[str, Any]) -> None:
+    """What the SQL columns can hold (MySQL strict mode would refuse it as a server error) and the vocabularies."""
+    table = TABLES[ds.store]
+    for name, value in values.items():
+        column_type = table.c[name].type
+        length = getattr(column_type, "length", None)
+        if isinstance(value, str) and length is not None and len(value) > length:
+            raise ValueProblem(f"{name}: longer than {length} characters")
+        if isinstance(value, Decimal):
+            exponent = value.as_tuple().exponent
+            if isinstance(exponent, int) and exponent < -MONEY_SCALE:
+                raise ValueProblem(f"{name}: more than {MONEY_SCALE} decimal places")
+            if value != 0 and value.adjusted() >= MONEY_PRECISION - MONEY_SCALE:
+                raise ValueProblem(f"{name}: more than {MONEY_PRECISION - MONEY_SCALE} integer digits")
+    if ds.name != "positions":
+        return
+    if values.get("status") is not None and values["status"] not in POSITION_STATUSES:
+        raise ValueProblem(f"status {values['status']!r} is not one of {', '.join(POSITION_STATUSES)}")
+    if values.get("position_side") is not None and values["position_side"] not in POSITION_SIDES:
+        raise ValueProblem(f"position_side {values['position_side']!r} is not one of {', '.join(POSITION_SIDES)}")
+
+
+# --- inserts --------------------------------------------------------------------------------------
+
+
+def insert(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, records: Any) -> dict[str, Any]:
+    if not isinstance(records, list):
+        raise ParamError("records", "must be an array of records", where="body")
+    if len(records) > MAX_BATCH_RECORDS:
+        raise ParamError(
+            "records",
+            f"{len(records)} records exceed the batch size limit of {MAX_BATCH_RECORDS} per request; split the batch",
+            status=413,
+            where="body",
+        )
+    if not ds.writable:
+        raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where="body")
+    errors: list[dict[str, Any]] = []
+    if ds.kind == "klines":
+        assert mongo is not None
+        docs: list[dict[str, Any]] = []
+        for i, rec in enumerate(records):
+            try:
+                docs.append(klines.to_document(ds, rec))
+            except ValueProblem as exc:
+                errors.append({"index": i, "reason": str(exc)})
+        res = mongo.insert_idempotent("klines", docs) if docs else None
+        inserted = res.inserted if res else 0
+        duplicates = res.duplicates if res else 0
+    else:
+        assert meta is not None
+        valid: list[dict[str, Any]] = []
+        where: list[int] = []
+        for i, rec in enumerate(records):
+            try:
+                values = check_record(ds, rec)
+                check_platform_values(ds, values)
+                valid.append(values)
+                where.append(i)
+            except ValueProblem as exc:
+                errors.append({"index": i, "reason": str(exc)})
+        out = PlatformTables(meta).insert(ds.store, valid)
+        errors.extend({"index": where[e["index"]], "reason": e["reason"]} for e in out.errors)
+        errors.sort(key=lambda e: e["index"])
+        inserted, duplicates = out.inserted, out.duplicates
+    return {"inserted_count": inserted, "duplicates": duplicates, "failed": len(errors), "errors": errors}
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+def query(
+    mongo: MongoStore | None,
+    meta: MetadataStore | None,
+    ds: Dataset,
+    *,
+    filter_: Any,
+    sort: Any,
+    limit: int | None,
+    offset: int | None,
+    fields: Any,
+    where: str = "query",
+) -> dict[str, Any]:
+    """Validate everything first (422 before any store is touched), then read one page."""
+    conds = parse_filter(ds, filter_, where=where)
+    order = parse_sort(ds, sort, where=where)
+    names = parse_fields(ds, fields, where=where)
+    limit, offset = check_page(limit, offset, where=where)
+    if ds.kind == "sql":
+        assert meta is not None
+        rows, more = PlatformTables(meta).query(ds.store, conds, sort=order, limit=limit, offset=offset, fields=names)
+        data = [render(r) for r in rows]
+    else:
+        assert mongo is not None
+        docs, more = mongo_page(mongo, ds, conds, order, limit, offset)
+        shaped = [klines.from_document(d) for d in docs] if ds.kind == "klines" else [render(d) for d in docs]
+        data = [{k: r.get(k) for k in names} for r in shaped] if names else shaped
+    return {
+        "data": data,
+        "pagination": {
+            "limit": limit,
+            "offset": offset,
+            "returned": len(data),
+            "has_more": more,
+            "next_offset": offset + len(data) if more else None,
+        },
+    }
+
+
+def _time_bounds(ds: Dataset, conds: Sequence[Cond]) -> tuple[int | None, int | None, list[Cond]]:
+    """Conditions on the index's time field (or an exact alias of it) → ``[lo, hi)`` in ms; the rest."""
+    lo: int | None = None
+    hi: int | None = None
+    rest: list[Cond] = []
+    exact = {ds.time_field, *(a for a in ds.time_aliases if ds.fields[a].store_name == ds.time_field)}
+    for c in conds:
+        if c.field not in exact or c.op in ("ne", "in") or c.value is None:
+            rest.append(c)
+            continue
+        v = epoch_ms(c.value)
+        new_lo = {"gt": v + 1, "gte": v, "eq": v}.get(c.op)
+        new_hi = {"lt": v, "lte": v + 1, "eq": v + 1}.get(c.op)
+        if new_lo is not None:
+            lo = new_lo if lo is None else max(lo, new_lo)
+        if new_hi is not None:
+            hi = new_hi if hi is None else min(hi, new_hi)
+    return lo, hi, rest
+
+
+_MONGO_OPS = {"ne": "$ne", "gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte", "in": "$in"}
+
+
+def mongo_page(
+    store: MongoStore, ds: Dataset, conds: Sequence[Cond], order: Sequence[tuple[str, int]], limit: int, offset: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of a MongoDB dataset by bounded ascending index reads only (see api/queries.py).
+
+    A read must fix the index prefix by equality (``symbol``, and ``interval``/``kind`` where
+    the index has them) and may sort only by time, either way: "newest first" gallops back
+    over ascending windows, as ``read_latest`` does, instead of a descending sort.
+    """
+    eq = {c.field: c.value for c in conds if c.op == "eq" and c.field in ds.index_eq and c.value is not None}
+    missing = [f for f in ds.index_eq if f not in eq]
+    if missing:
+        raise ParamError(
+            "filter",
+            f"reads of {ds.name!r} need equality on {', '.join(ds.index_eq)} (the index prefix); missing: "
+            f"{', '.join(missing)}",
+        )
+    sortable = (ds.time_field, *ds.time_aliases)
+    if len(order) > 1 or any(f not in sortable for f, _ in order):
+        raise ParamError("sort", f"{ds.name!r} sorts by time only: one of {', '.join(sortable)}, 1 or -1")
+    descending = bool(order) and order[0][1] < 0
+    lo, hi, rest = _time_bounds(ds, [c for c in conds if not (c.op == "eq" and c.field in eq)])
+    base: dict[str, Any] = {ds.fields[f].store_name: _store_value(v) for f, v in eq.items()}
+    base.update(dict(ds.extra_eq))
+    fixed = dict(ds.extra_eq)
+    for c in rest:
+        name = ds.fields[c.field].store_name
+        if name in fixed:  # e.g. interval on klines_15m: decided here, the fixed equality stays as it is
+            if not _holds(fixed[name], c):
+                return [], False
+            continue
+        op = "$eq" if c.op == "eq" else _MONGO_OPS[c.op]
+        current = base.get(name)
+        if name in base and not isinstance(current, dict):  # an index equality: keep it beside the new one
+            current = base[name] = {"$eq": current}
+        base.setdefault(name, {})[op] = _store_value(c.value)
+    want = offset + limit + 1
+    rows = _gallop(store, ds, base, lo, hi, want, descending)
+    page = rows[offset : offset + limit]
+    return page, len(rows) > offset + limit
+
+
+def _holds(value: Any, c: Cond) -> bool:
+    """Whether a fixed store value satisfies condition ``c`` (only eq/ne/in can name a fixed field usefully)."""
+    if c.op == "eq":
+        return bool(value == c.value)
+    if c.op == "ne":
+        return bool(value != c.value)
+    if c.op == "in":
+        return value in c.value
+    return False
+
+
+def _gallop(
+    store: MongoStore, ds: Dataset, base: dict[str, Any], lo: int | None, hi: int | None, n: int, descending: bool
+) -> list[dict[str, Any]]:
+    spec = COLLECTIONS[ds.store]
+    tf = spec.time_field
+    coll = store.collection(ds.store)
+    sort = [(k, ASCENDING) for k in spec.key] if explicit_sort(store) else None
+    floor = lo if lo is not None else FLOOR_MS
+    now = now_ms()
+
+    def read(a: int, b: int, cap: int = 0) -> list[dict[str, Any]]:
+        flt = {**base, tf: {"$gte": a, "$lt": b}}
+        cur = coll.find(flt, {"_id": 0}, limit=cap, batch_size=max(101, min(cap, 10_000)))
+        if sort:
+            cur = cur.sort(sort)
+        return list(cur)
+
+    window = max(1, n * ds.step_ms)
+    if not descending:
+        top = hi if hi is not None else max(floor, now) + FUTURE_SLACK_MS
+        out: list[dict[str, Any]] = []
+        a = floor
+        while len(out) < n and a < top:
+            b = min(top, a + window)
+            out.extend(read(a, b, n - len(out)))
+            a, window = b, window * 4
+        return out[:n]
+    b = hi if hi is not None else now + max(ds.step_ms, 60_000)
+    newest_first: list[dict[str, Any]] = []
+    while len(newest_first) < n and b > floor:
+        a = max(floor, b - window)
+        newest_first.extend(reversed(read(a, b)))
+        b, window = a, window * 4
+    return newest_first[:n]
+
+
+# --- updates and deletes ------------------------------------------------------------------------------
+
+
+def _writable_sql(ds: Dataset, verb: str, where: str = "path") -> None:
+    if ds.kind == "klines":
+        raise ParamError("collection", f"{ds.name!r} is insert-only: {verb} is not supported", status=405, where=where)
+    if ds.kind != "sql" or not ds.writable:
+        raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where=where)
+
+
+def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: Any) -> dict[str, Any]:
+    _writable_sql(ds, "update")
+    conds = parse_filter(ds, filter_, where="body")
+    if not conds:
+        raise ParamError("filter", "an update needs a non-empty filter (refusing to update every row)", where="body")
+    if not isinstance(upsert, bool):
+        raise ParamError("upsert", "must be true or false", where="body")
+    values = check_update_data(ds, data)
+    try:
+        check_platform_values(ds, values)
+    except ValueProblem as exc:
+        raise ParamError("data", str(exc), where="body") from None
+    if upsert:  # the filter's equalities become column values of an inserted row
+        try:
+            check_platform_values(ds, {c.field: c.value for c in conds if c.op == "eq" and c.value is not None})
+        except ValueProblem as exc:
+            raise ParamError("filter", str(exc), where="body") from None
+    try:
+        out = PlatformTables(meta).update(ds.store, conds, values, upsert=upsert)
+    except ConflictError as exc:
+        raise ParamError("data", str(exc), status=409, where="body") from None
+    except ValueError as exc:  # an upsert that would insert a row without its required fields
+        raise ParamError("filter", str(exc), where="body") from None
+    return {
+        "matched_count": out.matched,
+        "modified_count": out.modified,
+        "upserted_count": out.upserted,
+        "upserted_id": render(out.upserted_id),
+    }
+
+
+def delete(meta: MetadataStore, ds: Dataset, filter_: Any) -> dict[str, Any]:
+    _writable_sql(ds, "delete")
+    conds = parse_filter(ds, filter_, where="body")
+    if not conds:
+        raise ParamError("filter", "a delete needs a non-empty filter (refusing to delete every row)", where="body")
+    return {"deleted_count": PlatformTables(meta).delete(ds.store, conds)}
+
+
+def batch(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, operations: Any) -> dict[str, Any]:
+    if not isinstance(operations, list) or not operations:
+        raise ParamError("operations", "must be a non-empty array of operations", where="body")
+    if len(operations) > MAX_BATCH_OPERATIONS:
+        raise ParamError(
+            "operations",
+            f"{len(operations)} operations exceed the batch size limit of {MAX_BATCH_OPERATIONS} per request",
+            status=413,
+            where="body",
+        )
+    results: list[dict[str, Any]] = []
+    for i, op in enumerate(operations):
+        kind = op.get("type") if isinstance(op, dict) else None
+        result: dict[str, Any] = {"index": i, "type": kind, "ok": False}
+        try:
+            if kind == "insert":
+                data = op.get("data")
+                out = insert(mongo, meta, ds, data if isinstance(data, list) else [data])
+                result.update(out, ok=out["failed"] == 0)
+            elif kind == "update":
+                assert meta is not None
+                _writable_sql(ds, "update")
+                result.update(update(meta, ds, op.get("filter"), op.get("data"), op.get("upsert", False)), ok=True)
+            elif kind == "delete":
+                assert meta is not None
+                _writable_sql(ds, "delete")
+                result.update(delete(meta, ds, op.get("filter")), ok=True)
+            else:
+                result["error"] = f"type must be insert, update or delete, got {str(kind)[:20]!r}"
+        except ParamError as exc:
+            result["error"] = f"{exc.param}: {exc.message}"
+        results.append(result)
+    return {"results": results}

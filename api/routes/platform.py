@@ -1,0 +1,235 @@
+"""``/api/v1``: the trading services' contract (paths and field names as their clients send them).
+
+Thin routes: resolution of the collection, auth, validation and store access live in
+``api/contract`` (plain functions with their own tests). See README "Platform API".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.contract import service
+from api.contract.datasets import SCOPE_READ, Dataset, resolve
+from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
+from api.deps import AppState, Bearer, State, read_access, require_scope, state
+from api.models import ErrorResponse
+
+router = APIRouter(tags=["platform"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no token, or not a valid one"},
+    403: {"model": ErrorResponse, "description": "the token lacks the dataset's scope, or writes are disabled"},
+    404: {"model": ErrorResponse, "description": "unknown collection (the message lists the allowed ones)"},
+    413: {"model": ErrorResponse, "description": "over the batch size limit (named in the message)"},
+    422: {"model": ErrorResponse, "description": "a filter, sort, field, value or limit the contract refuses"},
+    503: {"model": ErrorResponse, "description": "a store is unavailable, or the metadata schema is not created"},
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InsertRequest(_Body):
+    database: str = Field(max_length=32, examples=["mongodb"])
+    collection: str = Field(max_length=64, examples=["klines_15m"])
+    records: list[Any] = Field(description="records of the collection's schema (up to the batch size limit)")
+
+
+class RecordError(BaseModel):
+    index: int = Field(description="position of the record in `records`")
+    reason: str
+
+
+class InsertResponse(BaseModel):
+    inserted_count: int = Field(description="new records stored")
+    duplicates: int = Field(description="records already stored (same key): not stored again, not errors")
+    failed: int = Field(description="records refused; each is listed in `errors`")
+    errors: list[RecordError]
+
+
+class QueryRequest(_Body):
+    database: str = Field(max_length=32)
+    collection: str = Field(max_length=64)
+    filter: dict[str, Any] | None = None
+    sort: dict[str, Any] | None = None
+    limit: int | None = None
+    offset: int | None = None
+    fields: list[str] | None = None
+
+
+class Pagination(BaseModel):
+    limit: int
+    offset: int
+    returned: int
+    has_more: bool
+    next_offset: int | None
+
+
+class QueryResponse(BaseModel):
+    data: list[dict[str, Any]]
+    pagination: Pagination
+
+
+class UpdateRequest(_Body):
+    filter: dict[str, Any]
+    data: dict[str, Any] = Field(description='the fields to set, or {"$set": {...}}')
+    upsert: bool = False
+
+
+class UpdateResponse(BaseModel):
+    matched_count: int
+    modified_count: int = Field(description="rows whose values changed")
+    upserted_count: int
+    upserted_id: Any = Field(default=None, description="position_id or date of an inserted row")
+
+
+class DeleteRequest(_Body):
+    filter: dict[str, Any]
+
+
+class DeleteResponse(BaseModel):
+    deleted_count: int
+
+
+class BatchRequest(_Body):
+    operations: list[Any] = Field(description='[{"type": "insert"|"update"|"delete", "data"?, "filter"?, "upsert"?}]')
+
+
+class BatchResponse(BaseModel):
+    results: list[dict[str, Any]] = Field(description="per operation: index, type, ok, counts or error")
+
+
+class ServiceInfo(BaseModel):
+    service: str
+    version: str
+    docs: str
+    openapi: str
+    health: str
+    api: str
+
+
+def _token(creds: Any, x_api_token: str | None) -> str | None:
+    return creds.credentials if creds is not None else x_api_token
+
+
+def _writer(st: AppState, ds: Dataset, token: str | None) -> None:
+    require_scope(st, token, ds.write_scope or "write")
+
+
+def _stores(st: AppState, ds: Dataset) -> tuple[Any, Any]:
+    return (st.mongo, None) if ds.database == "mongodb" else (None, st.meta)
+
+
+XToken = Annotated[str | None, Header(include_in_schema=False)]
+
+
+@router.get("/", response_model=ServiceInfo, tags=["health"])
+def root(request: Request) -> ServiceInfo:
+    """What this service is and where its documentation lives."""
+    return ServiceInfo(
+        service="market-data-manager",
+        version=request.app.version,
+        docs="/docs",
+        openapi="/openapi.json",
+        health="/health/readiness",
+        api="/api/v1",
+    )
+
+
+@router.post("/api/v1/data/insert", response_model=InsertResponse, responses=ERRORS)
+async def insert(body: InsertRequest, request: Request, creds: Bearer, x_api_token: XToken = None) -> Any:
+    """Insert records; partial batches store the valid records and list the others in `errors`."""
+    st = state(request)
+    ds = resolve(body.collection, body.database, where="body")
+    _writer(st, ds, _token(creds, x_api_token))
+    mongo, meta = _stores(st, ds)
+    return await run_in_threadpool(service.insert, mongo, meta, ds, body.records)
+
+
+@router.post("/api/v1/data/query", response_model=QueryResponse, responses=ERRORS, dependencies=[Depends(read_access)])
+async def query(body: QueryRequest, st: State) -> Any:
+    """Query one page; `filter` is the declared subset (equality, $gt/$gte/$lt/$lte/$in/$ne on declared fields)."""
+    ds = resolve(body.collection, body.database, where="body")
+    mongo, meta = _stores(st, ds)
+    return await run_in_threadpool(
+        lambda: service.query(
+            mongo,
+            meta,
+            ds,
+            filter_=body.filter,
+            sort=body.sort,
+            limit=body.limit,
+            offset=body.offset,
+            fields=body.fields,
+            where="body",
+        )
+    )
+
+
+@router.get(
+    "/api/v1/{database}/{collection:path}",
+    response_model=QueryResponse,
+    responses=ERRORS,
+    dependencies=[Depends(read_access)],
+)
+async def find(
+    database: str,
+    collection: str,
+    st: State,
+    filter: Annotated[str | None, Query(description='JSON object, e.g. {"symbol": "BTCUSDT"}', max_length=8000)] = None,
+    sort: Annotated[str | None, Query(description='JSON object, e.g. {"close_time": -1}', max_length=400)] = None,
+    limit: Annotated[int, Query(description=f"page size, 1..{MAX_PAGE}")] = DEFAULT_PAGE,
+    offset: Annotated[int, Query(description=f"rows to skip, 0..{MAX_OFFSET}")] = 0,
+    fields: Annotated[str | None, Query(description="comma-separated fields to return", max_length=2000)] = None,
+) -> Any:
+    """The same query as `POST /api/v1/data/query`, with `filter` and `sort` JSON-encoded in the query string."""
+    ds = resolve(collection, database)
+    flt, order = parse_json_param(filter, "filter"), parse_json_param(sort, "sort")
+    mongo, meta = _stores(st, ds)
+    return await run_in_threadpool(
+        lambda: service.query(mongo, meta, ds, filter_=flt, sort=order, limit=limit, offset=offset, fields=fields)
+    )
+
+
+@router.put("/api/v1/{database}/{collection:path}", response_model=UpdateResponse, responses=ERRORS)
+async def update(
+    database: str, collection: str, body: UpdateRequest, request: Request, creds: Bearer, x_api_token: XToken = None
+) -> Any:
+    """Update every row matching `filter`; with `upsert`, insert filter equalities + data when none matches."""
+    st = state(request)
+    ds = resolve(collection, database)
+    _writer(st, ds, _token(creds, x_api_token))
+    service._writable_sql(ds, "update")
+    return await run_in_threadpool(service.update, st.meta, ds, body.filter, body.data, body.upsert)
+
+
+@router.delete("/api/v1/{database}/{collection:path}", response_model=DeleteResponse, responses=ERRORS)
+async def delete(
+    database: str, collection: str, body: DeleteRequest, request: Request, creds: Bearer, x_api_token: XToken = None
+) -> Any:
+    """Delete the rows matching a non-empty `filter`."""
+    st = state(request)
+    ds = resolve(collection, database)
+    _writer(st, ds, _token(creds, x_api_token))
+    service._writable_sql(ds, "delete")
+    return await run_in_threadpool(service.delete, st.meta, ds, body.filter)
+
+
+@router.post("/api/v1/{database}/{collection}/batch", response_model=BatchResponse, responses=ERRORS)
+async def batch(
+    database: str, collection: str, body: BatchRequest, request: Request, creds: Bearer, x_api_token: XToken = None
+) -> Any:
+    """Run insert/update/delete operations in order, each on its own; one result per operation."""
+    st = state(request)
+    ds = resolve(collection, database)
+    _writer(st, ds, _token(creds, x_api_token))
+    mongo, meta = _stores(st, ds)
+    return await run_in_threadpool(service.batch, mongo, meta, ds, body.operations)
+
+
+__all__ = ["SCOPE_READ", "router"]

@@ -1,0 +1,209 @@
+"""Typed reads of the trade engine's records: ``/positions`` and ``/pnl/daily`` with OpenAPI models.
+
+What a new service would use instead of the generic ``/api/v1`` contract: parameters are
+named and typed, responses have schemas. Decimals are exact decimal strings, times
+ISO-8601 UTC. Reads follow ``DM_API_PROTECT_READS``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, PlainSerializer
+
+from api.contract.datasets import POSITION_SIDES
+from api.contract.service import decimal_str
+from api.deps import State, read_access
+from api.models import ErrorResponse
+from api.params import ParamError, normalise_pair
+from dm_resources.metadata.platform import Cond, PlatformTables
+
+router = APIRouter(tags=["positions"], dependencies=[Depends(read_access)])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+MAX_ROWS = 1000
+# Exact decimal strings without DECIMAL(38, 18)'s padding zeros.
+Dec = Annotated[Decimal, PlainSerializer(decimal_str, return_type=str, when_used="json")]
+MAX_DAYS = 3660
+
+
+class Position(BaseModel):
+    """One position; fields the engine has not sent yet are null."""
+
+    position_id: str
+    strategy_id: str | None = None
+    exchange: str | None = None
+    symbol: str
+    position_side: str
+    status: Literal["open", "closed"]
+    entry_price: Dec | None = None
+    quantity: Dec | None = None
+    entry_time: dt.datetime | None = None
+    stop_loss: Dec | None = None
+    take_profit: Dec | None = None
+    metadata: dict[str, Any] | None = None
+    exchange_position_id: str | None = None
+    entry_order_id: str | None = None
+    entry_trade_ids: list[Any] | None = None
+    commission_asset: str | None = None
+    commission_total: Dec | None = None
+    avg_price: Dec | None = None
+    unrealized_pnl: Dec | None = None
+    realized_pnl: Dec | None = None
+    total_cost: Dec | None = None
+    total_value: Dec | None = None
+    last_update: dt.datetime | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime | None = None
+    closed_at: dt.datetime | None = None
+    final_realized_pnl: Dec | None = None
+    exit_price: Dec | None = None
+    exit_time: dt.datetime | None = None
+    exit_order_id: str | None = None
+    exit_trade_ids: list[Any] | None = None
+    pnl: Dec | None = None
+    pnl_pct: Dec | None = None
+    pnl_after_fees: Dec | None = None
+    duration_seconds: float | None = None
+    close_reason: str | None = None
+    final_commission: Dec | None = None
+
+
+class PositionList(BaseModel):
+    count: int
+    has_more: bool
+    positions: list[Position]
+
+
+class DailyPnl(BaseModel):
+    date: dt.date
+    daily_pnl: Dec
+    updated_at: dt.datetime | None = None
+
+
+class DailyPnlList(BaseModel):
+    days: list[DailyPnl]
+    total: Dec = Field(description="sum of daily_pnl over the returned days")
+
+
+Symbol = Annotated[str | None, Query(description="e.g. BTCUSDT", max_length=64)]
+Strategy = Annotated[str | None, Query(max_length=128)]
+Side = Annotated[str | None, Query(description=f"one of {', '.join(POSITION_SIDES)}", max_length=8)]
+Limit = Annotated[int, Query(ge=1, le=MAX_ROWS)]
+Offset = Annotated[int, Query(ge=0, le=100_000)]
+
+
+def _conds(symbol: str | None, strategy_id: str | None, side: str | None) -> list[Cond]:
+    out: list[Cond] = []
+    if symbol is not None:
+        out.append(Cond("symbol", "eq", normalise_pair(symbol, "symbol")))
+    if strategy_id is not None:
+        out.append(Cond("strategy_id", "eq", strategy_id))
+    if side is not None:
+        if side not in POSITION_SIDES:
+            raise ParamError("position_side", f"{side!r} is not one of {', '.join(POSITION_SIDES)}")
+        out.append(Cond("position_side", "eq", side))
+    return out
+
+
+def _list(st: Any, conds: list[Cond], sort: list[tuple[str, int]], limit: int, offset: int) -> PositionList:
+    rows, more = PlatformTables(st.meta).query("positions", conds, sort=sort, limit=limit, offset=offset)
+    return PositionList(count=len(rows), has_more=more, positions=[Position.model_validate(r) for r in rows])
+
+
+@router.get("/positions", response_model=PositionList, responses=ERRORS)
+async def positions(
+    st: State,
+    status: Annotated[Literal["open", "closed"] | None, Query()] = None,
+    symbol: Symbol = None,
+    strategy_id: Strategy = None,
+    position_side: Side = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> PositionList:
+    """Positions, oldest first (by when this service first stored them)."""
+    conds = _conds(symbol, strategy_id, position_side)
+    if status is not None:
+        conds.append(Cond("status", "eq", status))
+    return await run_in_threadpool(_list, st, conds, [("created_at", 1)], limit, offset)
+
+
+@router.get("/positions/open", response_model=PositionList, responses=ERRORS)
+async def open_positions(
+    st: State, symbol: Symbol = None, strategy_id: Strategy = None, position_side: Side = None
+) -> PositionList:
+    """Every open position (at most one per symbol and side)."""
+    conds = [*_conds(symbol, strategy_id, position_side), Cond("status", "eq", "open")]
+    return await run_in_threadpool(_list, st, conds, [("symbol", 1), ("position_side", 1)], MAX_ROWS, 0)
+
+
+@router.get("/positions/history", response_model=PositionList, responses=ERRORS)
+async def position_history(
+    st: State,
+    symbol: Symbol = None,
+    strategy_id: Strategy = None,
+    from_: Annotated[dt.datetime | None, Query(alias="from", description="closed at or after (ISO-8601)")] = None,
+    to: Annotated[dt.datetime | None, Query(description="closed before (ISO-8601)")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> PositionList:
+    """Closed positions, most recently closed first."""
+    conds = [*_conds(symbol, strategy_id, None), Cond("status", "eq", "closed")]
+    lo, hi = _aware(from_), _aware(to)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ParamError("from", "from must be before to")
+    if lo is not None:
+        conds.append(Cond("closed_at", "gte", lo))
+    if hi is not None:
+        conds.append(Cond("closed_at", "lt", hi))
+    return await run_in_threadpool(_list, st, conds, [("closed_at", -1)], limit, offset)
+
+
+@router.get("/positions/{position_id}", response_model=Position, responses=ERRORS)
+async def position(st: State, position_id: str) -> Position:
+    """One position by its id."""
+    if len(position_id) > 64:
+        raise ParamError("position_id", "at most 64 characters", where="path")
+    rows, _ = await run_in_threadpool(
+        PlatformTables(st.meta).query, "positions", [Cond("position_id", "eq", position_id)], limit=1
+    )
+    if not rows:
+        raise ParamError("position_id", f"no position {position_id!r}", status=404, where="path")
+    return Position.model_validate(rows[0])
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+@router.get("/pnl/daily", response_model=DailyPnlList, responses=ERRORS)
+async def daily_pnl(
+    st: State,
+    from_: Annotated[dt.date | None, Query(alias="from", description="first day, YYYY-MM-DD (inclusive)")] = None,
+    to: Annotated[dt.date | None, Query(description="last day, YYYY-MM-DD (inclusive)")] = None,
+) -> DailyPnlList:
+    """Daily PnL rows in ``[from, to]``, oldest first (at most 3,660 days)."""
+    if from_ is not None and to is not None and from_ > to:
+        raise ParamError("from", "from must not be after to")
+    conds: list[Cond] = []
+    if from_ is not None:
+        conds.append(Cond("date", "gte", from_))
+    if to is not None:
+        conds.append(Cond("date", "lte", to))
+    rows, more = await run_in_threadpool(
+        lambda: PlatformTables(st.meta).query("daily_pnl", conds, sort=[("date", 1)], limit=MAX_DAYS)
+    )
+    if more:
+        raise ParamError("from", f"more than {MAX_DAYS} days: narrow [from, to]")
+    days = [DailyPnl.model_validate(r) for r in rows]
+    return DailyPnlList(days=days, total=sum((d.daily_pnl for d in days), Decimal(0)))

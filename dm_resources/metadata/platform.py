@@ -1,0 +1,258 @@
+"""The trading platform's records in the metadata database: ``positions`` and ``daily_pnl``.
+
+The API's generic contract (``/api/v1/mysql/{collection}``) and the typed routes both go
+through :class:`PlatformTables`. Conditions arrive already validated and typed
+(``api/contract``): this module only turns them into SQL, never a client string.
+
+Why it looks like this:
+
+* **Upserts are update-then-insert in one write transaction, retried on a key conflict.**
+  The trade engine upserts with a *filter* (``{symbol, position_side, status: "open"}``),
+  not with a primary key, so a dialect-native ``INSERT … ON CONFLICT`` cannot express it.
+  Safety under concurrency comes from the unique keys (see ``models.Position``): two
+  writers that both find nothing and both insert cannot both succeed; the loser's
+  transaction is retried from the start and then finds and updates the winner's row. On
+  MySQL the ``SELECT … FOR UPDATE`` gap locks turn the same race into a deadlock, which
+  :meth:`MetadataStore._write` already retries. SQLite serialises writers (``BEGIN IMMEDIATE``).
+* **``modified_count`` means "changed"**, as in MongoDB: rows whose stored values already
+  equal the new ones are matched but not modified (the engine treats ``modified_count > 0``
+  as a successful close).
+* **Per-record outcomes for inserts**: each record is its own short transaction, so one bad
+  record never loses the good ones (the API's documented partial-batch semantics).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, insert, select, true, update
+from sqlalchemy.exc import IntegrityError
+
+from dm_resources.metadata import models
+from dm_resources.metadata.store import MetadataStore
+
+POSITIONS: Table = models.Position.__table__  # type: ignore[assignment]
+DAILY_PNL: Table = models.DailyPnl.__table__  # type: ignore[assignment]
+TABLES: dict[str, Table] = {"positions": POSITIONS, "daily_pnl": DAILY_PNL}
+# Columns the API never shows nor accepts: surrogate key and the open-slot bookkeeping.
+INTERNAL = frozenset({"id", "open_slot"})
+# The natural key a record is identified by in responses (``upserted_id``) and duplicates.
+NATURAL_KEY = {"positions": "position_id", "daily_pnl": "date"}
+CONFLICT_RETRIES = 3
+
+OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One typed condition: ``field`` (a column name) ``op`` ``value`` (already of the column's type)."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass
+class InsertOutcome:
+    inserted: int = 0
+    duplicates: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)  # {"index", "reason"}
+
+
+@dataclass
+class UpdateOutcome:
+    matched: int = 0
+    modified: int = 0
+    upserted: int = 0
+    upserted_id: Any = None
+
+
+class ConflictError(ValueError):
+    """A write that would break a unique key (a second open position for a symbol and side)."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def public_columns(table: str) -> list[str]:
+    return [c.name for c in TABLES[table].columns if c.name not in INTERNAL]
+
+
+def _where(table: Table, conds: Sequence[Cond]) -> ColumnElement[bool]:
+    parts: list[ColumnElement[bool]] = []
+    for c in conds:
+        col = table.c[c.field]
+        if c.op == "eq":
+            parts.append(col.is_(None) if c.value is None else col == c.value)
+        elif c.op == "ne":
+            parts.append(col.is_not(None) if c.value is None else (col != c.value) | col.is_(None))
+        elif c.op == "gt":
+            parts.append(col > c.value)
+        elif c.op == "gte":
+            parts.append(col >= c.value)
+        elif c.op == "lt":
+            parts.append(col < c.value)
+        elif c.op == "lte":
+            parts.append(col <= c.value)
+        elif c.op == "in":
+            parts.append(col.in_(list(c.value)))
+        else:  # the API validates operators; this is a programming error
+            raise ValueError(f"unsupported operator {c.op!r}")
+    return and_(true(), *parts)
+
+
+def _with_bookkeeping(table: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``open_slot`` follows ``status``: 1 while open, NULL once closed (see models.Position)."""
+    out = dict(values)
+    if table == "positions" and "status" in out:
+        out["open_slot"] = 1 if out["status"] == "open" else None
+    return out
+
+
+def _new_row(table: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    row = _with_bookkeeping(table, dict(values))
+    row.setdefault("created_at", utcnow())
+    if table == "positions":
+        row.setdefault("position_id", uuid.uuid4().hex)
+        row.setdefault("status", "open")
+        row["open_slot"] = 1 if row["status"] == "open" else None
+    return row
+
+
+def _missing_required(table: str, row: Mapping[str, Any]) -> list[str]:
+    required = [c.name for c in TABLES[table].columns if not c.nullable and c.name not in INTERNAL]
+    return [name for name in required if row.get(name) is None]
+
+
+def _differs(stored: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    return any(stored.get(k) != v for k, v in values.items())
+
+
+class PlatformTables:
+    """Generic insert/query/update/delete over the platform tables, on a :class:`MetadataStore`."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.store = store
+
+    # -- inserts ---------------------------------------------------------------------------
+
+    def insert(self, table: str, records: Sequence[Mapping[str, Any]]) -> InsertOutcome:
+        """Insert each record in its own transaction; an existing natural key is a duplicate."""
+        tbl = TABLES[table]
+        key = NATURAL_KEY[table]
+        out = InsertOutcome()
+        for index, record in enumerate(records):
+            row = _new_row(table, record)
+            missing = _missing_required(table, row)
+            if missing:
+                out.errors.append({"index": index, "reason": f"missing required field(s): {', '.join(missing)}"})
+                continue
+
+            def run(conn: Connection, row: dict[str, Any] = row) -> bool:
+                exists = conn.execute(select(tbl.c.id).where(tbl.c[key] == row[key])).first()
+                if exists is not None:
+                    return False
+                conn.execute(insert(tbl).values(row))
+                return True
+
+            try:
+                if self.store._write(run):
+                    out.inserted += 1
+                else:
+                    out.duplicates += 1
+            except IntegrityError:
+                out.errors.append({"index": index, "reason": self._conflict_reason(table, row)})
+        return out
+
+    @staticmethod
+    def _conflict_reason(table: str, row: Mapping[str, Any]) -> str:
+        if table == "positions":
+            return (
+                f"an open position for {row.get('symbol')} {row.get('position_side')} already exists "
+                "(one open position per symbol and position_side)"
+            )
+        return f"conflicts with an existing {table} record"
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def query(
+        self,
+        table: str,
+        conds: Sequence[Cond],
+        *,
+        sort: Sequence[tuple[str, int]] = (),
+        limit: int = 100,
+        offset: int = 0,
+        fields: Sequence[str] | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Rows matching ``conds`` in ``sort`` order (then by insertion), one page; and whether more exist."""
+        tbl = TABLES[table]
+        names = list(fields) if fields else public_columns(table)
+        order = [tbl.c[f].desc() if d < 0 else tbl.c[f].asc() for f, d in sort]
+        order.append(tbl.c.id.asc())
+        stmt = (
+            select(*(tbl.c[n] for n in names))
+            .where(_where(tbl, conds))
+            .order_by(*order)
+            .limit(limit + 1)
+            .offset(offset)
+        )
+        with self.store._read() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        return rows[:limit], len(rows) > limit
+
+    def count(self, table: str) -> int:
+        tbl = TABLES[table]
+        with self.store._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(tbl)).scalar() or 0)
+
+    # -- updates ---------------------------------------------------------------------------
+
+    def update(self, table: str, conds: Sequence[Cond], values: Mapping[str, Any], *, upsert: bool) -> UpdateOutcome:
+        """Set ``values`` on every row matching ``conds``; with ``upsert``, insert ``eq`` conds + values if none.
+
+        Retried from the start when the insert loses a race on a unique key: the retry then
+        finds the row the winner inserted and updates it, so concurrent upserts end with one row.
+        """
+        tbl = TABLES[table]
+        new_values = _with_bookkeeping(table, dict(values))
+        if table == "positions" and "status" in new_values and new_values["status"] == "open":
+            new_values["open_slot"] = 1
+
+        def run(conn: Connection) -> UpdateOutcome:
+            stmt = select(tbl).where(_where(tbl, conds))
+            if conn.dialect.name in ("mysql", "mariadb", "postgresql"):
+                stmt = stmt.with_for_update()
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            if rows:
+                changed = [r["id"] for r in rows if _differs(r, new_values)]
+                if changed:
+                    conn.execute(update(tbl).where(tbl.c.id.in_(changed)).values(new_values))
+                return UpdateOutcome(matched=len(rows), modified=len(changed))
+            if not upsert:
+                return UpdateOutcome()
+            seed = {c.field: c.value for c in conds if c.op == "eq"}
+            row = _new_row(table, {**seed, **values})
+            missing = _missing_required(table, row)
+            if missing:
+                raise ValueError(f"upsert would insert a {table} row without {', '.join(missing)}")
+            conn.execute(insert(tbl).values(row))
+            key = NATURAL_KEY[table]
+            return UpdateOutcome(upserted=1, upserted_id=row.get(key))
+
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self.store._write(run)
+            except IntegrityError as exc:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise ConflictError(self._conflict_reason(table, {**values})) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def delete(self, table: str, conds: Sequence[Cond]) -> int:
+        tbl = TABLES[table]
+        return int(self.store._write(lambda conn: conn.execute(delete(tbl).where(_where(tbl, conds))).rowcount))
