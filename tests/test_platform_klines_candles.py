@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from dagster import DagsterInstance, materialize
 from pydantic import SecretStr
 
@@ -63,13 +61,6 @@ def extractor_record(row: list[Any]) -> dict[str, Any]:
         "extractor_version": "2.3.1",
         "extracted_at": "2026-03-11T00:05:00Z",
     }
-
-
-@pytest.fixture
-def exchange() -> Iterator[FakeExchange]:
-    ex = FakeExchange().start()  # wall clock: the test day is in the past
-    yield ex
-    ex.stop()
 
 
 def test_extractor_klines_become_candles_without_rest_requests(

@@ -22,8 +22,8 @@ import orjson
 
 from api.contract.datasets import Dataset, FieldSpec
 from api.params import ParamError
+from dm_resources.contracts import SYMBOL_RE
 from dm_resources.metadata.platform import Cond
-from dm_resources.settings import SYMBOL_RE
 
 OPERATORS: dict[str, str] = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte", "$ne": "ne", "$in": "in"}
 MAX_PAGE = 5000  # rows per query page (limit)

@@ -26,7 +26,7 @@ from api.models import (
 from api.params import CANDLE_PERIODS, check_period, parse_range
 from api.routes.data import End, Pair, Start
 from dm_resources.dagster_client import DagsterGraphQL
-from dm_resources.metadata.store import alembic_config, head_revision
+from dm_resources.metadata.engine import alembic_config, head_revision
 from dm_resources.mongo import COLLECTIONS
 
 router = APIRouter(tags=["health"])
