@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dm_resources.candle_store import CandleStore  # noqa: E402
 from dm_resources.dagster_client import DagsterGraphQL  # noqa: E402
 from dm_resources.embedded import free_port, start_dagster_dev, start_secantus  # noqa: E402
 from dm_resources.mongo import MongoStore  # noqa: E402
@@ -97,9 +98,7 @@ def main() -> None:
         from dm_assets.partitions import day_bounds_ms
 
         lo, hi = day_bounds_ms(days[0])[0], day_bounds_ms(days[-1])[1]
-        candles_1m = sum(
-            store.count("candles", s, {"interval": "1m", "open_time": {"$gte": lo, "$lt": hi}}) for s in symbols
-        )
+        candles_1m = sum(CandleStore(store).count(s, "1m", lo, hi) for s in symbols)
         store.close()
         floor_s = weight / 2400 * 60
         print(

@@ -27,6 +27,7 @@ from dm_assets.candles.compute import candles_frame
 from dm_assets.definitions import build_defs
 from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME, day_bounds_ms
 from dm_resources.binance import BinanceClient
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
@@ -167,7 +168,7 @@ def _seed_quotes_and_funding(store: MongoStore, symbol: str) -> dict[str, pd.Dat
 
 
 def _frame(store: MongoStore, symbol: str, interval: str) -> pd.DataFrame:
-    return candles_frame(store.read_range("candles", symbol, START, END, extra={"interval": interval}))
+    return candles_frame(CandleStore(store).read_range(symbol, interval, START, END))
 
 
 def _doc(store: MongoStore, symbol: str, kind: str, interval: str) -> dict:
