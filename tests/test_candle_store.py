@@ -217,3 +217,19 @@ def test_migration_converts_legacy_documents_idempotently(mongo_store: MongoStor
     main(["migrate", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--drop-legacy"])
     assert LEGACY not in mongo_store.db.list_collection_names()
     assert cs.count("BTCUSDT", "1m") == 5
+
+
+def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mongo_store: MongoStore) -> None:
+    import json
+
+    from api.candle_reads import iter_ndjson
+
+    cs = CandleStore(mongo_store)
+    rows = minutes(D0, 4)
+    rows[1]["source"] = "odd},{source"
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, rows)
+    cs.sync_range("ETHUSDT", "1m", D0, D0 + DAY, minutes(D0, 4, symbol="ETHUSDT", flags=["bad_print"]))
+    for sym, expect in (("BTCUSDT", rows), ("ETHUSDT", minutes(D0, 4, symbol="ETHUSDT", flags=["bad_print"]))):
+        body = b"".join(iter_ndjson(cs, sym, "1m", ROW_FIELDS, D0, D0 + DAY))
+        lines = [json.loads(line) for line in body.splitlines()]
+        assert lines == [{k: r[k] for k in ROW_FIELDS} for r in expect]

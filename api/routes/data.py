@@ -6,11 +6,13 @@ declared ``response_model`` is the schema clients and the tests hold the bodies 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api import candle_reads
 from api.deps import AppState, State, known_pair, read_access
@@ -26,7 +28,16 @@ from api.models import (
     Trade,
     TradesPage,
 )
-from api.params import CANDLE_PERIODS, DEFAULT_LIMIT, MAX_LIMIT, check_period, parse_after, parse_range
+from api.params import (
+    CANDLE_PERIODS,
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ParamError,
+    check_period,
+    normalise_pair,
+    parse_after,
+    parse_range,
+)
 from api.queries import Source, dumps, has_newer, iter_ndjson, read_latest, read_page
 
 router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
@@ -172,7 +183,7 @@ _BULK: dict[str, tuple[Callable[..., Any], str]] = {
         },
     },
 )
-def candles(
+async def candles(
     st: State,
     request: Request,
     pair: Pair,
@@ -191,6 +202,34 @@ def candles(
     page forward from it and a ``next`` link while more rows exist. ``format=ndjson`` streams
     the whole range, one candle per line; ``arrow`` and ``csv`` stream it columnar.
     """
+    if format == "json" and start is None and end is None and st.api.cache_enabled and st.hot.notified:
+        # A hit needs no thread, no store and no validation beyond the key: only a validated
+        # (pair, period) was ever stored under it.
+        with contextlib.suppress(ParamError):
+            n = limit or DEFAULT_LIMIT
+            src = Source("candles", normalise_pair(pair), (("interval", period),), CANDLE_FIELDS)
+            hit = st.hot.get(("candles", src, n), _no_probe)
+            if hit is not None:
+                if st.metrics is not None:
+                    st.metrics.cache.labels("hit").inc()
+                return Response(content=hit, media_type="application/json")
+    return await run_in_threadpool(_candles, st, request, pair, period, start, end, limit, format)
+
+
+def _no_probe(_newest: int | None) -> bool:
+    return False
+
+
+def _candles(
+    st: AppState,
+    request: Request,
+    pair: str,
+    period: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    format: str,
+) -> Response:
     sym = known_pair(pair, st)
     check_period(period)
     lo, hi = parse_range(start, end)
