@@ -673,6 +673,23 @@ def _is_secantus(store: Any) -> bool:
     return known
 
 
+def bump_analytics_versions(store: Any, docs: Iterable[Mapping[str, Any]]) -> int:
+    """After an analytics write: bump ``analytics:SYMBOL:kind:interval`` for every dataset written.
+
+    The analytics assets call this so the API cache drops their entries by notification, as it
+    does for candles. One small upsert per dataset, not per document.
+    """
+    newest: dict[str, int] = {}
+    for d in docs:
+        key = f"analytics:{d['symbol']}:{d['kind']}:{d['interval']}"
+        newest[key] = max(newest.get(key, 0), int(d.get("window_end") or 0))
+    coll = store.db[VERSIONS]
+    for key, t in newest.items():
+        update = {"$inc": {"v": 1}, "$set": {"updated_at": now_ms(), "kind": "analytics"}, "$max": {"newest": t}}
+        coll.update_one({"_id": key}, update, upsert=True)
+    return len(newest)
+
+
 # -- migration ---------------------------------------------------------------------------------
 @dataclass
 class MigrationReport:

@@ -221,6 +221,10 @@ def test_materialized_documents_equal_the_pure_functions(
         [correlation], instance=instance, resources=res, run_config=run_config(AS_OF, symbol_assets=False)
     )
     assert corr_run.success
+    # every dataset written told the API cache (dataset_versions), once per dataset, not per document
+    versions = {d["_id"]: d for d in mongo_store.db["dataset_versions"].find({"kind": "analytics"})}
+    assert "analytics:BTCUSDT:volatility:1m" in versions and "analytics:*:correlation:1m" in versions
+    assert all(v["v"] == 1 for v in versions.values())
 
     frames = {(s, iv): _frame(mongo_store, s, iv) for s in SYMBOLS for iv in ("1m", "1h")}
     assert len(frames["BTCUSDT", "1m"]) == 1440 and len(frames["BTCUSDT", "1h"]) == 24
