@@ -548,11 +548,14 @@ class CandleStore:
     def iter_buckets(
         self, symbol: str, interval: str, start: int | None = None, end: int | None = None
     ) -> Iterator[Bucket]:
-        """Buckets trimmed to ``[start, end)``, ascending; empty ones skipped."""
+        """Buckets trimmed to ``[start, end)``, ascending; empty ones skipped. Streams: one bucket in memory.
+
+        Order comes from the index (MongoDB: ``sort`` served by it; SecantusDB: its forward IXSCAN,
+        see ``iter_documents``); ``test_candle_store`` writes buckets out of order and reads them back.
+        """
         lo = start if start is not None else FLOOR_MS
         hi = end if end is not None else None
-        docs = sorted(self.iter_documents(symbol, interval, start, end), key=lambda d: d["start"])
-        for doc in docs:
+        for doc in self.iter_documents(symbol, interval, start, end):
             b = Bucket.from_document(doc)
             ot = b.cols["open_time"]
             if b.n and (ot[0] < lo or (hi is not None and ot[-1] >= hi)):
@@ -594,7 +597,7 @@ class CandleStore:
         """Bucket metadata only (n, first, last) — no columns — ascending."""
         proj = {f: 1 for f in ("start", "n", "first", "last")}
         flt = self._bucket_filter(symbol, interval, start, end)
-        return sorted(self.coll.find(flt, proj), key=lambda d: d["start"])
+        return sorted(self.coll.find(flt, proj), key=lambda d: d["start"])  # small: metadata only
 
     def count(self, symbol: str, interval: str, start: int | None = None, end: int | None = None) -> int:
         """Candles in ``[start, end)``: summed bucket sizes; only partly covered buckets are decoded."""

@@ -233,3 +233,14 @@ def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mon
         body = b"".join(iter_ndjson(cs, sym, "1m", ROW_FIELDS, D0, D0 + DAY))
         lines = [json.loads(line) for line in body.splitlines()]
         assert lines == [{k: r[k] for k in ROW_FIELDS} for r in expect]
+
+
+def test_buckets_written_out_of_order_read_back_ascending(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    days = [5, 1, 9, 0, 3, 7, 2]
+    for d in days:
+        t = D0 + d * DAY
+        cs.sync_range("BTCUSDT", "1m", t, t + DAY, minutes(t + 10 * MIN, 2))
+    got = [r["open_time"] for r in cs.read_range("BTCUSDT", "1m", D0, D0 + 10 * DAY)]
+    assert got == sorted(got) and len(got) == 2 * len(days)
+    assert [b.start for b in cs.iter_buckets("BTCUSDT", "1m")] == [D0 + d * DAY for d in sorted(days)]
