@@ -213,6 +213,7 @@ class VersionWatcher:
         self.errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        cache.watcher = self
 
     def poll_once(self) -> list[str]:
         """Read versions changed since the last poll (with overlap for clock skew); invalidate; return the tags."""

@@ -94,7 +94,6 @@ class AppState:
         with self._lock:
             if self._watcher is None:
                 w = VersionWatcher(self.hot, self.candles.versions_since, poll_s=self.api.cache_poll_s)
-                self.hot.watcher = w
                 self._watcher = w.start()
                 self.owned.append(w)
                 self.hot.ttl_s = max(self.hot.ttl_s, self.api.cache_notified_ttl_s)
