@@ -377,6 +377,9 @@ def normalize_fields(projection: Mapping[str, Any] | Sequence[str] | None) -> tu
     return tuple(wanted)
 
 
+_INDEXED: set[tuple[int, str]] = set()
+
+
 class ConcurrentWriteError(RuntimeError):
     """A bucket kept changing under a merge for every retry."""
 
@@ -402,7 +405,9 @@ class CandleStore:
         return self.store.db[VERSIONS]
 
     def ensure_indexes(self) -> None:
-        if self._indexed:
+        """Once per process and database (call sites build a CandleStore per call)."""
+        key = (id(self.store.client), self.store.db_name)
+        if self._indexed or key in _INDEXED:
             return
         self.coll.create_index(
             [("symbol", ASCENDING), ("interval", ASCENDING), ("start", ASCENDING)],
@@ -411,6 +416,7 @@ class CandleStore:
         )
         self.versions.create_index([("updated_at", ASCENDING)], name="updated_at")
         self._indexed = True
+        _INDEXED.add(key)
 
     # -- writes -----------------------------------------------------------------------------
     def sync_range(
@@ -581,6 +587,8 @@ class CandleStore:
             if limit and len(out) >= limit:
                 return out[:limit]
         return out
+
+    read = read_range
 
     def read_frame(self, symbol: str, interval: str, start: int | None = None, end: int | None = None) -> pd.DataFrame:
         """The candle frame (``open_time``, ``close_time``, OHLC, volumes, trades, source, flags), sorted."""
