@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -233,6 +234,8 @@ def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mon
         body = b"".join(iter_ndjson(cs, sym, "1m", ROW_FIELDS, D0, D0 + DAY))
         lines = [json.loads(line) for line in body.splitlines()]
         assert lines == [{k: r[k] for k in ROW_FIELDS} for r in expect]
+        # byte for byte what orjson renders for each row dict
+        assert body == b"".join(orjson.dumps({k: r[k] for k in ROW_FIELDS}) + b"\n" for r in expect)
 
 
 def test_buckets_written_out_of_order_read_back_ascending(mongo_store: MongoStore) -> None:
