@@ -7,6 +7,13 @@ store (one ascending index seek, ``limit 1``) whether anything newer has landed.
 so the entry is dropped; if not it is good for another ``revalidate_s``. A client
 therefore sees new data at most ``revalidate_s`` late, and never older than ``ttl_s``.
 
+Notification instead of probing: when a :class:`VersionWatcher` is running, entries carry a
+*tag* (the dataset they were read from, e.g. ``candles:BTCUSDT:1m``) and the watcher drops
+every entry of a tag as soon as the writers bump that dataset's version; ``get`` then skips the
+per-request store probe entirely (``notified=True``). A fill that raced a bump is not stored
+(each tag has a generation, read before the fill and checked at ``put``). If the watcher
+cannot read the versions it marks itself unhealthy and the cache falls back to probing.
+
 Thread-safe: routes run in Starlette's thread pool.
 """
 
@@ -15,9 +22,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -28,6 +35,7 @@ class _Entry(Generic[V]):
     newest: int | None  # newest time in the cached rows (None: no rows)
     created: float
     checked: float
+    tag: str | None = None
 
 
 class HotCache(Generic[V]):
@@ -49,6 +57,35 @@ class HotCache(Generic[V]):
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
+        self.probes = 0
+        self._gen: dict[str, int] = {}
+        self.watcher: VersionWatcher | None = None
+
+    @property
+    def notified(self) -> bool:
+        """True while a healthy watcher invalidates by notification (no per-request probes)."""
+        w = self.watcher
+        return w is not None and w.healthy
+
+    def generation(self, tag: str | None) -> int:
+        if tag is None:
+            return 0
+        with self._lock:
+            return self._gen.get(tag, 0)
+
+    def invalidate_tags(self, tags: Iterable[str]) -> int:
+        """Drop every entry read from these datasets; a fill already in flight for them is not stored."""
+        wanted = set(tags)
+        if not wanted:
+            return 0
+        with self._lock:
+            for t in wanted:
+                self._gen[t] = self._gen.get(t, 0) + 1
+            doomed = [k for k, e in self._data.items() if e.tag in wanted]
+            for k in doomed:
+                del self._data[k]
+            self.invalidations += len(doomed)
+            return len(doomed)
 
     def get(self, key: Hashable, has_newer: Callable[[int | None], bool]) -> V | None:
         """The cached value, or None when absent, expired, or newer data has landed since.
@@ -64,7 +101,7 @@ class HotCache(Generic[V]):
                     del self._data[key]
                 self.misses += 1
                 return None
-            fresh = now - entry.checked <= self.revalidate_s
+            fresh = now - entry.checked <= self.revalidate_s or (entry.tag is not None and self.notified)
             self._data.move_to_end(key)
             if fresh:
                 self.hits += 1
@@ -73,6 +110,7 @@ class HotCache(Generic[V]):
             # of all probing the store at once (measured: a 16-way probe burst was the
             # whole cached p99 at concurrency 16).
             entry.checked = now
+            self.probes += 1
         if has_newer(entry.newest):
             with self._lock:
                 if self._data.get(key) is entry:
@@ -98,10 +136,13 @@ class HotCache(Generic[V]):
                 lock = self._fill_locks[key] = threading.Lock()
             return lock
 
-    def put(self, key: Hashable, value: V, newest: int | None) -> None:
+    def put(self, key: Hashable, value: V, newest: int | None, *, tag: str | None = None, generation: int = 0) -> None:
+        """Store ``value``; with a ``tag``, only if no invalidation of it happened since ``generation`` was read."""
         now = self._clock()
         with self._lock:
-            self._data[key] = _Entry(value, newest, now, now)
+            if tag is not None and self._gen.get(tag, 0) != generation:
+                return
+            self._data[key] = _Entry(value, newest, now, now, tag)
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
@@ -141,3 +182,80 @@ class ValueCache(Generic[V]):
     def invalidate(self) -> None:
         with self._lock:
             self._value = None
+
+
+class VersionWatcher:
+    """Polls the ``dataset_versions`` collection (one bounded read on its ``updated_at`` index) and
+    invalidates the cache's entries of every dataset whose version moved.
+
+    One poll per ``poll_s`` per API process, whatever the request rate: this replaces a store
+    probe per cached request. Writers (``CandleStore`` and the analytics assets) bump the versions.
+    """
+
+    def __init__(
+        self,
+        cache: HotCache[Any],
+        read_since: Callable[[int], list[dict[str, Any]]],
+        *,
+        poll_s: float = 0.25,
+        overlap_ms: int = 5_000,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.cache = cache
+        self.read_since = read_since
+        self.poll_s = poll_s
+        self.overlap_ms = overlap_ms
+        self._wall_ms = wall_ms
+        self._seen: dict[str, int] = {}
+        self._since = 0
+        self.healthy = False
+        self.polls = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        cache.watcher = self
+
+    def poll_once(self) -> list[str]:
+        """Read versions changed since the last poll (with overlap for clock skew); invalidate; return the tags."""
+        started = self._wall_ms()
+        try:
+            rows = self.read_since(self._since - self.overlap_ms if self._since else 0)
+        except Exception:  # the store is down: fall back to probing until it answers again
+            self.errors += 1
+            self.healthy = False
+            self.cache.invalidate()
+            return []
+        changed = []
+        for r in rows:
+            tag, v = str(r["_id"]), int(r.get("v") or 0)
+            if self._seen.get(tag) != v:
+                self._seen[tag] = v
+                changed.append(tag)
+        first = self._since == 0
+        self._since = started
+        self.polls += 1
+        if changed and not first:
+            self.cache.invalidate_tags(changed)
+        elif first:  # entries cached before the first poll may predate versions we never saw move
+            self.cache.invalidate()
+        self.healthy = True
+        return changed
+
+    def start(self) -> VersionWatcher:
+        if self._thread is None:
+            self.poll_once()
+            self._thread = threading.Thread(target=self._run, name="dataset-version-watcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.healthy = False
+
+    close = stop

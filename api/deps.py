@@ -19,11 +19,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from api.cache import HotCache, ValueCache
+from api.cache import HotCache, ValueCache, VersionWatcher
 from api.contract.auth import ScopeDenied, TokenRegistry, authorize, parse_tokens
 from api.contract.datasets import SCOPE_READ
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
+from dm_resources.candle_store import CandleStore
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -36,7 +37,7 @@ T = TypeVar("T")
 # Where a pair's presence is probed when it is neither configured nor cataloged:
 # (collection, equality on the index's middle fields, time field).
 PAIR_PROBES: tuple[tuple[str, dict[str, str], str], ...] = (
-    ("candles", {"interval": "1m"}, "open_time"),
+    ("candle_buckets", {"interval": "1m"}, "start"),  # day buckets: start is the UTC day
     ("agg_trades", {}, "trade_time"),
     ("funding_rates", {}, "funding_time"),
 )
@@ -55,6 +56,13 @@ class ApiSettings(BaseSettings):
     cache_ttl_s: float = 5.0
     cache_revalidate_s: float = 0.5
     cache_enabled: bool = True
+    cache_notify: bool = Field(
+        default=True,
+        description="invalidate the hot cache from dataset_versions (one poll per cache_poll_s) "
+        "instead of probing the store per request",
+    )
+    cache_poll_s: float = 0.25
+    cache_notified_ttl_s: float = 60.0
     symbols_ttl_s: float = 30.0
     mongo_timeout_ms: int = 3000
     dagster_timeout_s: float = 10.0
@@ -84,6 +92,26 @@ class AppState:
             raw = self.api.tokens.get_secret_value() if self.api.tokens is not None else None
             self._tokens = parse_tokens(raw, self.settings.api_token)
         return self._tokens
+
+    _watcher: VersionWatcher | None = None
+    _candles: CandleStore | None = None
+
+    @property
+    def candles(self) -> CandleStore:
+        if self._candles is None:
+            self._candles = CandleStore(self.mongo)
+        return self._candles
+
+    def ensure_watcher(self) -> None:
+        """Start the dataset-version watcher on first cached read (building the app must not connect)."""
+        if self._watcher is not None or not self.api.cache_notify:
+            return
+        with self._lock:
+            if self._watcher is None:
+                w = VersionWatcher(self.hot, self.candles.versions_since, poll_s=self.api.cache_poll_s)
+                self._watcher = w.start()
+                self.owned.append(w)
+                self.hot.ttl_s = max(self.hot.ttl_s, self.api.cache_notified_ttl_s)
 
     def _lazy(self, attr: str, build: Callable[[], T]) -> T:
         value = getattr(self, attr)
@@ -146,9 +174,9 @@ class AppState:
         if hit is not None and now - hit[1] <= self.api.symbols_ttl_s:
             return hit[0]
         now_ms = int(time.time() * 1000)
-        window = {"$gte": now_ms - PAIR_PROBE_WINDOW_MS, "$lt": now_ms + 86_400_000}
+        window = {"$gte": now_ms - PAIR_PROBE_WINDOW_MS - 86_400_000, "$lt": now_ms + 86_400_000}
         found = any(
-            self.mongo.collection(name).find_one({"symbol": sym, **extra, time_field: window}, {"_id": 1}) is not None
+            self.mongo.db[name].find_one({"symbol": sym, **extra, time_field: window}, {"_id": 1}) is not None
             for name, extra, time_field in PAIR_PROBES
         )
         with self._lock:
@@ -169,7 +197,12 @@ def state(request: Request) -> AppState:
     return request.app.state.dm  # type: ignore[no-any-return]
 
 
-State = Annotated[AppState, Depends(state)]
+async def _state_dep(request: Request) -> AppState:
+    """Async on purpose: a sync dependency costs every request a thread-pool hop (measured on the hot path)."""
+    return request.app.state.dm  # type: ignore[no-any-return]
+
+
+State = Annotated[AppState, Depends(_state_dep)]
 
 
 def known_pair(pair: str, st: AppState) -> str:
@@ -210,7 +243,7 @@ def require_write_token(
     _check_token(state(request), creds, x_api_token)
 
 
-def read_access(
+async def read_access(
     request: Request,
     creds: Bearer,
     x_api_token: str | None = Header(default=None, include_in_schema=False),

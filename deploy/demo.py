@@ -26,6 +26,7 @@ import time
 import urllib.request
 import warnings
 
+from dm_resources.candle_store import CandleStore
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.embedded import (
     ROOT,
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"backfill {state.status}: {len(state.runs)} run(s)")
         day_start = int(dt.datetime.fromisoformat(today).replace(tzinfo=dt.UTC).timestamp() * 1000)
         for s in settings.symbols:
-            rows = store.read_range("candles", s, day_start, None, extra={"interval": "1m"}, projection={"source": 1})
+            rows = CandleStore(store).read_range(s, "1m", day_start, None, projection={"source": 1})
             sources: dict[str, int] = {}
             for r in rows:
                 sources[r["source"]] = sources.get(r["source"], 0) + 1

@@ -216,6 +216,9 @@ class MongoStore:
                         unique=spec.unique,
                         name="_".join(spec.key),
                     )
+                from dm_resources.candle_store import CandleStore  # candles live in day buckets
+
+                CandleStore(self).ensure_indexes()
 
     # -- writes ------------------------------------------------------------------
     def insert_idempotent(self, name: str, docs: Sequence[Mapping[str, Any]]) -> WriteResult:

@@ -26,6 +26,7 @@ from dm_assets.candles.compute import candles_frame
 from dm_assets.definitions import build_defs
 from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME, day_bounds_ms
 from dm_resources.binance import BinanceClient
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
@@ -151,7 +152,7 @@ def _seed_quotes_and_funding(store: MongoStore, symbol: str) -> dict[str, pd.Dat
 
 
 def _frame(store: MongoStore, symbol: str, interval: str) -> pd.DataFrame:
-    return candles_frame(store.read_range("candles", symbol, START, END, extra={"interval": interval}))
+    return candles_frame(CandleStore(store).read_range(symbol, interval, START, END))
 
 
 def _doc(store: MongoStore, symbol: str, kind: str, interval: str) -> dict:
@@ -204,6 +205,10 @@ def test_materialized_documents_equal_the_pure_functions(
         [correlation], instance=instance, resources=res, run_config=run_config(AS_OF, symbol_assets=False)
     )
     assert corr_run.success
+    # every dataset written told the API cache (dataset_versions), once per dataset, not per document
+    versions = {d["_id"]: d for d in mongo_store.db["dataset_versions"].find({"kind": "analytics"})}
+    assert "analytics:BTCUSDT:volatility:1m" in versions and "analytics:*:correlation:1m" in versions
+    assert all(v["v"] == 1 for v in versions.values())
 
     frames = {(s, iv): _frame(mongo_store, s, iv) for s in SYMBOLS for iv in ("1m", "1h")}
     assert len(frames["BTCUSDT", "1m"]) == 1440 and len(frames["BTCUSDT", "1h"]) == 24

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from api.models import (
     AnalyticsPage,
     BackfillJobList,
     BackfillJobView,
+    Candle,
     CandlesPage,
     DatasetRecord,
     DatasetSchema,
@@ -34,6 +36,7 @@ from api.models import (
     TradesPage,
 )
 from api.testing import serve
+from dm_resources.candle_store import CandleStore
 from dm_resources.embedded import free_port
 from dm_resources.metadata.schemas import DatasetIn, HealthMetricIn, LineageEdge, SchemaField
 from dm_resources.metadata.store import MetadataStore
@@ -79,6 +82,12 @@ def candle_docs(symbol: str, interval: str, step: int, start: int, n: int) -> li
     return out
 
 
+def put_candles(store: MongoStore, docs: list[dict[str, Any]]) -> None:
+    """Candles go into day buckets, as the candle assets write them."""
+    first, last = docs[0], docs[-1]
+    CandleStore(store).sync_range(first["symbol"], first["interval"], first["open_time"], last["open_time"] + 1, docs)
+
+
 @dataclass
 class Seeded:
     store: MongoStore
@@ -88,10 +97,10 @@ class Seeded:
 
 
 def seed_mongo(store: MongoStore, day0: int) -> None:
-    store.insert_idempotent("candles", candle_docs("BTCUSDT", "1m", MIN, day0, 2 * 1440))
-    store.insert_idempotent("candles", candle_docs("ETHUSDT", "1m", MIN, day0, 600))
-    store.insert_idempotent("candles", candle_docs("BTCUSDT", "1h", HOUR, day0, 48))
-    store.insert_idempotent("candles", candle_docs("SOLUSDT", "1m", MIN, day0, 5))  # in the store, not configured
+    put_candles(store, candle_docs("BTCUSDT", "1m", MIN, day0, 2 * 1440))
+    put_candles(store, candle_docs("ETHUSDT", "1m", MIN, day0, 600))
+    put_candles(store, candle_docs("BTCUSDT", "1h", HOUR, day0, 48))
+    put_candles(store, candle_docs("SOLUSDT", "1m", MIN, day0, 5))  # in the store, not configured
     # Three trades share each millisecond: paging must break ties on agg_id.
     trades = [
         {
@@ -310,11 +319,11 @@ def test_latest_candles_are_the_newest_rows_in_order(http: httpx.Client, seeded:
     resp = http.get("/data/candles", params={"pair": "btcusdt", "period": "1m", "limit": 1000})
     assert resp.status_code == 200, resp.text
     page = CandlesPage.model_validate(resp.json())
-    stored = seeded.store.read_range("candles", "BTCUSDT", extra={"interval": "1m"})[-1000:]
+    stored = CandleStore(seeded.store).read_range("BTCUSDT", "1m")[-1000:]
     assert (page.pair, page.period, page.count, page.next) == ("BTCUSDT", "1m", 1000, None)
     assert [c.open_time for c in page.rows] == [d["open_time"] for d in stored]
     assert [c.close for c in page.rows] == [d["close"] for d in stored]
-    assert page.rows[0].model_dump() == {k: v for k, v in stored[0].items() if k not in ("_id", "symbol", "interval")}
+    assert page.rows[0].model_dump() == {k: v for k, v in stored[0].items() if k in Candle.model_fields}
 
 
 def test_candle_pages_follow_next_links_over_the_whole_range(http: httpx.Client, seeded: Seeded) -> None:
@@ -347,6 +356,67 @@ def test_candles_stream_as_ndjson(http: httpx.Client, seeded: Seeded) -> None:
         lines = [json.loads(line) for line in resp.iter_lines() if line]
     assert [row["open_time"] for row in lines] == [seeded.day0 + i * HOUR for i in range(24)]
     assert set(lines[0]) <= set(CandlesPage.model_fields["rows"].annotation.__args__[0].model_fields)  # type: ignore
+
+
+def test_candle_pages_cross_midnight_utc_without_losing_or_repeating_a_minute(
+    http: httpx.Client, seeded: Seeded
+) -> None:
+    midnight = seeded.day0 + DAY
+    url: str | None = "/data/candles"
+    params: dict[str, Any] | None = {"pair": "BTCUSDT", "start": midnight - 5 * MIN, "limit": 3}
+    times: list[int] = []
+    nexts: list[str] = []
+    while url and len(times) < 12:
+        page = CandlesPage.model_validate(http.get(url, params=params).json())
+        times.extend(c.open_time for c in page.rows)
+        url, params = page.next, None
+        if url:
+            nexts.append(url)
+    assert times == [midnight + (i - 5) * MIN for i in range(12)]
+    # cursors are "last open_time + 1": the first page's ends at 23:57, the next starts 23:57:00.001
+    assert f"start={midnight - 3 * MIN + 1}" in nexts[0]
+    # an end exactly at midnight excludes 00:00; a start 1 ms before midnight includes it
+    before = http.get("/data/candles", params={"pair": "BTCUSDT", "start": midnight - 2 * MIN, "end": midnight}).json()
+    assert [r["open_time"] for r in before["rows"]] == [midnight - 2 * MIN, midnight - MIN] and before["next"] is None
+    at = http.get("/data/candles", params={"pair": "BTCUSDT", "start": midnight - 1, "limit": 1}).json()
+    assert [r["open_time"] for r in at["rows"]] == [midnight]
+    # ISO-8601 with an explicit UTC offset means the same instant
+    iso = http.get(
+        "/data/candles", params={"pair": "BTCUSDT", "start": "1970-01-01T00:00:00+00:00", "end": midnight - 2 * DAY}
+    ).json()
+    assert iso["rows"] == [] and iso["next"] is None
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "arrow", "csv"])
+def test_candle_streams_cross_day_buckets_in_every_format(http: httpx.Client, seeded: Seeded, fmt: str) -> None:
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.ipc as ipc
+
+    midnight = seeded.day0 + DAY
+    lo, hi = midnight - 90 * MIN, midnight + 30 * MIN
+    params = {"pair": "BTCUSDT", "start": lo, "end": hi, "format": fmt}
+    resp = http.get("/data/candles", params=params)
+    assert resp.status_code == 200, resp.text
+    if fmt == "ndjson":
+        rows = [json.loads(line) for line in resp.text.splitlines() if line]
+    elif fmt == "arrow":
+        assert resp.headers["content-type"].startswith("application/vnd.apache.arrow.stream")
+        rows = ipc.open_stream(io.BytesIO(resp.content)).read_all().to_pylist()
+    else:
+        assert resp.headers["content-type"].startswith("text/csv")
+        rows = pacsv.read_csv(io.BytesIO(resp.content)).to_pylist()
+    expected = [
+        {k: v for k, v in r.items() if k in Candle.model_fields}
+        for r in CandleStore(seeded.store).read_range("BTCUSDT", "1m", lo, hi)
+    ]
+    assert [r["open_time"] for r in rows] == [lo + i * MIN for i in range(120)]
+    assert rows == expected
+    capped = http.get("/data/candles", params={**params, "limit": 100})
+    assert capped.status_code == 200
+    if fmt == "ndjson":
+        assert len([line for line in capped.text.splitlines() if line]) == 100
 
 
 def test_trades_keep_every_digit_and_page_through_same_millisecond_ties(http: httpx.Client, seeded: Seeded) -> None:
@@ -441,9 +511,49 @@ def test_hot_cache_serves_hits_and_drops_them_when_a_newer_candle_lands(http: ht
     assert http.get("/data/candles", params=params).json() == first
     assert cache_hits() == hits + 1
     newest = first["rows"][-1]["open_time"] + MIN
-    seeded.store.insert_idempotent("candles", candle_docs("ETHUSDT", "1m", MIN, newest, 1))
-    after = CandlesPage.model_validate(http.get("/data/candles", params=params).json())
+    put_candles(seeded.store, candle_docs("ETHUSDT", "1m", MIN, newest, 1))
+    # The write bumps the dataset's version; the API's watcher (polling every 0.25 s) drops the entry.
+    deadline = time.monotonic() + 15
+    while (body := http.get("/data/candles", params=params).json()) == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = CandlesPage.model_validate(body)
     assert [c.open_time for c in after.rows] == [r["open_time"] for r in first["rows"][1:]] + [newest]
+
+
+def test_cache_is_invalidated_by_version_notification_without_probing(seeded: Seeded) -> None:
+    """With the watcher healthy no request probes the store; a bumped version drops the entry."""
+    app = create_app(
+        seeded.settings,
+        mongo=seeded.store,
+        meta=seeded.meta,
+        api_settings=ApiSettings(cache_revalidate_s=3600.0, cache_poll_s=3600.0),  # only explicit polls below
+    )
+    st = app.state.dm
+    params = {"pair": "BTCUSDT", "period": "1h", "limit": 2}
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        first = client.get("/data/candles", params=params).json()
+        assert st.hot.notified
+        for _ in range(5):
+            assert client.get("/data/candles", params=params).json() == first
+        newest = first["rows"][-1]["open_time"] + HOUR
+        put_candles(seeded.store, candle_docs("BTCUSDT", "1h", HOUR, newest, 1))
+        assert client.get("/data/candles", params=params).json() == first  # not yet told
+        assert st._watcher.poll_once() == ["candles:BTCUSDT:1h"]
+        after = client.get("/data/candles", params=params).json()
+        assert [r["open_time"] for r in after["rows"]] == [first["rows"][-1]["open_time"], newest]
+        assert st.hot.probes == 0
+        # another dataset's bump leaves this entry alone
+        put_candles(seeded.store, candle_docs("ETHUSDT", "1h", HOUR, newest, 1))
+        assert st._watcher.poll_once() == ["candles:ETHUSDT:1h"]
+        assert client.get("/data/candles", params=params).json() == after
+        # the watcher losing the store falls back to probing per revalidation
+        st._watcher.read_since = lambda _since: 1 / 0
+        st._watcher.poll_once()
+        assert not st.hot.notified
+        st.hot.revalidate_s = 0.0
+        client.get("/data/candles", params=params)
+        client.get("/data/candles", params=params)
+        assert st.hot.probes >= 1
 
 
 # --- analytics ---------------------------------------------------------------------------------------------

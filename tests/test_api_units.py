@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from api.backfills import backfill_status, plan_partitions
-from api.cache import HotCache, ValueCache
+from api.cache import HotCache, ValueCache, VersionWatcher
 from api.params import (
     ParamError,
     check_known,
@@ -119,6 +119,39 @@ def test_hot_cache_revalidates_then_expires() -> None:
     clock.t = 8.5
     assert cache.get("k", newer(False)) is None  # past the TTL whatever the store says
     assert (cache.hits, cache.invalidations) == (3, 1)
+
+
+def test_version_watcher_drops_only_moved_datasets_and_races_are_not_stored() -> None:
+    cache: HotCache[bytes] = HotCache(ttl_s=60, revalidate_s=0)
+    versions = {"candles:BTCUSDT:1m": 1, "candles:ETHUSDT:1m": 1}
+    wall = [1_000]
+
+    def read_since(since: int) -> list[dict[str, object]]:
+        return [{"_id": k, "v": v} for k, v in versions.items()]
+
+    w = VersionWatcher(cache, read_since, wall_ms=lambda: wall[0])
+    w.poll_once()
+    assert cache.notified
+    cache.put("btc", b"b", 1, tag="candles:BTCUSDT:1m", generation=cache.generation("candles:BTCUSDT:1m"))
+    cache.put("eth", b"e", 1, tag="candles:ETHUSDT:1m", generation=cache.generation("candles:ETHUSDT:1m"))
+
+    def fail(_: int | None) -> bool:
+        raise AssertionError("no store probe while notified")
+
+    assert cache.get("btc", fail) == b"b" and cache.probes == 0
+    versions["candles:BTCUSDT:1m"] = 2
+    assert w.poll_once() == ["candles:BTCUSDT:1m"]
+    assert cache.get("btc", fail) is None and cache.get("eth", fail) == b"e"
+    # a fill that read the store before a bump must not be stored after it
+    gen = cache.generation("candles:ETHUSDT:1m")
+    versions["candles:ETHUSDT:1m"] = 2
+    w.poll_once()
+    cache.put("eth", b"stale", 1, tag="candles:ETHUSDT:1m", generation=gen)
+    assert cache.get("eth", fail) is None
+    # the versions cannot be read: notification off, entries flushed, probing resumes
+    w.read_since = lambda since: [][0]  # type: ignore[assignment]
+    w.poll_once()
+    assert not cache.notified and len(cache) == 0
 
 
 def test_hot_cache_is_bounded() -> None:

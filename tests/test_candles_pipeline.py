@@ -8,6 +8,7 @@ from bson.decimal128 import Decimal128
 from dm_assets.candles import build, gaps
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.binance import BinanceClient, Kline
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from tests.fake_exchange import FakeExchange
@@ -34,7 +35,7 @@ def _ws_klines(ex: FakeExchange, minutes: list[int]) -> list[dict]:
 
 
 def _candles(store: MongoStore, interval: str) -> list[dict]:
-    return store.read_range("candles", SYMBOL, START, END, extra={"interval": interval})
+    return CandleStore(store).read_range(SYMBOL, interval, START, END)
 
 
 def test_day_with_local_holes_completes_from_rest_and_rerun_changes_nothing(

@@ -29,6 +29,7 @@ from api.app import create_app
 from api.deps import ApiSettings
 from api.testing import serve
 from dm_client import AsyncDMClient, DMClient, Forbidden, InvalidRequest, NotFound, Unauthorized
+from dm_resources.candle_store import CandleStore
 from dm_resources.embedded import free_port
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -621,7 +622,7 @@ def test_market_datasets_are_readable_through_the_generic_query(http: httpx.Clie
         }
         for i in range(10)
     ]
-    env.store.insert_idempotent("candles", candles)
+    CandleStore(env.store).sync_range("BTCUSDT", "1m", T0, T0 + 10 * 60_000, candles)
     flt = {"symbol": "BTCUSDT", "interval": "1m", "close": {"$gte": 5}}
     body = http.get(
         "/api/v1/mongodb/candles", params={"filter": json.dumps(flt), "sort": json.dumps({"open_time": -1})}
@@ -739,7 +740,7 @@ def test_sync_client_market_and_health_methods(env: Env) -> None:
         }
         for i in range(5)
     ]
-    env.store.insert_idempotent("candles", candles)
+    CandleStore(env.store).sync_range("ETHUSDT", "1m", T0, T0 + 5 * 60_000, candles)
     with DMClient(env.url) as c:
         assert c.root()["api"] == "/api/v1"
         assert c.databases()["metadata"]["connected"] is True

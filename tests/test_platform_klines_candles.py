@@ -22,6 +22,7 @@ from dm_assets.candles.assets import CANDLE_ASSETS
 from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME, day_bounds_ms, partition_key
 from dm_client import DMClient
 from dm_resources.binance import Kline
+from dm_resources.candle_store import CandleStore
 from dm_resources.embedded import free_port
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -109,7 +110,7 @@ def test_extractor_klines_become_candles_without_rest_requests(
     # Trusted like our own REST fills (the exchange's REST klines, fetched by the extractor).
     assert json.loads(json.dumps(mat.metadata["by_source"].value)) == {"rest": 1440}
 
-    candles = mongo_store.read_range("candles", SYMBOL, START, END, extra={"interval": "1m"})
+    candles = CandleStore(mongo_store).read_range(SYMBOL, "1m", START, END)
     assert [c["open_time"] for c in candles] == [r[0] for r in rows]
     for c, r in zip(candles[:50], rows[:50], strict=True):
         assert (c["open"], c["high"], c["low"], c["close"]) == tuple(float(x) for x in r[1:5])

@@ -15,7 +15,7 @@ database, missing token) is refused before anything is stored.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +38,7 @@ from api.contract.filters import (
 )
 from api.params import ParamError
 from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort, now_ms
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.platform import TABLES, Cond, ConflictError, PlatformTables
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore
@@ -276,19 +277,9 @@ def _holds(value: Any, c: Cond) -> bool:
 def _gallop(
     store: MongoStore, ds: Dataset, base: dict[str, Any], lo: int | None, hi: int | None, n: int, descending: bool
 ) -> list[dict[str, Any]]:
-    spec = COLLECTIONS[ds.store]
-    tf = spec.time_field
-    coll = store.collection(ds.store)
-    sort = [(k, ASCENDING) for k in spec.key] if explicit_sort(store) else None
     floor = lo if lo is not None else FLOOR_MS
     now = now_ms()
-
-    def read(a: int, b: int, cap: int = 0) -> list[dict[str, Any]]:
-        flt = {**base, tf: {"$gte": a, "$lt": b}}
-        cur = coll.find(flt, {"_id": 0}, limit=cap, batch_size=max(101, min(cap, 10_000)))
-        if sort:
-            cur = cur.sort(sort)
-        return list(cur)
+    read = _candle_reader(store, base) if ds.store == "candles" else _collection_reader(store, ds, base)
 
     window = max(1, n * ds.step_ms)
     if not descending:
@@ -307,6 +298,63 @@ def _gallop(
         newest_first.extend(reversed(read(a, b)))
         b, window = a, window * 4
     return newest_first[:n]
+
+
+Reader = Callable[[int, int, int], list[dict[str, Any]]]
+
+
+def _collection_reader(store: MongoStore, ds: Dataset, base: dict[str, Any]) -> Reader:
+    """Rows of a per-document collection with ``a <= time < b`` matching ``base``, ascending."""
+    spec = COLLECTIONS[ds.store]
+    coll = store.collection(ds.store)
+    sort = [(k, ASCENDING) for k in spec.key] if explicit_sort(store) else None
+
+    def read(a: int, b: int, cap: int = 0) -> list[dict[str, Any]]:
+        flt = {**base, spec.time_field: {"$gte": a, "$lt": b}}
+        cur = coll.find(flt, {"_id": 0}, limit=cap, batch_size=max(101, min(cap, 10_000)))
+        if sort:
+            cur = cur.sort(sort)
+        return list(cur)
+
+    return read
+
+
+_PY_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": lambda v, x: v == x,
+    "$ne": lambda v, x: v != x,
+    "$gt": lambda v, x: v is not None and v > x,
+    "$gte": lambda v, x: v is not None and v >= x,
+    "$lt": lambda v, x: v is not None and v < x,
+    "$lte": lambda v, x: v is not None and v <= x,
+    "$in": lambda v, x: v in x,
+}
+
+
+def _matches(row: Mapping[str, Any], conds: Mapping[str, Any]) -> bool:
+    """``conds`` (the declared subset, as built for MongoDB) evaluated on one decoded row."""
+    for name, want in conds.items():
+        ops = want if isinstance(want, dict) else {"$eq": want}
+        if not all(_PY_OPS[op](row.get(name), x) for op, x in ops.items()):
+            return False
+    return True
+
+
+def _candle_reader(store: MongoStore, base: dict[str, Any]) -> Reader:
+    """Candles live in day buckets (``CandleStore``): read the window's buckets, filter the rows here."""
+    symbol, interval = _plain(base["symbol"]), _plain(base["interval"])
+    others = {k: v for k, v in base.items() if k not in ("symbol", "interval")}
+    candles = CandleStore(store)
+
+    def read(a: int, b: int, cap: int = 0) -> list[dict[str, Any]]:
+        rows = [r for r in candles.read_range(symbol, interval, a, b) if _matches(r, others)]
+        return rows[:cap] if cap else rows
+
+    return read
+
+
+def _plain(value: Any) -> Any:
+    """The equality value of an index field (``{"$eq": v, ...}`` when other operators joined it)."""
+    return value["$eq"] if isinstance(value, dict) else value
 
 
 # --- updates and deletes ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from api.deps import AppState, State, known_pair, read_access
 from api.models import AnalyticsPage, ErrorResponse
 from api.params import MAX_LIMIT, check_analytics_period, check_known, parse_pairs, parse_range
 from api.queries import Source, dumps, has_newer, read_latest, read_page
-from api.routes.data import End, Pair, Start, next_link
+from api.routes.data import End, Pair, Start, cached, next_link
 
 router = APIRouter(prefix="/analysis", tags=["analysis"], dependencies=[Depends(read_access)])
 
@@ -67,27 +67,17 @@ def cached_latest(
     src = Source("analytics", symbol, (("kind", kind), ("interval", period)), ANALYTICS_FIELDS)
     key = ("analysis", src, limit, tuple(header.get("pairs") or ()))
 
-    def body() -> bytes:
+    def body() -> tuple[bytes, int | None]:
         rows, nxt = read_analytics(request, st, symbol, kind, period, start, end, limit)
         if shape is not None:
             rows = [shape(r) for r in rows]
         out = dumps({**header, "count": len(rows), "rows": rows, "next": nxt})
-        if cacheable:
-            st.hot.put(key, out, int(rows[-1]["window_end"]) if rows else None)
-        return out
+        return out, (int(rows[-1]["window_end"]) if rows else None)
 
     if not cacheable:
-        return Response(content=body(), media_type="application/json")
+        return Response(content=body()[0], media_type="application/json")
     probe = lambda newest: has_newer(st.mongo, src, newest)  # noqa: E731
-    cached = st.hot.get(key, probe)
-    if st.metrics is not None:
-        st.metrics.cache.labels("hit" if cached is not None else "miss").inc()
-    if cached is None:
-        with st.hot.fill_lock(key):
-            cached = st.hot.get(key, probe)  # filled while this request waited
-            if cached is None:
-                cached = body()
-    return Response(content=cached, media_type="application/json")
+    return cached(st, key, f"analytics:{symbol}:{kind}:{period}", body, probe)
 
 
 def _kind_route(kind: str, default_period: str, summary: str) -> None:

@@ -6,11 +6,15 @@ declared ``response_model`` is the schema clients and the tests hold the bodies 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from api import candle_reads
 from api.deps import AppState, State, known_pair, read_access
 from api.models import (
     Candle,
@@ -24,9 +28,17 @@ from api.models import (
     Trade,
     TradesPage,
 )
-from api.params import CANDLE_PERIODS, DEFAULT_LIMIT, MAX_LIMIT, check_period, parse_after, parse_range
+from api.params import (
+    CANDLE_PERIODS,
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ParamError,
+    check_period,
+    normalise_pair,
+    parse_after,
+    parse_range,
+)
 from api.queries import Source, dumps, has_newer, iter_ndjson, read_latest, read_page
-from dm_resources.intervals import INTERVAL_MS
 
 router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
 
@@ -143,12 +155,35 @@ def serve(
     return json_response({**header, "count": len(rows), "rows": rows, "next": nxt})
 
 
+CandleFormat = Annotated[
+    Literal["json", "ndjson", "arrow", "csv"],
+    Query(
+        description="ndjson, arrow (Arrow IPC stream) and csv stream the whole [start, end) range; "
+        "arrow is the fastest for bulk reads"
+    ),
+]
+_BULK: dict[str, tuple[Callable[..., Any], str]] = {
+    "ndjson": (candle_reads.iter_ndjson, NDJSON),
+    "arrow": (candle_reads.iter_arrow, candle_reads.ARROW_MEDIA_TYPE),
+    "csv": (candle_reads.iter_csv, candle_reads.CSV_MEDIA_TYPE),
+}
+
+
 @router.get(
     "/candles",
     response_model=CandlesPage,
-    responses={**ERRORS, 200: {"content": {NDJSON: {"schema": Candle.model_json_schema()}}}},
+    responses={
+        **ERRORS,
+        200: {
+            "content": {
+                NDJSON: {"schema": Candle.model_json_schema()},
+                candle_reads.ARROW_MEDIA_TYPE: {},
+                candle_reads.CSV_MEDIA_TYPE: {},
+            }
+        },
+    },
 )
-def candles(
+async def candles(
     st: State,
     request: Request,
     pair: Pair,
@@ -158,31 +193,93 @@ def candles(
     start: Start = None,
     end: End = None,
     limit: Limit = None,
-    format: Format = "json",
+    format: CandleFormat = "json",
 ) -> Response:
     """Candles in ascending ``open_time``.
 
     Without ``start``: the newest ``limit`` candles (before ``end`` if given), served from a
-    short-lived cache that is dropped as soon as a newer candle lands. With ``start``: a page
-    forward from it and a ``next`` link while more rows exist. ``format=ndjson`` streams
-    the whole range, one candle per line.
+    hot cache that is dropped as soon as the candle assets write this dataset. With ``start``: a
+    page forward from it and a ``next`` link while more rows exist. ``format=ndjson`` streams
+    the whole range, one candle per line; ``arrow`` and ``csv`` stream it columnar.
     """
+    if format == "json" and start is None and end is None and st.api.cache_enabled and st.hot.notified:
+        # A hit needs no thread, no store and no validation beyond the key: only a validated
+        # (pair, period) was ever stored under it.
+        with contextlib.suppress(ParamError):
+            n = limit or DEFAULT_LIMIT
+            src = Source("candles", normalise_pair(pair), (("interval", period),), CANDLE_FIELDS)
+            hit = st.hot.get(("candles", src, n), _no_probe)
+            if hit is not None:
+                if st.metrics is not None:
+                    st.metrics.cache.labels("hit").inc()
+                return Response(content=hit, media_type="application/json")
+    return await run_in_threadpool(_candles, st, request, pair, period, start, end, limit, format)
+
+
+def _no_probe(_newest: int | None) -> bool:
+    return False
+
+
+def _candles(
+    st: AppState,
+    request: Request,
+    pair: str,
+    period: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    format: str,
+) -> Response:
     sym = known_pair(pair, st)
     check_period(period)
+    lo, hi = parse_range(start, end)
+    cs = st.candles
+    if format in _BULK:
+        render, media = _BULK[format]
+        return StreamingResponse(render(cs, sym, period, CANDLE_FIELDS, lo, hi, limit=limit or 0), media_type=media)
+    n = limit or DEFAULT_LIMIT
+    header = {"pair": sym, "period": period}
     src = Source("candles", sym, (("interval", period),), CANDLE_FIELDS)
-    return serve(
-        request,
-        st,
-        src,
-        start=start,
-        end=end,
-        limit=limit,
-        after=None,
-        fmt=format,
-        step_ms=INTERVAL_MS[period],
-        header={"pair": sym, "period": period},
-        route="candles",
-    )
+    if lo is not None:
+        rows, more = candle_reads.read_page(cs, sym, period, CANDLE_FIELDS, lo, hi, n)
+        return json_response({**header, "count": len(rows), "rows": rows, "next": next_link(request, src, rows, more)})
+
+    def latest_body() -> tuple[bytes, int | None]:
+        rows = candle_reads.read_latest(cs, sym, period, CANDLE_FIELDS, n, hi)
+        body = dumps({**header, "count": len(rows), "rows": rows, "next": None})
+        return body, (int(rows[-1]["open_time"]) if rows else None)
+
+    if not (st.api.cache_enabled and hi is None):
+        return Response(content=latest_body()[0], media_type="application/json")
+    tag = f"candles:{sym}:{period}"
+
+    def probe(newest: int | None) -> bool:
+        last = cs.last_time(sym, period)
+        return last is not None and (newest is None or last > newest)
+
+    return cached(st, ("candles", src, n), tag, latest_body, probe)
+
+
+def cached(
+    st: AppState,
+    key: Any,
+    tag: str,
+    fill: Callable[[], tuple[bytes, int | None]],
+    probe: Callable[[int | None], bool],
+) -> Response:
+    """A hot-cache read: invalidated by dataset-version notification, probing only as a fallback."""
+    st.ensure_watcher()
+    hit = st.hot.get(key, probe)
+    if st.metrics is not None:
+        st.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+    if hit is None:
+        with st.hot.fill_lock(key):
+            hit = st.hot.get(key, probe)  # filled while this request waited
+            if hit is None:
+                gen = st.hot.generation(tag)
+                hit, newest = fill()
+                st.hot.put(key, hit, newest, tag=tag, generation=gen)
+    return Response(content=hit, media_type="application/json")
 
 
 @router.get(

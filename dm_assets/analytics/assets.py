@@ -38,6 +38,7 @@ from dm_assets.analytics import build
 from dm_assets.candles.assets import candles_key
 from dm_assets.partitions import SYMBOL_DIM, SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME
 from dm_assets.raw.assets import raw_key
+from dm_resources.candle_store import bump_analytics_versions
 from dm_resources.resources import MongoResource
 
 ANALYTICS_GROUP = "analytics"
@@ -175,6 +176,7 @@ def symbol_analytics(
     for kind in kinds:
         docs = by_kind[kind]
         res = store.upsert("analytics", docs)
+        bump_analytics_versions(store, docs)  # the API cache invalidates on it
         yield MaterializeResult(
             asset_key=analytics_key(kind), metadata=_metadata(docs, as_of, res.upserted, res.modified)
         )
@@ -195,6 +197,7 @@ def correlation(context: AssetExecutionContext, config: AnalyticsConfig, mongo: 
     symbols = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     docs = build.correlation_documents(store, symbols, as_of)
     res = store.upsert("analytics", docs)
+    bump_analytics_versions(store, docs)  # the API cache invalidates on it
     meta = _metadata(docs, as_of, res.upserted, res.modified)
     meta["symbols"] = len(symbols)
     return MaterializeResult(metadata=meta)

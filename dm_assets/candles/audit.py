@@ -17,6 +17,7 @@ from dm_assets.candles import checks, health
 from dm_assets.candles.checks import CheckResult
 from dm_assets.candles.compute import candles_frame, interval_ms
 from dm_assets.partitions import day_bounds_ms
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ _SEVERITY_TO_LOG = {"OK": "INFO", "WARN": "WARN", "ERROR": "ERROR"}
 
 
 def _read(store: MongoStore, symbol: str, interval: str, start: int, end: int) -> pd.DataFrame:
-    docs = store.read_range("candles", symbol, start, end, extra={"interval": interval}, projection={"_id": 0})
+    docs = CandleStore(store).read_range(symbol, interval, start, end, projection={"_id": 0})
     return candles_frame(docs)
 
 

@@ -37,6 +37,7 @@ import pandas as pd
 
 from dm_assets.candles import compute
 from dm_assets.partitions import day_bounds_ms
+from dm_resources.candle_store import CandleStore
 
 if TYPE_CHECKING:
     from dm_resources.binance import BinanceClient
@@ -258,14 +259,14 @@ def build_1m_day(
     if not candles.empty:
         candles = candles.sort_values("open_time").drop_duplicates("open_time", keep="first")
         docs = compute.candles_to_documents(candles, symbol, "1m")
-        res = store.sync_range("candles", symbol, start, last, docs, extra={"interval": "1m"})
+        res = CandleStore(store).sync_range(symbol, "1m", start, last, docs)
         out.upserted, out.modified, out.rows = res.upserted, res.modified, len(docs)
         out.by_source = dict(Counter(candles["source"].tolist()))
     return out
 
 
 def read_candles(store: MongoStore, symbol: str, interval: str, start: int, end: int) -> pd.DataFrame:
-    docs = store.read_range("candles", symbol, start, end, extra={"interval": interval}, projection={"_id": 0})
+    docs = CandleStore(store).read_range(symbol, interval, start, end, projection={"_id": 0})
     return compute.candles_frame(docs)
 
 
@@ -287,7 +288,7 @@ def build_higher_day(
     out.missing = [int(t) for t in incomplete]
     if not bars.empty:
         docs = compute.candles_to_documents(bars.assign(source="derived"), symbol, interval)
-        res = store.sync_range("candles", symbol, start, end, docs, extra={"interval": interval})
+        res = CandleStore(store).sync_range(symbol, interval, start, end, docs)
         out.upserted, out.modified, out.rows = res.upserted, res.modified, len(docs)
         out.by_source = {"derived": len(docs)}
     return out

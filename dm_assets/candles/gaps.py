@@ -14,6 +14,7 @@ import numpy as np
 
 from dm_assets.candles.build import MINUTE_MS, expected_minutes
 from dm_assets.partitions import day_bounds_ms
+from dm_resources.candle_store import CandleStore
 
 if TYPE_CHECKING:
     from dm_resources.metadata.store import MetadataStore
@@ -56,9 +57,7 @@ def partition_gap(
     expected = expected_minutes(day, now - ARRIVAL_GRACE_MS)
     if expected.size == 0:
         return PartitionGap(day, symbol, 0, 0, False), ()
-    rows = store.read_range(
-        "candles", symbol, start, end, extra={"interval": "1m"}, projection={"_id": 0, "open_time": 1}
-    )
+    rows = CandleStore(store).read_range(symbol, "1m", start, end, projection={"_id": 0, "open_time": 1})
     have = np.fromiter((r["open_time"] for r in rows), dtype=np.int64, count=len(rows))
     records = meta.missing(symbol, "1m", start, end - 1)
     confirmed = np.array([r.open_time for r in records if r.confirmed_at is not None], dtype=np.int64)
@@ -66,5 +65,5 @@ def partition_gap(
     attempts = sum(r.attempts for r in records if r.confirmed_at is None and r.open_time in set(missing.tolist()))
     higher_missing = False
     if missing.size == 0 and end <= now - ARRIVAL_GRACE_MS:
-        higher_missing = store.count("candles", symbol, {"interval": "1d", "open_time": start}) == 0
+        higher_missing = not CandleStore(store).has(symbol, "1d", start)
     return PartitionGap(day, symbol, int(missing.size), int(attempts), higher_missing), tuple(missing.tolist())

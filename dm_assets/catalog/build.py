@@ -36,6 +36,7 @@ from bson import Binary, Decimal128, ObjectId
 
 from dm_assets.analytics import build as analytics_build
 from dm_assets.catalog.fields import FIELD_DESCRIPTIONS, describe
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.schemas import DatasetIn, DatasetRecord, LineageEdge, SchemaField, dataset_id
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS
 
@@ -105,7 +106,8 @@ def candidates(symbols: Iterable[str]) -> list[DatasetRef]:
 
 def all_symbols(store: MongoStore) -> set[str]:
     """Every symbol in every cataloged collection (``distinct``: a scan per collection on SecantusDB)."""
-    return {s for name in CATALOGED_COLLECTIONS for s in store.symbols(name)}
+    found = {s for name in CATALOGED_COLLECTIONS if name != "candles" for s in store.symbols(name)}
+    return found | set(CandleStore(store).symbols())
 
 
 # --------------------------------------------------------------------------- schema
@@ -246,6 +248,8 @@ def describe_dataset(
 
     With a previous entry and no recount due (or asked for), only documents after its last time are read.
     """
+    if ref.collection == "candles":
+        return _describe_candles(store, ref, health, now)
     stats = None if full or prev is None else _tail_stats(store, ref, prev, now)
     stats = stats or _full_stats(store, ref, now)
     if stats is None:
@@ -264,6 +268,30 @@ def describe_dataset(
         description=dataset_description(ref),
         schema=schema_of(ref.collection, sample),
         row_count=rows,
+        first_time=first,
+        last_time=last,
+        freshness_seconds=round((now - last) / 1000, 3) if last is not None else None,
+        health_score=health.score(ref),
+    )
+
+
+def _describe_candles(store: MongoStore, ref: DatasetRef, health: HealthLookup, now: int) -> DatasetIn | None:
+    """Candle datasets from their day buckets' metadata (n, first, last): exact and cheap, no incremental tricks."""
+    cs = CandleStore(store)
+    iv = str(ref.interval)
+    first = cs.first_time(ref.symbol, iv)
+    if first is None:
+        return None
+    last = cs.last_time(ref.symbol, iv)
+    sample = cs.read_range(ref.symbol, iv, last, last + 1) if last is not None else []
+    return DatasetIn(
+        kind=ref.kind,
+        symbol=ref.symbol,
+        interval=ref.interval,
+        collection=ref.collection,
+        description=dataset_description(ref),
+        schema=schema_of(ref.collection, sample[0] if sample else None),
+        row_count=cs.count(ref.symbol, iv),
         first_time=first,
         last_time=last,
         freshness_seconds=round((now - last) / 1000, 3) if last is not None else None,

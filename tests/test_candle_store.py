@@ -1,0 +1,249 @@
+"""The candle bucket layer against a real SecantusDB: round trips, partial days, year buckets, migration."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from dm_resources.candle_store import (
+    BUCKETS,
+    LEGACY,
+    ROW_FIELDS,
+    Bucket,
+    CandleStore,
+    bucket_bounds,
+    bucket_id,
+    main,
+    migrate,
+)
+from dm_resources.mongo import MongoStore
+
+MIN = 60_000
+DAY = 86_400_000
+D0 = int(dt.datetime(2026, 3, 10, tzinfo=dt.UTC).timestamp() * 1000)  # a Tuesday, 00:00 UTC
+
+
+def candle(t: int, interval: str = "1m", *, symbol: str = "BTCUSDT", px: float = 100.0, **kw: Any) -> dict[str, Any]:
+    step = {"1m": MIN, "1h": 3_600_000, "1d": DAY}[interval]
+    doc = {
+        "symbol": symbol,
+        "interval": interval,
+        "open_time": t,
+        "close_time": t + step - 1,
+        "open": px,
+        "high": px + 2.5,
+        "low": px - 1.25,
+        "close": px + 0.1,
+        "volume": 1.5,
+        "quote_volume": 150.123456789,
+        "taker_buy_volume": 0.75,
+        "taker_buy_quote_volume": 75.0,
+        "trades": 7,
+        "source": "kline",
+        "flags": [],
+    }
+    doc.update(kw)
+    return doc
+
+
+def minutes(start: int, n: int, **kw: Any) -> list[dict[str, Any]]:
+    return [candle(start + i * MIN, px=100.0 + i, **kw) for i in range(n)]
+
+
+def test_bucket_bounds_and_ids_are_utc_days_and_years() -> None:
+    assert bucket_bounds("1m", D0 + 5 * MIN) == (D0, D0 + DAY)
+    assert bucket_bounds("1m", D0 - 1) == (D0 - DAY, D0)
+    y0 = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    y1 = int(dt.datetime(2027, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    assert bucket_bounds("1d", D0) == (y0, y1)
+    assert bucket_bounds("1d", y1 - DAY) == (y0, y1)
+    assert bucket_id("BTCUSDT", "1m", D0) == "BTCUSDT:1m:2026-03-10"
+    assert bucket_id("BTCUSDT", "1d", y0) == "BTCUSDT:1d:2026"
+
+
+def test_round_trip_rows_frame_flags_and_sources(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    rows = minutes(D0, 1440)
+    rows[5]["flags"] = ["bad_print", "ohlc"]
+    rows[6]["source"] = "rest"
+    rows[7]["source"] = "agg_trades"
+    res = cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, rows)
+    assert (res.upserted, res.modified) == (1440, 0)
+    assert mongo_store.db[BUCKETS].count_documents({}) == 1  # one day, one document
+    got = cs.read_range("BTCUSDT", "1m", D0, D0 + DAY)
+    assert got == [{k: r[k] for k in ROW_FIELDS} for r in rows]
+    frame = cs.read_frame("BTCUSDT", "1m", D0, D0 + DAY)
+    assert frame["open_time"].tolist() == [r["open_time"] for r in rows]
+    assert frame["flags"].iloc[5] == ["bad_print", "ohlc"]
+    assert frame["close_time"].iloc[0] == D0 + MIN - 1
+    # projections as the per-candle reads used them
+    assert cs.read_range("BTCUSDT", "1m", D0, D0 + 2 * MIN, projection={"_id": 0, "open_time": 1, "source": 1}) == [
+        {"open_time": D0, "source": "kline"},
+        {"open_time": D0 + MIN, "source": "kline"},
+    ]
+    # the bucket is written once: an identical re-write changes nothing and writes nothing
+    v = mongo_store.db[BUCKETS].find_one({})["v"]
+    assert cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, rows).upserted == 0
+    assert mongo_store.db[BUCKETS].find_one({})["v"] == v
+
+
+def test_partial_day_rewritten_as_minutes_arrive(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    first = cs.sync_range("ETHUSDT", "1m", D0, D0 + 10 * MIN, minutes(D0, 10, symbol="ETHUSDT"))
+    assert first.upserted == 10
+    # ten more minutes arrive; minute 3 is revised (a repair)
+    more = minutes(D0, 20, symbol="ETHUSDT")
+    more[3]["close"] = 999.0
+    second = cs.sync_range("ETHUSDT", "1m", D0, D0 + 20 * MIN, more)
+    assert (second.upserted, second.modified) == (10, 1)
+    doc = mongo_store.db[BUCKETS].find_one({"_id": "ETHUSDT:1m:2026-03-10"})
+    assert (doc["n"], doc["first"], doc["last"], doc["v"]) == (20, D0, D0 + 19 * MIN, 2)
+    got = cs.read_range("ETHUSDT", "1m", D0, D0 + DAY)
+    assert [r["open_time"] for r in got] == [D0 + i * MIN for i in range(20)]
+    assert got[3]["close"] == 999.0
+    # a merge keeps stored candles absent from the new rows; a partition rewrite (write_day) drops them
+    cs.sync_range("ETHUSDT", "1m", D0, D0 + DAY, minutes(D0 + 5 * MIN, 2, symbol="ETHUSDT"))
+    assert cs.count("ETHUSDT", "1m") == 20
+    res = cs.write_day("ETHUSDT", "1m", "2026-03-10", minutes(D0, 15, symbol="ETHUSDT"))
+    assert res.modified >= 5
+    assert cs.count("ETHUSDT", "1m") == 15
+    assert cs.last_time("ETHUSDT", "1m") == D0 + 14 * MIN
+
+
+def test_reads_across_day_boundaries_and_utc_edges(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    rows = minutes(D0 - 3 * MIN, 6)  # 23:57 … 00:02, across midnight UTC
+    cs.sync_range("BTCUSDT", "1m", D0 - 3 * MIN, D0 + 3 * MIN, rows)
+    assert mongo_store.db[BUCKETS].count_documents({"symbol": "BTCUSDT"}) == 2
+    got = cs.read_range("BTCUSDT", "1m", D0 - 2 * MIN, D0 + 2 * MIN)
+    assert [r["open_time"] for r in got] == [D0 - 2 * MIN, D0 - MIN, D0, D0 + MIN]
+    assert cs.read_range("BTCUSDT", "1m", D0, D0 + 1) == [{k: rows[3][k] for k in ROW_FIELDS}]
+    assert cs.read_range("BTCUSDT", "1m", D0 - 1, D0) == []  # [start, end): 23:59:59.999 holds no open time
+    assert cs.count("BTCUSDT", "1m") == 6
+    assert cs.count("BTCUSDT", "1m", D0 - 2 * MIN, D0 + MIN) == 3
+    assert cs.first_time("BTCUSDT", "1m") == D0 - 3 * MIN
+    assert cs.last_time("BTCUSDT", "1m") == D0 + 2 * MIN
+    assert cs.last_time("BTCUSDT", "1m", before=D0) == D0 - MIN
+    latest = cs.latest("BTCUSDT", "1m", 4, end=D0 + 10 * DAY)
+    assert [r["open_time"] for r in latest] == [D0 - MIN, D0, D0 + MIN, D0 + 2 * MIN]
+    assert cs.read_range("BTCUSDT", "1m", D0 - 3 * MIN, None, limit=2)[-1]["open_time"] == D0 - 2 * MIN
+    assert cs.has("BTCUSDT", "1m", D0) and not cs.has("BTCUSDT", "1m", D0 + 3 * MIN)
+    # rows outside the range given to a write are refused, not silently misfiled
+    with pytest.raises(ValueError, match="not aligned"):
+        cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 1)])
+
+
+def test_daily_candles_share_a_year_bucket_and_merge(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    # two day partitions write their one 1d candle each, through separate store objects
+    a = CandleStore(MongoStore(mongo_store.url, mongo_store.db_name))
+    b = CandleStore(MongoStore(mongo_store.url, mongo_store.db_name))
+    a.sync_range("BTCUSDT", "1d", D0, D0 + DAY, [candle(D0, "1d")])
+    b.sync_range("BTCUSDT", "1d", D0 + DAY, D0 + 2 * DAY, [candle(D0 + DAY, "1d", px=200.0)])
+    docs = list(mongo_store.db[BUCKETS].find({"interval": "1d"}))
+    assert [d["_id"] for d in docs] == ["BTCUSDT:1d:2026"] and docs[0]["n"] == 2
+    assert [r["open"] for r in cs.read_range("BTCUSDT", "1d")] == [100.0, 200.0]
+    a.store.close()
+    b.store.close()
+
+
+def test_lost_race_is_retried_not_lost(mongo_store: MongoStore) -> None:
+    """A writer whose bucket changed between its read and its replace re-reads and merges."""
+    cs = CandleStore(mongo_store)
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0)])
+    stale = Bucket.from_document(mongo_store.db[BUCKETS].find_one({}))
+    cs.sync_range("BTCUSDT", "1m", D0 + MIN, D0 + 2 * MIN, [candle(D0 + MIN)])  # another writer, v → 2
+    # the stale writer's replace (v=1 filter) matches nothing ...
+    merged, _, _ = stale.merge(Bucket.from_rows("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 2 * MIN)]))
+    res = mongo_store.db[BUCKETS].replace_one({"_id": merged.id, "v": stale.v}, merged.to_document(stale.v + 1))
+    assert res.matched_count == 0
+    # ... and the store's own write path retries on top of the current bucket
+    cs.sync_range("BTCUSDT", "1m", D0 + 2 * MIN, D0 + 3 * MIN, [candle(D0 + 2 * MIN)])
+    assert [r["open_time"] for r in cs.read_range("BTCUSDT", "1m")] == [D0, D0 + MIN, D0 + 2 * MIN]
+
+
+def test_frames_write_like_rows(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    rows = minutes(D0, 30)
+    frame = pd.DataFrame(rows).drop(columns=["symbol", "interval"])
+    assert cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, frame).upserted == 30
+    assert cs.read_range("BTCUSDT", "1m") == [{k: r[k] for k in ROW_FIELDS} for r in rows]
+    assert np.isclose(cs.read_frame("BTCUSDT", "1m")["quote_volume"].sum(), 30 * 150.123456789)
+
+
+def test_write_bumps_dataset_version(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, minutes(D0, 3))
+    v1 = mongo_store.db["dataset_versions"].find_one({"_id": "candles:BTCUSDT:1m"})
+    assert v1["v"] == 1 and v1["newest"] == D0 + 2 * MIN
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, minutes(D0, 3))  # nothing changed: no bump
+    assert mongo_store.db["dataset_versions"].find_one({"_id": "candles:BTCUSDT:1m"})["v"] == 1
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, minutes(D0, 4))
+    v2 = mongo_store.db["dataset_versions"].find_one({"_id": "candles:BTCUSDT:1m"})
+    assert v2["v"] == 2 and v2["newest"] == D0 + 3 * MIN
+    assert [d["_id"] for d in cs.versions_since(v2["updated_at"])] == ["candles:BTCUSDT:1m"]
+
+
+def test_migration_converts_legacy_documents_idempotently(mongo_store: MongoStore) -> None:
+    legacy = mongo_store.db[LEGACY]
+    docs = [
+        {"_id": f"{c['symbol']}:{c['interval']}:{c['open_time']}", **{k: v for k, v in c.items() if k != "flags"}}
+        for c in [*minutes(D0 - 2 * MIN, 5), *minutes(D0, 3, symbol="ETHUSDT"), candle(D0, "1d"), candle(D0, "1h")]
+    ]
+    legacy.insert_many(docs)
+    cs = CandleStore(mongo_store)
+    # a bucket already written by the new code wins over the legacy copy of the same minute
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0, px=555.0, source="rest")])
+
+    rep = migrate(mongo_store)
+    assert rep.datasets == 4 and rep.legacy_candles == 10
+    assert rep.candles_added == 9  # BTC 1m 4 (one already bucketed) + ETH 3 + 1d + 1h
+    got = cs.read_range("BTCUSDT", "1m")
+    assert [r["open_time"] for r in got] == [D0 + (i - 2) * MIN for i in range(5)]
+    assert got[2]["open"] == 555.0 and got[2]["source"] == "rest"
+    assert got[0] == {**{k: docs[0][k] for k in ROW_FIELDS if k != "flags"}, "flags": []}
+    assert [r["open_time"] for r in cs.read_range("BTCUSDT", "1d")] == [D0]
+    assert cs.count("ETHUSDT", "1m") == 3
+    before = {d["_id"]: d["v"] for d in mongo_store.db[BUCKETS].find({}, {"v": 1})}
+
+    again = migrate(mongo_store)  # idempotent: nothing to add, no bucket rewritten
+    assert again.candles_added == 0 and again.buckets_written == 0
+    assert {d["_id"]: d["v"] for d in mongo_store.db[BUCKETS].find({}, {"v": 1})} == before
+
+    main(["migrate", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--drop-legacy"])
+    assert LEGACY not in mongo_store.db.list_collection_names()
+    assert cs.count("BTCUSDT", "1m") == 5
+
+
+def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mongo_store: MongoStore) -> None:
+    import json
+
+    from api.candle_reads import iter_ndjson
+
+    cs = CandleStore(mongo_store)
+    rows = minutes(D0, 4)
+    rows[1]["source"] = "odd},{source"
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, rows)
+    cs.sync_range("ETHUSDT", "1m", D0, D0 + DAY, minutes(D0, 4, symbol="ETHUSDT", flags=["bad_print"]))
+    for sym, expect in (("BTCUSDT", rows), ("ETHUSDT", minutes(D0, 4, symbol="ETHUSDT", flags=["bad_print"]))):
+        body = b"".join(iter_ndjson(cs, sym, "1m", ROW_FIELDS, D0, D0 + DAY))
+        lines = [json.loads(line) for line in body.splitlines()]
+        assert lines == [{k: r[k] for k in ROW_FIELDS} for r in expect]
+        # byte for byte what orjson renders for each row dict
+        assert body == b"".join(orjson.dumps({k: r[k] for k in ROW_FIELDS}) + b"\n" for r in expect)
+
+
+def test_buckets_written_out_of_order_read_back_ascending(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    days = [5, 1, 9, 0, 3, 7, 2]
+    for d in days:
+        t = D0 + d * DAY
+        cs.sync_range("BTCUSDT", "1m", t, t + DAY, minutes(t + 10 * MIN, 2))
+    got = [r["open_time"] for r in cs.read_range("BTCUSDT", "1m", D0, D0 + 10 * DAY)]
+    assert got == sorted(got) and len(got) == 2 * len(days)
+    assert [b.start for b in cs.iter_buckets("BTCUSDT", "1m")] == [D0 + d * DAY for d in sorted(days)]
