@@ -1,8 +1,8 @@
 """The FastAPI read layer: ``uvicorn api.app:app``.
 
 ``create_app`` is a factory so tests (and the demo) can hand it their own stores;
-the module-level ``app`` builds nothing that connects: stores are created on first use
-and closed at shutdown.
+the module-level ``app`` builds nothing at import: the lifespan creates the stores (and the
+cache's version watcher) when the server starts and closes what it built at shutdown.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        st.open()
         yield
         st.close()  # only what the app built itself; stores handed in belong to the caller
 

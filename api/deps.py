@@ -113,6 +113,17 @@ class AppState:
                 self.owned.append(w)
                 self.hot.ttl_s = max(self.hot.ttl_s, self.api.cache_notified_ttl_s)
 
+    def open(self) -> None:
+        """Create the stores and start the cache's version watcher: the app's lifespan calls this.
+
+        Constructors do not block on the servers (pymongo connects in the background, SQLAlchemy
+        on first use), so an API started while a store is down still starts, and readiness says
+        which one is missing. The properties below build on first use only for callers that
+        bypass the lifespan (an app driven without its server).
+        """
+        _ = self.mongo, self.meta, self.candles
+        self.ensure_watcher()
+
     def _lazy(self, attr: str, build: Callable[[], T]) -> T:
         value = getattr(self, attr)
         if value is None:

@@ -13,13 +13,11 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
-from dm_resources.contracts import SYMBOL_RE
+from dm_resources.contracts import SYMBOL_RE, duration_ms
 
 # Intervals the candle assets build (dm_assets.candles); clients asking for another
 # Binance interval get a 4xx that lists these rather than an empty page.
 CANDLE_PERIODS: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
-# Analytics labels are an interval or a lookback ("30d" for funding): any short duration label.
-ANALYTICS_PERIOD_RE = re.compile(r"^[0-9]{1,3}[mhdwM]$")
 MAX_LIMIT, DEFAULT_LIMIT = 5000, 500
 # Year 1970 .. 9999 in epoch ms: anything outside is a typo, not a time.
 MAX_EPOCH_MS = 253_402_300_799_999
@@ -122,9 +120,14 @@ def check_period(value: str, allowed: Iterable[str] = CANDLE_PERIODS, param: str
 
 
 def check_analytics_period(value: str, param: str = "period") -> str:
-    if not ANALYTICS_PERIOD_RE.match(value):
-        raise ParamError(param, f"{value!r} is not an interval label such as 1m, 1h or 30d")
-    return value
+    """An interval or lookback label (``1m``, ``4h``, ``30d``, ``1w``) by the one duration rule."""
+    try:
+        if len(value) <= 4:
+            duration_ms(value)
+            return value
+    except ValueError:
+        pass
+    raise ParamError(param, f"{value!r} is not an interval label such as 1m, 1h, 30d or 1w (no months)")
 
 
 def parse_after(value: str | None, param: str = "after") -> int | None:

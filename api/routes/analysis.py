@@ -10,31 +10,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.deps import AppState, State, known_pair, read_access
-from api.models import AnalyticsPage, ErrorResponse
+from api.deps import AppState, State, read_access
+from api.models import AnalyticsPage
 from api.params import MAX_LIMIT, check_analytics_period, check_known, parse_pairs, parse_range
 from api.queries import Source, dumps, has_newer, read_latest, read_page
-from api.routes.data import End, Pair, Start, cached, next_link
+from api.routes.common import ERRORS, End, KnownPair, Start, cached, json_response, next_link
+from dm_resources.contracts import CORRELATION_SYMBOL, duration_ms
 
 router = APIRouter(prefix="/analysis", tags=["analysis"], dependencies=[Depends(read_access)])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "token required (DM_API_PROTECT_READS)"},
-    404: {"model": ErrorResponse, "description": "unknown pair"},
-    422: {"model": ErrorResponse, "description": "a parameter is malformed; the message names it"},
-}
-CORRELATION_SYMBOL = "*"  # dm_assets.analytics.build.CORRELATION_SYMBOL
 ANALYTICS_FIELDS = ("symbol", "kind", "interval", "window_end", "values", "computed_at")
 ALimit = Annotated[
     int,
     Query(ge=1, le=MAX_LIMIT, description="results: the newest N without `start`, else a page forward from `start`"),
 ]
-_UNITS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000, "M": 30 * 86_400_000}
 ANALYTICS_TICK_MS = 15 * 60_000  # the analytics schedule's cadence
-
-
-def label_ms(label: str) -> int:
-    return int(label[:-1]) * _UNITS[label[-1]]
 
 
 def read_analytics(
@@ -43,7 +33,7 @@ def read_analytics(
     lo, hi = parse_range(start, end)
     src = Source("analytics", symbol, (("kind", kind), ("interval", period)), ANALYTICS_FIELDS)
     store = st.mongo
-    step = min(label_ms(period), ANALYTICS_TICK_MS)
+    step = min(duration_ms(period), ANALYTICS_TICK_MS)
     if lo is not None:
         rows, more = read_page(store, src, lo, hi, limit, step_ms=step)
         return rows, next_link(request, src, rows, more)
@@ -75,7 +65,7 @@ def cached_latest(
         return out, (int(rows[-1]["window_end"]) if rows else None)
 
     if not cacheable:
-        return Response(content=body()[0], media_type="application/json")
+        return json_response(body()[0])
     probe = lambda newest: has_newer(st.mongo, src, newest)  # noqa: E731
     return cached(st, key, f"analytics:{symbol}:{kind}:{period}", body, probe)
 
@@ -84,7 +74,7 @@ def _kind_route(kind: str, default_period: str, summary: str) -> None:
     def handler(
         request: Request,
         st: State,
-        pair: Pair,
+        pair: KnownPair,
         period: Annotated[
             str, Query(description="interval label the results were computed on, e.g. 1m, 1h", max_length=8)
         ] = default_period,
@@ -92,10 +82,9 @@ def _kind_route(kind: str, default_period: str, summary: str) -> None:
         end: End = None,
         limit: ALimit = 1,
     ) -> Response:
-        sym = known_pair(pair, st)
         check_analytics_period(period)
         return cached_latest(
-            request, st, sym, kind, period, start, end, limit, {"pair": sym, "kind": kind, "period": period}
+            request, st, pair, kind, period, start, end, limit, {"pair": pair, "kind": kind, "period": period}
         )
 
     handler.__doc__ = summary

@@ -21,7 +21,6 @@ from api.models import (
     CandlesPage,
     DepthPage,
     DepthUpdate,
-    ErrorResponse,
     FundingPage,
     FundingRate,
     MarkPrice,
@@ -31,7 +30,6 @@ from api.models import (
 from api.params import (
     CANDLE_PERIODS,
     DEFAULT_LIMIT,
-    MAX_LIMIT,
     ParamError,
     check_period,
     normalise_pair,
@@ -39,70 +37,29 @@ from api.params import (
     parse_range,
 )
 from api.queries import Source, dumps, has_newer, iter_ndjson, read_latest, read_page
+from api.routes.common import (
+    ERRORS,
+    NDJSON,
+    After,
+    End,
+    Format,
+    KnownPair,
+    Limit,
+    Pair,
+    Start,
+    cached,
+    json_response,
+    next_link,
+)
 
 router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "token required (DM_API_PROTECT_READS)"},
-    404: {"model": ErrorResponse, "description": "unknown pair"},
-    422: {"model": ErrorResponse, "description": "a parameter is malformed; the message names it"},
-}
-NDJSON = "application/x-ndjson"
-
-Pair = Annotated[str, Query(description="Symbol, e.g. BTCUSDT (case-insensitive)", max_length=64, examples=["BTCUSDT"])]
-Start = Annotated[
-    str | None,
-    Query(
-        description="Inclusive; ISO-8601 or epoch milliseconds",
-        max_length=64,
-        examples=["2026-03-10T00:00:00Z", "1773100800000"],
-    ),
-]
-End = Annotated[
-    str | None,
-    Query(
-        description="Exclusive; ISO-8601 or epoch milliseconds",
-        max_length=64,
-        examples=["2026-03-11T00:00:00Z", "1773187200000"],
-    ),
-]
-Limit = Annotated[
-    int | None,
-    Query(
-        ge=1,
-        le=MAX_LIMIT,
-        description=f"rows per page (default {DEFAULT_LIMIT}); "
-        "with format=ndjson, a cap on the streamed rows (default: none)",
-    ),
-]
-After = Annotated[
-    str | None, Query(description="tie-breaker from a 'next' link (rows at `start` with a larger id)", max_length=24)
-]
-Format = Annotated[Literal["json", "ndjson"], Query(description="ndjson streams the whole [start, end) range")]
 
 CANDLE_FIELDS = tuple(Candle.model_fields)
 TRADE_FIELDS = tuple(Trade.model_fields)
 DEPTH_FIELDS = tuple(DepthUpdate.model_fields)
 FUNDING_FIELDS = tuple(FundingRate.model_fields)
 MARK_FIELDS = tuple(MarkPrice.model_fields)
-
-
-def json_response(body: dict[str, Any]) -> Response:
-    return Response(content=dumps(body), media_type="application/json")
-
-
-def next_link(request: Request, src: Source, rows: list[dict[str, Any]], more: bool) -> str | None:
-    """The following page: start at the last time + 1, or at the last time past the last tie key."""
-    if not more or not rows:
-        return None
-    last = rows[-1]
-    t = int(last[src.time_field])
-    tie = src.tie_field
-    if tie is not None and tie in last:
-        url = request.url.include_query_params(start=t, after=int(last[tie]))
-    else:
-        url = request.url.remove_query_params("after").include_query_params(start=t + 1)
-    return str(url)
 
 
 def serve(
@@ -128,31 +85,18 @@ def serve(
         return StreamingResponse(stream, media_type=NDJSON)
     n = limit or DEFAULT_LIMIT
     if lo is None:
-        key = (route, src, hi, n)
-        cacheable = st.api.cache_enabled and hi is None
 
-        def latest_body() -> bytes:
+        def latest_body() -> tuple[bytes, int | None]:
             rows = read_latest(store, src, n, end=hi, step_ms=step_ms, hints=st.hints)
             body = dumps({**header, "count": len(rows), "rows": rows, "next": None})
-            if cacheable:
-                st.hot.put(key, body, int(rows[-1][src.time_field]) if rows else None)
-            return body
+            return body, (int(rows[-1][src.time_field]) if rows else None)
 
-        if not cacheable:
-            return Response(content=latest_body(), media_type="application/json")
-        probe = lambda newest: has_newer(store, src, newest)  # noqa: E731
-        cached = st.hot.get(key, probe)
-        if st.metrics is not None:
-            st.metrics.cache.labels("hit" if cached is not None else "miss").inc()
-        if cached is None:
-            with st.hot.fill_lock(key):
-                cached = st.hot.get(key, probe)  # filled while this request waited
-                if cached is None:
-                    cached = latest_body()
-        return Response(content=cached, media_type="application/json")
+        if not (st.api.cache_enabled and hi is None):
+            return json_response(latest_body()[0])
+        return cached(st, (route, src, hi, n), None, latest_body, lambda newest: has_newer(store, src, newest))
     rows, more = read_page(store, src, lo, hi, n, after_id, step_ms=step_ms)
     nxt = next_link(request, src, rows, more)
-    return json_response({**header, "count": len(rows), "rows": rows, "next": nxt})
+    return json_response(dumps({**header, "count": len(rows), "rows": rows, "next": nxt}))
 
 
 CandleFormat = Annotated[
@@ -242,7 +186,8 @@ def _candles(
     src = Source("candles", sym, (("interval", period),), CANDLE_FIELDS)
     if lo is not None:
         rows, more = candle_reads.read_page(cs, sym, period, CANDLE_FIELDS, lo, hi, n)
-        return json_response({**header, "count": len(rows), "rows": rows, "next": next_link(request, src, rows, more)})
+        nxt = next_link(request, src, rows, more)
+        return json_response(dumps({**header, "count": len(rows), "rows": rows, "next": nxt}))
 
     def latest_body() -> tuple[bytes, int | None]:
         rows = candle_reads.read_latest(cs, sym, period, CANDLE_FIELDS, n, hi)
@@ -260,28 +205,6 @@ def _candles(
     return cached(st, ("candles", src, n), tag, latest_body, probe)
 
 
-def cached(
-    st: AppState,
-    key: Any,
-    tag: str,
-    fill: Callable[[], tuple[bytes, int | None]],
-    probe: Callable[[int | None], bool],
-) -> Response:
-    """A hot-cache read: invalidated by dataset-version notification, probing only as a fallback."""
-    st.ensure_watcher()
-    hit = st.hot.get(key, probe)
-    if st.metrics is not None:
-        st.metrics.cache.labels("hit" if hit is not None else "miss").inc()
-    if hit is None:
-        with st.hot.fill_lock(key):
-            hit = st.hot.get(key, probe)  # filled while this request waited
-            if hit is None:
-                gen = st.hot.generation(tag)
-                hit, newest = fill()
-                st.hot.put(key, hit, newest, tag=tag, generation=gen)
-    return Response(content=hit, media_type="application/json")
-
-
 @router.get(
     "/trades",
     response_model=TradesPage,
@@ -290,7 +213,7 @@ def cached(
 def trades(
     st: State,
     request: Request,
-    pair: Pair,
+    pair: KnownPair,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
@@ -298,7 +221,7 @@ def trades(
     format: Format = "json",
 ) -> Response:
     """Aggregated trades in ascending ``trade_time``; prices and quantities as exact decimal strings."""
-    sym = known_pair(pair, st)
+    sym = pair
     src = Source("agg_trades", sym, (), TRADE_FIELDS)
     return serve(
         request,
@@ -323,7 +246,7 @@ def trades(
 def depth(
     st: State,
     request: Request,
-    pair: Pair,
+    pair: KnownPair,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
@@ -331,7 +254,7 @@ def depth(
     format: Format = "json",
 ) -> Response:
     """Diff depth updates in ascending ``event_time``; levels are ``[price, qty]`` decimal strings."""
-    sym = known_pair(pair, st)
+    sym = pair
     src = Source("depth_updates", sym, (), DEPTH_FIELDS)
     return serve(
         request,
@@ -356,7 +279,7 @@ def depth(
 def funding(
     st: State,
     request: Request,
-    pair: Pair,
+    pair: KnownPair,
     source: Annotated[
         Literal["funding_rates", "mark_prices"],
         Query(description="settled funding rates, or mark price updates with the predicted rate"),
@@ -367,7 +290,7 @@ def funding(
     format: Format = "json",
 ) -> Response:
     """Funding rates per funding time (intervals differ by symbol: 8h, 4h, 1h), or mark prices."""
-    sym = known_pair(pair, st)
+    sym = pair
     fields = FUNDING_FIELDS if source == "funding_rates" else MARK_FIELDS
     src = Source(source, sym, (), fields)
     step = 3_600_000 if source == "funding_rates" else 1_000

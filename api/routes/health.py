@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 from sqlalchemy import inspect, text
 
-from api.deps import AppState, State, known_pair, read_access
+from api.deps import AppState, State, read_access
 from api.models import (
     DependencyCheck,
     ErrorResponse,
@@ -24,7 +24,7 @@ from api.models import (
     Readiness,
 )
 from api.params import CANDLE_PERIODS, check_period, parse_range
-from api.routes.data import End, Pair, Start
+from api.routes.common import ERRORS, End, KnownPair, Start
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.engine import alembic_config, head_revision
 from dm_resources.mongo import COLLECTIONS
@@ -236,11 +236,11 @@ def summary(
     "/health",
     response_model=PairHealth,
     dependencies=[Depends(read_access)],
-    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=ERRORS,
 )
 def pair_health(
     st: State,
-    pair: Pair,
+    pair: KnownPair,
     period: Annotated[
         str | None, Query(description=f"one of {', '.join(CANDLE_PERIODS)}; all when omitted", max_length=8)
     ] = None,
@@ -248,7 +248,7 @@ def pair_health(
     end: End = None,
 ) -> PairHealth:
     """Daily health rows of one pair (days touched by ``[start, end)``), oldest first."""
-    sym = known_pair(pair, st)
+    sym = pair
     if period is not None:
         check_period(period)
     lo, hi = parse_range(start, end)
