@@ -18,6 +18,7 @@ from dm_assets.candles.schedules import audit_schedule
 from dm_assets.candles.sensors import gap_sensor, symbol_discovery_sensor
 from dm_assets.catalog.assets import CATALOG_ASSETS
 from dm_assets.catalog.schedules import catalog_job, catalog_schedule
+from dm_assets.orderbook.assets import ORDERBOOK_ASSETS, orderbook_job, orderbook_schedule
 from dm_assets.quality.assets import QUALITY_ASSETS
 from dm_assets.raw.assets import RAW_ASSET_SPECS
 from dm_assets.raw.sensors import raw_observation_sensor
@@ -28,9 +29,16 @@ def build_defs(resources: ResourceSet | None = None) -> Definitions:
     """Definitions with the given resources; tests pass their own servers' URLs."""
     res = resources or ResourceSet()
     return Definitions(
-        assets=[*RAW_ASSET_SPECS, *CANDLE_ASSETS, *QUALITY_ASSETS, *ANALYTICS_ASSETS, *CATALOG_ASSETS],
-        jobs=[candles_job, audit_job, analytics_job, catalog_job],
-        schedules=[audit_schedule, analytics_schedule, catalog_schedule],
+        assets=[
+            *RAW_ASSET_SPECS,
+            *CANDLE_ASSETS,
+            *QUALITY_ASSETS,
+            *ANALYTICS_ASSETS,
+            *CATALOG_ASSETS,
+            *ORDERBOOK_ASSETS,
+        ],
+        jobs=[candles_job, audit_job, analytics_job, catalog_job, orderbook_job],
+        schedules=[audit_schedule, analytics_schedule, catalog_schedule, orderbook_schedule],
         sensors=[symbol_discovery_sensor, gap_sensor, raw_observation_sensor, backfill_tracking_sensor],
         resources=res.as_dict(),
         # Steps are I/O-bound on the stores; a process per step (the multiprocess default) cost

@@ -34,7 +34,7 @@ best prices and the top N are O(log n) / O(N) per read rather than a sort per gr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -217,12 +217,17 @@ def reconstruct(
     *,
     cadence_ms: int = DEFAULT_CADENCE_MS,
     depth: int = DEFAULT_DEPTH,
+    load: Callable[[Snapshot], Snapshot] | None = None,
 ) -> tuple[list[TopOfBook], BookStats]:
     """Replay ``diffs`` on ``snapshots`` and return the proven top-``depth`` book every ``cadence_ms`` in the window.
 
     ``diffs`` may start before ``start_ms`` (warm-up from a snapshot taken before the window)
     and run past ``end_ms`` (so the window's last grid points can be proven). Snapshots are
-    used in ``last_update_id`` order, each at most once, only when the book needs (re)syncing.
+    used in ``last_update_id`` order, each at most once, only when the book needs (re)syncing;
+    ``load`` turns a level-less snapshot header into the full snapshot when it is used, so a
+    caller need not hold a day of 1000-level snapshots in memory. ``diffs`` must come in
+    ascending ``u`` (the store's ``(symbol, event_time, final_update_id)`` order is); it is
+    consumed once, so a cursor works.
     """
     if cadence_ms <= 0 or depth <= 0:
         raise ValueError("cadence_ms and depth must be positive")
@@ -269,7 +274,7 @@ def reconstruct(
         invalid_since = at
         invalid_reason = reason
 
-    pending: Iterator[Diff] = iter(sorted(diffs, key=lambda d: d.final_id))
+    pending: Iterator[Diff] = iter(diffs)
     redo: Diff | None = None
     while True:
         if redo is not None:
@@ -290,7 +295,7 @@ def reconstruct(
             if si >= len(snaps) or snaps[si].last_update_id > d.final_id:
                 stats.dropped_before_sync += 1  # before the next snapshot (u < L), or no snapshot at all
                 continue
-            snap = snaps[si]
+            snap = load(snaps[si]) if load is not None else snaps[si]
             si += 1
             book = OrderBook.from_snapshot(snap)
             book.apply(d)
