@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from api.deps import ApiSettings, AppState, AuthError
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
-from api.routes import analysis, backfill, catalog, data, health
+from api.routes import analysis, backfill, catalog, data, health, orderbook
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -106,7 +106,7 @@ def create_app(
         log.warning("metadata database error: %s", exc)
         return _error(503, ["metadata"], "the metadata database is unavailable; retry later", "unavailable")
 
-    for module in (health, data, analysis, catalog, backfill):
+    for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)
 
     @app.get(
