@@ -18,6 +18,7 @@ from dm_assets.candles.schedules import audit_schedule
 from dm_assets.candles.sensors import gap_sensor, symbol_discovery_sensor
 from dm_assets.catalog.assets import CATALOG_ASSETS
 from dm_assets.catalog.schedules import catalog_job, catalog_schedule
+from dm_assets.funding.assets import FUNDING_ASSETS
 from dm_assets.orderbook.assets import ORDERBOOK_ASSETS, orderbook_job, orderbook_schedule
 from dm_assets.quality.assets import QUALITY_ASSETS
 from dm_assets.raw.assets import RAW_ASSET_SPECS
@@ -36,6 +37,7 @@ def build_defs(resources: ResourceSet | None = None) -> Definitions:
             *ANALYTICS_ASSETS,
             *CATALOG_ASSETS,
             *ORDERBOOK_ASSETS,
+            *FUNDING_ASSETS,
         ],
         jobs=[candles_job, audit_job, analytics_job, catalog_job, orderbook_job],
         schedules=[audit_schedule, analytics_schedule, catalog_schedule, orderbook_schedule],

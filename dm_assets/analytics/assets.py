@@ -101,7 +101,15 @@ _DEPS: dict[str, list[AssetDep]] = {
     "volume": _candle_deps(),
     "trend": _candle_deps(),
     "spread": [AssetDep(raw_key("book_tickers")), AssetDep(raw_key("depth_updates"))],
-    "funding": [AssetDep(raw_key("funding_rates")), AssetDep(raw_key("mark_prices"))],
+    "funding": [
+        AssetDep(raw_key("funding_rates")),
+        AssetDep(raw_key("mark_prices")),
+        # Settled history from REST, every date of the symbol (see _candle_deps).
+        AssetDep(
+            AssetKey(["funding", "funding_history"]),
+            partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL_DIM),
+        ),
+    ],
 }
 
 SYMBOL_SPECS = [
