@@ -69,6 +69,13 @@ def test_day_rebuild_matches_the_truth_counts_the_break_and_is_idempotent(
     assert (gap[0], gap[1]) == s.invalid_intervals[0][:2]
     assert not [r for r in rows if gap[0] < r["snapshot_time"] < gap[1]]
     assert not first.passed and first.health()["score"] < 100
+    # Spread analytics read the rebuilt book: imbalance of the resting book, not of diffs.
+    from dm_assets.analytics import build as abuild
+
+    (spread,) = abuild.symbol_documents(mongo_store, SYMBOL, START + 10 * 60_000, kinds=["spread"])
+    in_window = [r for r in rows if r["snapshot_time"] < START + 10 * 60_000]
+    assert spread["values"]["imbalance_source"] == "orderbook"
+    assert spread["values"]["book_snapshots"] == len(in_window) > 0
     again = build.build_orderbook_day(mongo_store, SYMBOL, DAY, now=NOW)
     assert (again.upserted, again.modified, again.documents) == (0, 0, first.documents)
 
