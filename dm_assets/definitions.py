@@ -23,6 +23,7 @@ from dm_assets.orderbook.assets import ORDERBOOK_ASSETS, orderbook_job, orderboo
 from dm_assets.quality.assets import QUALITY_ASSETS
 from dm_assets.raw.assets import RAW_ASSET_SPECS
 from dm_assets.raw.sensors import raw_observation_sensor
+from dm_assets.retention.assets import RETENTION_ASSETS, retention_job, retention_schedule
 from dm_resources.resources import ResourceSet
 
 
@@ -38,9 +39,10 @@ def build_defs(resources: ResourceSet | None = None) -> Definitions:
             *CATALOG_ASSETS,
             *ORDERBOOK_ASSETS,
             *FUNDING_ASSETS,
+            *RETENTION_ASSETS,
         ],
-        jobs=[candles_job, audit_job, analytics_job, catalog_job, orderbook_job],
-        schedules=[audit_schedule, analytics_schedule, catalog_schedule, orderbook_schedule],
+        jobs=[candles_job, audit_job, analytics_job, catalog_job, orderbook_job, retention_job],
+        schedules=[audit_schedule, analytics_schedule, catalog_schedule, orderbook_schedule, retention_schedule],
         sensors=[symbol_discovery_sensor, gap_sensor, raw_observation_sensor, backfill_tracking_sensor],
         resources=res.as_dict(),
         # Steps are I/O-bound on the stores; a process per step (the multiprocess default) cost
