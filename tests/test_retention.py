@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from bson.decimal128 import Decimal128
@@ -148,3 +149,35 @@ def test_the_retention_asset_runs_through_dagster(mongo_store: MongoStore, insta
     meta = result.asset_materializations_for_node("maintenance__retention")[0].metadata
     assert meta["deleted"].value >= 6 * 24
     assert mongo_store.read_range("agg_trades", SYMBOL, day_bounds_ms(DAYS[0])[0], day_bounds_ms(DAYS[-1])[1]) == []
+
+
+def test_catalog_and_api_report_each_datasets_retention(mongo_store: MongoStore, tmp_path: Path) -> None:
+    import httpx
+
+    from api.app import create_app
+    from api.testing import serve
+    from dm_assets.catalog.build import DatasetRef, dataset_description
+    from dm_resources.metadata.store import MetadataStore
+
+    settings = load_settings(
+        mongo_url=mongo_store.url,
+        mongo_db=mongo_store.db_name,
+        metadata_url=f"sqlite:///{tmp_path / 'm.db'}",
+        retention_book_tickers_days=3,
+    )
+    meta = MetadataStore(settings.metadata_url)
+    meta.migrate()
+    with serve(create_app(settings, mongo=mongo_store, meta=meta)) as url:
+        rows = {r["collection"]: r for r in httpx.get(f"{url}/catalog/retention", timeout=30).json()}
+    meta.close()
+    assert (
+        rows["book_tickers"]["retention_days"] == 3 and rows["book_tickers"]["env"] == "DM_RETENTION_BOOK_TICKERS_DAYS"
+    )
+    assert rows["agg_trades"]["never_deletes"] == "a day whose candles/candles_1m partition is not materialized"
+    # The catalog's dataset descriptions carry it too (from the process settings: the defaults here).
+    text = dataset_description(DatasetRef("agg_trades", SYMBOL, None, "agg_trades"))
+    assert text.endswith(
+        "Retention: 30 days (whole UTC days deleted daily, except days whose candles/candles_1m "
+        "partition is still pending)."
+    )
+    assert "Retention" not in dataset_description(DatasetRef("candles", SYMBOL, "1m", "candles"))

@@ -38,6 +38,8 @@ from dm_assets.analytics import build as analytics_build
 from dm_assets.catalog.fields import FIELD_DESCRIPTIONS, describe
 from dm_resources.metadata.schemas import DatasetIn, DatasetRecord, LineageEdge, SchemaField, dataset_id
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS
+from dm_resources.retention import retention_note
+from dm_resources.settings import get_settings
 
 if TYPE_CHECKING:
     from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
@@ -156,6 +158,12 @@ def schema_of(collection: str, sample: Mapping[str, Any] | None) -> list[SchemaF
 
 
 def dataset_description(ref: DatasetRef) -> str:
+    text = _dataset_description(ref)
+    note = retention_note(get_settings(), ref.collection)
+    return f"{text} {note}" if note else text
+
+
+def _dataset_description(ref: DatasetRef) -> str:
     base = COLLECTIONS[ref.collection].description
     if ref.collection == "analytics":
         kind = ref.kind.removeprefix(ANALYTICS_KIND_PREFIX)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dm_assets.partitions import DAY_MS, day_bounds_ms
+from dm_resources.retention import CONSUMERS as RETENTION_CONSUMERS
+from dm_resources.retention import retention_table as _retention_table
 
 if TYPE_CHECKING:
     from dm_resources.mongo import MongoStore
@@ -42,18 +44,7 @@ class Policy:
     reason: str
 
 
-# Which date × symbol asset reads each collection day by day: a day is deletable only once that
-# asset's partition for the day is materialized. The others are read over trailing windows of at
-# most an hour (spread, funding) that the minimum retention covers.
-CONSUMERS: dict[str, str | None] = {
-    "agg_trades": "candles/candles_1m",
-    "depth_updates": "orderbook/orderbook_snapshots",
-    "depth_snapshots": "orderbook/orderbook_snapshots",
-    "book_tickers": None,
-    "tickers": None,
-    "mark_prices": None,
-    "analytics": None,
-}
+CONSUMERS = RETENTION_CONSUMERS
 
 
 def policies(settings: Settings) -> list[Policy]:
@@ -179,16 +170,4 @@ def _has_data(coll: Any, symbol: str, tf: str, day: str) -> bool:
     return coll.find_one({"symbol": symbol, tf: {"$gte": a, "$lt": b}}, {"_id": 1}) is not None
 
 
-def retention_table(settings: Settings) -> list[dict[str, Any]]:
-    """What the catalog and API report: each collection's retention, mechanism and what it protects."""
-    return [
-        {
-            "collection": p.collection,
-            "retention_days": p.days or None,
-            "keep_forever": p.days == 0,
-            "deletes": "whole UTC days older than the retention, by the daily retention job",
-            "never_deletes": f"a day whose {p.consumer} partition is not materialized" if p.consumer else None,
-            "minimum_reason": p.reason,
-        }
-        for p in policies(settings)
-    ]
+retention_table = _retention_table
