@@ -111,6 +111,15 @@ def test_asset_reports_the_break_in_its_check_audit_logs_and_health(
         assert audit[0].details["breaks"] == 1 and audit[0].severity in {"WARN", "ERROR"}
         health = meta.health(symbol=SYMBOL, interval=build.HEALTH_INTERVAL)
         assert len(health) == 1 and health[0].score < 100 and health[0].consistency == 90.0
+        # ... and the API serves it as the pair's "book" health.
+        import httpx
+
+        from api.app import create_app
+        from api.testing import serve
+
+        with serve(create_app(res.settings, mongo=mongo_store, meta=meta)) as url:
+            body = httpx.get(f"{url}/health", params={"pair": SYMBOL, "period": "book"}, timeout=30).json()
+        assert [(r["interval"], r["score"]) for r in body["rows"]] == [("book", health[0].score)]
     finally:
         meta.close()
     # A past day takes no REST snapshot (Binance only serves the book as of now).

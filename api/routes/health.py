@@ -24,6 +24,8 @@ from api.routes.data import End, Pair, Start
 from dm_resources.dagster_client import DagsterGraphQL
 
 router = APIRouter(tags=["health"])
+# Candle intervals plus "book": the order book's daily health (dm_assets/orderbook, interval "book").
+HEALTH_PERIODS = (*CANDLE_PERIODS, "book")
 READINESS_TIMEOUT_S = 3.0
 
 
@@ -87,7 +89,7 @@ def summary(
 ) -> HealthSummary:
     """Each pair's latest daily data-quality score (from ``health_metrics``)."""
     if period is not None:
-        check_period(period)
+        check_period(period, HEALTH_PERIODS)
     latest = st.meta.latest_health_by_symbol(period)
     return HealthSummary(
         pairs=[
@@ -116,7 +118,7 @@ def pair_health(
     st: State,
     pair: Pair,
     period: Annotated[
-        str | None, Query(description=f"one of {', '.join(CANDLE_PERIODS)}; all when omitted", max_length=8)
+        str | None, Query(description=f"one of {', '.join(HEALTH_PERIODS)}; all when omitted", max_length=8)
     ] = None,
     start: Start = None,
     end: End = None,
@@ -124,7 +126,7 @@ def pair_health(
     """Daily health rows of one pair (days touched by ``[start, end)``), oldest first."""
     sym = known_pair(pair, st)
     if period is not None:
-        check_period(period)
+        check_period(period, HEALTH_PERIODS)
     lo, hi = parse_range(start, end)
     day_from = dt.datetime.fromtimestamp(lo / 1000, tz=dt.UTC).date() if lo is not None else None
     day_to = dt.datetime.fromtimestamp((hi - 1) / 1000, tz=dt.UTC).date() if hi is not None else None
