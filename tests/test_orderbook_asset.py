@@ -127,7 +127,7 @@ def test_asset_reports_the_break_in_its_check_audit_logs_and_health(
 
 
 def test_health_and_check_pass_only_when_nothing_was_found() -> None:
-    clean = build.BookDay(SYMBOL, DAY, (START, END), BookStats())
+    clean = build.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=END - START))
     assert clean.passed and clean.health()["score"] == 100.0 and clean.severity == "INFO"
     broken = build.BookDay(SYMBOL, DAY, (START, END), BookStats(breaks=2, invalid_ms=60_000))
     assert not broken.passed and broken.severity == "WARN"
@@ -136,6 +136,8 @@ def test_health_and_check_pass_only_when_nothing_was_found() -> None:
     assert dark.severity == "ERROR" and dark.health()["completeness"] == 90.0
     crossed = build.BookDay(SYMBOL, DAY, (START, END), BookStats(crossed=1))
     assert not crossed.passed
+    nothing = build.BookDay(SYMBOL, DAY, (START, END), BookStats(invalid_ms=END - START))
+    assert nothing.severity == "ERROR" and nothing.health()["score"] == 30.0  # only "no incidents" left
 
 
 def test_schedule_requests_todays_partition_per_symbol() -> None:

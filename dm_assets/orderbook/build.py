@@ -175,7 +175,8 @@ class BookDay:
             return {"completeness": 0.0, "freshness": 0.0, "consistency": 0.0, "score": 0.0}
         completeness = 100.0 * max(0.0, 1 - self.stats.invalid_ms / self.window_ms)
         late = max(0, self.stats.unproven_ms - MINUTE_MS)
-        freshness = 100.0 * max(0.0, 1 - late / (10 * MINUTE_MS))
+        # Never a valid book: nothing is fresh. Otherwise the unproven tail beyond a minute costs.
+        freshness = 0.0 if self.stats.valid_ms == 0 else 100.0 * max(0.0, 1 - late / (10 * MINUTE_MS))
         consistency = max(0.0, 100.0 - INCIDENT_PENALTY * self.incidents)
         w = WEIGHTS
         score = w[0] * completeness + w[1] * freshness + w[2] * consistency
