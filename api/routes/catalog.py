@@ -93,6 +93,8 @@ def lineage_node(rec: DatasetRecord) -> str:
         return f"analytics/{rec.kind.removeprefix('analytics.')}"
     if rec.kind in RAW_COLLECTIONS:
         return f"raw/{rec.kind}"
+    if rec.kind in ("depth_snapshots", "orderbook_snapshots"):
+        return "orderbook/orderbook_snapshots"
     return rec.kind
 
 
