@@ -147,3 +147,6 @@ def test_schedule_requests_todays_partition_per_symbol() -> None:
     reqs = orderbook_requests(["BTCUSDT", "ETHUSDT"], when)
     assert [r.partition_key for r in reqs] == [partition_key(DAY, "BTCUSDT"), partition_key(DAY, "ETHUSDT")]
     assert len({r.run_key for r in reqs}) == 2
+    # Just after midnight yesterday is rebuilt once more (its tail is proven by today's first diffs).
+    early = orderbook_requests(["BTCUSDT"], dt.datetime(2026, 3, 11, 0, 5, tzinfo=dt.UTC))
+    assert [r.partition_key for r in early] == [partition_key(DAY, "BTCUSDT"), partition_key("2026-03-11", "BTCUSDT")]

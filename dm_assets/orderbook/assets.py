@@ -137,11 +137,25 @@ orderbook_job = define_asset_job(
 )
 
 
+# Yesterday's last minutes are proven only by diffs after midnight: the first ticks of a day
+# rebuild yesterday once more so its tail is written and its health is final.
+FINALIZE_AFTER_MIDNIGHT = dt.timedelta(minutes=10)
+
+
 def orderbook_requests(symbols: list[str], when: dt.datetime) -> list[RunRequest]:
-    day = when.astimezone(dt.UTC).date()
-    tick = when.astimezone(dt.UTC).strftime("%Y%m%dT%H%M")
+    when = when.astimezone(dt.UTC)
+    day = when.date()
+    days = [day]
+    if when - dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC) < FINALIZE_AFTER_MIDNIGHT:
+        days.insert(0, day - dt.timedelta(days=1))
+    tick = when.strftime("%Y%m%dT%H%M")
     return [
-        RunRequest(run_key=f"orderbook:{s}:{tick}", partition_key=partition_key(day, s), tags={"dm/origin": "schedule"})
+        RunRequest(
+            run_key=f"orderbook:{s}:{d.isoformat()}:{tick}",
+            partition_key=partition_key(d, s),
+            tags={"dm/origin": "schedule"},
+        )
+        for d in days
         for s in symbols
     ]
 
