@@ -150,3 +150,17 @@ def test_schedule_requests_todays_partition_per_symbol() -> None:
     # Just after midnight yesterday is rebuilt once more (its tail is proven by today's first diffs).
     early = orderbook_requests(["BTCUSDT"], dt.datetime(2026, 3, 11, 0, 5, tzinfo=dt.UTC))
     assert [r.partition_key for r in early] == [partition_key(DAY, "BTCUSDT"), partition_key("2026-03-11", "BTCUSDT")]
+
+
+def test_schedule_evaluates_against_the_instance(instance: DagsterInstance) -> None:
+    import datetime as dt
+
+    from dagster import SkipReason, build_schedule_context
+
+    from dm_assets.orderbook.assets import orderbook_schedule
+
+    when = dt.datetime(2026, 3, 10, 12, 5, tzinfo=dt.UTC)
+    assert isinstance(orderbook_schedule(build_schedule_context(instance, scheduled_execution_time=when)), SkipReason)
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [SYMBOL])
+    reqs = orderbook_schedule(build_schedule_context(instance, scheduled_execution_time=when))
+    assert [r.partition_key for r in reqs] == [partition_key(DAY, SYMBOL)]
