@@ -286,9 +286,3 @@ def build_orderbook_day(
     res = store.sync_range("orderbook_snapshots", symbol, start, end, docs)
     out.documents, out.upserted, out.modified = len(docs), res.upserted, res.modified
     return out
-
-
-def book_at(store: MongoStore, symbol: str, at: int, *, max_age_ms: int = 10 * MINUTE_MS) -> dict[str, Any] | None:
-    """The newest stored top-of-book at or before ``at`` within ``max_age_ms`` (one bounded ascending read)."""
-    rows = store.read_range("orderbook_snapshots", symbol, at - max_age_ms, at + 1)
-    return rows[-1] if rows else None
