@@ -136,6 +136,11 @@ def test_health_and_check_pass_only_when_nothing_was_found() -> None:
     assert dark.severity == "ERROR" and dark.health()["completeness"] == 90.0
     crossed = build.BookDay(SYMBOL, DAY, (START, END), BookStats(crossed=1))
     assert not crossed.passed
+    # Diffs stopped at 06:00 (ingest down): never disproven, never proven either. It fails.
+    stopped = build.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=6 * 3_600_000, unproven_ms=18 * 3_600_000))
+    assert not stopped.passed and stopped.severity == "ERROR" and stopped.health()["freshness"] == 0.0
+    live_edge = build.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=END - START - 30_000, unproven_ms=30_000))
+    assert live_edge.passed
     nothing = build.BookDay(SYMBOL, DAY, (START, END), BookStats(invalid_ms=END - START))
     assert nothing.severity == "ERROR" and nothing.health()["score"] == 30.0  # only "no incidents" left
 

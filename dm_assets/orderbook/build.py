@@ -60,6 +60,8 @@ INCIDENT_PENALTY = 10.0
 WEIGHTS = (0.5, 0.2, 0.3)
 # Severity: more than this share of the window without a book is an ERROR, less a WARN.
 ERROR_INVALID_SHARE = 0.05
+# The live edge: diffs still arriving (ingest lag) leave the newest moments unproven.
+UNPROVEN_GRACE_MS = 2 * MINUTE_MS
 HEALTH_INTERVAL = "book"
 CHECK_NAME = "orderbook_continuity"
 
@@ -147,15 +149,24 @@ class BookDay:
         return s.breaks + s.crossed + s.snapshots_unusable
 
     @property
+    def dark_ms(self) -> int:
+        """Time without a proven book: invalid spans plus an unproven tail longer than the grace.
+
+        The tail counts too: if the diffs stop (ingest down), the last book is never disproven
+        but not proven either, and a day with no diffs at all must not pass.
+        """
+        return self.stats.invalid_ms + max(0, self.stats.unproven_ms - UNPROVEN_GRACE_MS)
+
+    @property
     def passed(self) -> bool:
         """Only when nothing was found: no break, no crossed book, no unusable snapshot, no time without a book."""
-        return self.incidents == 0 and self.stats.invalid_ms == 0
+        return self.incidents == 0 and self.dark_ms == 0
 
     @property
     def severity(self) -> str:
         if self.passed:
             return "INFO"
-        share = self.stats.invalid_ms / self.window_ms if self.window_ms else 1.0
+        share = self.dark_ms / self.window_ms if self.window_ms else 1.0
         return "ERROR" if share > ERROR_INVALID_SHARE else "WARN"
 
     def message(self) -> str:
@@ -165,7 +176,8 @@ class BookDay:
         return (
             f"{self.day} {self.symbol}: {s.breaks} continuity break(s), {s.resyncs} re-sync(s), "
             f"{s.crossed} crossed book(s), {s.snapshots_unusable} unusable snapshot(s), "
-            f"{s.invalid_ms / 1000:.0f} s of {self.window_ms / 1000:.0f} s without a valid book; "
+            f"{s.invalid_ms / 1000:.0f} s of {self.window_ms / 1000:.0f} s without a valid book, "
+            f"{s.unproven_ms / 1000:.0f} s unproven at the end; "
             f"{self.documents} top-of-book snapshots"
         )
 
