@@ -5,7 +5,6 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 from dm_assets.candles.assets import BACKFILL_POLICY
 from dm_assets.funding import build
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
-from dm_assets.raw.assets import raw_key
 from dm_resources.resources import BinanceResource, MongoResource
 
 FUNDING_GROUP = "funding"
@@ -15,7 +14,6 @@ FUNDING_HISTORY_KEY = AssetKey(["funding", "funding_history"])
 @asset(
     key=FUNDING_HISTORY_KEY,
     partitions_def=DATE_SYMBOL_PARTITIONS,
-    deps=[raw_key("mark_prices")],
     group_name=FUNDING_GROUP,
     kinds={"mongodb"},
     backfill_policy=BACKFILL_POLICY,
