@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from api.deps import ApiSettings, AppState, AuthError
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
-from api.routes import analysis, backfill, catalog, data, health, platform, positions
+from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -125,7 +125,7 @@ def create_app(
             return _error(503, ["metadata"], hint, "schema_missing")
         return _error(503, ["metadata"], "the metadata database is unavailable; retry later", "unavailable")
 
-    for module in (health, data, analysis, catalog, backfill):
+    for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)
     for module in (platform, positions):  # the trading services' contract and typed routes (issue 13)
         app.include_router(module.router)

@@ -24,6 +24,8 @@ BACKFILL_ASSETS: tuple[tuple[str, ...], ...] = (
     *(("candles", f"candles_{iv}") for iv in CANDLE_INTERVALS),
     ("quality", "audit_results"),
     ("quality", "health_scores"),
+    # Settled funding history from REST for the same days × symbols (dm_assets/funding).
+    ("funding", "funding_history"),
 )
 
 REPOSITORIES = """

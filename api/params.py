@@ -119,15 +119,31 @@ def check_period(value: str, allowed: Iterable[str] = CANDLE_PERIODS, param: str
     return value
 
 
-def check_analytics_period(value: str, param: str = "period") -> str:
-    """An interval or lookback label (``1m``, ``4h``, ``30d``, ``1w``) by the one duration rule."""
+# Analytics periods each kind is computed on (dm_assets.analytics.build): candle kinds on every
+# candle interval, spread over a 1h window, funding over 30 days. Anything else would be an
+# empty 200, so it is a 422 that names what is computed.
+ANALYTICS_PERIODS: dict[str, tuple[str, ...]] = {
+    "volatility": CANDLE_PERIODS,
+    "volume": CANDLE_PERIODS,
+    "trend": CANDLE_PERIODS,
+    "correlation": CANDLE_PERIODS,
+    "spread": ("1h",),
+    "funding": ("30d",),
+}
+
+
+def check_analytics_period(value: str, param: str = "period", kind: str | None = None) -> str:
+    """An interval or lookback label by the one duration rule, and one that ``kind`` is computed on."""
     try:
-        if len(value) <= 4:
-            duration_ms(value)
-            return value
+        if len(value) > 4:
+            raise ValueError(value)
+        duration_ms(value)
     except ValueError:
-        pass
-    raise ParamError(param, f"{value!r} is not an interval label such as 1m, 1h, 30d or 1w (no months)")
+        raise ParamError(param, f"{value!r} is not an interval label such as 1m, 1h, 30d or 1w (no months)") from None
+    computed = ANALYTICS_PERIODS.get(kind or "")
+    if computed is not None and value not in computed:
+        raise ParamError(param, f"{kind} is not computed for {value!r}; computed periods: {', '.join(computed)}")
+    return value
 
 
 def parse_after(value: str | None, param: str = "after") -> int | None:

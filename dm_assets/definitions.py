@@ -17,11 +17,23 @@ from dm_assets.analytics.definitions import defs as analytics_defs
 from dm_assets.backfills.definitions import defs as backfills_defs
 from dm_assets.candles.definitions import defs as candles_defs
 from dm_assets.catalog.definitions import catalog_defs
+from dm_assets.funding.definitions import defs as funding_defs
+from dm_assets.orderbook.definitions import defs as orderbook_defs
 from dm_assets.quality.definitions import defs as quality_defs
 from dm_assets.raw.definitions import defs as raw_defs
+from dm_assets.retention.definitions import defs as retention_defs
 from dm_resources.resources import ResourceSet
 
-DATA_DOMAINS = Definitions.merge(raw_defs, candles_defs, quality_defs, analytics_defs, backfills_defs)
+DATA_DOMAINS = Definitions.merge(
+    raw_defs,
+    candles_defs,
+    quality_defs,
+    analytics_defs,
+    orderbook_defs,
+    funding_defs,
+    retention_defs,
+    backfills_defs,
+)
 
 
 def build_defs(resources: ResourceSet | None = None) -> Definitions:

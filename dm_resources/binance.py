@@ -59,6 +59,12 @@ EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 MAX_KLINE_LIMIT = 1500
 DEFAULT_WEIGHT_LIMIT = 2400
+DEPTH_PATH = "/fapi/v1/depth"
+FUNDING_RATE_PATH = "/fapi/v1/fundingRate"
+DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+MAX_FUNDING_LIMIT = 1000
+FUNDING_WINDOW_MS = 5 * MINUTE_MS
+FUNDING_WINDOW_LIMIT = 500
 
 
 # --------------------------------------------------------------------------- errors
@@ -287,6 +293,8 @@ class BinanceClient:
         max_retry_after_s: float = 300.0,
         default_ban_s: float = 120.0,
         weight_window_margin_s: float = 0.5,
+        funding_limit: int = FUNDING_WINDOW_LIMIT,
+        funding_safety: float = 0.9,
     ) -> None:
         if not 1 <= page_size <= MAX_KLINE_LIMIT:
             raise ValueError(f"page_size must be within 1..{MAX_KLINE_LIMIT}, got {page_size}")
@@ -318,6 +326,8 @@ class BinanceClient:
         self._used_weight = 0
         self._window_minute = -1
         self.stats = ClientStats()
+        self.funding_budget = FundingBudget(funding_limit, funding_safety)
+        self.funding_stats = FundingStats()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -556,3 +566,194 @@ class BinanceClient:
         with self._lock:
             self.stats.rows += len(out)
         return out
+
+    def fetch_depth(self, symbol: str, limit: int = 1000) -> DepthSnapshot:
+        """The order book now (``GET /fapi/v1/depth``), for syncing a local book from diffs."""
+        weight = depth_weight(limit)
+        body = self._get(DEPTH_PATH, {"symbol": symbol, "limit": limit}, weight)
+        if not isinstance(body, Mapping) or not isinstance(body.get("lastUpdateId"), int):
+            raise BinanceProtocolError(f"unexpected depth body: {str(body)[:200]}")
+        e = body.get("E")
+        t = body.get("T")
+        now = self._now_ms()
+        return DepthSnapshot(
+            symbol=symbol,
+            last_update_id=int(body["lastUpdateId"]),
+            event_time=int(e) if isinstance(e, int) else now,
+            transaction_time=int(t) if isinstance(t, int) else (int(e) if isinstance(e, int) else now),
+            bids=_levels(body.get("bids"), "bids"),
+            asks=_levels(body.get("asks"), "asks"),
+            limit=limit,
+        )
+
+    def fetch_funding_rates(
+        self, symbol: str, start_ms: int, end_ms: int, *, page_size: int = MAX_FUNDING_LIMIT
+    ) -> list[FundingRate]:
+        """Settled funding events with ``start_ms <= fundingTime < end_ms``, ascending, each once.
+
+        Pages forward from the last ``fundingTime + 1`` until a short page; every request first
+        waits for room in the shared 500/5 min budget.
+        """
+        if not 1 <= page_size <= MAX_FUNDING_LIMIT:
+            raise ValueError(f"page_size must be within 1..{MAX_FUNDING_LIMIT}")
+        budget = self.funding_budget
+        out: list[FundingRate] = []
+        cursor = start_ms
+        while cursor < end_ms:
+            with self._lock:
+                wait = budget.wait_ms(self._now_ms())
+            if wait > 0:
+                self.funding_stats.window_waits += 1
+                self._do_sleep(wait / 1000)
+            with self._lock:
+                budget.sent.append(self._now_ms())
+            params = {"symbol": symbol, "startTime": cursor, "endTime": end_ms - 1, "limit": page_size}
+            body = self._get(FUNDING_RATE_PATH, params, 0)
+            self.funding_stats.requests += 1
+            if not isinstance(body, list):
+                raise BinanceProtocolError(f"fundingRate body is not a list: {str(body)[:200]}")
+            self.funding_stats.pages += 1
+            prev = cursor - 1
+            for row in body:
+                if not isinstance(row, Mapping):
+                    raise BinanceProtocolError(f"fundingRate row is not an object: {row!r:.120}")
+                ft = _int(row.get("fundingTime"), "fundingTime")
+                if ft <= prev:
+                    raise BinanceProtocolError(f"fundingRate page for {symbol} not ascending: {ft} after {prev}")
+                prev = ft
+                if ft >= end_ms:
+                    break
+                mark = row.get("markPrice")
+                out.append(
+                    FundingRate(
+                        symbol,
+                        ft,
+                        _dec(row.get("fundingRate"), "fundingRate"),
+                        _dec(mark, "markPrice") if isinstance(mark, str) and mark else None,
+                    )
+                )
+            if len(body) < page_size or not body:
+                break
+            cursor = prev + 1
+        self.funding_stats.rows += len(out)
+        return out
+
+
+# --------------------------------------------------------------------------- depth snapshots and funding history
+#
+# Kept below the kline client as additions: the same transport (weight budget, retries, bans)
+# serves them. Their limits, from Binance's USD-M docs:
+#
+# * ``GET /fapi/v1/depth?symbol&limit``: limit one of 5, 10, 20, 50, 100, 500, 1000 (default
+#   500); request weight 2 for 5–50, 5 for 100, 10 for 500, 20 for 1000. It counts against the
+#   same 2400/min IP weight as klines.
+# * ``GET /fapi/v1/fundingRate?symbol&startTime&endTime&limit``: limit ≤ 1000 (default 100),
+#   both times inclusive, ascending, at most ``limit`` rows from ``startTime``. It carries no
+#   request weight of its own but *shares a separate 500 requests / 5 min / IP limit* with
+#   ``/fapi/v1/fundingInfo``: the client keeps its own sliding 5-minute count and sleeps before
+#   crossing ``funding_safety × 500`` instead of collecting 429s.
+
+
+def depth_weight(limit: int) -> int:
+    """Request weight of ``GET /fapi/v1/depth`` by ``limit`` (Binance's table)."""
+    if limit not in DEPTH_LIMITS:
+        raise ValueError(f"depth limit must be one of {DEPTH_LIMITS}, got {limit}")
+    if limit <= 50:
+        return 2
+    return {100: 5, 500: 10, 1000: 20}[limit]
+
+
+def _levels(raw: object, field: str) -> tuple[tuple[Decimal, Decimal], ...]:
+    if not isinstance(raw, list):
+        raise BinanceProtocolError(f"depth {field} must be a list, got {type(raw).__name__}")
+    out = []
+    for lvl in raw:
+        if not isinstance(lvl, list | tuple) or len(lvl) < 2:
+            raise BinanceProtocolError(f"depth {field} level must be [price, qty], got {lvl!r:.80}")
+        out.append((_dec(lvl[0], f"{field} price"), _dec(lvl[1], f"{field} qty")))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class DepthSnapshot:
+    """A REST order-book snapshot: every level up to ``limit`` per side as of ``last_update_id``."""
+
+    symbol: str
+    last_update_id: int
+    event_time: int  # E: message output time
+    transaction_time: int  # T
+    bids: tuple[tuple[Decimal, Decimal], ...]
+    asks: tuple[tuple[Decimal, Decimal], ...]
+    limit: int
+
+    def to_document(self, fetched_at: int | None = None) -> dict[str, Any]:
+        """The ``depth_snapshots`` document (docs/DATA_MODEL.md); ``_id`` = ``SYM:lastUpdateId``."""
+        return {
+            "_id": f"{self.symbol}:{self.last_update_id}",
+            "symbol": self.symbol,
+            "snapshot_time": self.event_time,
+            "transaction_time": self.transaction_time,
+            "last_update_id": self.last_update_id,
+            "limit": self.limit,
+            "fetched_at": fetched_at,
+            "bids": [[_d128(p), _d128(q)] for p, q in self.bids],
+            "asks": [[_d128(p), _d128(q)] for p, q in self.asks],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FundingRate:
+    """One settled funding event from ``GET /fapi/v1/fundingRate`` (rate as a fraction: 0.0001 = 0.01 %)."""
+
+    symbol: str
+    funding_time: int
+    funding_rate: Decimal
+    mark_price: Decimal | None
+
+    def to_document(self) -> dict[str, Any]:
+        """A ``funding_rates`` document with ``source`` ``rest``.
+
+        Binance's ``fundingTime`` sometimes carries a few ms past the settlement instant; the
+        stored ``funding_time`` (and so ``_id``) is rounded to the second so that it meets the
+        document the ingest service derives from ``markPriceUpdate.T`` (exact) for the same
+        settlement. The exchange's value is kept in ``funding_time_raw``. ``event_time`` is the
+        settlement time: every live update about that settlement came before it, so the
+        ingest's "newest wins" rule never overwrites the settled rate with a prediction.
+        """
+        t = (self.funding_time + 500) // 1000 * 1000
+        return {
+            "_id": f"{self.symbol}:{t}",
+            "symbol": self.symbol,
+            "funding_time": t,
+            "funding_time_raw": self.funding_time,
+            "funding_rate": _d128(self.funding_rate),
+            "mark_price": _d128(self.mark_price) if self.mark_price is not None else None,
+            "event_time": t,
+            "source": "rest",
+        }
+
+
+@dataclass
+class FundingStats:
+    requests: int = 0
+    pages: int = 0
+    rows: int = 0
+    window_waits: int = 0  # sleeps because the 500/5 min funding budget was near
+
+
+class FundingBudget:
+    """Sliding count of ``/fapi/v1/fundingRate`` requests in the last 5 minutes (Binance: 500 per IP)."""
+
+    def __init__(self, limit: int = FUNDING_WINDOW_LIMIT, safety: float = 0.9) -> None:
+        if limit < 1 or not 0 < safety <= 1:
+            raise ValueError("limit must be >= 1 and safety within (0, 1]")
+        self.limit, self.safety = limit, safety
+        self.sent: list[int] = []
+
+    def wait_ms(self, now: int) -> int:
+        """How long to wait before the next request may go out (0: now)."""
+        self.sent = [t for t in self.sent if t > now - FUNDING_WINDOW_MS]
+        allowed = max(1, int(self.safety * self.limit))
+        if len(self.sent) < allowed:
+            return 0
+        return self.sent[len(self.sent) - allowed] + FUNDING_WINDOW_MS - now + 1

@@ -121,6 +121,18 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             ("symbol", "kind", "interval", "window_end"),
             description="Analytics results computed by Dagster",
         ),
+        CollectionSpec(
+            "depth_snapshots",
+            "snapshot_time",
+            ("symbol", "snapshot_time", "last_update_id"),
+            description="Full order-book snapshots from REST (GET /fapi/v1/depth), the sync points of the book",
+        ),
+        CollectionSpec(
+            "orderbook_snapshots",
+            "snapshot_time",
+            ("symbol", "snapshot_time"),
+            description="Top-N order book every 10 s, rebuilt by Dagster from REST snapshots and depth diffs",
+        ),
     )
 }
 

@@ -13,13 +13,34 @@ from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dm_resources.contracts import validate_symbol
 
 ENV_PREFIX = "DM_"
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+# The least retention that keeps what the assets read (days); see RETENTION_WHY.
+RETENTION_MIN_DAYS = {
+    "agg_trades": 4,
+    "depth_updates": 2,
+    "depth_snapshots": 2,
+    "book_tickers": 1,
+    "tickers": 1,
+    "mark_prices": 1,
+    "analytics": 1,
+}
+RETENTION_WHY = {
+    "agg_trades": "the gap sensor re-builds 1m candles of the last 3 days from trades",
+    "depth_updates": "the order book of yesterday and today is rebuilt from the diffs",
+    "depth_snapshots": "the order book of yesterday and today is rebuilt from the snapshots",
+    "book_tickers": "spread analytics read the last hour",
+    "tickers": "kept at least a day",
+    "mark_prices": "funding analytics read the last hour of predicted rates",
+    "analytics": "the API serves the latest analytics",
+}
 
 
 class SettingsError(ValueError):
@@ -54,6 +75,38 @@ class Settings(BaseSettings):
     automation: bool = True
     # Partitions per run when Dagster backfills candles (0 = one run for the whole backfill).
     backfill_partitions_per_run: int = Field(10, ge=0, le=1000)
+    # Retention in days per high-volume collection (0 = keep forever); the daily retention job
+    # (dm_assets/retention) deletes older whole days, never one a pending partition still needs.
+    # Minimums (RETENTION_MIN_DAYS) keep what the candle, order-book and analytics assets read.
+    retention_agg_trades_days: int = Field(30, ge=0)
+    retention_depth_updates_days: int = Field(7, ge=0)
+    retention_depth_snapshots_days: int = Field(7, ge=0)
+    retention_book_tickers_days: int = Field(7, ge=0)
+    retention_tickers_days: int = Field(7, ge=0)
+    retention_mark_prices_days: int = Field(35, ge=0)
+    retention_analytics_days: int = Field(90, ge=0)
+
+    @field_validator(
+        "retention_agg_trades_days",
+        "retention_depth_updates_days",
+        "retention_depth_snapshots_days",
+        "retention_book_tickers_days",
+        "retention_tickers_days",
+        "retention_mark_prices_days",
+        "retention_analytics_days",
+    )
+    @classmethod
+    def _retention(cls, v: int, info: ValidationInfo) -> int:
+        name = str(info.field_name).removeprefix("retention_").removesuffix("_days")
+        floor = RETENTION_MIN_DAYS.get(name, 1)
+        if v != 0 and v < floor:
+            raise ValueError(f"must be 0 (keep forever) or at least {floor} days: {RETENTION_WHY[name]}")
+        return v
+
+    def retention_days(self, collection: str) -> int | None:
+        """Configured retention of a collection in days; None when it has no retention setting."""
+        value = getattr(self, f"retention_{collection}_days", None)
+        return int(value) if value is not None else None
 
     @field_validator("nats_url")
     @classmethod

@@ -250,6 +250,13 @@ class FakeExchange:
         self._weight_used = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Order book snapshots served by /fapi/v1/depth (tests set them: set_depth).
+        self.depth_books: dict[str, dict[str, Any]] = {}
+        # Funding schedule per symbol: [(from_ms, interval_ms), ...]; default 8h since genesis.
+        self.funding_schedule: dict[str, list[tuple[int, int]]] = {}
+        self.funding_limit = 500  # requests per 5 minutes, shared with /fapi/v1/fundingInfo
+        self._funding_window = -1
+        self._funding_used = 0
 
     # ----------------------------------------------------------------- configuration
 
@@ -443,11 +450,15 @@ class FakeExchange:
             "/fapi/v1/klines": self._klines,
             "/fapi/v1/time": lambda _p: (200, {"serverTime": self.now_ms}),
             "/fapi/v1/exchangeInfo": lambda _p: (200, self._exchange_info()),
+            "/fapi/v1/depth": self._depth,
+            "/fapi/v1/fundingRate": self._funding_rate,
         }
         if path not in routes:
             return 404, {}, {"code": -1000, "msg": f"Unknown path {path}"}
         weight = self._klines_weight(params) if path == "/fapi/v1/klines" else 1
+        weight = self._extra_weight(path, params, weight)
         used, over = self._charge(weight)
+        over = over or self._funding_over(path)
         headers = {"X-MBX-USED-WEIGHT-1M": str(used)}
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
@@ -531,6 +542,92 @@ class FakeExchange:
                     break
             rows.reverse()
         return 200, rows
+
+    # ----------------------------------------------------------------- depth and funding (issue 14)
+
+    def set_depth(self, symbol: str, body: dict[str, Any]) -> None:
+        """The body ``GET /fapi/v1/depth`` answers for ``symbol`` (``lastUpdateId``, ``E``, ``T``, bids, asks)."""
+        with self._lock:
+            self.depth_books[symbol] = body
+
+    def set_funding_schedule(self, symbol: str, schedule: list[tuple[int, int]]) -> None:
+        """Funding interval changes of ``symbol``: ``[(from_ms, interval_ms), ...]`` ascending."""
+        self.funding_schedule[symbol] = sorted(schedule)
+
+    def funding_events(self, symbol: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        """Settled funding events with ``lo <= fundingTime - jitter <= hi`` (jitter 0–9 ms, like Binance's)."""
+        schedule = self.funding_schedule.get(symbol) or [(GENESIS_MS, 8 * 3_600_000)]
+        out: list[dict[str, Any]] = []
+        for i, (frm, step) in enumerate(schedule):
+            until = schedule[i + 1][0] if i + 1 < len(schedule) else HORIZON_MS
+            t = max(-(-max(lo, frm) // step) * step, frm)
+            while t < until and t <= hi:
+                h = zlib.crc32(f"{symbol}:{t}".encode())
+                rate = (h % 20001) - 5000  # −0.00005000 .. +0.00015000 in 1e-8 units
+                out.append(
+                    {
+                        "symbol": symbol,
+                        "fundingTime": t + h % 10,
+                        "fundingRate": _fmt(rate, 8),
+                        "markPrice": _fmt(10_000_000 + h % 1_000_000, 2),
+                    }
+                )
+                t += step
+        return out
+
+    def _extra_weight(self, path: str, params: dict[str, str], weight: int) -> int:
+        if path == "/fapi/v1/fundingRate":
+            return 0  # no IP weight: a separate 500 / 5 min request limit instead
+        if path == "/fapi/v1/depth":
+            try:
+                limit = int(params.get("limit", "500"))
+            except ValueError:
+                return 2
+            return 2 if limit <= 50 else {100: 5, 500: 10, 1000: 20}.get(limit, 20)
+        return weight
+
+    def _funding_over(self, path: str) -> bool:
+        if path != "/fapi/v1/fundingRate":
+            return False
+        window = self.now_ms // 300_000
+        with self._lock:
+            if window != self._funding_window:
+                self._funding_window, self._funding_used = window, 0
+            self._funding_used += 1
+            return self._funding_used > self.funding_limit
+
+    def _depth(self, params: dict[str, str]) -> tuple[int, Any]:
+        symbol = params.get("symbol")
+        if symbol not in self.symbols:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        if params.get("limit", "500") not in {"5", "10", "20", "50", "100", "500", "1000"}:
+            return 400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}
+        with self._lock:
+            body = self.depth_books.get(symbol)
+        if body is None:
+            return 400, {"code": -1121, "msg": "No depth set for this symbol in the fake exchange."}
+        limit = int(params.get("limit", "500"))
+        return 200, {**body, "bids": body["bids"][:limit], "asks": body["asks"][:limit]}
+
+    def _funding_rate(self, params: dict[str, str]) -> tuple[int, Any]:
+        symbol = params.get("symbol")
+        if symbol not in self.symbols:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        try:
+            limit = int(params.get("limit", "100"))
+            start = int(params["startTime"]) if "startTime" in params else None
+            end = int(params["endTime"]) if "endTime" in params else None
+        except ValueError:
+            return 400, {"code": -1100, "msg": "Illegal characters found in a parameter."}
+        if not 1 <= limit <= 1000:
+            return 400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}
+        now = self.now_ms
+        hi = min(end if end is not None else now, now)
+        if start is None:  # the most recent records (200 without times, like Binance; else `limit`)
+            rows = [r for r in self.funding_events(symbol, GENESIS_MS, hi) if r["fundingTime"] <= hi]
+            return 200, rows[-(200 if end is None else limit) :]
+        rows = [r for r in self.funding_events(symbol, start - 10, hi) if start <= r["fundingTime"] <= hi]
+        return 200, rows[:limit]
 
 
 class _QuietServer(ThreadingHTTPServer):

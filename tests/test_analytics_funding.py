@@ -74,3 +74,24 @@ def test_unknown_interval_and_empty() -> None:
     empty = compute_funding(rates([], 8))
     assert empty.count == 0 and empty.mean is None and empty.insufficient_data is True
     assert compute_funding(None).count == 0
+
+
+def test_interval_changes_over_time_are_segmented_and_each_event_annualized_by_its_own() -> None:
+    from dm_assets.analytics.funding import interval_segments
+
+    # 8h for 6 events, then 4h for 6, then 1h for 6 (a symbol hitting its rate cap), one 8h event missing.
+    t0 = 1_767_225_600_000
+    times = [t0 + i * 8 * H for i in range(6) if i != 3]
+    t1 = times[-1] + 4 * H
+    times += [t1 + i * 4 * H for i in range(6)]
+    t2 = times[-1] + H
+    times += [t2 + i * H for i in range(6)]
+    assert interval_segments(pd.Series(times)) == [(t0, 8 * H), (t1, 4 * H), (t2, H)]
+    rates = pd.DataFrame({"funding_time": times, "funding_rate": [1e-4] * len(times)})
+    res = compute_funding(rates)
+    assert res.interval_ms == H and res.interval_hours == 1.0  # the current interval
+    assert [c["interval_hours"] for c in res.interval_changes] == [8.0, 4.0, 1.0]
+    covered = 5 * 8 * H + 6 * 4 * H + 6 * H
+    assert res.annualized == pytest.approx(1e-4 * len(times) / covered * 365 * 24 * H, rel=REL)
+    # Annualizing the mean by the current (1h) interval alone would overstate it by ~3x.
+    assert res.annualized < 1e-4 * 8760 / 2

@@ -110,3 +110,27 @@ def test_empty_inputs() -> None:
     assert res.count == 0 and res.insufficient_data is True and res.mean_bps is None
     json.dumps(res.to_dict(), allow_nan=False)
     assert imbalance_series(pd.DataFrame(columns=["event_time", "bids", "asks"])).empty
+
+
+def test_imbalance_and_book_spread_come_from_the_rebuilt_book_when_given() -> None:
+    from bson.decimal128 import Decimal128
+
+    def lv(*pairs: tuple[str, str]) -> list[list[Decimal128]]:
+        return [[Decimal128(p), Decimal128(q)] for p, q in pairs]
+
+    book = pd.DataFrame(
+        {
+            "snapshot_time": [10_000, 20_000],
+            "bids": [lv(("100", "3"), ("99", "1")), lv(("100", "1"))],
+            "asks": [lv(("101", "1")), lv(("101", "3"))],
+        }
+    )
+    # Diffs that would say the opposite: ignored when the book is there.
+    depth = pd.DataFrame({"event_time": [15_000], "bids": [[["100", "0.1"]]], "asks": [[["101", "9"]]]})
+    res = compute_spread(pd.DataFrame(), window_end=30_000, depth=depth, levels=10, book=book)
+    assert res.imbalance_source == "orderbook" and res.book_snapshots == 2 and res.imbalance_count == 2
+    assert res.imbalance_mean == pytest.approx(((4 - 1) / 5 + (1 - 3) / 4) / 2)
+    assert res.imbalance_last == pytest.approx(-0.5)
+    assert res.book_spread_last_bps == pytest.approx(1 / 100.5 * 1e4)
+    fallback = compute_spread(pd.DataFrame(), depth=depth, levels=10)
+    assert fallback.imbalance_source == "depth_updates" and fallback.imbalance_last == pytest.approx((0.1 - 9) / 9.1)

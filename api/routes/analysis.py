@@ -82,7 +82,7 @@ def _kind_route(kind: str, default_period: str, summary: str) -> None:
         end: End = None,
         limit: ALimit = 1,
     ) -> Response:
-        check_analytics_period(period)
+        check_analytics_period(period, kind=kind)
         return cached_latest(
             request, st, pair, kind, period, start, end, limit, {"pair": pair, "kind": kind, "period": period}
         )
@@ -148,7 +148,9 @@ def correlation(
         str | None,
         Query(description="comma-separated pairs to keep, e.g. BTCUSDT,ETHUSDT; all when omitted", max_length=2000),
     ] = None,
-    period: Annotated[str, Query(description="interval the returns were computed on: 1m or 1h", max_length=8)] = "1m",
+    period: Annotated[
+        str, Query(description="interval the returns were computed on: 1m 5m 15m 1h 4h 1d", max_length=8)
+    ] = "1m",
     start: Start = None,
     end: End = None,
     limit: ALimit = 1,
@@ -158,7 +160,7 @@ def correlation(
     for p in wanted:
         if not st.pair_known(p):
             check_known(p, st.known_symbols(), "pairs")
-    check_analytics_period(period)
+    check_analytics_period(period, kind="correlation")
 
     def shape(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(row.get("values"), dict):

@@ -6,11 +6,13 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
+from pydantic import Field
 
 from api.deps import AppState, State, read_access
-from api.models import DatasetRecord, DatasetSchema, ErrorResponse, LineageResponse
+from api.models import DatasetRecord, DatasetSchema, ErrorResponse, LineageResponse, _Model
 from api.params import ParamError, normalise_pair
 from dm_resources.mongo import RAW_COLLECTIONS
+from dm_resources.retention import retention_table
 
 router = APIRouter(prefix="/catalog", tags=["catalog"], dependencies=[Depends(read_access)])
 
@@ -55,6 +57,22 @@ def datasets(
     return st.meta.list_datasets(kind=kind, symbol=sym)
 
 
+class RetentionPolicy(_Model):
+    collection: str
+    retention_days: int | None = Field(description="days kept; null when kept forever")
+    keep_forever: bool
+    deletes: str | None
+    never_deletes: str | None = Field(description="what the retention job keeps whatever its age")
+    minimum_reason: str
+    env: str = Field(description="the variable that sets it")
+
+
+@router.get("/retention", response_model=list[RetentionPolicy], responses=ERRORS)
+def retention(st: State) -> list[RetentionPolicy]:
+    """Each high-volume collection's retention (``DM_RETENTION_*_DAYS``) and what it never deletes."""
+    return [RetentionPolicy(**row) for row in retention_table(st.settings)]
+
+
 @router.get("/datasets/{dataset_id}", response_model=DatasetRecord, responses=ERRORS)
 def dataset(st: State, dataset_id: DatasetId) -> DatasetRecord:
     return _dataset(st, dataset_id)
@@ -75,6 +93,8 @@ def lineage_node(rec: DatasetRecord) -> str:
         return f"analytics/{rec.kind.removeprefix('analytics.')}"
     if rec.kind in RAW_COLLECTIONS:
         return f"raw/{rec.kind}"
+    if rec.kind in ("depth_snapshots", "orderbook_snapshots"):
+        return "orderbook/orderbook_snapshots"
     return rec.kind
 
 

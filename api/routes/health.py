@@ -30,6 +30,8 @@ from dm_resources.metadata.engine import alembic_config, head_revision
 from dm_resources.mongo import COLLECTIONS
 
 router = APIRouter(tags=["health"])
+# Candle intervals plus "book": the order book's daily health (dm_assets/orderbook, interval "book").
+HEALTH_PERIODS = (*CANDLE_PERIODS, "book")
 READINESS_TIMEOUT_S = 3.0
 
 
@@ -213,7 +215,7 @@ def summary(
 ) -> HealthSummary:
     """Each pair's latest daily data-quality score (from ``health_metrics``)."""
     if period is not None:
-        check_period(period)
+        check_period(period, HEALTH_PERIODS)
     latest = st.meta.latest_health_by_symbol(period)
     return HealthSummary(
         pairs=[
@@ -242,7 +244,7 @@ def pair_health(
     st: State,
     pair: KnownPair,
     period: Annotated[
-        str | None, Query(description=f"one of {', '.join(CANDLE_PERIODS)}; all when omitted", max_length=8)
+        str | None, Query(description=f"one of {', '.join(HEALTH_PERIODS)}; all when omitted", max_length=8)
     ] = None,
     start: Start = None,
     end: End = None,
@@ -250,7 +252,7 @@ def pair_health(
     """Daily health rows of one pair (days touched by ``[start, end)``), oldest first."""
     sym = pair
     if period is not None:
-        check_period(period)
+        check_period(period, HEALTH_PERIODS)
     lo, hi = parse_range(start, end)
     day_from = dt.datetime.fromtimestamp(lo / 1000, tz=dt.UTC).date() if lo is not None else None
     day_to = dt.datetime.fromtimestamp((hi - 1) / 1000, tz=dt.UTC).date() if hi is not None else None

@@ -83,8 +83,9 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "spread": (
         "Bid–ask spread statistics in basis points (mean, median, p95, time-weighted) from the last hour of book "
-        "tickers, with order-book imbalance from the last 5 minutes of depth updates, written to MongoDB "
-        "`analytics` (kind spread, interval 1h)."
+        "tickers, with order-book imbalance and the book's own spread from the last hour of the rebuilt order "
+        "book (orderbook_snapshots; depth diffs only when no book exists), written to MongoDB `analytics` "
+        "(kind spread, interval 1h)."
     ),
     "funding": (
         "Funding-rate statistics of one symbol from the last 30 days of settled funding rates, annualized by the "
@@ -101,8 +102,24 @@ _DEPS: dict[str, list[AssetDep]] = {
     "volatility": _candle_deps(),
     "volume": _candle_deps(),
     "trend": _candle_deps(),
-    "spread": [AssetDep(raw_key("book_tickers")), AssetDep(raw_key("depth_updates"))],
-    "funding": [AssetDep(raw_key("funding_rates")), AssetDep(raw_key("mark_prices"))],
+    "spread": [
+        AssetDep(raw_key("book_tickers")),
+        AssetDep(raw_key("depth_updates")),
+        # The rebuilt book, every date of the symbol (see _candle_deps).
+        AssetDep(
+            AssetKey(["orderbook", "orderbook_snapshots"]),
+            partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL_DIM),
+        ),
+    ],
+    "funding": [
+        AssetDep(raw_key("funding_rates")),
+        AssetDep(raw_key("mark_prices")),
+        # Settled history from REST, every date of the symbol (see _candle_deps).
+        AssetDep(
+            AssetKey(["funding", "funding_history"]),
+            partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL_DIM),
+        ),
+    ],
 }
 
 SYMBOL_SPECS = [

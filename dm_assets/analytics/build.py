@@ -78,9 +78,11 @@ class CandleSpec:
     correlation_windows: tuple[int, ...]
 
 
-# 1m over the last day (intraday: 1h volatility, 1h/4h/1d correlation) and 1h over the
-# last 30 days (1d volatility, 1d/7d/30d correlation). Reads are 1,440 and 720 candles
-# per symbol, a few ms each on the (symbol, interval, open_time) index.
+# Every candle interval the API serves (api.params.CANDLE_PERIODS) is computed, each over a
+# lookback of a few hundred to ~1,400 bars (a few ms per read on the (symbol, interval,
+# open_time) index): 1m over the last day (1h volatility, 1h/4h/1d correlation), 5m over 3
+# days, 15m over 7 days, 1h over 30 days (1d volatility, 1d/7d/30d correlation), 4h over 90
+# days and 1d over a year. Windows are in bars and read as wall-clock spans in the comments.
 CANDLE_SPECS: tuple[CandleSpec, ...] = (
     CandleSpec(
         "1m",
@@ -91,6 +93,26 @@ CANDLE_SPECS: tuple[CandleSpec, ...] = (
         trend_slow=50,
         correlation_windows=(60, 240, 1440),
     ),
+    # 4h volatility; 4h/1d/3d correlation
+    CandleSpec(
+        "5m",
+        3 * DAY_MS,
+        volatility_window=48,
+        volume_window=24,
+        trend_fast=20,
+        trend_slow=50,
+        correlation_windows=(48, 288, 864),
+    ),
+    # 8h volatility; 8h/1d/7d correlation
+    CandleSpec(
+        "15m",
+        7 * DAY_MS,
+        volatility_window=32,
+        volume_window=24,
+        trend_fast=20,
+        trend_slow=50,
+        correlation_windows=(32, 96, 672),
+    ),
     CandleSpec(
         "1h",
         30 * DAY_MS,
@@ -99,6 +121,26 @@ CANDLE_SPECS: tuple[CandleSpec, ...] = (
         trend_fast=20,
         trend_slow=50,
         correlation_windows=(24, 168, 720),
+    ),
+    # 7d volatility; 7d/30d/90d correlation
+    CandleSpec(
+        "4h",
+        90 * DAY_MS,
+        volatility_window=42,
+        volume_window=30,
+        trend_fast=20,
+        trend_slow=50,
+        correlation_windows=(42, 180, 540),
+    ),
+    # 30d volatility; 30d/90d/365d correlation
+    CandleSpec(
+        "1d",
+        365 * DAY_MS,
+        volatility_window=30,
+        volume_window=20,
+        trend_fast=20,
+        trend_slow=50,
+        correlation_windows=(30, 90, 365),
     ),
 )
 CANDLE_INTERVALS: tuple[str, ...] = tuple(s.interval for s in CANDLE_SPECS)
@@ -219,6 +261,30 @@ def mark_prices_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     )
 
 
+def orderbook_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """``orderbook_snapshots`` documents → snapshot_time, bids, asks (exact levels, best first)."""
+    return pd.DataFrame(
+        {
+            "snapshot_time": [int(d["snapshot_time"]) for d in docs],
+            "bids": [d.get("bids") or [] for d in docs],
+            "asks": [d.get("asks") or [] for d in docs],
+        },
+        columns=["snapshot_time", "bids", "asks"],
+    )
+
+
+def read_book_input(store: MongoStore, symbol: str, end: int) -> pd.DataFrame:
+    """The rebuilt book (every 10 s) over the spread's trailing hour."""
+    rows = store.read_range(
+        "orderbook_snapshots",
+        symbol,
+        end - SPREAD_LOOKBACK_MS,
+        end,
+        projection={"_id": 0, "snapshot_time": 1, "bids": 1, "asks": 1},
+    )
+    return orderbook_frame(rows)
+
+
 def read_spread_inputs(store: MongoStore, symbol: str, as_of: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(book tickers of the trailing hour, depth of the trailing 5 minutes, window end)."""
     end = floor_ms(as_of, MINUTE_MS)
@@ -308,8 +374,12 @@ def symbol_documents(
                 )
     if "spread" in wanted:
         quotes, depth, end = read_spread_inputs(store, symbol, as_of)
-        if len(quotes) or len(depth):
-            values = compute_spread(quotes, window_end=end, depth=depth, levels=DEPTH_LEVELS).to_dict()
+        book = read_book_input(store, symbol, end)
+        if len(quotes) or len(depth) or len(book):
+            # The rebuilt book when there is one (the resting book); diffs only as a fallback.
+            values = compute_spread(
+                quotes, window_end=end, depth=depth, levels=DEPTH_LEVELS, book=book if len(book) else None
+            ).to_dict()
             docs.append(analytics_document(symbol, "spread", SPREAD_LABEL, end, values, computed_at))
     if "funding" in wanted:
         rates, marks, end = read_funding_inputs(store, symbol, as_of)

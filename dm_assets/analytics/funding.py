@@ -8,7 +8,14 @@ distinct ``next_funding_time`` values of mark-price updates; failing that it is 
 and the annualized figures are None.
 
 events_per_year = 365 · 24 h / interval   (8h → 1095, 4h → 2190, 1h → 8760)
-annualized      = mean rate × events_per_year   (simple, not compounded)
+annualized      = Σ rate / Σ interval of each event × 365 · 24 h   (simple, not compounded)
+
+The interval also changes over time for one symbol (Binance moves a symbol from 8h to 4h or
+1h when its rate hits the cap, and back): :func:`interval_segments` splits the events where
+the spacing changes for good (a single doubled spacing is a missing event, not a change), so
+each event is annualized by the interval it was settled under, ``interval_ms`` is the
+*current* one (the last segment) and ``interval_changes`` lists the segments. With one
+interval throughout, ``annualized`` is the familiar mean rate × events_per_year.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import pandas as pd
 
 from dm_assets.analytics.volatility import MINUTE_MS, YEAR_MS, ResultMixin, json_float, numeric
 
-__all__ = ["FundingResult", "compute_funding", "events_per_year", "funding_interval_ms"]
+__all__ = ["FundingResult", "compute_funding", "events_per_year", "funding_interval_ms", "interval_segments"]
 
 
 def funding_interval_ms(times: pd.Series | np.ndarray) -> int | None:
@@ -30,6 +37,31 @@ def funding_interval_ms(times: pd.Series | np.ndarray) -> int | None:
         return None
     step = int(np.round(np.median(np.diff(t)) / MINUTE_MS)) * MINUTE_MS
     return step if step > 0 else None
+
+
+def interval_segments(times: pd.Series | np.ndarray) -> list[tuple[int, int]]:
+    """``[(first funding_time, interval ms), ...]``: where the funding spacing changed and stayed changed.
+
+    A spacing that is a whole multiple of the current interval, seen once, is missing events
+    (not a change); a new spacing that repeats, or one that is no multiple, starts a segment.
+    """
+    t = np.unique(np.asarray(times, dtype="int64"))
+    if len(t) < 2:
+        return []
+    d = [int(x) for x in np.round(np.diff(t) / MINUTE_MS).astype("int64") * MINUTE_MS]
+    cur = d[1] if len(d) > 1 and 0 < d[1] < d[0] and d[0] % d[1] == 0 else d[0]
+    if cur <= 0:
+        return []
+    segs = [(int(t[0]), cur)]
+    for i in range(1, len(d)):
+        s = d[i]
+        if s == cur or s <= 0:
+            continue
+        persists = i + 1 < len(d) and d[i + 1] == s
+        if s % cur != 0 or persists:
+            segs.append((int(t[i + 1]), s))
+            cur = s
+    return segs
 
 
 def events_per_year(interval: int | None) -> float | None:
@@ -66,19 +98,29 @@ class FundingResult(ResultMixin):
     predicted_rate: float | None = None
     predicted_annualized: float | None = None
     next_funding_time: int | None = None
+    interval_changes: list[dict[str, float | int]] | None = None
 
 
 def compute_funding(funding_rates: pd.DataFrame | None, mark_prices: pd.DataFrame | None = None) -> FundingResult:
     """Stats of settled funding rates (``funding_time``, ``funding_rate``), annualized by observed spacing."""
     res = FundingResult(count=0, insufficient_data=True)
+    realized: float | None = None  # Σ rate / Σ interval, annualized, when the spacing is known
     rates = pd.Series(dtype="float64")
     if funding_rates is not None and len(funding_rates):
         fr = funding_rates.drop_duplicates("funding_time", keep="last").sort_values("funding_time")
         fr = fr.assign(funding_rate=numeric(fr["funding_rate"])).dropna(subset=["funding_rate"])
         rates = fr["funding_rate"]
         if len(fr):
-            res.interval_ms = funding_interval_ms(fr["funding_time"])
+            segs = interval_segments(fr["funding_time"])
+            res.interval_ms = segs[-1][1] if segs else None
             res.interval_source = "funding_times" if res.interval_ms else None
+            if segs:
+                res.interval_changes = [{"from": a, "interval_hours": b / 3_600_000} for a, b in segs]
+                starts = np.array([a for a, _ in segs], dtype="int64")
+                steps = np.array([b for _, b in segs], dtype="float64")
+                times = fr["funding_time"].to_numpy(dtype="int64")
+                per_event = steps[np.searchsorted(starts, times, side="right") - 1].clip(min=1)
+                realized = float(rates.sum() / per_event.sum() * YEAR_MS)
             res.count = len(fr)
             res.window_start = int(fr["funding_time"].iloc[0])
             res.window_end = int(fr["funding_time"].iloc[-1])
@@ -104,7 +146,7 @@ def compute_funding(funding_rates: pd.DataFrame | None, mark_prices: pd.DataFram
     res.interval_hours = res.interval_ms / 3_600_000 if res.interval_ms else None
     if res.events_per_year is not None:
         if res.mean is not None:
-            res.annualized = res.mean * res.events_per_year
+            res.annualized = json_float(realized) if realized is not None else res.mean * res.events_per_year
         if res.predicted_rate is not None:
             res.predicted_annualized = res.predicted_rate * res.events_per_year
     res.insufficient_data = res.count == 0 or res.annualized is None

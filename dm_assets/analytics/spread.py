@@ -144,6 +144,12 @@ class SpreadResult(ResultMixin):
     imbalance_mean: float | None = None
     imbalance_last: float | None = None
     imbalance_count: int = 0
+    # Where the imbalance came from: "orderbook" (the rebuilt book, orderbook_snapshots) or
+    # "depth_updates" (liquidity changed by diffs: order flow, not the resting book).
+    imbalance_source: str | None = None
+    book_snapshots: int = 0
+    book_spread_mean_bps: float | None = None
+    book_spread_last_bps: float | None = None
 
 
 def compute_spread(
@@ -151,8 +157,14 @@ def compute_spread(
     window_end: int | None = None,
     depth: pd.DataFrame | None = None,
     levels: int = 10,
+    book: pd.DataFrame | None = None,
 ) -> SpreadResult:
-    """Spread stats of one symbol's quotes; ``window_end`` (ms) bounds the last quote's weight."""
+    """Spread stats of one symbol's quotes; ``window_end`` (ms) bounds the last quote's weight.
+
+    ``book`` (``snapshot_time``, ``bids``, ``asks``: the rebuilt top-N book) gives the
+    imbalance of the resting book and the book's own spread; without it the imbalance
+    falls back to ``depth`` diffs.
+    """
     res = SpreadResult(0, 0, 0, None, window_end, True)
     if book_tickers is not None and len(book_tickers):
         q = book_tickers.sort_values("event_time", kind="stable")
@@ -174,11 +186,26 @@ def compute_spread(
             res.last_bps = json_float(s[-1])
             res.time_weighted_mean_bps = time_weighted_mean(times, s, window_end)
             res.insufficient_data = False
-    if depth is not None and len(depth):
+    if book is not None and len(book):
+        b = book.sort_values("snapshot_time", kind="stable")
+        imb = imbalance_series(b, levels, time_field="snapshot_time").dropna()
+        res.imbalance_source = "orderbook"
+        res.book_snapshots = len(b)
+        best_bid = numeric(pd.Series([lv[0][0] if len(lv) else None for lv in b["bids"]], dtype="object"))
+        best_ask = numeric(pd.Series([lv[0][0] if len(lv) else None for lv in b["asks"]], dtype="object"))
+        ok = (best_bid > 0) & (best_ask > 0)
+        bs = spread_bps(best_bid[ok], best_ask[ok]).to_numpy(dtype="float64")
+        if len(bs):
+            res.book_spread_mean_bps = json_float(bs.mean())
+            res.book_spread_last_bps = json_float(bs[-1])
+    elif depth is not None and len(depth):
         imb = imbalance_series(depth.sort_values("event_time", kind="stable"), levels).dropna()
-        res.levels = levels
-        res.imbalance_count = len(imb)
-        if len(imb):
-            res.imbalance_mean = json_float(imb.mean())
-            res.imbalance_last = json_float(imb.iloc[-1])
+        res.imbalance_source = "depth_updates"
+    else:
+        return res
+    res.levels = levels
+    res.imbalance_count = len(imb)
+    if len(imb):
+        res.imbalance_mean = json_float(imb.mean())
+        res.imbalance_last = json_float(imb.iloc[-1])
     return res

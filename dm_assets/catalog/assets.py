@@ -54,6 +54,7 @@ class CatalogConfig(Config):
         *(candles_key(iv) for iv in INTERVALS),
         *ANALYTICS_KEYS,
         AssetKey(["quality", "health_scores"]),
+        AssetKey(["orderbook", "orderbook_snapshots"]),
     ],
     group_name=CATALOG_GROUP,
     kinds={"mysql"},

@@ -39,6 +39,8 @@ from dm_assets.catalog.fields import FIELD_DESCRIPTIONS, describe
 from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.schemas import DatasetIn, DatasetRecord, LineageEdge, SchemaField, dataset_id
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS
+from dm_resources.retention import retention_note
+from dm_resources.settings import get_settings
 
 if TYPE_CHECKING:
     from dagster import AssetSpec
@@ -46,9 +48,11 @@ if TYPE_CHECKING:
     from dm_resources.metadata.store import MetadataStore
     from dm_resources.mongo import MongoStore
 
+# The order book's REST snapshots and rebuilt top-N rows (dm_assets/orderbook), one dataset per symbol.
+ORDERBOOK_COLLECTIONS = ("depth_snapshots", "orderbook_snapshots")
 # Which collections hold per-symbol datasets. dead_letters is not one: its records are
 # undecodable messages (often without a symbol), counted by the ingest service's metrics.
-CATALOGED_COLLECTIONS = (*RAW_COLLECTIONS, "candles", "analytics")
+CATALOGED_COLLECTIONS = (*RAW_COLLECTIONS, "candles", "analytics", *ORDERBOOK_COLLECTIONS)
 ANALYTICS_KIND_PREFIX = "analytics."
 # Intervals probed for klines and candles: the ones the pipeline builds (probing all fifteen
 # Binance intervals per symbol would triple the probes for datasets that are never written).
@@ -95,6 +99,7 @@ def candidates(symbols: Iterable[str]) -> list[DatasetRef]:
             else:
                 refs.append(DatasetRef(name, symbol, None, name))
         refs.extend(DatasetRef("candles", symbol, iv, "candles", {"interval": iv}) for iv in PROBED_INTERVALS)
+        refs.extend(DatasetRef(name, symbol, None, name) for name in ORDERBOOK_COLLECTIONS)
     for symbol in [*syms, analytics_build.CORRELATION_SYMBOL]:
         for kind, iv in analytics_build.DATASETS:
             if (kind == "correlation") == (symbol == analytics_build.CORRELATION_SYMBOL):
@@ -158,6 +163,12 @@ def schema_of(collection: str, sample: Mapping[str, Any] | None) -> list[SchemaF
 
 
 def dataset_description(ref: DatasetRef) -> str:
+    text = _dataset_description(ref)
+    note = retention_note(get_settings(), ref.collection)
+    return f"{text} {note}" if note else text
+
+
+def _dataset_description(ref: DatasetRef) -> str:
     base = COLLECTIONS[ref.collection].description
     if ref.collection == "analytics":
         kind = ref.kind.removeprefix(ANALYTICS_KIND_PREFIX)
