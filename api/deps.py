@@ -133,7 +133,7 @@ class AppState:
                     value = build()
                     setattr(self, attr, value)
                     self.owned.append(value)
-        return value  # type: ignore[no-any-return]
+        return value
 
     @property
     def mongo(self) -> MongoStore:
@@ -205,12 +205,14 @@ class AppState:
 
 
 def state(request: Request) -> AppState:
-    return request.app.state.dm  # type: ignore[no-any-return]
+    st: AppState = request.app.state.dm
+    return st
 
 
 async def _state_dep(request: Request) -> AppState:
     """Async on purpose: a sync dependency costs every request a thread-pool hop (measured on the hot path)."""
-    return request.app.state.dm  # type: ignore[no-any-return]
+    st: AppState = request.app.state.dm
+    return st
 
 
 State = Annotated[AppState, Depends(_state_dep)]

@@ -41,7 +41,7 @@ from dm_resources.mongo import COLLECTIONS, MongoStore
 # NDJSON streams decode whole raw batches with bson.decode_all (~2x faster than pymongo's
 # per-document decoding for wide documents) into plain dicts that orjson renders. Stored times
 # are int64 epoch ms, so the codec's datetime handling matters only for stray BSON dates.
-RAW_CODEC = CodecOptions(tz_aware=True)
+RAW_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 STREAM_BATCH = 10_000
 # No market data before this (Binance USD-M futures opened in Sep 2019): backward gallops stop here.
 FLOOR_MS = 1_483_228_800_000  # 2017-01-01

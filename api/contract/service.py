@@ -295,7 +295,7 @@ def _gallop(
     newest_first: list[dict[str, Any]] = []
     while len(newest_first) < n and b > floor:
         a = max(floor, b - window)
-        newest_first.extend(reversed(read(a, b)))
+        newest_first.extend(reversed(read(a, b, 0)))
         b, window = a, window * 4
     return newest_first[:n]
 

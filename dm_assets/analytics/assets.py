@@ -17,6 +17,7 @@ its own in the graph, with its own upstreams.
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 from dagster import (
     AssetDep,
@@ -160,7 +161,7 @@ def run_config(as_of_ms: int | None, *, symbol_assets: bool = True, correlation:
     return RunConfig(ops=ops)
 
 
-def _metadata(docs: list[dict], as_of: int, upserted: int, modified: int) -> dict[str, object]:
+def _metadata(docs: list[dict], as_of: int, upserted: int, modified: int) -> dict[str, Any]:
     return {
         "as_of": dt.datetime.fromtimestamp(as_of / 1000, tz=dt.UTC).isoformat(),
         "documents": len(docs),

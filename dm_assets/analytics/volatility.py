@@ -114,7 +114,7 @@ class ResultMixin:
     """Gives every result dataclass the same ``to_dict`` (JSON/BSON-safe, None for undefined)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return clean(dataclasses.asdict(self))
+        return clean(dataclasses.asdict(self))  # type: ignore[call-overload]  # mixed into dataclasses only
 
 
 def to_grid(candles: pd.DataFrame, interval: str) -> pd.DataFrame:

@@ -221,7 +221,9 @@ def _ms(t: dt.datetime) -> int:
     return int((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp() * 1000)
 
 
-def _tail_stats(store: MongoStore, ref: DatasetRef, prev: DatasetRecord, now: int) -> tuple[int, int, int] | None:
+def _tail_stats(
+    store: MongoStore, ref: DatasetRef, prev: DatasetRecord, now: int
+) -> tuple[int, int | None, int] | None:
     """(first, last, rows) from the previous entry plus the documents after its last time; None if it cannot."""
     if not prev.row_count or prev.first_time is None or prev.last_time is None:
         return None
@@ -277,7 +279,7 @@ def describe_dataset(
         interval=ref.interval,
         collection=ref.collection,
         description=dataset_description(ref),
-        schema=schema_of(ref.collection, sample),
+        schema_=schema_of(ref.collection, sample),
         row_count=rows,
         first_time=first,
         last_time=last,
@@ -301,7 +303,7 @@ def _describe_candles(store: MongoStore, ref: DatasetRef, health: HealthLookup, 
         interval=ref.interval,
         collection=ref.collection,
         description=dataset_description(ref),
-        schema=schema_of(ref.collection, sample[0] if sample else None),
+        schema_=schema_of(ref.collection, sample[0] if sample else None),
         row_count=cs.count(ref.symbol, iv),
         first_time=first,
         last_time=last,

@@ -1,5 +1,7 @@
 """``funding/funding_history`` (date × symbol), beside the candles: settled funding from Binance REST."""
 
+from typing import Any
+
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from dm_assets.candles.assets import BACKFILL_POLICY
@@ -38,7 +40,7 @@ def funding_history(
         f = build.fill_funding(store, client, symbol, days)
         context.log.info(f"{symbol}: {f.as_metadata()}")
         fills.append(f)
-    meta: dict[str, object] = {
+    meta: dict[str, Any] = {
         "partitions": len(context.partition_keys),
         "fetched": sum(f.fetched for f in fills),
         "inserted": sum(f.inserted for f in fills),

@@ -1,6 +1,7 @@
 """The order-book asset (date × symbol), its continuity check and its 5-minute schedule. Thin: see build.py."""
 
 import datetime as dt
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -115,7 +116,7 @@ def orderbook_snapshots(
             "invalid_seconds": sum(b.stats.invalid_ms for b in days) / 1000,
         },
     )
-    meta_out: dict[str, object] = {
+    meta_out: dict[str, Any] = {
         "partitions": len(days),
         "documents": sum(b.documents for b in days),
         "upserted": sum(b.upserted for b in days),

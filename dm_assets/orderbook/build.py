@@ -41,7 +41,7 @@ from dm_assets.partitions import day_bounds_ms
 
 if TYPE_CHECKING:
     from dm_resources.binance import BinanceClient
-    from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn
+    from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn, Severity
     from dm_resources.mongo import MongoStore
 
 MINUTE_MS = 60_000
@@ -163,7 +163,7 @@ class BookDay:
         return self.incidents == 0 and self.dark_ms == 0
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         if self.passed:
             return "INFO"
         share = self.dark_ms / self.window_ms if self.window_ms else 1.0
@@ -220,7 +220,7 @@ class BookDay:
         details = self.as_metadata()
         return AuditLogIn(
             check_name=CHECK_NAME,
-            severity=self.severity,  # type: ignore[arg-type]
+            severity=self.severity,
             passed=self.passed,
             message=self.message(),
             details=details,

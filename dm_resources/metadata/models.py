@@ -260,7 +260,9 @@ class ExactDecimal(TypeDecorator[Decimal]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        return dialect.type_descriptor(Numeric(38, 18, asdecimal=dialect.name != "sqlite"))
+        # SQLAlchemy's stubs type ``asdecimal`` as a Literal per overload; it is a runtime choice here.
+        numeric: Any = Numeric
+        return dialect.type_descriptor(numeric(38, 18, asdecimal=dialect.name != "sqlite"))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
