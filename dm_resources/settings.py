@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     automation: bool = True
     # Partitions per run when Dagster backfills candles (0 = one run for the whole backfill).
     backfill_partitions_per_run: int = Field(10, ge=0, le=1000)
+    # Per-symbol overrides of the data-quality thresholds (JSON), e.g.
+    # {"*": {"jump_z": 12}, "DOGEUSDT": {"min_move": 0.01}}; keys in dm_assets/candles/integrity.py.
+    quality_thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @field_validator("nats_url")
     @classmethod

@@ -20,8 +20,8 @@ _CANDLE_DEPS = [AssetKey(["candles", f"candles_{iv}"]) for iv in _INTERVALS]
     kinds={"mysql", "pandas"},
     tags={"dm/layer": "quality"},
     description=(
-        "Runs every candle check (gaps, duplicates, OHLC sanity, outlier jumps) for each interval of the "
-        "partition and appends the results with a severity to `audit_logs` in the metadata store."
+        "Runs every candle check (gaps, duplicates, OHLC sanity, bad prints, source agreement) for each interval "
+        "of the partition and appends the results with a severity to `audit_logs` in the metadata store."
     ),
 )
 def audit_results(
