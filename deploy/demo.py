@@ -9,7 +9,14 @@
 4. starts Dagster (webserver + daemon), launches a backfill of today's partitions through
    GraphQL (candles → checks → audit → health), then analytics and the catalog;
 5. starts the API and calls a few routes;
-6. prints where everything is, and keeps running until Ctrl-C (``--exit`` stops at once).
+6. integrity: publishes one bad print (a websocket kline whose high is 1.8× the price) through
+   NATS and the ingest service, runs today's candles for that symbol — the blocking check
+   fails, downstream is skipped, the health drops and says why, the API serves the candle
+   with its flags — then lets the gap sensor's repair run re-fetch the minute from REST;
+7. prints where everything is, and keeps running until Ctrl-C (``--exit`` stops at once).
+
+The generated session and the simulated exchange follow one price path
+(``ingest_service.pricepath``), so the websocket klines and the REST fills agree.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import time
 import urllib.request
 import warnings
+from typing import Any
 
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.embedded import (
@@ -81,6 +89,97 @@ def _wait_stored(store: MongoStore, expected_min: int, timeout: float = 300) -> 
         last = counts
         time.sleep(1.0)
     return last
+
+
+RUNS_BY_TAGS = """
+query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}, limit: 20) { __typename
+  ... on Runs { results { runId status startTime tags { key value } } } } }
+"""
+
+
+def _bad_kline_envelope(exchange: Any, symbol: str, minute: int, factor: str = "1.8") -> dict[str, Any]:
+    """The exchange's own kline for ``minute`` with its high × ``factor``: a websocket bad print."""
+    from decimal import Decimal
+
+    (row,) = exchange.klines(symbol, "1m", minute, minute + 60_000, include_open=True, now_ms=minute + 60_000)
+    high = (Decimal(row[2]) * Decimal(factor)).quantize(Decimal("0.01"))
+    k = {"t": minute, "T": minute + 59_999, "s": symbol, "i": "1m", "f": 1, "L": 2, "o": row[1], "c": row[4]}
+    k |= {"h": str(high), "l": row[3], "v": row[5], "n": row[8], "x": True, "q": row[7], "V": row[9], "Q": row[10]}
+    return {"stream": f"{symbol.lower()}@kline_1m", "data": {"e": "kline", "E": minute + 60_000, "s": symbol, "k": k}}
+
+
+def _show_state(store: MongoStore, meta: MetadataStore, symbol: str, today: str, minute: int, api: str | None) -> None:
+    day = dt.date.fromisoformat(today)
+    for h in meta.health(symbol=symbol, interval="1m", day_from=day, day_to=day):
+        why = (h.details or {}).get("failed_checks") or "nothing failed"
+        say(f"  health {symbol} 1m {h.day}: score {h.score} (consistency {h.consistency:.2f}); why: {why}")
+    (c,) = store.read_range("candles", symbol, minute, minute + 60_000, extra={"interval": "1m"})
+    say(
+        f"  stored candle {c['open_time']}: high {c['high']:,.2f} close {c['close']:,.2f} source {c['source']} "
+        f"flags {c.get('flags')}"
+    )
+    if api:
+        code, body = _get(f"{api}/data/candles?pair={symbol}&period=1m&start={minute}&limit=1")
+        say(f"  GET /data/candles?pair={symbol}&period=1m&start={minute}&limit=1 -> {code}: {body[:260]}")
+
+
+def _integrity_demo(
+    gql: DagsterGraphQL,
+    store: MongoStore,
+    meta: MetadataStore,
+    exchange: Any,
+    symbol: str,
+    today: str,
+    api_port: int | None,
+) -> None:
+    """One bad print through the real path: caught by the blocking check, scored, served flagged, repaired."""
+    say("-" * 70)
+    say(f"integrity: publishing one bad print for {symbol} through NATS (a websocket kline with a 1.8× high) ...")
+    now = int(time.time() * 1000)
+    minute = now - now % 60_000 - 60_000
+    if store.read_range("klines", symbol, minute, minute + 60_000, extra={"interval": "1m"}):
+        minute += 60_000  # already filled from REST: use the minute now open instead
+    path = VAR / "demo" / "bad_print.jsonl"
+    path.write_bytes(json.dumps(_bad_kline_envelope(exchange, symbol, minute)).encode() + b"\n")
+    subprocess.run([sys.executable, "-m", "ingest_service.replay", str(path), "--no-progress"], check=True)
+    wait_until(
+        lambda: bool(store.read_range("klines", symbol, minute, minute + 60_000, extra={"interval": "1m"})),
+        60,
+        "the bad kline stored by the ingest service",
+    )
+    while time.time() * 1000 < minute + 62_000:  # the minute must be closed to be built
+        time.sleep(0.5)
+    pk = f"{today}|{symbol}"
+    api = f"http://127.0.0.1:{api_port}" if api_port else None
+    bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "api"}, title="demo: audit after a bad print")
+    state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
+    statuses = [gql.run_status(r) for r in state.runs]
+    say(f"candles run for {pk}: {statuses} (a blocking check failed: downstream candles and quality were skipped)")
+    for r in meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=5):
+        say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
+    _show_state(store, meta, symbol, today, minute, api)
+
+    say("waiting for the gap sensor to request the repair run (it looks every 2 minutes) ...")
+    started = time.time()
+    run_id = None
+    while time.time() - started < 200 and run_id is None:
+        tags = [{"key": "dagster/partition", "value": pk}, {"key": "dm/origin", "value": "sensor"}]
+        res = gql.call(RUNS_BY_TAGS, {"tags": tags})["runsOrError"]
+        fresh = [r for r in res.get("results", []) if (r.get("startTime") or time.time()) >= started - 5]
+        run_id = fresh[0]["runId"] if fresh else None
+        if run_id is None:
+            time.sleep(3)
+    if run_id is None:
+        say("  the sensor has not ticked yet; launching the same repair run it would request")
+        bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "sensor"}, title="demo: repair run")
+        state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
+        say(f"repair run: {[gql.run_status(r) for r in state.runs]}")
+    else:
+        say(f"gap sensor requested run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600, poll=2.0)}")
+    for r in meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=3):
+        say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
+    _show_state(store, meta, symbol, today, minute, api)
+    say("-" * 70)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(start_ms),
                 "--bad",
                 "25",
+                "--path",
+                "market",  # the simulated exchange's price path: one story where the sources meet
             ],
             check=True,
             env={**os.environ, **env},
@@ -188,11 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         say(f"backfill {state.status}: {len(state.runs)} run(s)")
         day_start = int(dt.datetime.fromisoformat(today).replace(tzinfo=dt.UTC).timestamp() * 1000)
         for s in settings.symbols:
-            rows = store.read_range("candles", s, day_start, None, extra={"interval": "1m"}, projection={"source": 1})
-            sources: dict[str, int] = {}
+            rows = store.read_range(
+                "candles", s, day_start, None, extra={"interval": "1m"}, projection={"source": 1, "close": 1}
+            )
+            sources: dict[str, list[float]] = {}
             for r in rows:
-                sources[r["source"]] = sources.get(r["source"], 0) + 1
-            say(f"  {s}: {len(rows)} 1m candles today, by source {sources}")
+                sources.setdefault(r["source"], []).append(float(r["close"]))
+            ranges = ", ".join(f"{k} {len(v)} (close {min(v):,.2f}–{max(v):,.2f})" for k, v in sources.items())
+            say(f"  {s}: {len(rows)} 1m candles today, by source: {ranges}")
         for h in meta.latest_health_by_symbol().values():
             say(f"  health {h.symbol} {h.interval} {h.day}: score {h.score}")
 
@@ -244,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 code, body = _get(base + path)
                 say(f"GET {path} -> {code}: {body[:300]}")
+
+        if exchange is not None:
+            _integrity_demo(gql, store, meta, exchange, settings.symbols[0], today, api_port)
 
         say("=" * 70)
         say(f"Dagster UI     http://127.0.0.1:{dagster_port}  (Assets → lineage, candles partitions date × symbol)")

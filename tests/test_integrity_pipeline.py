@@ -306,6 +306,8 @@ def test_bad_print_in_exchange_rest_row_is_kept_flagged_and_served(
     assert {"bad_print", "verified"} <= set(hour["flags"])  # carried up: the 1h candle contains it
     h = health_1m(meta)
     assert 0 < h.score < 100 and h.details["failed_checks"]["no_bad_prints"]["severity"] == "WARN"
+    (scores,) = second.asset_materializations_for_node("quality__health_scores")
+    assert "no_bad_prints WARN ×1" in scores.metadata["scores"].value  # the operator's table says why
     assert not sensor_asks_for_partition(instance, resources)  # verified: nothing more to ask REST
     requests = len(exchange.requests_to("/fapi/v1/klines"))
     run(instance, resources)
