@@ -135,10 +135,10 @@ def _integrity_demo(
     """One bad print through the real path: caught by the blocking check, scored, served flagged, repaired."""
     say("-" * 70)
     say(f"integrity: publishing one bad print for {symbol} through NATS (a websocket kline with a 1.8× high) ...")
+    # The minute now open: nothing can have filled it from REST yet (the open candle is never stored),
+    # so the websocket kline is what every later run finds for it.
     now = int(time.time() * 1000)
-    minute = now - now % 60_000 - 60_000
-    if store.read_range("klines", symbol, minute, minute + 60_000, extra={"interval": "1m"}):
-        minute += 60_000  # already filled from REST: use the minute now open instead
+    minute = now - now % 60_000
     path = VAR / "demo" / "bad_print.jsonl"
     path.write_bytes(json.dumps(_bad_kline_envelope(exchange, symbol, minute)).encode() + b"\n")
     subprocess.run([sys.executable, "-m", "ingest_service.replay", str(path), "--no-progress"], check=True)
@@ -147,13 +147,14 @@ def _integrity_demo(
         60,
         "the bad kline stored by the ingest service",
     )
+    say("  waiting for that minute to close ...")
     while time.time() * 1000 < minute + 62_000:  # the minute must be closed to be built
         time.sleep(0.5)
     pk = f"{today}|{symbol}"
     api = f"http://127.0.0.1:{api_port}" if api_port else None
     bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "api"}, title="demo: audit after a bad print")
     state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
-    statuses = [gql.run_status(r) for r in state.runs]
+    statuses = [r.get("status") for r in state.runs]
     say(f"candles run for {pk}: {statuses} (a blocking check failed: downstream candles and quality were skipped)")
     for r in meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=5):
         say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
@@ -162,20 +163,27 @@ def _integrity_demo(
     say("waiting for the gap sensor to request the repair run (it looks every 2 minutes) ...")
     started = time.time()
     run_id = None
-    while time.time() - started < 200 and run_id is None:
+
+    def repaired() -> bool:
+        rows = store.read_range("candles", symbol, minute, minute + 60_000, extra={"interval": "1m"})
+        return bool(rows) and not rows[0].get("flags")
+
+    while time.time() - started < 240 and run_id is None and not repaired():
         tags = [{"key": "dagster/partition", "value": pk}, {"key": "dm/origin", "value": "sensor"}]
         res = gql.call(RUNS_BY_TAGS, {"tags": tags})["runsOrError"]
         fresh = [r for r in res.get("results", []) if (r.get("startTime") or time.time()) >= started - 5]
         run_id = fresh[0]["runId"] if fresh else None
         if run_id is None:
             time.sleep(3)
-    if run_id is None:
+    if run_id is not None:
+        say(f"gap sensor requested run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600, poll=2.0)}")
+    elif repaired():
+        say("  repaired meanwhile by a run of the audit schedule (it refreshes today every 5 minutes)")
+    else:
         say("  the sensor has not ticked yet; launching the same repair run it would request")
         bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "sensor"}, title="demo: repair run")
         state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
-        say(f"repair run: {[gql.run_status(r) for r in state.runs]}")
-    else:
-        say(f"gap sensor requested run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600, poll=2.0)}")
+        say(f"repair run: {[r.get('status') for r in state.runs]}")
     for r in meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=3):
         say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
     _show_state(store, meta, symbol, today, minute, api)
