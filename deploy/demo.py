@@ -123,6 +123,14 @@ def _show_state(store: MongoStore, meta: MetadataStore, symbol: str, today: str,
         say(f"  GET /data/candles?pair={symbol}&period=1m&start={minute}&limit=1 -> {code}: {body[:260]}")
 
 
+def _show_audit(meta: MetadataStore, symbol: str, *, failing: bool) -> None:
+    """The audit trail of the bad print: detection and repair events (and the failing check rows)."""
+    rows = meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=100)
+    shown = [r for r in rows if (r.details or {}).get("event") or (failing and not r.passed)]
+    for r in reversed(shown[:4]):
+        say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
+
+
 def _integrity_demo(
     gql: DagsterGraphQL,
     store: MongoStore,
@@ -156,8 +164,7 @@ def _integrity_demo(
     state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
     statuses = [r.get("status") for r in state.runs]
     say(f"candles run for {pk}: {statuses} (a blocking check failed: downstream candles and quality were skipped)")
-    for r in meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=5):
-        say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
+    _show_audit(meta, symbol, failing=True)
     _show_state(store, meta, symbol, today, minute, api)
 
     say("waiting for the gap sensor to request the repair run (it looks every 2 minutes) ...")
@@ -184,8 +191,7 @@ def _integrity_demo(
         bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "sensor"}, title="demo: repair run")
         state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
         say(f"repair run: {[r.get('status') for r in state.runs]}")
-    for r in meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=3):
-        say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
+    _show_audit(meta, symbol, failing=False)
     _show_state(store, meta, symbol, today, minute, api)
     say("-" * 70)
 
