@@ -109,3 +109,12 @@ def test_reconcile_names_both_sources_and_values_within_tolerance() -> None:
     assert d["values"]["high"]["agg_trades"] == pytest.approx(d["values"]["high"]["kline"] * 1.001)
     assert reconcile(a, b, ("kline", "rest"), compare_volumes=False)[0].open_time == 9 * M
     assert integrity.ohlc_impossible(a.assign(low=a["high"] * 2)).all()
+
+
+def test_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dm_resources.settings import load_settings
+
+    monkeypatch.setenv("DM_QUALITY_THRESHOLDS", '{"*": {"jump_z": 14}, "DOGEUSDT": {"min_move": 0.01}}')
+    overrides = load_settings().quality_thresholds
+    assert thresholds_for("DOGEUSDT", overrides) == Thresholds(jump_z=14, min_move=0.01)
+    assert thresholds_for("BTCUSDT", overrides) == Thresholds(jump_z=14)
