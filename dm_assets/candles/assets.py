@@ -108,7 +108,11 @@ def _merge(builds: list[build.DayBuild]) -> dict[str, object]:
 
 
 def _run_checks(
-    context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource, interval: str
+    context: AssetExecutionContext,
+    mongo: MongoResource,
+    metadata: MetadataResource,
+    interval: str,
+    builds: list[build.DayBuild],
 ) -> list[AssetCheckResult]:
     """Checks over every partition this run touched, folded into one result per check.
 
@@ -120,16 +124,21 @@ def _run_checks(
     outcomes: dict[str, list[audit.CheckOutcome]] = {}
     failed, health_rows = [], []
     run_id = context.run.run_id
+    # Judge each partition as of its build's "now": a minute that closed after the build is not a gap yet.
+    as_of = {(b.day, b.symbol): b.as_of for b in builds}
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
-        results = audit.check_partition(store, meta, symbol, day, interval)
+        now = as_of.get((day, symbol))
+        results = audit.check_partition(store, meta, symbol, day, interval, now=now)
         for outcome in results:
             outcomes.setdefault(outcome.name, []).append(outcome)
             if not outcome.passed:
                 failed.append(
                     audit.to_audit_log(outcome, symbol=symbol, interval=interval, partition_key=str(pk), run_id=run_id)
                 )
-        health_rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=run_id, results=results))
+        health_rows.append(
+            audit.health_metric(store, meta, symbol, day, interval, run_id=run_id, results=results, now=now)
+        )
     meta.record_audit(failed)
     meta.upsert_health(health_rows)
     return _check_results(interval, [audit.fold(v) for v in outcomes.values()])
@@ -162,7 +171,7 @@ def candles_1m(
         b = build.build_1m_day(store, meta, client, symbol, day, run_id=context.run.run_id)
         context.log.info(f"{pk}: {b.as_metadata()}")
         builds.append(b)
-    return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, "1m"))
+    return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, "1m", builds))
 
 
 def _higher_asset(interval: str) -> AssetsDefinition:
@@ -189,7 +198,9 @@ def _higher_asset(interval: str) -> AssetsDefinition:
         for pk in context.partition_keys:
             day, symbol = split_key(pk)
             builds.append(build.build_higher_day(store, meta, symbol, day, interval))
-        return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, interval))
+        return MaterializeResult(
+            metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, interval, builds)
+        )
 
     return _candles
 

@@ -82,6 +82,7 @@ class DayBuild:
     kept: list[int] = field(default_factory=list)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     provisional: int = 0  # derived buckets over exchange holes not yet confirmed
+    as_of: int | None = None  # the build's "now": its checks judge the data as of the same instant
 
     @property
     def complete(self) -> bool:
@@ -269,7 +270,7 @@ def build_1m_day(
     now = now if now is not None else now_ms()
     th = th if th is not None else integrity.thresholds_for(symbol)
     start = day_bounds_ms(day)[0]
-    out = DayBuild(symbol=symbol, day=day)
+    out = DayBuild(symbol=symbol, day=day, as_of=now)
     minutes = expected_minutes(day, now)
     out.expected = int(minutes.size)
     if minutes.size == 0:
@@ -501,7 +502,7 @@ def build_higher_day(
     now = now if now is not None else now_ms()
     start, end = day_bounds_ms(day)
     step = compute.interval_ms(interval)
-    out = DayBuild(symbol=symbol, day=day, interval=interval)
+    out = DayBuild(symbol=symbol, day=day, interval=interval, as_of=now)
     one_m = read_candles(store, symbol, "1m", start, end)
     confirmed, pending = exchange_missing(meta, symbol, start, end)
     bars, incomplete = compute.resample(one_m, interval, confirmed_missing=confirmed | pending, now_ms=now)
