@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from api.params import ParamError
+from dm_resources.backfill_status import backfill_status, run_status
 from dm_resources.dagster_client import DagsterAPIError, DagsterGraphQL
 
 DAY_MS = 86_400_000
@@ -76,36 +77,8 @@ def plan_partitions(
     return out
 
 
-# Dagster BulkActionStatus → our status vocabulary (dm_resources.metadata.schemas.BackfillStatus),
-# the same mapping dm_assets.backfills.tracking applies, on GraphQL strings.
-_RUN_STATUS = {
-    "QUEUED": "queued",
-    "NOT_STARTED": "queued",
-    "MANAGED": "queued",
-    "STARTING": "running",
-    "STARTED": "running",
-    "SUCCESS": "success",
-    "FAILURE": "failure",
-    "CANCELING": "canceled",
-    "CANCELED": "canceled",
-}
-
-
-def run_status(status: str) -> str:
-    return _RUN_STATUS.get(status, "running")
-
-
-def backfill_status(status: str, run_statuses: Iterable[str]) -> str:
-    runs = [run_status(s) for s in run_statuses]
-    if status in ("CANCELED", "CANCELING"):
-        return "canceled"
-    if status in ("COMPLETED_FAILED", "FAILED", "FAILING"):
-        return "partial" if "success" in runs else "failure"
-    if status in ("COMPLETED", "COMPLETED_SUCCESS"):
-        if any(r in ("queued", "running") for r in runs):
-            return "running"
-        return "failure" if "failure" in runs else "success"
-    return "running" if runs else "requested"
+# The status mapping lives in dm_resources so the tracking sensor uses the very same function.
+__all__ = ["backfill_status", "run_status"]
 
 
 def _call(gql: DagsterGraphQL, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -81,6 +81,14 @@ class Candle(_Model):
     taker_buy_quote_volume: float | None = None
     trades: int | None = None
     source: str | None = None
+    flags: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Empty for a clean candle. bad_print / ohlc_impossible / source_disagreement: the candle is suspect; "
+            "with verified: the exchange's REST was asked again and had nothing better, so it is kept as "
+            "suspect; provisional: a derived candle over minutes the exchange says it lacks, not yet confirmed."
+        ),
+    )
 
 
 class CandlesPage(Page[Candle]):

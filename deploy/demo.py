@@ -9,7 +9,14 @@
 4. starts Dagster (webserver + daemon), launches a backfill of today's partitions through
    GraphQL (candles → checks → audit → health), then analytics and the catalog;
 5. starts the API and calls a few routes;
-6. prints where everything is, and keeps running until Ctrl-C (``--exit`` stops at once).
+6. integrity: publishes one bad print (a websocket kline whose high is 1.8× the price) through
+   NATS and the ingest service, runs today's candles for that symbol — the blocking check
+   fails, downstream is skipped, the health drops and says why, the API serves the candle
+   with its flags — then lets the gap sensor's repair run re-fetch the minute from REST;
+7. prints where everything is, and keeps running until Ctrl-C (``--exit`` stops at once).
+
+The generated session and the simulated exchange follow one price path
+(``ingest_service.pricepath``), so the websocket klines and the REST fills agree.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import time
 import urllib.request
 import warnings
+from typing import Any
 
 from dm_resources.candle_store import CandleStore
 from dm_resources.dagster_client import DagsterGraphQL
@@ -39,7 +47,7 @@ from dm_resources.embedded import (
     wait_until,
 )
 from dm_resources.metadata.store import MetadataStore
-from dm_resources.mongo import COLLECTIONS, MongoStore
+from dm_resources.mongo import RAW_COLLECTIONS, MongoStore
 from dm_resources.settings import load_settings
 from ingest_service.progress import drain_budget_s, read_progress, wait_drained
 
@@ -74,6 +82,111 @@ def _wait_ingested(nats_url: str, stream: str, durable: str, published: int) -> 
     now = read_progress(nats_url, stream, durable)
     last_seq = now.stream_last_seq if now else 0
     wait_drained(nats_url, stream, durable, min_last_seq=last_seq, timeout=drain_budget_s(published))
+
+
+RUNS_BY_TAGS = """
+query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}, limit: 20) { __typename
+  ... on Runs { results { runId status startTime tags { key value } } } } }
+"""
+
+
+def _bad_kline_envelope(exchange: Any, symbol: str, minute: int, factor: str = "1.8") -> dict[str, Any]:
+    """The exchange's own kline for ``minute`` with its high × ``factor``: a websocket bad print."""
+    from decimal import Decimal
+
+    (row,) = exchange.klines(symbol, "1m", minute, minute + 60_000, include_open=True, now_ms=minute + 60_000)
+    high = (Decimal(row[2]) * Decimal(factor)).quantize(Decimal("0.01"))
+    k = {"t": minute, "T": minute + 59_999, "s": symbol, "i": "1m", "f": 1, "L": 2, "o": row[1], "c": row[4]}
+    k |= {"h": str(high), "l": row[3], "v": row[5], "n": row[8], "x": True, "q": row[7], "V": row[9], "Q": row[10]}
+    return {"stream": f"{symbol.lower()}@kline_1m", "data": {"e": "kline", "E": minute + 60_000, "s": symbol, "k": k}}
+
+
+def _show_state(store: MongoStore, meta: MetadataStore, symbol: str, today: str, minute: int, api: str | None) -> None:
+    day = dt.date.fromisoformat(today)
+    for h in meta.health(symbol=symbol, interval="1m", day_from=day, day_to=day):
+        why = (h.details or {}).get("failed_checks") or "nothing failed"
+        say(f"  health {symbol} 1m {h.day}: score {h.score} (consistency {h.consistency:.2f}); why: {why}")
+    (c,) = CandleStore(store).read_range(symbol, "1m", minute, minute + 60_000)
+    say(
+        f"  stored candle {c['open_time']}: high {c['high']:,.2f} close {c['close']:,.2f} source {c['source']} "
+        f"flags {c.get('flags')}"
+    )
+    if api:
+        code, body = _get(f"{api}/data/candles?pair={symbol}&period=1m&start={minute}&limit=1")
+        say(f"  GET /data/candles?pair={symbol}&period=1m&start={minute}&limit=1 -> {code}: {body[:260]}")
+
+
+def _show_audit(meta: MetadataStore, symbol: str, *, failing: bool) -> None:
+    """The audit trail of the bad print: detection and repair events (and the failing check rows)."""
+    rows = meta.audit_logs(symbol=symbol, check_name="no_bad_prints", limit=100)
+    shown = [r for r in rows if (r.details or {}).get("event") or (failing and not r.passed)]
+    for r in reversed(shown[:4]):
+        say(f"  audit_logs: {r.severity} passed={r.passed} {r.message}")
+
+
+def _integrity_demo(
+    gql: DagsterGraphQL,
+    store: MongoStore,
+    meta: MetadataStore,
+    exchange: Any,
+    symbol: str,
+    today: str,
+    api_port: int | None,
+) -> None:
+    """One bad print through the real path: caught by the blocking check, scored, served flagged, repaired."""
+    say("-" * 70)
+    say(f"integrity: publishing one bad print for {symbol} through NATS (a websocket kline with a 1.8× high) ...")
+    # The minute now open: nothing can have filled it from REST yet (the open candle is never stored),
+    # so the websocket kline is what every later run finds for it.
+    now = int(time.time() * 1000)
+    minute = now - now % 60_000
+    path = VAR / "demo" / "bad_print.jsonl"
+    path.write_bytes(json.dumps(_bad_kline_envelope(exchange, symbol, minute)).encode() + b"\n")
+    subprocess.run([sys.executable, "-m", "ingest_service.replay", str(path), "--no-progress"], check=True)
+    wait_until(
+        lambda: bool(store.read_range("klines", symbol, minute, minute + 60_000, extra={"interval": "1m"})),
+        60,
+        "the bad kline stored by the ingest service",
+    )
+    say("  waiting for that minute to close ...")
+    while time.time() * 1000 < minute + 62_000:  # the minute must be closed to be built
+        time.sleep(0.5)
+    pk = f"{today}|{symbol}"
+    api = f"http://127.0.0.1:{api_port}" if api_port else None
+    bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "api"}, title="demo: audit after a bad print")
+    state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
+    statuses = [r.get("status") for r in state.runs]
+    say(f"candles run for {pk}: {statuses} (a blocking check failed: downstream candles and quality were skipped)")
+    _show_audit(meta, symbol, failing=True)
+    _show_state(store, meta, symbol, today, minute, api)
+
+    say("waiting for the gap sensor to request the repair run (it looks every 2 minutes) ...")
+    started = time.time()
+    run_id = None
+
+    def repaired() -> bool:
+        rows = CandleStore(store).read_range(symbol, "1m", minute, minute + 60_000)
+        return bool(rows) and not rows[0].get("flags")
+
+    while time.time() - started < 240 and run_id is None and not repaired():
+        tags = [{"key": "dagster/partition", "value": pk}, {"key": "dm/origin", "value": "sensor"}]
+        res = gql.call(RUNS_BY_TAGS, {"tags": tags})["runsOrError"]
+        fresh = [r for r in res.get("results", []) if (r.get("startTime") or time.time()) >= started - 5]
+        run_id = fresh[0]["runId"] if fresh else None
+        if run_id is None:
+            time.sleep(3)
+    if run_id is not None:
+        say(f"gap sensor requested run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600, poll=2.0)}")
+    elif repaired():
+        say("  repaired meanwhile by a run of the audit schedule (it refreshes today every 5 minutes)")
+    else:
+        say("  the sensor has not ticked yet; launching the same repair run it would request")
+        bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "sensor"}, title="demo: repair run")
+        state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
+        say(f"repair run: {[r.get('status') for r in state.runs]}")
+    _show_audit(meta, symbol, failing=False)
+    _show_state(store, meta, symbol, today, minute, api)
+    say("-" * 70)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(start_ms),
                 "--bad",
                 "25",
+                "--path",
+                "market",  # the simulated exchange's price path: one story where the sources meet
             ],
             check=True,
             env={**os.environ, **env},
@@ -156,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             env={**os.environ, **env},
         )
         _wait_ingested(env.get("DM_NATS_URL", settings.nats_url), settings.nats_stream, settings.nats_durable, lines)
-        counts = store.counts(COLLECTIONS)
-        say("stored per collection: " + json.dumps({k: counts.get(k, 0) for k in COLLECTIONS}))
+        raw = [*RAW_COLLECTIONS, "dead_letters"]
+        counts = store.counts(raw)
+        say("stored per raw collection: " + json.dumps({k: counts.get(k, 0) for k in raw}))
 
         # -- Dagster -----------------------------------------------------------------------
         dagster_port = _port(3000)
@@ -182,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"backfill {state.status}: {len(state.runs)} run(s)")
         day_start = int(dt.datetime.fromisoformat(today).replace(tzinfo=dt.UTC).timestamp() * 1000)
         for s in settings.symbols:
-            rows = CandleStore(store).read_range(s, "1m", day_start, None, projection={"source": 1})
-            sources: dict[str, int] = {}
+            rows = CandleStore(store).read_range(s, "1m", day_start, None, projection={"source": 1, "close": 1})
+            sources: dict[str, list[float]] = {}
             for r in rows:
-                sources[r["source"]] = sources.get(r["source"], 0) + 1
-            say(f"  {s}: {len(rows)} 1m candles today, by source {sources}")
+                sources.setdefault(r["source"], []).append(float(r["close"]))
+            ranges = ", ".join(f"{k} {len(v)} (close {min(v):,.2f}–{max(v):,.2f})" for k, v in sources.items())
+            say(f"  {s}: {len(rows)} 1m candles today, by source: {ranges}")
         for h in meta.latest_health_by_symbol().values():
             say(f"  health {h.symbol} {h.interval} {h.day}: score {h.score}")
 
@@ -238,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 code, body = _get(base + path)
                 say(f"GET {path} -> {code}: {body[:300]}")
+
+        if exchange is not None:
+            _integrity_demo(gql, store, meta, exchange, settings.symbols[0], today, api_port)
 
         say("=" * 70)
         say(f"Dagster UI     http://127.0.0.1:{dagster_port}  (Assets → lineage, candles partitions date × symbol)")

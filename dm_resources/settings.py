@@ -108,6 +108,10 @@ class Settings(BaseSettings):
         value = getattr(self, f"retention_{collection}_days", None)
         return int(value) if value is not None else None
 
+    # Per-symbol overrides of the data-quality thresholds (JSON), e.g.
+    # {"*": {"jump_z": 12}, "DOGEUSDT": {"min_move": 0.01}}; keys in dm_assets/candles/integrity.py.
+    quality_thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+
     @field_validator("nats_url")
     @classmethod
     def _nats_scheme(cls, v: str) -> str:

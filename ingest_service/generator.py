@@ -11,6 +11,13 @@ event types, and internal consistency a consumer can check:
 * mark price updates announce the next funding time of the symbol's own interval
   (8h, 4h or 1h — never assumed to be 8h).
 
+Prices come from one of two paths. ``market`` (the CLI default, what ``make demo`` uses):
+each minute's trades are :func:`ingest_service.pricepath.minute_trades` of the shared
+:class:`~ingest_service.pricepath.Market`'s kline for that minute, so the closed websocket
+klines equal, value for value, what the simulated REST exchange serves for the same
+minutes, and the demo's candles tell one story wherever the sources meet. ``walk``: an
+independent per-trade random walk (the class default; tests of the event shapes use it).
+
     python -m ingest_service.generator session.jsonl --symbols BTCUSDT,ETHUSDT --minutes 5
 """
 
@@ -26,7 +33,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+
+from ingest_service.pricepath import PRICE_DECIMALS, Market, PlannedTrade, minute_trades
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -90,6 +100,8 @@ class _Symbol:
     funding_rate: float = 0.0001
     sigma_ticks: float = 1.0
     events: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[tuple[int, PlannedTrade]] = field(default_factory=list)  # market path: this minute's trades
+    np_rng: np.random.Generator | None = None
 
     @property
     def price(self) -> Decimal:
@@ -145,12 +157,21 @@ class SessionGenerator:
         start_ms: int = DEFAULT_START_MS,
         seed: int = 1,
         rates: Rates | None = None,
+        market: Market | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.symbols = [_new_symbol(s.upper(), random.Random(f"{seed}:{s.upper()}")) for s in symbols]
         self.start_ms = start_ms
         self.end_ms = start_ms + int(minutes * MINUTE_MS)
         self.rates = rates or Rates()
+        self.market = market
+        if market is not None:
+            for sym in self.symbols:
+                _, cols = market.minutes(sym.name, start_ms, start_ms + MINUTE_MS)
+                sym.price_places = PRICE_DECIMALS
+                sym.tick = Decimal(1).scaleb(-PRICE_DECIMALS)
+                sym.ticks = int(cols["open"][0]) if cols["open"].size else sym.ticks
+                sym.np_rng = np.random.default_rng([seed, sum(sym.name.encode())])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         r = self.rates
@@ -173,9 +194,16 @@ class SessionGenerator:
             minute = t - t % MINUTE_MS
             p = sym.price
             sym.bucket = _Bucket(open_time=minute, open=p, high=p, low=p, close=p)
-        n_trades = _poisson(rng, r.trades_per_s * dt)
-        for i in range(n_trades):
-            yield self._trade(sym, t + (i * self.TICK_MS) // max(1, n_trades))
+            if self.market is not None:
+                sym.plan = self._plan_minute(sym, minute, r)
+        if self.market is not None:
+            while sym.plan and sym.plan[0][0] < t + self.TICK_MS:
+                at, planned = sym.plan.pop(0)
+                yield self._trade(sym, max(at, t), planned)
+        else:
+            n_trades = _poisson(rng, r.trades_per_s * dt)
+            for i in range(n_trades):
+                yield self._trade(sym, t + (i * self.TICK_MS) // max(1, n_trades))
         for _ in range(_poisson(rng, r.book_tickers_per_s * dt)):
             yield self._book_ticker(sym, t + rng.randint(0, self.TICK_MS - 1))
         if rel % r.depth_interval_ms == 0:
@@ -187,16 +215,32 @@ class SessionGenerator:
         if rel % r.mark_interval_ms == 0:
             yield self._mark(sym, t + rng.randint(0, 9))
 
-    def _trade(self, sym: _Symbol, t: int) -> dict[str, Any]:
+    def _plan_minute(self, sym: _Symbol, minute: int, r: Rates) -> list[tuple[int, PlannedTrade]]:
+        """The market path's trades of this minute (absolute times), those before the session start dropped."""
+        assert self.market is not None and sym.np_rng is not None
+        _, cols = self.market.minutes(sym.name, minute, minute + MINUTE_MS)
+        if cols["open"].size == 0:
+            return []
+        row = {c: int(v[0]) for c, v in cols.items()}
+        plan = minute_trades(row, sym.np_rng, target=max(6, round(r.trades_per_s * 60)))
+        return [(minute + p.offset_ms, p) for p in plan if minute + p.offset_ms >= self.start_ms]
+
+    def _trade(self, sym: _Symbol, t: int, planned: PlannedTrade | None = None) -> dict[str, Any]:
         rng = sym.rng
-        sym.ticks = max(1, sym.ticks + round(rng.gauss(0, sym.sigma_ticks)))
+        if planned is None:
+            sym.ticks = max(1, sym.ticks + round(rng.gauss(0, sym.sigma_ticks)))
+            qty = Decimal(max(1, int(rng.expovariate(1 / 40)))).scaleb(-3)
+            n = rng.choice((1, 1, 1, 2, 3, 5))
+            maker = rng.random() < 0.5
+        else:
+            sym.ticks = planned.price
+            qty = Decimal(planned.qty).scaleb(-3)
+            n = planned.raw_trades
+            maker = planned.buyer_is_maker
         price = sym.price
-        qty = Decimal(max(1, int(rng.expovariate(1 / 40)))).scaleb(-3)
-        n = rng.choice((1, 1, 1, 2, 3, 5))
         first = sym.trade_id + 1
         sym.trade_id += n
         sym.agg_id += 1
-        maker = rng.random() < 0.5
         b = sym.bucket
         assert b is not None
         b.high, b.low, b.close = max(b.high, price), min(b.low, price), price
@@ -381,8 +425,9 @@ def generate_session(
     start_ms: int = DEFAULT_START_MS,
     seed: int = 1,
     rates: Rates | None = None,
+    market: Market | None = None,
 ) -> Iterator[dict[str, Any]]:
-    return iter(SessionGenerator(symbols, minutes, start_ms=start_ms, seed=seed, rates=rates))
+    return iter(SessionGenerator(symbols, minutes, start_ms=start_ms, seed=seed, rates=rates, market=market))
 
 
 def malformed_messages(n: int, seed: int = 7) -> list[tuple[bytes, str]]:
@@ -425,10 +470,12 @@ def write_session(
     start_ms: int = DEFAULT_START_MS,
     rates: Rates | None = None,
     bad: int = 0,
+    market: Market | None = None,
 ) -> int:
     """Write a session as JSON lines; ``bad`` malformed lines are spread through it. Returns the line count."""
     rng = random.Random(seed + 1)
-    lines = [orjson.dumps(env) for env in generate_session(symbols, minutes, start_ms=start_ms, seed=seed, rates=rates)]
+    events = generate_session(symbols, minutes, start_ms=start_ms, seed=seed, rates=rates, market=market)
+    lines = [orjson.dumps(env) for env in events]
     for raw, _ in malformed_messages(bad, seed):
         lines.insert(rng.randrange(len(lines) + 1), raw.replace(b"\n", b" "))
     with open(path, "wb") as fh:
@@ -446,6 +493,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-ms", type=int, default=DEFAULT_START_MS)
     ap.add_argument("--trades-per-s", type=float, default=Rates.trades_per_s)
     ap.add_argument("--bad", type=int, default=0, help="malformed lines to mix in (dead-letter demo)")
+    ap.add_argument(
+        "--path",
+        choices=("market", "walk"),
+        default="market",
+        help="market: follow the simulated exchange's price path (its klines equal ours); walk: a free random walk",
+    )
+    ap.add_argument("--market-seed", type=int, default=20260101, help="seed of the shared market (the fake's default)")
     args = ap.parse_args(argv)
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     n = write_session(
@@ -456,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         start_ms=args.start_ms,
         rates=Rates(trades_per_s=args.trades_per_s),
         bad=args.bad,
+        market=Market(args.market_seed) if args.path == "market" else None,
     )
     print(f"wrote {n} messages for {len(symbols)} symbols over {args.minutes:g} min to {args.out}", file=sys.stderr)
     return 0

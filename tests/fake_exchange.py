@@ -19,13 +19,13 @@ Why it looks like this:
   "now" returned while still open, nothing from the future.
 * **Faults on demand**: ``fail_next`` queues error responses (429 with Retry-After,
   418, 5xx), ``drop_next`` closes connections without answering, ``holes`` removes
-  1m rows the exchange itself never had (an outage).
+  1m rows the exchange itself never had (an outage), ``bad_prints`` scales one 1m row's
+  prices (a bad print in the exchange's own REST data).
 * Every request is logged as ``(path, params)`` so tests assert what was asked.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import threading
 import time
@@ -33,7 +33,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -41,34 +40,24 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from dm_resources.intervals import (
-    DAY_MS,
     MINUTE_MS,
     VALID_INTERVALS,
     bucket_start,
     close_time,
     next_bucket_start,
 )
-
-PRICE_DECIMALS = 2
-QTY_DECIMALS = 3
-QUOTE_DECIMALS = PRICE_DECIMALS + QTY_DECIMALS
-DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
-#: The market starts here (no klines before, like a listing date) and the generated history ends here.
-GENESIS_MS = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
-HORIZON_MS = int(dt.datetime(2032, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
-_N_DAYS = (HORIZON_MS - GENESIS_MS) // DAY_MS
-_DAILY_SIGMA = 0.03
-_COLUMNS = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trades",
-    "taker_buy_volume",
-    "taker_buy_quote_volume",
+from ingest_service.pricepath import (  # noqa: F401  (re-exported: tests import them from here)
+    _COLUMNS,
+    GENESIS_MS,
+    HORIZON_MS,
+    PRICE_DECIMALS,
+    QTY_DECIMALS,
+    Market,
 )
+
+DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+# The market itself lives in ingest_service.pricepath, shared with the session generator (make demo).
+QUOTE_DECIMALS = PRICE_DECIMALS + QTY_DECIMALS
 
 
 def _fmt(value: int, decimals: int) -> str:
@@ -111,81 +100,6 @@ class VirtualClock:
     def advance(self, ms: int) -> None:
         with self._lock:
             self._t += ms
-
-
-class Market:
-    """The deterministic 1m kline generator (integers in the smallest units)."""
-
-    def __init__(self, seed: int = 20260101) -> None:
-        self.seed = seed
-        self._day_cache = lru_cache(maxsize=512)(self._make_day)
-        self._anchor_cache = lru_cache(maxsize=64)(self._make_anchors)
-
-    @staticmethod
-    def _sym_key(symbol: str) -> int:
-        return zlib.crc32(symbol.encode())
-
-    def _make_anchors(self, symbol: str) -> np.ndarray:
-        """Daily opening prices in cents, one random walk per symbol over the whole horizon."""
-        key = self._sym_key(symbol)
-        rng = np.random.default_rng([self.seed, key, 0])
-        base = 5.0 + (key % 60_000)  # a few dollars to ~60k: realistic and well inside int64
-        steps = rng.normal(0.0, _DAILY_SIGMA, _N_DAYS + 1)
-        steps[0] = 0.0
-        return np.round(base * 100 * np.exp(np.cumsum(steps))).astype(np.int64)
-
-    def _make_day(self, symbol: str, day: int) -> dict[str, np.ndarray]:
-        """The 1440 minutes of day index ``day`` (days since GENESIS)."""
-        anchors = self._anchor_cache(symbol)
-        rng = np.random.default_rng([self.seed, self._sym_key(symbol), day + 1])
-        n = 1440
-        l0, l1 = np.log(float(anchors[day])), np.log(float(anchors[day + 1]))
-        walk = np.concatenate([[0.0], np.cumsum(rng.normal(0.0, _DAILY_SIGMA / np.sqrt(n), n))])
-        frac = np.arange(n + 1) / n
-        bridge = walk - frac * walk[-1] + frac * (l1 - l0)
-        path = np.round(np.exp(l0 + bridge)).astype(np.int64)
-        path[0], path[-1] = anchors[day], anchors[day + 1]  # exact continuity across days
-        path = np.maximum(path, 1)
-        o, c = path[:-1], path[1:]
-        top, bottom = np.maximum(o, c), np.minimum(o, c)
-        wick = np.abs(rng.normal(0.0, 1.0, (2, n))) * o * 0.0004
-        h = top + np.floor(wick[0]).astype(np.int64)
-        lo = np.maximum(bottom - np.floor(wick[1]).astype(np.int64), 1)
-        vol = np.clip(np.round(rng.lognormal(np.log(40_000.0), 0.8, n)), 1, 2_000_000).astype(np.int64)
-        span = h - lo + 1
-        vwap = np.minimum(lo + np.floor(rng.random(n) * span).astype(np.int64), h)
-        taker = np.floor(vol * rng.uniform(0.2, 0.8, n)).astype(np.int64)
-        trades = np.maximum(1, vol // 150 + rng.integers(0, 20, n)).astype(np.int64)
-        return {
-            "open": o,
-            "high": h,
-            "low": lo,
-            "close": c,
-            "volume": vol,
-            "quote_volume": vol * vwap,
-            "trades": trades,
-            "taker_buy_volume": taker,
-            "taker_buy_quote_volume": taker * vwap,
-        }
-
-    def minutes(self, symbol: str, start_ms: int, end_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Open times and columns of the generated minutes in ``[start_ms, end_ms)`` (within the horizon)."""
-        start = max(bucket_start(start_ms, "1m"), GENESIS_MS)
-        end = min(end_ms, HORIZON_MS)
-        if end <= start:
-            return np.empty(0, np.int64), {c: np.empty(0, np.int64) for c in _COLUMNS}
-        parts: dict[str, list[np.ndarray]] = {c: [] for c in _COLUMNS}
-        first_day, last_day = (start - GENESIS_MS) // DAY_MS, (end - 1 - GENESIS_MS) // DAY_MS
-        for day in range(first_day, last_day + 1):
-            day_start = GENESIS_MS + day * DAY_MS
-            lo = max(0, (start - day_start) // MINUTE_MS)
-            hi = min(1440, -(-(end - day_start) // MINUTE_MS))
-            cols = self._day_cache(symbol, day)
-            for c in _COLUMNS:
-                parts[c].append(cols[c][lo:hi])
-        count = sum(len(p) for p in parts["open"])
-        times = np.arange(start, start + MINUTE_MS * count, MINUTE_MS, dtype=np.int64)
-        return times, {c: np.concatenate(parts[c]) for c in _COLUMNS}
 
 
 def _row(open_time: int, interval: str, agg: dict[str, int]) -> list[Any]:
@@ -235,10 +149,14 @@ class FakeExchange:
         weight_limit: int = 2400,
         seed: int = 20260101,
         statuses: dict[str, str] | None = None,
+        bad_prints: dict[tuple[str, int], float] | None = None,
     ) -> None:
         self.symbols = list(symbols)
         self.statuses = dict(statuses or {})
         self.holes: set[tuple[str, int]] = set(holes)
+        # (symbol, open_time) → factor: the exchange's own 1m REST row for that minute has its
+        # open/high/low/close multiplied by it (a bad print); delete the key to "correct" it.
+        self.bad_prints: dict[tuple[str, int], float] = dict(bad_prints or {})
         self.weight_limit = weight_limit
         self.market = Market(seed)
         self._clock: Callable[[], int] = _wall_ms
@@ -351,6 +269,13 @@ class FakeExchange:
             keep &= ~np.isin(times, np.asarray(hole_times, dtype=np.int64))
         times = times[keep]
         cols = {c: v[keep] for c, v in cols.items()}
+        bad = {t: f for (s, t), f in self.bad_prints.items() if s == symbol}
+        if bad and interval == "1m":
+            cols = {c: v.copy() for c, v in cols.items()}
+            for t, factor in bad.items():
+                hit = times == t
+                for c in ("open", "high", "low", "close"):
+                    cols[c][hit] = np.round(cols[c][hit] * factor).astype(np.int64)
         if times.size == 0:
             return []
         bucket_idx = np.searchsorted(np.asarray(opens, dtype=np.int64), times, side="right") - 1

@@ -130,3 +130,27 @@ def test_api_backfill_row_is_updated_not_duplicated(instance: DagsterInstance, m
     job = meta.get_backfill_job("bfapi")
     assert job is not None and (job.origin, job.status, job.requested_by) == ("api", "failure", "svc")
     assert len(meta.list_backfill_jobs()) == 1
+
+
+def test_one_status_mapping_for_api_and_tracking() -> None:
+    """A backfill Dagster calls COMPLETED while a run is still going is ``running`` for both readers."""
+    from dagster import DagsterRunStatus
+
+    from api.backfills import backfill_status as api_status
+    from dm_assets.backfills import tracking
+    from dm_resources.backfill_status import backfill_status
+
+    cases = [
+        (BulkActionStatus.COMPLETED, [DagsterRunStatus.SUCCESS, DagsterRunStatus.STARTED], "running"),
+        (BulkActionStatus.COMPLETED_SUCCESS, [DagsterRunStatus.SUCCESS, DagsterRunStatus.QUEUED], "running"),
+        (BulkActionStatus.COMPLETED, [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE], "failure"),
+        (BulkActionStatus.COMPLETED, [DagsterRunStatus.SUCCESS], "success"),
+        (BulkActionStatus.FAILED, [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE], "partial"),
+        (BulkActionStatus.CANCELED, [DagsterRunStatus.STARTED], "canceled"),
+        (BulkActionStatus.REQUESTED, [], "requested"),
+    ]
+    for status, runs, ours in cases:
+        assert backfill_status(status, runs) == ours
+        assert api_status(status.value, [r.value for r in runs]) == ours  # GraphQL gives the same strings
+        bf = type("Backfill", (), {"status": status})()
+        assert tracking.backfill_status(bf, runs) == ours  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Audit checks: each passes on good candles and catches injected bad ones."""
+"""Candle checks: each passes on good candles only, and fails (with its severity) on injected bad ones."""
 
 from __future__ import annotations
 
@@ -46,11 +46,13 @@ def good_day(n: int = 1440, seed: int = 1) -> pd.DataFrame:
 def test_good_day_passes_every_check() -> None:
     df = good_day()
     results = [
-        checks.find_gaps(df["open_time"].to_numpy(), MINUTE_MS, DAY, DAY + DAY_MS),
-        checks.find_duplicates(df),
-        checks.ohlc_violations(df, interval_ms=MINUTE_MS),
-        checks.outlier_jumps(df),
+        checks.no_gaps(df["open_time"].to_numpy(), MINUTE_MS, DAY, DAY + DAY_MS),
+        checks.no_duplicates(df),
+        checks.ohlc_sane(df, interval_ms=MINUTE_MS),
+        checks.no_bad_prints(df, MINUTE_MS),
+        checks.sources_agree(df),
     ]
+    assert [r.name for r in results] == list(checks.CHECKS)
     for r in results:
         assert r.severity == "OK" and r.passed and r.count == 0 and r.samples == (), r
     assert results[0].checked == 1440
@@ -59,33 +61,37 @@ def test_good_day_passes_every_check() -> None:
 def test_gaps_severity_confirmed_and_open_minute() -> None:
     ot = good_day()["open_time"].to_numpy()
     few = np.delete(ot, [10, 11, 500])
-    r = checks.find_gaps(few, MINUTE_MS, DAY, DAY + DAY_MS)
-    assert (r.severity, r.count, r.passed) == ("WARN", 3, True)
+    r = checks.no_gaps(few, MINUTE_MS, DAY, DAY + DAY_MS)
+    assert (r.severity, r.count, r.passed) == ("WARN", 3, False)  # found something: fails, WARN says how bad
     assert r.samples == (M(10), M(11), M(500))
-    assert r.details["ranges"] == 2 and r.details["range_samples"] == [[M(10), M(12)], [M(500), M(501)]]
+    assert r.details["ranges"] == 2 and r.details["first_ranges"] == [
+        "2024-03-10T00:10–2024-03-10T00:12",
+        "2024-03-10T08:20–2024-03-10T08:21",
+    ]
     many = ot[ot < M(1300)]
-    r = checks.find_gaps(many, MINUTE_MS, DAY, DAY + DAY_MS)
+    r = checks.no_gaps(many, MINUTE_MS, DAY, DAY + DAY_MS)
     assert (r.severity, r.count, r.passed) == ("ERROR", 140, False)
     assert len(r.samples) == checks.MAX_SAMPLES and r.details["longest_range"] == 140
-    r = checks.find_gaps(few, MINUTE_MS, DAY, DAY + DAY_MS, confirmed_missing=[M(10), M(11), M(500)])
+    r = checks.no_gaps(few, MINUTE_MS, DAY, DAY + DAY_MS, confirmed_missing=[M(10), M(11), M(500)])
     assert (r.severity, r.count, r.details["confirmed_missing"]) == ("OK", 0, 3)
     # Today at 00:20:30: 20 minutes are due, minute 20 is still open.
-    r = checks.find_gaps(ot[:15], MINUTE_MS, DAY, DAY + DAY_MS, now_ms=M(20) + 30_000)
+    r = checks.no_gaps(ot[:15], MINUTE_MS, DAY, DAY + DAY_MS, now_ms=M(20) + 30_000)
     assert (r.checked, r.count, r.samples) == (20, 5, (M(15), M(16), M(17), M(18), M(19)))
 
 
 def test_duplicates_identical_warn_conflicting_error() -> None:
     df = good_day(50)
     same = pd.concat([df, df.iloc[[3, 3]]], ignore_index=True)
-    r = checks.find_duplicates(same)
-    assert (r.severity, r.count, r.samples) == ("WARN", 2, (M(3),))
+    r = checks.no_duplicates(same)
+    assert (r.severity, r.count, r.samples, r.passed) == ("WARN", 2, (M(3),), False)
     assert r.details == {"duplicated_keys": 1, "conflicting_keys": 0}
+    assert [row["open_time"] for row in r.rows] == [M(3)] * 3
     other = df.iloc[[7]].assign(close=df["close"].iloc[7] * 1.01)
-    r = checks.find_duplicates(pd.concat([df, other], ignore_index=True))
+    r = checks.no_duplicates(pd.concat([df, other], ignore_index=True))
     assert (r.severity, r.count, r.passed, r.samples) == ("ERROR", 1, False, (M(7),))
     assert r.details["conflicting_keys"] == 1
     # Same open time in two symbols is not a duplicate.
-    assert checks.find_duplicates(pd.concat([df, df.assign(symbol="ETHUSDT")])).count == 0
+    assert checks.no_duplicates(pd.concat([df, df.assign(symbol="ETHUSDT")])).count == 0
 
 
 @pytest.mark.parametrize(
@@ -104,7 +110,7 @@ def test_duplicates_identical_warn_conflicting_error() -> None:
 def test_ohlc_catches_each_injected_violation(column: str, value: float, rule: str) -> None:
     df = good_day(100)
     df.loc[42, column] = value
-    r = checks.ohlc_violations(df, interval_ms=MINUTE_MS)
+    r = checks.ohlc_sane(df, interval_ms=MINUTE_MS)
     assert (r.severity, r.count, r.passed, r.samples) == ("ERROR", 1, False, (M(42),))
     assert r.details[rule] == 1
 
@@ -112,24 +118,73 @@ def test_ohlc_catches_each_injected_violation(column: str, value: float, rule: s
 def test_ohlc_tolerates_float_sum_rounding_of_taker_volume() -> None:
     df = good_day(10)
     df["taker_buy_volume"] = df["volume"] * (1 + 1e-15)
-    assert checks.ohlc_violations(df).count == 0
+    assert checks.ohlc_sane(df).count == 0
 
 
-def test_outlier_jumps_flags_bad_tick() -> None:
-    df = good_day(1440)
-    df.loc[700, "close"] *= 1.05  # ~50 robust sigmas for 1e-3 returns: out and back
-    r = checks.outlier_jumps(df, z=8.0)
-    assert r.severity == "WARN" and r.passed
-    assert r.samples == (M(700), M(701)) and r.count == 2
-    assert r.details["max_abs_z"] > 8
-
-
-def test_outlier_jumps_flat_and_short_series() -> None:
+def test_ohlc_kept_after_rest_verification_is_warn() -> None:
     df = good_day(100)
-    df["close"] = 50.0
-    assert checks.outlier_jumps(df).count == 0
-    df.loc[60, "close"] = 51.0  # MAD is 0: mean-deviation fallback still sees the jump
-    r = checks.outlier_jumps(df)
-    assert r.count == 2 and r.samples == (M(60), M(61))
-    short = checks.outlier_jumps(good_day(10))
-    assert short.severity == "OK" and short.details["insufficient"] is True
+    df["flags"] = [[] for _ in range(100)]
+    df.loc[42, "low"] = 1e9
+    assert checks.ohlc_sane(df).severity == "ERROR"
+    df.at[42, "flags"] = ["ohlc_impossible", "verified"]
+    r = checks.ohlc_sane(df)
+    assert (r.severity, r.passed, r.details["verified_kept"]) == ("WARN", False, 1)
+
+
+def test_bad_print_whole_candle_is_error_with_first_rows() -> None:
+    df = good_day(1440)
+    for c in ("open", "high", "low", "close"):
+        df.loc[700, c] *= 2.4
+    r = checks.no_bad_prints(df, MINUTE_MS)
+    assert (r.severity, r.passed, r.count, r.samples) == ("ERROR", False, 1, (M(700),))
+    assert r.rows[0]["open_time"] == M(700) and r.rows[0]["time"] == "2024-03-10T11:40"
+    assert r.details["excursions"] == 1 and {"no_bad_prints"} <= checks.BLOCKING
+
+
+def test_bad_print_wick_and_kept_is_warn() -> None:
+    df = good_day(1440)
+    df["flags"] = [[] for _ in range(1440)]
+    df.loc[300, "high"] = df.loc[300, "close"] * 1.8
+    r = checks.no_bad_prints(df, MINUTE_MS)
+    assert (r.severity, r.samples, r.details["wicks"]) == ("ERROR", (M(300),), 1)
+    df.at[300, "flags"] = ["bad_print", "verified"]
+    assert checks.no_bad_prints(df, MINUTE_MS).severity == "WARN"
+
+
+def test_bad_print_flat_series_and_short_series() -> None:
+    df = good_day(100)
+    for c in ("open", "high", "low", "close"):
+        df[c] = 50.0
+    assert checks.no_bad_prints(df, MINUTE_MS).passed  # nothing moves: nothing flagged
+    df.loc[60, ["open", "high", "low", "close"]] = 50.1  # 0.2 %: under min_move, never a bad print
+    assert checks.no_bad_prints(df, MINUTE_MS).passed
+    df.loc[60, ["open", "high", "low", "close"]] = 60.0  # +20 % for one minute and back
+    r = checks.no_bad_prints(df, MINUTE_MS)
+    assert r.count == 1 and r.samples == (M(60),)
+    short = checks.no_bad_prints(good_day(10), MINUTE_MS)
+    assert short.passed and short.details["insufficient"] is True
+
+
+def test_flag_carried_from_1m_fails_higher_interval() -> None:
+    df = good_day(24).assign(open_time=DAY + np.arange(24) * 3_600_000)
+    df["flags"] = [[] for _ in range(24)]
+    df.at[5, "flags"] = ["bad_print", "verified"]
+    r = checks.no_bad_prints(df, 3_600_000)
+    assert (r.severity, r.samples, r.details["carried_from_1m"]) == ("WARN", (DAY + 5 * 3_600_000,), 1)
+
+
+def test_sources_agree_reads_disagreement_flags() -> None:
+    df = good_day(50)
+    df["flags"] = [[] for _ in range(50)]
+    assert checks.sources_agree(df).passed
+    df.at[7, "flags"] = ["source_disagreement"]
+    r = checks.sources_agree(df, [{"open_time": M(7), "sources": ["kline", "agg_trades"]}])
+    assert (r.severity, r.count, r.samples) == ("ERROR", 1, (M(7),))
+    assert r.details["compared"][0]["sources"] == ["kline", "agg_trades"]
+
+
+def test_check_result_severity_must_match_count() -> None:
+    with pytest.raises(ValueError):
+        checks.CheckResult("no_gaps", "OK", 3, 10)
+    with pytest.raises(ValueError):
+        checks.CheckResult("no_gaps", "WARN", 0, 10)

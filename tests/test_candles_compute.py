@@ -1,4 +1,4 @@
-"""Candle computation: converters, trades → 1m, a day's assembly, resampling.
+"""Candle computation: converters, trades → 1m, completeness proof, source precedence, resampling.
 
 Expected values come from hand-made inputs or from an independent plain-Python loop.
 """
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from bson.decimal128 import Decimal128
 
-from dm_assets.candles import compute
-from dm_assets.candles.compute import DAY_MS, MINUTE_MS
+from dm_assets.candles import build, compute
+from dm_assets.candles.compute import MINUTE_MS
 
 REL = 1e-9
 DAY = int(dt.datetime(2024, 3, 10, tzinfo=dt.UTC).timestamp() * 1000)
@@ -125,15 +125,6 @@ def test_klines_frame_maps_sources() -> None:
     assert frame["close_time"].tolist() == [DAY + MINUTE_MS - 1, DAY + 2 * MINUTE_MS - 1]
 
 
-def test_rest_klines_frame_parses_binance_rows() -> None:
-    rows = [[DAY, "10.1", "10.5", "9.9", "10.2", "3.5", DAY + MINUTE_MS - 1, "35.7", 12, "1.5", "15.3", "0"]]
-    frame = compute.rest_klines_frame(rows)
-    row = frame.iloc[0]
-    assert (row["open"], row["high"], row["low"], row["close"]) == (10.1, 10.5, 9.9, 10.2)
-    assert (row["volume"], row["quote_volume"], row["trades"]) == (3.5, 35.7, 12)
-    assert row["source"] == "rest"
-
-
 def test_candles_documents_round_trip() -> None:
     frame = compute.klines_frame([_kline_doc(DAY, "ws"), _kline_doc(DAY + MINUTE_MS, "rest")])
     frame.loc[0, "close_time"] = 0  # never trusted: recomputed from open_time
@@ -142,7 +133,12 @@ def test_candles_documents_round_trip() -> None:
     assert docs[0]["close_time"] == DAY + MINUTE_MS - 1
     assert docs[1]["source"] == "rest"
     for doc in docs:  # plain Python types only: BSON cannot encode numpy scalars
-        assert {type(v) for v in doc.values()} <= {str, int, float}
+        assert {type(v) for k, v in doc.items() if k != "flags"} <= {str, int, float}
+        assert doc["flags"] == []
+    flagged = compute.candles_to_documents(frame.assign(flags=[["bad_print", "verified", "bad_print"], []]), "X", "1m")
+    assert [d["flags"] for d in flagged] == [["bad_print", "verified"], []]
+    back = compute.candles_frame(flagged)
+    assert back["flags"].tolist() == [["bad_print", "verified"], []]
     back = compute.candles_frame(docs)
     assert back["open"].tolist() == [10.0, 10.0]
     assert back["close_time"].tolist() == [DAY + MINUTE_MS - 1, DAY + 2 * MINUTE_MS - 1]
@@ -188,7 +184,7 @@ def test_trades_to_1m_ties_broken_by_agg_id_and_duplicates_dropped() -> None:
     assert out["volume"].tolist() == [3.0] and out["trades"].tolist() == [3]
 
 
-def test_trades_to_1m_complete_flag_follows_agg_id_continuity() -> None:
+def test_complete_trade_minutes_follows_agg_id_continuity() -> None:
     # minutes 0..4, ids: m0: 1,2  m1: 3  m2: 5 (4 is lost)  m3: 6  m4: 7
     rows = [
         (1, DAY + 1, 1, 1, True),
@@ -197,10 +193,13 @@ def test_trades_to_1m_complete_flag_follows_agg_id_continuity() -> None:
         (5, DAY + 2 * MINUTE_MS, 1, 1, True),
         (6, DAY + 3 * MINUTE_MS, 1, 1, True),
         (7, DAY + 4 * MINUTE_MS, 1, 1, True),
+        (8, DAY + 6 * MINUTE_MS, 1, 1, True),  # m5 has no trade but ids 7 → 8 straddle it
     ]
-    out = compute.trades_to_1m(_trades(rows))
-    # m0 at the input's start and m4 at its end cannot be proven; the hole 3→5 touches m1 and m2.
-    assert out["complete"].tolist() == [False, False, False, True, False]
+    minutes = DAY + np.arange(6, dtype=np.int64) * MINUTE_MS
+    complete, empty = build.complete_trade_minutes(_trades(rows), minutes)
+    # m0 at the input's start cannot be proven; the hole 3→5 touches m1 and m2.
+    assert complete.tolist() == [M(3), M(4), M(5)]
+    assert empty.tolist() == [M(5)]
 
 
 def _loop_1m(df: pd.DataFrame) -> dict[int, dict[str, float]]:
@@ -295,45 +294,22 @@ def M(i: int) -> int:
     return DAY + i * MINUTE_MS
 
 
-def test_assemble_day_precedence_open_minute_and_missing() -> None:
-    klines = _candle_frame([M(0)], 1.0)
-    rest = _candle_frame([M(0), M(1), M(4)], 2.0)
-    trades = _candle_frame([M(0), M(1), M(2), M(3), M(4), M(10), M(11)], 3.0)
-    trades["complete"] = [True, False, True, False, True, True, True]
-    now = M(10) + 30_000  # minute 10 is still open
-    candles, missing = compute.assemble_day(DAY, klines, trades, rest, now_ms=now, confirmed_missing=[M(8)])
-    assert candles["open_time"].tolist() == [M(0), M(1), M(2), M(3), M(4)]
-    assert candles["source"].tolist() == ["kline", "rest", "agg_trades", "agg_trades", "agg_trades"]
-    assert candles["open"].tolist() == [1.0, 2.0, 3.0, 3.0, 3.0]  # minute 4: proven trades == exchange
-    assert candles["close_time"].tolist() == [M(i) + MINUTE_MS - 1 for i in range(5)]
-    # 1: unproven trades lose to rest; 4: proven trades win over rest (they equal the exchange's kline).
-    # 3: built from unproven trades, kept but asked for again; 5..9 absent except confirmed 8; 10+ not due.
-    assert missing.tolist() == [M(3), M(5), M(6), M(7), M(9)]
-    assert list(candles.columns) == list(compute.CANDLE_COLUMNS)
+def test_choose_versions_precedence() -> None:
+    klines = _candle_frame([M(0)], 1.0).assign(source="kline")
+    rest = _candle_frame([M(0), M(1), M(4)], 2.0).assign(source="rest")
+    trades = _candle_frame([M(0), M(1), M(2), M(4)], 3.0).assign(source="agg_trades")
+    chosen = build.choose_versions([trades, rest, klines])
+    assert chosen["open_time"].tolist() == [M(0), M(1), M(2), M(4)]
+    # websocket kline, then REST (the exchange's settled row), then complete trades
+    assert chosen["source"].tolist() == ["kline", "rest", "agg_trades", "rest"]
+    assert chosen["open"].tolist() == [1.0, 2.0, 3.0, 2.0]
+    assert build.choose_versions([]).empty
+    assert compute.source_rank("kline") < compute.source_rank("rest") < compute.source_rank("agg_trades")
+    assert compute.candle_source("ws") == "kline" and compute.candle_source(None) == "kline"
 
 
-def test_assemble_day_unproven_trades_lose_to_rest_and_klines_sources_mapped() -> None:
-    klines = _candle_frame([M(0), M(1)], 1.0).assign(source=["ws", "rest"])
-    trades = _candle_frame([M(1), M(2)], 3.0)  # no ``complete`` column: nothing is proven
-    rest = _candle_frame([M(2)], 2.0)
-    candles, missing = compute.assemble_day(DAY, klines, trades, rest, now_ms=M(3))
-    assert candles["source"].tolist() == ["kline", "rest", "rest"]
-    assert missing.tolist() == []
-
-
-def test_assemble_day_past_day_full_grid_and_out_of_day_rows_dropped() -> None:
-    trades = _candle_frame([M(-1), M(0), M(1439), M(1440)], 3.0).assign(complete=True)
-    candles, missing = compute.assemble_day(DAY, None, trades, None, now_ms=DAY + 3 * DAY_MS)
-    assert candles["open_time"].tolist() == [M(0), M(1439)]
-    assert missing.size == 1438 and missing[0] == M(1) and missing[-1] == M(1438)
-    empty, none_missing = compute.assemble_day(DAY, None, None, None, now_ms=DAY - 1)
-    assert empty.empty and none_missing.size == 0
-
-
-def test_missing_minutes_and_ranges() -> None:
-    have = [M(0), M(1), M(5)]
-    miss = compute.missing_minutes(have, DAY, DAY + DAY_MS, now_ms=M(9) + 1)
-    assert miss.tolist() == [M(2), M(3), M(4), M(6), M(7), M(8)]  # minute 9 still open
+def test_group_into_ranges() -> None:
+    miss = [M(2), M(3), M(4), M(6), M(7), M(8)]
     assert compute.group_into_ranges(miss, MINUTE_MS) == [(M(2), M(5)), (M(6), M(9))]
     assert compute.group_into_ranges([M(7), M(2), M(3), M(3)], MINUTE_MS) == [(M(2), M(4)), (M(7), M(8))]
     assert compute.group_into_ranges(np.arange(M(0), M(5), MINUTE_MS), MINUTE_MS, max_count=2) == [

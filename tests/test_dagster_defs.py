@@ -104,12 +104,12 @@ def test_materialize_partition_with_checks(
         for e in result.get_asset_check_evaluations()
         if e.asset_key == AssetKey(["candles", "candles_1m"])
     }
-    assert set(checks) == {"no_gaps", "no_duplicates", "ohlc_sane", "no_outlier_jumps"}
+    assert set(checks) == {"no_gaps", "no_duplicates", "ohlc_sane", "no_bad_prints", "sources_agree"}
     assert all(c.passed for c in checks.values())
 
     meta = MetadataStore(resources.settings.metadata_url)
     logs = meta.audit_logs(symbol="BTCUSDT", limit=1000)
-    assert len(logs) == 6 * 4 and all(r.passed for r in logs)
+    assert len(logs) == 5 + 5 * 4 and all(r.passed for r in logs)  # sources_agree on 1m only
     health = meta.health(symbol="BTCUSDT")
     assert {h.interval for h in health} == {"1m", "5m", "15m", "1h", "4h", "1d"}
     assert all(h.score == 100.0 for h in health)
@@ -143,7 +143,8 @@ def test_checks_fail_on_injected_bad_candles(
     assert not checks["ohlc_sane"].passed
     assert checks["ohlc_sane"].metadata["count"].value >= 1
     assert START + 500 * 60_000 in checks["ohlc_sane"].metadata["samples"].value
-    assert checks["no_outlier_jumps"].metadata["count"].value >= 1
+    assert checks["no_bad_prints"].metadata["count"].value >= 1
+    assert START + 900 * 60_000 in checks["no_bad_prints"].metadata["samples"].value
     assert checks["no_gaps"].passed and checks["no_duplicates"].passed
 
 

@@ -49,7 +49,8 @@ def test_score_weighted_mean_rounded() -> None:
     s = health.health_score(0.75, 0.5, 0.95)
     # 100 × (0.5·0.75 + 0.2·0.5 + 0.3·0.95) = 37.5 + 10 + 28.5
     assert s.score == 76.0
-    assert health.health_score(1 / 3, 1.0, 1.0).score == 66.67  # 16.666… + 20 + 30
+    assert health.health_score(1 / 3, 1.0, 1.0).score == 66.66  # 16.666… + 20 + 30, floored
+    assert health.health_score(1.0, 1.0, 0.99999).score == 99.99  # anything wrong scores below 100
     assert health.health_score(1.0, 1.0, 1.0).score == 100.0
     assert health.health_score(0.0, 0.0, 0.0).score == 0.0
 
@@ -83,10 +84,37 @@ def test_day_health_from_candles() -> None:
     s = health.day_health(df, DAY, now)
     assert close(s.completeness, 540 / 600)
     assert close(s.freshness, (60 - 30.5) / 58)
-    assert close(s.consistency, 1 - 27 / 540)
-    want = round(100 * (0.5 * 0.9 + 0.2 * (29.5 / 58) + 0.3 * 0.95), 2)
+    # 27 impossible rows, each costing the ohlc_sane weight of 10 rows
+    assert close(s.consistency, 1 - 10 * 27 / 540)
+    want = math.floor(100 * 100 * (0.5 * 0.9 + 0.2 * (29.5 / 58) + 0.3 * 0.5)) / 100
     assert s.score == want
+    assert s.details["failed_checks"]["ohlc_sane"]["count"] == 27
     full = health.day_health(_day(DAY + np.arange(1440) * MINUTE_MS), DAY, DAY + 3 * DAY_MS)
     assert (full.completeness, full.freshness, full.consistency, full.score) == (1.0, 1.0, 1.0, 100.0)
     empty = health.day_health(_day(np.empty(0, dtype=np.int64)), DAY, DAY + 3 * DAY_MS)
     assert (empty.completeness, empty.freshness, empty.score) == (0.0, 0.0, 30.0)
+
+
+def test_consistency_from_check_outcomes_bad_print_and_kept() -> None:
+    from dm_assets.candles import checks
+
+    df = _day(DAY + np.arange(1440) * MINUTE_MS)
+    rng = np.random.default_rng(3)
+    px = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, 1440)))
+    df["open"] = np.r_[100.0, px[:-1]]
+    df["close"] = px
+    df["high"] = np.maximum(df["open"], df["close"]) * 1.0003
+    df["low"] = np.minimum(df["open"], df["close"]) * 0.9997
+    df["flags"] = [[] for _ in range(1440)]
+    clean = health.day_health(df, DAY, DAY + 3 * DAY_MS)
+    assert clean.score == 100.0 and clean.details["failed_checks"] == {}
+    for c in ("open", "high", "low", "close"):
+        df.loc[700, c] *= 2.4
+    bad = health.day_health(df, DAY, DAY + 3 * DAY_MS)
+    assert close(bad.consistency, 1 - 10 / 1440) and bad.score < 100
+    assert bad.details["failed_checks"]["no_bad_prints"]["severity"] == "ERROR"
+    df.at[700, "flags"] = ["bad_print", "verified"]
+    kept = health.day_health(df, DAY, DAY + 3 * DAY_MS)
+    assert close(kept.consistency, 1 - 5 / 1440) and bad.score < kept.score < 100
+    results = [checks.no_bad_prints(df, MINUTE_MS)]
+    assert health.consistency_from_checks(1440, results)[0] == kept.consistency

@@ -13,9 +13,11 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterRunStatus, RunsFilter
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.execution.backfill import PartitionBackfill
 
 from dm_assets.partitions import split_key
+from dm_resources.backfill_status import backfill_status as shared_backfill_status
+from dm_resources.backfill_status import run_status
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -25,29 +27,10 @@ if TYPE_CHECKING:
 ORIGIN_TAG = "dm/origin"
 TRACKED_RUN_ORIGINS = ("sensor", "schedule")
 
-_RUN_STATUS = {
-    DagsterRunStatus.QUEUED: "queued",
-    DagsterRunStatus.NOT_STARTED: "queued",
-    DagsterRunStatus.MANAGED: "queued",
-    DagsterRunStatus.STARTING: "running",
-    DagsterRunStatus.STARTED: "running",
-    DagsterRunStatus.SUCCESS: "success",
-    DagsterRunStatus.FAILURE: "failure",
-    DagsterRunStatus.CANCELING: "canceled",
-    DagsterRunStatus.CANCELED: "canceled",
-}
 
-
-def backfill_status(backfill: PartitionBackfill, run_statuses: list[str]) -> str:
-    """Our status vocabulary for a Dagster backfill and the statuses of its runs."""
-    s = backfill.status
-    if s in (BulkActionStatus.CANCELED, BulkActionStatus.CANCELING):
-        return "canceled"
-    if s in (BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED, BulkActionStatus.FAILING):
-        return "partial" if "success" in run_statuses else "failure"
-    if s in (BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS):
-        return "failure" if "failure" in run_statuses else "success"
-    return "running" if run_statuses else "requested"
+def backfill_status(backfill: PartitionBackfill, run_statuses: list[DagsterRunStatus]) -> str:
+    """Our status for a Dagster backfill: the one mapping shared with the API."""
+    return shared_backfill_status(backfill.status, run_statuses)
 
 
 def _partition_keys(backfill: PartitionBackfill) -> list[str]:
@@ -84,8 +67,7 @@ def sync_backfills(instance: DagsterInstance, meta: MetadataStore, limit: int = 
     created = updated = 0
     for bf in instance.get_backfills(limit=limit):
         runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": bf.backfill_id}))
-        statuses = [_RUN_STATUS.get(r.status, "running") for r in runs]
-        status = backfill_status(bf, statuses)
+        status = backfill_status(bf, [r.status for r in runs])
         run_ids = sorted(r.run_id for r in runs)
         existing = meta.get_backfill_job(bf.backfill_id)
         error = bf.error.message[:2000] if bf.error is not None else None
@@ -128,7 +110,7 @@ def sync_runs(instance: DagsterInstance, meta: MetadataStore, since: dt.datetime
         runs = instance.get_runs(filters=RunsFilter(tags={ORIGIN_TAG: origin}, updated_after=since), limit=500)
         for run in runs:
             job_id = f"run:{run.run_id}"
-            status = _RUN_STATUS.get(run.status, "running")
+            status = run_status(run.status)
             existing = meta.get_backfill_job(job_id)
             if existing is None:
                 pk = run.tags.get("dagster/partition")

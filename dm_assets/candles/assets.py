@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from dm_assets.candles import audit, build
+from dm_assets.candles import audit, build, checks
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
 from dm_assets.raw.assets import raw_key
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
@@ -43,21 +43,32 @@ def candles_key(interval: str) -> AssetKey:
 
 def _check_specs(interval: str) -> list[AssetCheckSpec]:
     key = candles_key(interval)
-    return [AssetCheckSpec(name, asset=key, description=desc) for name, desc in audit.CHECK_DESCRIPTIONS.items()]
+    return [
+        AssetCheckSpec(name, asset=key, description=checks.CHECKS[name], blocking=name in checks.BLOCKING)
+        for name in checks.check_names(interval)
+    ]
+
+
+_SEVERITY = {"WARN": AssetCheckSeverity.WARN, "ERROR": AssetCheckSeverity.ERROR, "OK": AssetCheckSeverity.WARN}
 
 
 def _check_results(interval: str, results: Iterable[audit.CheckOutcome]) -> list[AssetCheckResult]:
+    """Dagster results: passed only when nothing was found; severity from the check's documented rule."""
     return [
         AssetCheckResult(
             check_name=r.name,
             asset_key=candles_key(interval),
             passed=r.passed,
-            severity=AssetCheckSeverity.ERROR if r.severity in {"ERROR", "CRITICAL"} else AssetCheckSeverity.WARN,
+            severity=_SEVERITY[r.severity],
             description=audit.message(r),
-            metadata=r.metadata(),
+            metadata={k: _meta_value(v) for k, v in r.metadata().items()},
         )
         for r in results
     ]
+
+
+def _meta_value(v: object) -> object:
+    return MetadataValue.json(v) if isinstance(v, list | dict) else v
 
 
 def _merge(builds: list[build.DayBuild]) -> dict[str, object]:
@@ -82,20 +93,54 @@ def _merge(builds: list[build.DayBuild]) -> dict[str, object]:
     errors = [f"{b.day}|{b.symbol}: {b.rest_error}" for b in builds if b.rest_error]
     if errors:
         meta["rest_errors"] = MetadataValue.text("\n".join(errors))
+    flagged: dict[str, int] = {}
+    for b in builds:
+        for k, v in b.flagged.items():
+            flagged[k] = flagged.get(k, 0) + v
+    meta["flagged"] = MetadataValue.json(flagged)
+    for name in ("detected", "repaired", "kept"):
+        meta[name] = sum(len(getattr(b, name)) for b in builds)
+    if any(b.provisional for b in builds):
+        meta["provisional"] = sum(b.provisional for b in builds)
     if len(builds) == 1:
         meta["detail"] = MetadataValue.json(builds[0].as_metadata())
     return meta
 
 
 def _run_checks(
-    context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource, interval: str
+    context: AssetExecutionContext,
+    mongo: MongoResource,
+    metadata: MetadataResource,
+    interval: str,
+    builds: list[build.DayBuild],
 ) -> list[AssetCheckResult]:
-    """Checks over every partition this run touched, folded into one result per check."""
+    """Checks over every partition this run touched, folded into one result per check.
+
+    Failed checks also go to ``audit_logs`` and every partition's health row is refreshed
+    from them here: a failing blocking check skips the quality assets downstream, and the
+    health must drop all the same.
+    """
+    store, meta = mongo.get_store(), metadata.get_store()
     outcomes: dict[str, list[audit.CheckOutcome]] = {}
+    failed, health_rows = [], []
+    run_id = context.run.run_id
+    # Judge each partition as of its build's "now": a minute that closed after the build is not a gap yet.
+    as_of = {(b.day, b.symbol): b.as_of for b in builds}
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
-        for outcome in audit.check_partition(mongo.get_store(), metadata.get_store(), symbol, day, interval):
+        now = as_of.get((day, symbol))
+        results = audit.check_partition(store, meta, symbol, day, interval, now=now)
+        for outcome in results:
             outcomes.setdefault(outcome.name, []).append(outcome)
+            if not outcome.passed:
+                failed.append(
+                    audit.to_audit_log(outcome, symbol=symbol, interval=interval, partition_key=str(pk), run_id=run_id)
+                )
+        health_rows.append(
+            audit.health_metric(store, meta, symbol, day, interval, run_id=run_id, results=results, now=now)
+        )
+    meta.record_audit(failed)
+    meta.upsert_health(health_rows)
     return _check_results(interval, [audit.fold(v) for v in outcomes.values()])
 
 
@@ -123,10 +168,10 @@ def candles_1m(
     builds = []
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
-        b = build.build_1m_day(store, meta, client, symbol, day)
+        b = build.build_1m_day(store, meta, client, symbol, day, run_id=context.run.run_id)
         context.log.info(f"{pk}: {b.as_metadata()}")
         builds.append(b)
-    return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, "1m"))
+    return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, "1m", builds))
 
 
 def _higher_asset(interval: str) -> AssetsDefinition:
@@ -153,7 +198,9 @@ def _higher_asset(interval: str) -> AssetsDefinition:
         for pk in context.partition_keys:
             day, symbol = split_key(pk)
             builds.append(build.build_higher_day(store, meta, symbol, day, interval))
-        return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, interval))
+        return MaterializeResult(
+            metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, interval, builds)
+        )
 
     return _candles
 

@@ -44,16 +44,29 @@ VOLUME_COLUMNS = ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote
 FLOAT_COLUMNS = PRICE_COLUMNS + VOLUME_COLUMNS
 CANDLE_COLUMNS = ("open_time", "close_time", *FLOAT_COLUMNS, "trades", "source")
 
-# Source names written to ``candles.source``; lower rank wins in ``assemble_day``.
+# Source names written to ``candles.source``.
 SOURCE_KLINE = "kline"
 SOURCE_REST = "rest"
 SOURCE_TRADES = "agg_trades"
 SOURCE_DERIVED = "derived"
-# ``klines.source`` (ws/rest/extractor, raw collection) → ``candles.source``. The platform's
-# extractor jobs fetch klines from the exchange's REST API and write them through /api/v1:
-# trusted like our own REST fills.
+# ``klines.source`` (raw collection) → ``candles.source``. A raw kline from another writer of
+# exchange klines (e.g. the platform's extractor) is one more line here.
 _KLINE_SOURCE_MAP = {"ws": SOURCE_KLINE, "rest": SOURCE_REST, SOURCE_KLINE: SOURCE_KLINE, SOURCE_REST: SOURCE_REST}
+# The platform's extractor jobs fetch klines from the exchange's REST API and write them through /api/v1.
 _KLINE_SOURCE_MAP["extractor"] = SOURCE_REST
+# Which version of a minute wins when several sources have it (lower wins); see
+# ``build.build_1m_day`` for why. Sources that disagree are reconciled, not ranked.
+SOURCE_PRECEDENCE: dict[str, int] = {SOURCE_KLINE: 0, SOURCE_REST: 1, SOURCE_TRADES: 2}
+
+
+def candle_source(raw_source: str | None) -> str:
+    """The ``candles.source`` of a raw ``klines`` document's ``source`` (unknown writers count as klines)."""
+    return _KLINE_SOURCE_MAP.get(raw_source or "ws", SOURCE_KLINE)
+
+
+def source_rank(source: str) -> int:
+    """Precedence of a candle source, lower wins; unknown sources rank last."""
+    return SOURCE_PRECEDENCE.get(source, len(SOURCE_PRECEDENCE))
 
 
 def interval_ms(interval: str) -> int:
@@ -179,34 +192,10 @@ def klines_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for c in FLOAT_COLUMNS:
         data[c] = _floats(docs, c)
     data["trades"] = np.fromiter((int(d.get("trades") or 0) for d in docs), dtype=np.int64, count=len(docs))
-    data["source"] = [_KLINE_SOURCE_MAP.get(d.get("source") or "ws", SOURCE_KLINE) for d in docs]
+    data["source"] = [candle_source(d.get("source")) for d in docs]
     if all("interval" in d for d in docs):
         data["interval"] = [d["interval"] for d in docs]
     return pd.DataFrame(data)
-
-
-def rest_klines_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    """Rows of ``GET /fapi/v1/klines`` (``[t, o, h, l, c, v, T, q, n, V, Q, ignore]``) → candle frame."""
-    if len(rows) == 0:
-        return empty_candles()
-    cols = list(zip(*rows, strict=False))
-    frame = pd.DataFrame(
-        {
-            "open_time": np.asarray(cols[0], dtype=np.int64),
-            "close_time": np.asarray(cols[6], dtype=np.int64),
-            "open": decimals_to_float(cols[1]),
-            "high": decimals_to_float(cols[2]),
-            "low": decimals_to_float(cols[3]),
-            "close": decimals_to_float(cols[4]),
-            "volume": decimals_to_float(cols[5]),
-            "quote_volume": decimals_to_float(cols[7]),
-            "trades": np.asarray(cols[8], dtype=np.int64),
-            "taker_buy_volume": decimals_to_float(cols[9]),
-            "taker_buy_quote_volume": decimals_to_float(cols[10]),
-        }
-    )
-    frame["source"] = SOURCE_REST
-    return frame[list(CANDLE_COLUMNS)]
 
 
 def candles_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -219,6 +208,7 @@ def candles_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         data[c] = np.fromiter((float(d.get(c, np.nan)) for d in docs), dtype=np.float64, count=len(docs))
     data["trades"] = np.fromiter((int(d.get("trades") or 0) for d in docs), dtype=np.int64, count=len(docs))
     data["source"] = [d.get("source") for d in docs]
+    data["flags"] = [list(d.get("flags") or ()) for d in docs]
     frame = pd.DataFrame(data)
     if all("interval" in d for d in docs):
         frame["interval"] = [d["interval"] for d in docs]
@@ -228,7 +218,8 @@ def candles_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def candles_to_documents(df: pd.DataFrame, symbol: str, interval: str) -> list[dict[str, Any]]:
     """Candle frame → ``candles`` documents with ``_id = SYM:interval:open_time``.
 
-    ``close_time`` is recomputed from ``open_time`` (never trusted from the frame) and
+    Every document carries ``flags`` (a sorted list, empty for a clean candle; see
+    ``integrity.FLAG_*``). ``close_time`` is recomputed from ``open_time`` (never trusted from the frame) and
     every value is a plain Python int/float/str, which is what BSON encodes.
     """
     if df.empty:
@@ -241,6 +232,9 @@ def candles_to_documents(df: pd.DataFrame, symbol: str, interval: str) -> list[d
     trades = df["trades"].to_numpy(dtype=np.int64).tolist() if "trades" in df else [0] * len(df)
     default_source = SOURCE_DERIVED if interval != "1m" else SOURCE_TRADES
     sources = df["source"].tolist() if "source" in df else [default_source] * len(df)
+    flags = None
+    if "flags" in df:
+        flags = [sorted(set(f)) if isinstance(f, list | tuple | set) else [] for f in df["flags"]]
     docs: list[dict[str, Any]] = []
     for i, ot in enumerate(open_time.tolist()):
         doc: dict[str, Any] = {
@@ -254,6 +248,7 @@ def candles_to_documents(df: pd.DataFrame, symbol: str, interval: str) -> list[d
             doc[c] = cols[c][i]
         doc["trades"] = trades[i]
         doc["source"] = sources[i]
+        doc["flags"] = flags[i] if flags is not None else []
         docs.append(doc)
     return docs
 
@@ -289,19 +284,15 @@ def trades_to_1m(trades: pd.DataFrame) -> pd.DataFrame:
     * ``trades`` is Binance's kline ``n``, a count of *raw* trades: Σ(last_trade_id − first_trade_id + 1)
       when those columns are present, else the number of aggregated trades (a lower bound);
     * sums are sequential float64 sums (relative error ≲ n·2⁻⁵³ per minute);
-    * rows repeating an ``agg_id`` are dropped (a redelivered trade must not count twice);
-    * ``complete`` (only with ``agg_id``): the agg ids from the trade before the minute to the trade after
-      it run without a hole, i.e. this stream saw every trade of the minute. Minutes at either end of the
-      input cannot be proven and are False — give the input one extra minute on each side.
+    * rows repeating an ``agg_id`` are dropped (a redelivered trade must not count twice).
+
+    Whether the trades of a minute are *complete* is decided by ``build.complete_trade_minutes``.
     """
     t = trades["trade_time"].to_numpy(dtype=np.int64)
     n = len(t)
     has_agg = "agg_id" in trades
     if n == 0:
-        out = empty_candles().drop(columns="source")
-        if has_agg:
-            out["complete"] = np.empty(0, dtype=bool)
-        return out
+        return empty_candles().drop(columns="source")
     p = trades["price"].to_numpy(dtype=np.float64)
     q = trades["qty"].to_numpy(dtype=np.float64)
     m = trades["buyer_is_maker"].to_numpy(dtype=bool)
@@ -344,56 +335,12 @@ def trades_to_1m(trades: pd.DataFrame) -> pd.DataFrame:
             "trades": np.add.reduceat(la - f + 1, starts) if has_ids else (ends - starts).astype(np.int64),  # type: ignore[operator]
         }
     )
-    if agg is not None:
-        out["complete"] = _complete_minutes(agg, starts, ends)
     return out
-
-
-def _complete_minutes(agg: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Per bucket: no agg-id hole among links (trade before → first, inside, last → trade after)."""
-    n = len(agg)
-    if n < 2:
-        return np.zeros(len(starts), dtype=bool)
-    hole = (agg[1:] != agg[:-1] + 1).astype(np.int64)  # link j joins trade j and j+1
-    cum = np.r_[0, np.cumsum(hole)]
-    first_link = starts - 1
-    last_link = ends - 1  # joins the minute's last trade with the next one
-    at_edge = (first_link < 0) | (last_link > n - 2)
-    a = np.clip(first_link, 0, n - 2)
-    b = np.clip(last_link, 0, n - 2)
-    holes = cum[b + 1] - cum[a]
-    return (holes == 0) & ~at_edge
 
 
 # ---------------------------------------------------------------------------------------------
 # A day's 1m grid
 # ---------------------------------------------------------------------------------------------
-
-
-def missing_minutes(
-    existing_open_times: Iterable[int] | np.ndarray,
-    start_ms: int,
-    end_ms: int,
-    now_ms: int,
-    *,
-    step_ms: int = MINUTE_MS,
-) -> np.ndarray:
-    """Open times in ``[start, end)`` of *closed* buckets that are not in ``existing_open_times``.
-
-    A bucket is closed once ``open + step ≤ now``, so the bucket containing ``now`` (still
-    open) and later ones are never missing.
-    """
-    first = start_ms + (-start_ms) % step_ms  # first aligned open time ≥ start
-    stop = min(end_ms, floor_time(now_ms, step_ms))
-    if stop <= first:
-        return np.empty(0, dtype=np.int64)
-    grid = np.arange(first, stop, step_ms, dtype=np.int64)
-    have = (
-        np.fromiter(existing_open_times, dtype=np.int64)
-        if not isinstance(existing_open_times, np.ndarray)
-        else existing_open_times.astype(np.int64, copy=False)
-    )
-    return grid[~np.isin(grid, have)]
 
 
 def group_into_ranges(
@@ -424,89 +371,6 @@ def group_into_ranges(
     return ranges
 
 
-def _as_candles(df: pd.DataFrame | None, source: str | None, rank: int) -> pd.DataFrame | None:
-    if df is None or df.empty:
-        return None
-    if "interval" in df:
-        df = df[df["interval"] == "1m"]
-    frame = df.reindex(columns=[c for c in CANDLE_COLUMNS if c != "source"]).copy()
-    frame["open_time"] = frame["open_time"].astype(np.int64)
-    frame["close_time"] = frame["open_time"] + (MINUTE_MS - 1)
-    frame["trades"] = frame["trades"].fillna(0).astype(np.int64)
-    if source is not None:
-        frame["source"] = source
-    elif "source" in df:
-        frame["source"] = [_KLINE_SOURCE_MAP.get(s, SOURCE_KLINE) for s in df["source"].tolist()]
-    else:
-        frame["source"] = SOURCE_KLINE
-    ranks = {SOURCE_KLINE: 0, SOURCE_REST: 2, SOURCE_TRADES: 3}
-    frame["_rank"] = [ranks.get(s, rank) for s in frame["source"].tolist()] if source is None else rank
-    frame["_proven"] = df["complete"].to_numpy(dtype=bool) if "complete" in df else False
-    return frame
-
-
-def assemble_day(
-    day_start_ms: int,
-    klines_df: pd.DataFrame | None,
-    trades_1m_df: pd.DataFrame | None,
-    rest_df: pd.DataFrame | None,
-    *,
-    now_ms: int,
-    confirmed_missing: Iterable[int] = (),
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """One UTC day of 1m candles from the three sources, and the minutes still to fetch.
-
-    Precedence (lower wins), and why:
-
-    0. ``kline`` — the exchange's own closed kline: authoritative, ``n`` counts raw trades.
-    1. ``agg_trades`` where ``complete`` proves (agg ids without a hole) that we saw every trade of
-       the minute: then the candle *is* the exchange's, built without a REST call.
-    2. ``rest`` — the exchange's kline fetched later; as authoritative as 0, ranked after 1 only because
-       1 equals it.
-    3. ``agg_trades`` not proven complete (no ``complete`` column, an id hole, or at the input's edge):
-       kept as a provisional candle rather than leaving a hole, but its minute is also returned in
-       ``missing`` so that the caller asks REST, whose row then replaces it.
-
-    Minutes at or after the still-open minute (``floor(now)``) are dropped, not missing.
-    ``missing`` = closed minutes with no candle, plus unproven trade-built minutes, minus
-    ``confirmed_missing`` (an exchange hole REST already failed to fill; never asked again).
-    ``klines_df`` may mix ws and rest rows (its ``source`` column is mapped); ``rest_df`` is all rest.
-    """
-    day_end = day_start_ms + DAY_MS
-    cutoff = min(day_end, floor_time(now_ms))
-    parts = [
-        p
-        for p in (
-            _as_candles(klines_df, None, 0),
-            _as_candles(rest_df, SOURCE_REST, 2),
-            _as_candles(trades_1m_df, SOURCE_TRADES, 3),
-        )
-        if p is not None
-    ]
-    if not parts:
-        frame = empty_candles()
-    else:
-        frame = pd.concat(parts, ignore_index=True)
-        proven = frame["_proven"].to_numpy(dtype=bool) & (frame["source"] == SOURCE_TRADES).to_numpy()
-        frame.loc[proven, "_rank"] = 1
-        ot = frame["open_time"].to_numpy(dtype=np.int64)
-        frame = frame[(ot >= day_start_ms) & (ot < cutoff) & (ot % MINUTE_MS == 0)]
-        frame = frame.sort_values(["open_time", "_rank"], kind="stable")
-        frame = frame.drop_duplicates("open_time", keep="first")
-    unproven = (
-        frame.loc[frame["_rank"] == 3, "open_time"].to_numpy(dtype=np.int64)
-        if "_rank" in frame
-        else np.empty(0, dtype=np.int64)
-    )
-    candles = frame.reindex(columns=list(CANDLE_COLUMNS)).reset_index(drop=True)
-    absent = missing_minutes(candles["open_time"].to_numpy(dtype=np.int64), day_start_ms, day_end, now_ms)
-    missing = np.union1d(absent, unproven)
-    excused = np.fromiter(confirmed_missing, dtype=np.int64)
-    if excused.size:
-        missing = missing[~np.isin(missing, excused)]
-    return candles, missing.astype(np.int64)
-
-
 # ---------------------------------------------------------------------------------------------
 # Resampling 1m → higher intervals
 # ---------------------------------------------------------------------------------------------
@@ -534,7 +398,7 @@ def resample(
     numbers. Partial buckets are returned in ``incomplete`` instead (the still-open bucket,
     one containing ``now``, is never emitted and not reported); ``complete_only=False``
     emits them too. Buckets whose minutes are all confirmed missing have no data and are not
-    emitted. Duplicate 1m open times keep the first row (``assemble_day`` resolved precedence).
+    emitted. Duplicate 1m open times keep the first row (the 1m build resolved precedence).
     """
     step = interval_ms(interval)
     per = step // MINUTE_MS

@@ -15,25 +15,44 @@ visible (``close_time``) and usually heals by itself.
   (``close_time + 1``; the day start if there is none): 1.0 while lag ≤ 2 intervals, falling
   linearly to 0.0 at 60 intervals. Clipping ``now`` to the day end makes a complete past day
   exactly 1.0 and a past day whose last hours are missing stale, whenever it is audited.
-* consistency = 1 − (duplicate surplus rows + rows breaking OHLC rules) / rows, floored at 0;
-  1.0 with no rows (nothing stored is wrong; completeness already says 0). Outlier jumps do
-  not count: they may be real.
+* consistency is computed from the **check outcomes** (the same results the asset checks
+  report): every offending row of a failed check costs its check's weight in rows,
+  ``consistency = max(0, 1 − Σ weight × count / rows)``, with weights (``CONSISTENCY_WEIGHTS``)
+  ``ohlc_sane`` 10, ``no_bad_prints`` 10, ``no_duplicates`` 10 (identical copies 1),
+  ``sources_agree`` 5; a finding REST confirmed (kept, flag ``verified``) costs half. Why
+  ×10: one wrong price spoils every aggregate that contains it (the 5m…1d candles, the
+  day's volatility and VWAP), so a single bad print must show, not vanish as 1/1440.
+  1.0 with no rows (nothing stored is wrong; completeness already says 0).
+
+The score is floored (not rounded) to 2 decimals, so anything wrong scores below 100, and
+``details`` says why: each failed check with its count, severity and penalty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dm_assets.candles.checks import find_duplicates, ohlc_violations
+from dm_assets.candles.checks import CheckResult, no_bad_prints, no_duplicates, ohlc_sane
 from dm_assets.candles.compute import DAY_MS, MINUTE_MS, floor_time
 
 WEIGHTS: Mapping[str, float] = {"completeness": 0.5, "freshness": 0.2, "consistency": 0.3}
 FRESH_INTERVALS = 2.0
 STALE_INTERVALS = 60.0
+# Rows of penalty per offending row of a failed check (see the module docstring).
+CONSISTENCY_WEIGHTS: Mapping[str, float] = {
+    "ohlc_sane": 10.0,
+    "no_bad_prints": 10.0,
+    "no_duplicates": 10.0,
+    "sources_agree": 5.0,
+}
+IDENTICAL_DUPLICATE_WEIGHT = 1.0
+KEPT_FACTOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,8 @@ class HealthScore:
     completeness: float
     freshness: float
     consistency: float
-    score: float  # 0–100, 2 decimals
+    score: float  # 0–100, floored to 2 decimals
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def expected_buckets(day_start_ms: int, now_ms: int, interval_ms: int = MINUTE_MS, day_ms: int = DAY_MS) -> int:
@@ -81,9 +101,38 @@ def freshness(
 
 
 def consistency(rows: int, duplicate_rows: int, violation_rows: int) -> float:
+    """Unweighted form: 1 − offending / rows (kept for callers that only count rows)."""
     if rows <= 0:
         return 1.0
     return max(0.0, 1.0 - (duplicate_rows + violation_rows) / rows)
+
+
+def check_penalty(r: CheckResult) -> float:
+    """Rows of penalty a failed check costs (0 for a passed one or a check that does not judge values)."""
+    if r.passed or r.name not in CONSISTENCY_WEIGHTS:
+        return 0.0
+    if r.name == "no_duplicates" and not r.details.get("conflicting_keys"):
+        return IDENTICAL_DUPLICATE_WEIGHT * r.count
+    kept = int(r.details.get("verified_kept", 0))
+    return CONSISTENCY_WEIGHTS[r.name] * ((r.count - kept) + KEPT_FACTOR * kept)
+
+
+def consistency_from_checks(rows: int, results: Sequence[CheckResult]) -> tuple[float, dict[str, Any]]:
+    """Consistency from check outcomes, and the reasons (failed checks with counts and penalties)."""
+    reasons = {
+        r.name: {
+            "count": r.count,
+            "severity": r.severity,
+            "penalty_rows": check_penalty(r),
+            "first": list(r.samples[:3]),
+        }
+        for r in results
+        if not r.passed and r.name in CONSISTENCY_WEIGHTS
+    }
+    if rows <= 0:
+        return 1.0, reasons
+    penalty = sum(v["penalty_rows"] for v in reasons.values())
+    return max(0.0, 1.0 - penalty / rows), reasons
 
 
 def health_score(
@@ -92,11 +141,12 @@ def health_score(
     consistency_value: float,
     weights: Mapping[str, float] = WEIGHTS,
 ) -> HealthScore:
-    """Weighted mean of the three components ×100, rounded to 2 decimals."""
+    """Weighted mean of the three components ×100, floored to 2 decimals (never 100 unless all are 1)."""
     parts = {"completeness": completeness_value, "freshness": freshness_value, "consistency": consistency_value}
     total = sum(weights.values())
     mean = sum(weights[k] * v for k, v in parts.items()) / total
-    return HealthScore(completeness_value, freshness_value, consistency_value, round(100.0 * mean, 2))
+    score = math.floor(round(100.0 * mean, 9) * 100) / 100
+    return HealthScore(completeness_value, freshness_value, consistency_value, score)
 
 
 def day_health(
@@ -104,8 +154,14 @@ def day_health(
     day_start_ms: int,
     now_ms: int,
     interval_ms: int = MINUTE_MS,
+    results: Sequence[CheckResult] | None = None,
 ) -> HealthScore:
-    """Health of one day of one interval from its stored candles (confirmed holes count as absent)."""
+    """Health of one day of one interval from its stored candles and its check outcomes.
+
+    ``results`` are the partition's check results (``audit.check_partition``); without them
+    the value checks (duplicates, OHLC, bad prints) are run here. Confirmed holes count as
+    absent for completeness.
+    """
     day_end = day_start_ms + DAY_MS
     expected = expected_buckets(day_start_ms, now_ms, interval_ms)
     ot = candles["open_time"].to_numpy(dtype=np.int64) if not candles.empty else np.empty(0, np.int64)
@@ -115,10 +171,20 @@ def day_health(
     day_mask = (ot >= day_start_ms) & (ot < day_end)
     day_rows = candles[day_mask] if not candles.empty else candles
     last_close = int(ot[day_mask].max()) + interval_ms - 1 if day_mask.any() else None
-    dups = find_duplicates(day_rows)
-    viol = ohlc_violations(day_rows)
-    return health_score(
+    if results is None:
+        results = [no_duplicates(day_rows), ohlc_sane(day_rows), no_bad_prints(day_rows, interval_ms)]
+    cons, reasons = consistency_from_checks(len(day_rows), results)
+    h = health_score(
         completeness(present, expected),
         freshness(last_close, now_ms, interval_ms, day_start_ms=day_start_ms, day_end_ms=day_end),
-        consistency(len(day_rows), dups.count, viol.count),
+        cons,
     )
+    details = {
+        "rows": len(day_rows),
+        "expected": expected,
+        "present": present,
+        "weights": dict(WEIGHTS),
+        "consistency_weights": dict(CONSISTENCY_WEIGHTS),
+        "failed_checks": reasons,
+    }
+    return HealthScore(h.completeness, h.freshness, h.consistency, h.score, details)

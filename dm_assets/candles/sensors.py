@@ -65,8 +65,10 @@ def _scan_list(context: SensorEvaluationContext, today: dt.date) -> list[tuple[s
     default_status=DefaultSensorStatus(AUTOMATION_STATUS),
     description=(
         f"Scans the last {LOOKBACK_DAYS} days × all symbols for minutes with no candle that are not confirmed "
-        "missing, and requests a candles run for exactly those partitions (run key = partition + hole + attempts, "
-        "so an unchanged hole is not asked for twice). Resumes from its cursor within the sensor time budget."
+        "missing, and for flagged minutes (bad print, impossible OHLC, source disagreement) not yet re-checked "
+        "against REST, and requests a candles run for exactly those partitions (the run fills the holes and "
+        "repairs the flagged minutes from REST; run key = partition + hole + attempts + suspects, so an unchanged "
+        "state is not asked for twice). Resumes from its cursor within the sensor time budget."
     ),
 )
 def gap_sensor(context: SensorEvaluationContext, mongo: MongoResource, metadata: MetadataResource) -> SensorResult:
@@ -86,12 +88,16 @@ def gap_sensor(context: SensorEvaluationContext, mongo: MongoResource, metadata:
             break
         day, symbol = scan[offset]
         gap, missing_times = gaps.partition_gap(store, meta, symbol, day, now)
-        if gap.missing or gap.higher_missing:
+        if gap.needs_run:
             requests.append(
                 RunRequest(
                     run_key=gap.run_key(missing_times),
                     partition_key=partition_key(day, symbol),
-                    tags={"dm/origin": "sensor", "dm/missing_minutes": str(gap.missing)},
+                    tags={
+                        "dm/origin": "sensor",
+                        "dm/missing_minutes": str(gap.missing),
+                        "dm/suspect_minutes": str(gap.suspect),
+                    },
                 )
             )
         offset += 1

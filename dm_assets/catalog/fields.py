@@ -125,7 +125,7 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         **{k: f"{v} (float64)" for k, v in _OHLC.items() if k != "trades"},
         "trades": "number of trades",
         "source": "kline, agg_trades, rest or derived",
-        "flags": "suspect-candle flags (empty list for a clean candle)",
+        "flags": "empty when clean; bad_print, ohlc_impossible, source_disagreement, verified, provisional",
     },
     "analytics": {
         "kind": "analytics family",

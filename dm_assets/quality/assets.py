@@ -20,8 +20,8 @@ _CANDLE_DEPS = [AssetKey(["candles", f"candles_{iv}"]) for iv in _INTERVALS]
     kinds={"mysql", "pandas"},
     tags={"dm/layer": "quality"},
     description=(
-        "Runs every candle check (gaps, duplicates, OHLC sanity, outlier jumps) for each interval of the "
-        "partition and appends the results with a severity to `audit_logs` in the metadata store."
+        "Runs every candle check (gaps, duplicates, OHLC sanity, bad prints, source agreement) for each interval "
+        "of the partition and appends the results with a severity to `audit_logs` in the metadata store."
     ),
 )
 def audit_results(
@@ -71,8 +71,9 @@ def audit_results(
     kinds={"mysql", "pandas"},
     tags={"dm/layer": "quality"},
     description=(
-        "Health score 0–100 per symbol, interval and day from completeness, freshness and consistency "
-        "(weights in dm_assets/candles/health.py), upserted into `health_metrics`."
+        "Health score 0–100 per symbol, interval and day from completeness, freshness and consistency, the "
+        "last computed from the check outcomes (weights in dm_assets/candles/health.py), upserted into "
+        "`health_metrics` with the reasons in `details`; the materialization carries the scores as a table."
     ),
 )
 def health_scores(
@@ -89,7 +90,7 @@ def health_scores(
     meta.upsert_health(rows)
     table = "\n".join(
         f"| {r.day} | {r.symbol} | {r.interval} | {r.completeness:.2f} | {r.freshness:.2f} | "
-        f"{r.consistency:.2f} | **{r.score:.2f}** |"
+        f"{r.consistency:.2f} | **{r.score:.2f}** | {_why(r.details)} |"
         for r in rows
     )
     return MaterializeResult(
@@ -97,12 +98,19 @@ def health_scores(
             "rows": len(rows),
             "min_score": min((r.score for r in rows), default=100.0),
             "mean_score": round(sum(r.score for r in rows) / len(rows), 2) if rows else 100.0,
+            "below_100": sum(1 for r in rows if r.score < 100),
             "scores": MetadataValue.md(
-                "| day | symbol | interval | completeness | freshness | consistency | score |\n"
-                "|---|---|---|---|---|---|---|\n" + table
+                "| day | symbol | interval | completeness | freshness | consistency | score | why |\n"
+                "|---|---|---|---|---|---|---|---|\n" + table
             ),
         }
     )
+
+
+def _why(details: dict | None) -> str:
+    """The failed checks behind a score, for the table: ``no_bad_prints ERROR ×1``."""
+    failed = (details or {}).get("failed_checks") or {}
+    return ", ".join(f"{k} {v['severity']} ×{v['count']}" for k, v in failed.items()) or "—"
 
 
 QUALITY_ASSETS = [audit_results, health_scores]

@@ -1,0 +1,52 @@
+"""The one mapping from Dagster's backfill and run statuses to ``backfill_jobs.status``.
+
+Used by the API (GraphQL strings) and by the tracking sensor (``BulkActionStatus`` /
+``DagsterRunStatus`` values, which are the same strings), so both report the same status
+for the same backfill. Plain strings: the API does not import Dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# DagsterRunStatus → our vocabulary (dm_resources.metadata.schemas.BackfillStatus).
+RUN_STATUS: dict[str, str] = {
+    "QUEUED": "queued",
+    "NOT_STARTED": "queued",
+    "MANAGED": "queued",
+    "STARTING": "running",
+    "STARTED": "running",
+    "SUCCESS": "success",
+    "FAILURE": "failure",
+    "CANCELING": "canceled",
+    "CANCELED": "canceled",
+}
+
+
+def _name(status: object) -> str:
+    """An enum member or its string value → the string value."""
+    return str(getattr(status, "value", status))
+
+
+def run_status(status: object) -> str:
+    """Our status of one Dagster run; an unknown (newer) Dagster status counts as running."""
+    return RUN_STATUS.get(_name(status), "running")
+
+
+def backfill_status(status: object, run_statuses: Iterable[object]) -> str:
+    """Our status of a backfill from Dagster's backfill status and its runs' Dagster statuses.
+
+    Dagster marks a backfill COMPLETED once it has *requested* every run, while runs may
+    still be queued or running: that is ``running`` here until the last run ends.
+    """
+    s = _name(status)
+    runs = [run_status(r) for r in run_statuses]
+    if s in ("CANCELED", "CANCELING"):
+        return "canceled"
+    if s in ("COMPLETED_FAILED", "FAILED", "FAILING"):
+        return "partial" if "success" in runs else "failure"
+    if s in ("COMPLETED", "COMPLETED_SUCCESS"):
+        if any(r in ("queued", "running") for r in runs):
+            return "running"
+        return "failure" if "failure" in runs else "success"
+    return "running" if runs else "requested"
