@@ -150,6 +150,9 @@ class NaiveProcess:
         self.subject, self.stream = names_for(tag)
         self.durable = f"d{tag}"
         self.log_path = log_dir / f"naive-{tag}.log"
+        # The same collections and indexes as ours, so both pay the store the same per document.
+        with MongoStore(mongo_url, db) as store:
+            store.ensure_indexes()
         asyncio.run(self._create_consumer())
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(

@@ -21,8 +21,10 @@ import contextlib
 import errno
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import nats
@@ -51,6 +53,7 @@ from dm_resources.settings import Settings, SettingsError
 from ingest_service.config import IngestSettings
 from ingest_service.events import EVENT_TYPES, decode
 from ingest_service.metrics import HealthServer, IngestMetrics
+from ingest_service.pull import PullConsumer
 from ingest_service.writer import BatchPlan, MessageInfo, plan_batch, stored_count, write_newest_wins
 
 log = logging.getLogger("ingest_service")
@@ -177,6 +180,10 @@ async def ensure_stream(js: JetStreamContext, name: str, subject: str, ingest: I
     await js.update_stream(stream_config(name, subjects, ingest))
 
 
+def _stream_seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
 class MetricsPortError(SettingsError):
     """The metrics/health port cannot be bound: a configuration problem, reported in one line."""
 
@@ -222,7 +229,7 @@ class IngestService:
         self.store = MongoStore(settings.mongo_url, settings.mongo_db, retry_attempts=1, client=client)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
-        self.psub: JetStreamContext.PullSubscription | None = None
+        self.puller: PullConsumer | None = None
         self.http: HealthServer | None = None
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.ingest.prefetch_batches)
         self._held: set[int] = set()
@@ -382,10 +389,14 @@ class IngestService:
         )
         # Create, or update an existing durable to the configured ack_wait/max_ack_pending.
         await self.js.add_consumer(s.nats_stream, cfg)
-        self.psub = await self.js.pull_subscribe_bind(durable=s.nats_durable, stream=s.nats_stream)
+        assert self.nc is not None
+        if self.puller is None:
+            self.puller = await PullConsumer(self.nc, s.nats_stream, s.nats_durable).start()
         self._subscribed = True
 
     async def _close(self) -> None:
+        if self.puller is not None:
+            await self.puller.stop()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.flush(), 1.0)
@@ -398,13 +409,13 @@ class IngestService:
 
     # -- fetch --------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
-        assert self.psub is not None
+        assert self.puller is not None
         ing = self.ingest
         try:
             while not self._stopping:
                 self._heartbeat = time.monotonic()
                 try:
-                    msgs = await self.psub.fetch(ing.batch_size, timeout=ing.fetch_timeout_s)
+                    msgs = await self.puller.fetch(ing.batch_size, ing.fetch_timeout_s)
                 except TimeoutError:  # includes nats TimeoutError / FetchTimeoutError
                     continue
                 except nats.errors.Error as exc:
@@ -422,6 +433,10 @@ class IngestService:
                 job.plan = await asyncio.to_thread(self._plan, job.msgs)
                 await self._queue.put(job)
         finally:
+            # Delivered to our inbox after the last fetch: hand back for another replica now.
+            leftover = self.puller.take_buffered()
+            if leftover:
+                await self._nak(Job(leftover))
             await self._queue.put(None)
 
     def _hold(self, job: Job) -> None:
@@ -453,14 +468,24 @@ class IngestService:
         m = self.metrics
         m.batch_size.observe(len(job.msgs))
         assert job.plan is not None
+        received: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
+        open_klines = 0
         for dec in job.plan.decoded:
             # Only known types as labels: an unknown type is attacker-chosen text (unbounded cardinality).
             label = dec.event_type if dec.event_type in EVENT_TYPES else "unknown"
-            m.received.labels(label).inc()
+            received[label] += 1
             if dec.error is not None:
-                m.dead_lettered.labels(label).inc()
-            elif dec.event_type == "kline" and not dec.docs:
-                m.open_klines.inc()
+                dead[label] += 1
+            elif not dec.docs and dec.event_type == "kline":
+                open_klines += 1
+        # One increment per label and batch: per-message ``labels().inc()`` was a visible CPU cost.
+        for label, n in received.items():
+            m.received.labels(label).inc(n)
+        for label, n in dead.items():
+            m.dead_lettered.labels(label).inc(n)
+        if open_klines:
+            m.open_klines.inc(open_klines)
         if not await self._write_with_retry(job):
             log.warning(
                 "shutdown during a store outage: %d messages left unacked for redelivery",
@@ -475,7 +500,8 @@ class IngestService:
     @staticmethod
     def _plan(msgs: list[Msg]) -> BatchPlan:
         received = int(time.time() * 1000)
-        infos = [MessageInfo(m.data, m.subject, m.metadata.sequence.stream) for m in msgs]
+        # ``m.metadata`` parses the reply subject: only dead letters need the sequence.
+        infos = [MessageInfo(m.data, m.subject, partial(_stream_seq, m)) for m in msgs]
         return plan_batch(infos, [decode(i.data) for i in infos], received)
 
     async def _write_with_retry(self, job: Job) -> bool:
@@ -618,9 +644,9 @@ class IngestService:
                     self._store_ok = await asyncio.to_thread(self.store.ping)
                 except PyMongoError:
                     self._store_ok = False
-            if self.psub is not None and self.nc is not None and self.nc.is_connected:
+            if self.js is not None and self._subscribed and self.nc is not None and self.nc.is_connected:
                 try:
-                    info = await self.psub.consumer_info()
+                    info = await self.js.consumer_info(self.settings.nats_stream, self.settings.nats_durable)
                     self.metrics.consumer_pending.set(info.num_pending or 0)
                     self.metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
                 except (TimeoutError, nats.errors.Error) as exc:
