@@ -150,9 +150,12 @@ class NaiveProcess:
         self.subject, self.stream = names_for(tag)
         self.durable = f"d{tag}"
         self.log_path = log_dir / f"naive-{tag}.log"
-        # The same collections and indexes as ours, so both pay the store the same per document.
+        # Index work like ours: our collections and indexes (aggTrades land in ``agg_trades``),
+        # and one (symbol, event time) index on each per-event-type collection it writes.
         with MongoStore(mongo_url, db) as store:
             store.ensure_indexes()
+            for coll in ("kline", "depthUpdate", "24hrTicker", "bookTicker", "markPriceUpdate"):
+                store.collection(coll).create_index([("s", 1), ("E", 1)])
         asyncio.run(self._create_consumer())
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(

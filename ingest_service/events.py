@@ -43,7 +43,6 @@ _SYMBOL_RE = re.compile(r"^[^\s:$.a-z]{2,40}$")
 
 # A plain decimal (no exponent) short enough that its coefficient has at most 34 digits is
 # packed into BID bits directly; everything else takes bson's exact (and ~10x slower) route.
-_PLAIN_DECIMAL_RE = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?")
 _MAX_COEFFICIENT = 10**34
 _LOW_64 = (1 << 64) - 1
 _SIGN_BIT = 1 << 63
@@ -62,13 +61,15 @@ def to_decimal128(value: object) -> Decimal128:
         hit = _DECIMALS.get(value)
         if hit is not None:
             return hit
-        m = _PLAIN_DECIMAL_RE.fullmatch(value) if len(value) <= 40 else None
-        if m is not None:
-            sign, whole, frac = m.groups()
-            if whole or frac:
-                coefficient = int(whole + frac) if frac else int(whole)
+        if len(value) <= 40 and value.isascii():
+            sign = value[:1]
+            whole, _, frac = (value[1:] if sign in ("-", "+") else value).partition(".")
+            digits = whole + frac
+            # ASCII isdigit() is [0-9]+: a plain decimal with at least one digit, one dot at most.
+            if digits.isdigit():
+                coefficient = int(digits)
                 if coefficient < _MAX_COEFFICIENT:
-                    high = ((_EXPONENT_BIAS - len(frac or "")) << 49) | (coefficient >> 64)
+                    high = ((_EXPONENT_BIAS - len(frac)) << 49) | (coefficient >> 64)
                     if sign == "-":
                         high |= _SIGN_BIT
                     dec = Decimal128((high, coefficient & _LOW_64))
