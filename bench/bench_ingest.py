@@ -155,7 +155,7 @@ class NaiveProcess:
         with MongoStore(mongo_url, db) as store:
             store.ensure_indexes()
             for coll in ("kline", "depthUpdate", "24hrTicker", "bookTicker", "markPriceUpdate"):
-                store.collection(coll).create_index([("s", 1), ("E", 1)])
+                store.client[db][coll].create_index([("s", 1), ("E", 1)])
         asyncio.run(self._create_consumer())
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
