@@ -63,7 +63,16 @@ def names_for(tag: str) -> tuple[str, str]:
 
 
 class IngestProcess:
-    def __init__(self, nats_url: str, mongo_url: str, db: str, tag: str, batch_size: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        mongo_url: str,
+        db: str,
+        tag: str,
+        batch_size: int,
+        log_dir: Path,
+        root: Path = ROOT,
+    ) -> None:
         self.port = free_port()
         self.nats_url = nats_url
         self.subject, self.stream = names_for(tag)
@@ -84,7 +93,7 @@ class IngestProcess:
         }
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest_service"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ingest_service"], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         deadline = time.monotonic() + 60
@@ -317,15 +326,19 @@ def agg_trades_only(n: int, symbols: int = 10, seed: int = 2) -> list[bytes]:
     return out
 
 
-def _contender_run(kind: str, nats_url: str, mongo_url: str, lines: list[bytes], batch: int, log_dir: Path) -> dict:
-    """Start one ingest (ours or the naive one) on a fresh stream and database, publish while it drains."""
+def _contender_run(
+    kind: str, nats_url: str, mongo_url: str, lines: list[bytes], batch: int, log_dir: Path, before: Path | None
+) -> dict:
+    """Start one ingest (ours, the naive one, or ours from an older tree) on a fresh stream and database,
+    publish while it drains."""
     tag = uuid.uuid4().hex[:8]
     db = f"cpu_{kind}_{tag}"
-    proc: IngestProcess | NaiveProcess = (
-        IngestProcess(nats_url, mongo_url, db, tag, batch, log_dir)
-        if kind == "ours"
-        else NaiveProcess(nats_url, mongo_url, db, tag, log_dir)
-    )
+    proc: IngestProcess | NaiveProcess
+    if kind == "naive":
+        proc = NaiveProcess(nats_url, mongo_url, db, tag, log_dir)
+    else:
+        root = before if kind == "before" and before is not None else ROOT
+        proc = IngestProcess(nats_url, mongo_url, db, tag, batch, log_dir, root=root)
     try:
         cpu0 = proc.cpu_s()
         t0 = time.perf_counter()
@@ -349,7 +362,9 @@ def _contender_run(kind: str, nats_url: str, mongo_url: str, lines: list[bytes],
     }
 
 
-def phase_cpu(nats_url: str, mongo_url: str, n: int, rounds: int, batch: int, log_dir: Path) -> dict:
+def phase_cpu(
+    nats_url: str, mongo_url: str, n: int, rounds: int, batch: int, log_dir: Path, before: Path | None = None
+) -> dict:
     """Ours beside ``bench/naive_ingest.py`` on the same messages, published while each drains.
 
     Rounds alternate which contender goes first so the machine's other load hits both
@@ -361,10 +376,11 @@ def phase_cpu(nats_url: str, mongo_url: str, n: int, rounds: int, batch: int, lo
         "ours": "python -m ingest_service: strict validation of every event, dead letters, metrics",
     }
     for name, lines in (("agg_trades", agg_trades_only(n)), ("mixed_session", session(n))):
-        runs: dict[str, list[dict]] = {"naive": [], "ours": []}
+        kinds = ["naive", "ours"] + (["before"] if before is not None else [])
+        runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for r in range(rounds):
-            for kind in ("naive", "ours") if r % 2 == 0 else ("ours", "naive"):
-                runs[kind].append(_contender_run(kind, nats_url, mongo_url, lines, batch, log_dir))
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                runs[kind].append(_contender_run(kind, nats_url, mongo_url, lines, batch, log_dir, before))
         best = {
             k: {
                 "msg_per_s": max(x["msg_per_s"] for x in v),
@@ -374,8 +390,7 @@ def phase_cpu(nats_url: str, mongo_url: str, n: int, rounds: int, batch: int, lo
         }
         out[name] = {
             "messages": n,
-            "naive": best["naive"],
-            "ours": best["ours"],
+            **best,
             "rate_ratio_ours_over_naive": round(best["ours"]["msg_per_s"] / best["naive"]["msg_per_s"], 3),
             "cpu_ratio_ours_over_naive": round(best["ours"]["cpu_us_per_msg"] / best["naive"]["cpu_us_per_msg"], 3),
             "runs": runs,
@@ -509,6 +524,13 @@ def main() -> int:
     ap.add_argument("--phases", default="cpu,throughput,latency,memory")
     ap.add_argument("--cpu-messages", type=int, default=30_000, help="messages per workload of the cpu phase")
     ap.add_argument("--cpu-rounds", type=int, default=2, help="alternating rounds per contender (best of)")
+    ap.add_argument(
+        "--cpu-before",
+        type=Path,
+        default=None,
+        help="a checkout of an older version (e.g. `git archive REV | tar -x -C DIR`): its ingest_service "
+        "runs as a third contender",
+    )
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--latency-rate", type=float, default=2000)
@@ -534,7 +556,9 @@ def main() -> int:
             mongo_url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         out: dict = {"store": "SecantusDB" if args.mongo_url is None else args.mongo_url, "cores": os.cpu_count()}
         if "cpu" in phases:
-            out["cpu"] = phase_cpu(nats_url, mongo_url, args.cpu_messages, args.cpu_rounds, args.batch_size, tmp)
+            out["cpu"] = phase_cpu(
+                nats_url, mongo_url, args.cpu_messages, args.cpu_rounds, args.batch_size, tmp, args.cpu_before
+            )
         if "throughput" in phases:
             out["throughput"] = phase_throughput(nats_url, mongo_url, args.messages, args.batch_size, tmp)
         if "latency" in phases:
