@@ -73,8 +73,10 @@ class PullConsumer:
         if status not in _QUIET_END:
             # 409: max waiting exceeded, consumer deleted, leadership change... the next request retries.
             desc = (msg.headers or {}).get("Description", "")
-            self.last_status = f"{status} {desc}".strip()
-            log.warning("pull request ended with status %s", self.last_status, extra={"event": "pull_status"})
+            text = f"{status} {desc}".strip()
+            if text != self.last_status:  # once per change, not every fetch_timeout
+                log.warning("pull request ended with status %s", text, extra={"event": "pull_status"})
+            self.last_status = text
         self._end_request()
 
     def _end_request(self) -> None:
