@@ -110,8 +110,8 @@ async def connect_nats(
     holder: list[NATS] = []
 
     async def _cb(state: str) -> None:
-        if holder and holder[0].is_closed:
-            return  # our own close(), not an outage
+        if not holder or holder[0].is_closed:
+            return  # a failed first attempt being closed, or our own close(): not an outage
         log.warning("nats %s", state, extra={"event": f"nats_{state}"})
         if on_state is not None:
             on_state(state)
@@ -144,9 +144,9 @@ async def connect_nats(
         nc: NATS = await retrying(_connect_once, url, name, attempt_timeout_s, callbacks)
     except RetryError as exc:
         last = exc.last_attempt.exception()
+        why = f"{type(last).__name__}: {last}" if str(last) else f"no connection within {attempt_timeout_s:g}s"
         raise NatsUnreachableError(
-            f"NATS at {url} not reachable after {attempts} attempts in {time.monotonic() - t0:.1f}s: "
-            f"{type(last).__name__}: {last}"
+            f"NATS at {url} not reachable after {attempts} attempts in {time.monotonic() - t0:.1f}s ({why})"
         ) from last
     holder.append(nc)
     return nc
