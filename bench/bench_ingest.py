@@ -1,6 +1,12 @@
 """Ingest service benchmarks on the embedded store; prints one JSON document.
 
-Phases (``--phases``, default all three):
+Phases (``--phases``, default all four):
+
+* ``cpu``: our service beside a naive reference ingest (``bench/naive_ingest.py``: fetch
+  500, build documents, ``insert_many(ordered=False)``, ack each, no validation), each as
+  its own process on a fresh stream and database, on the same messages (``--cpu-messages``
+  aggTrades, then a mixed session) published while it drains. Rate = messages / (first
+  publish → consumer drained, read from NATS); CPU per message from ``/proc/PID/stat``.
 
 * ``throughput``: the store's bare bulk-write rate for the documents of a generated
   session (``insert_idempotent`` per collection in batches, no NATS, same run, same
@@ -13,6 +19,7 @@ Phases (``--phases``, default all three):
   session is offered at ``--memory-rate`` msg/s for ``--memory-duration`` seconds
   (the contract run is 600 s; the default is short for a quick run).
 
+    .venv/bin/python bench/bench_ingest.py --phases cpu --cpu-messages 30000 --cpu-rounds 2
     .venv/bin/python bench/bench_ingest.py --phases throughput --messages 50000
     .venv/bin/python bench/bench_ingest.py --phases memory --memory-duration 600
 """
@@ -42,9 +49,12 @@ sys.path.insert(0, str(ROOT))
 
 from dm_resources.embedded import free_port, start_nats, start_secantus  # noqa: E402
 from dm_resources.mongo import MongoStore  # noqa: E402
+from ingest_service.config import IngestSettings  # noqa: E402
 from ingest_service.events import decode  # noqa: E402
 from ingest_service.generator import generate_session  # noqa: E402
+from ingest_service.progress import drain_budget_s, wait_drained  # noqa: E402
 from ingest_service.replay import publish_lines  # noqa: E402
+from ingest_service.service import connect_nats, ensure_stream  # noqa: E402
 from ingest_service.writer import MessageInfo, plan_batch  # noqa: E402
 
 
@@ -53,9 +63,21 @@ def names_for(tag: str) -> tuple[str, str]:
 
 
 class IngestProcess:
-    def __init__(self, nats_url: str, mongo_url: str, db: str, tag: str, batch_size: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        mongo_url: str,
+        db: str,
+        tag: str,
+        batch_size: int,
+        log_dir: Path,
+        root: Path = ROOT,
+    ) -> None:
         self.port = free_port()
+        self.nats_url = nats_url
         self.subject, self.stream = names_for(tag)
+        self.durable = f"d{tag}"
+        self.log_path = log_dir / f"ingest-{tag}.log"
         env = {
             **os.environ,
             "DM_NATS_URL": nats_url,
@@ -69,9 +91,9 @@ class IngestProcess:
             "DM_INGEST_BATCH_SIZE": str(batch_size),
             "DM_INGEST_LOG_LEVEL": "WARNING",
         }
-        log = open(log_dir / f"ingest-{tag}.log", "wb")  # noqa: SIM115 - the child owns it
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest_service"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ingest_service"], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         deadline = time.monotonic() + 60
@@ -90,11 +112,107 @@ class IngestProcess:
                 return float(line.split()[1])
         return 0.0
 
+    def drain(self, n: int, timeout: float | None = None) -> None:
+        """Wait on the bus (not the store) until ``n`` messages are acked; fail with the state reached."""
+        wait_drained(
+            self.nats_url,
+            self.stream,
+            self.durable,
+            min_last_seq=n,
+            timeout=timeout if timeout is not None else drain_budget_s(n),
+            poll_s=0.1,
+            alive=lambda: None if self.proc.poll() is None else f"ingest exited ({self.proc.returncode})",
+            context=lambda: self.log_path.read_text(errors="replace")[-2000:],
+        )
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+NAIVE = ROOT / "bench" / "naive_ingest.py"
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class NaiveProcess:
+    """``bench/naive_ingest.py`` on its own stream and durable (created here with the service's config)."""
+
+    def __init__(self, nats_url: str, mongo_url: str, db: str, tag: str, log_dir: Path) -> None:
+        self.nats_url = nats_url
+        self.subject, self.stream = names_for(tag)
+        self.durable = f"d{tag}"
+        self.log_path = log_dir / f"naive-{tag}.log"
+        # Index work like ours: our collections and indexes (aggTrades land in ``agg_trades``),
+        # and one (symbol, event time) index on each per-event-type collection it writes.
+        with MongoStore(mongo_url, db) as store:
+            store.ensure_indexes()
+            for coll in ("kline", "depthUpdate", "24hrTicker", "bookTicker", "markPriceUpdate"):
+                store.client[db][coll].create_index([("s", 1), ("E", 1)])
+        asyncio.run(self._create_consumer())
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, str(NAIVE), nats_url, self.stream, self.durable, mongo_url, db],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while asyncio.run(self._waiting()) == 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"naive ingest did not start: {self.log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+
+    async def _create_consumer(self) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        ing = IngestSettings()
+        nc = await connect_nats(self.nats_url, "bench", attempts=3)
+        try:
+            js = nc.jetstream(timeout=5)
+            await ensure_stream(js, self.stream, self.subject, ing)
+            cfg = ConsumerConfig(
+                durable_name=self.durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ing.ack_wait_s,
+                max_ack_pending=ing.max_ack_pending,
+                max_deliver=-1,
+                deliver_policy=DeliverPolicy.ALL,
+                filter_subject=self.subject,
+            )
+            await js.add_consumer(self.stream, cfg)
+        finally:
+            await nc.close()
+
+    async def _waiting(self) -> int:
+        """Pull requests waiting on the consumer: the loop is up once its first fetch is parked."""
+        nc = await connect_nats(self.nats_url, "bench", attempts=3)
+        try:
+            return (await nc.jetstream(timeout=5).consumer_info(self.stream, self.durable)).num_waiting or 0
+        finally:
+            await nc.close()
+
+    drain = IngestProcess.drain
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -164,8 +282,7 @@ def phase_throughput(nats_url: str, mongo_url: str, n: int, batch: int, log_dir:
             target=lambda: asyncio.run(publish_lines(nats_url, ing.subject, ing.stream, lines, progress=False))
         )
         pub.start()
-        while ing.acked() < n:
-            time.sleep(0.1)
+        ing.drain(n)
         e2e_s = time.perf_counter() - t0
         pub.join()
     finally:
@@ -179,8 +296,7 @@ def phase_throughput(nats_url: str, mongo_url: str, n: int, batch: int, log_dir:
     ing = IngestProcess(nats_url, mongo_url, f"drain_{tag2}", tag2, batch, log_dir)
     try:
         t0 = time.perf_counter()
-        while ing.acked() < n:
-            time.sleep(0.1)
+        ing.drain(n)
         drain_s = time.perf_counter() - t0
     finally:
         ing.stop()
@@ -196,6 +312,104 @@ def phase_throughput(nats_url: str, mongo_url: str, n: int, batch: int, log_dir:
         "note": "end_to_end publishes concurrently from this process (its CPU competes on 2 cores); "
         "backlog_drain is the ingest process alone on a pre-published stream",
     }
+
+
+def agg_trades_only(n: int, symbols: int = 10, seed: int = 2) -> list[bytes]:
+    names = [f"A{i:02d}USDT" for i in range(symbols)]
+    out: list[bytes] = []
+    for env in generate_session(names, n // (symbols * 300) + 2, seed=seed):
+        if env["data"]["e"] == "aggTrade":
+            out.append(orjson.dumps(env))
+            if len(out) == n:
+                break
+    assert len(out) == n, "session too short"
+    return out
+
+
+def _contender_run(
+    kind: str, nats_url: str, mongo_url: str, lines: list[bytes], batch: int, log_dir: Path, before: Path | None
+) -> dict:
+    """Start one ingest (ours, the naive one, or ours from an older tree) on a fresh stream and database,
+    publish while it drains."""
+    tag = uuid.uuid4().hex[:8]
+    db = f"cpu_{kind}_{tag}"
+    proc: IngestProcess | NaiveProcess
+    if kind == "naive":
+        proc = NaiveProcess(nats_url, mongo_url, db, tag, log_dir)
+    else:
+        root = before if kind == "before" and before is not None else ROOT
+        proc = IngestProcess(nats_url, mongo_url, db, tag, batch, log_dir, root=root)
+    try:
+        cpu0 = proc.cpu_s()
+        t0 = time.perf_counter()
+        pub = threading.Thread(
+            target=lambda: asyncio.run(publish_lines(nats_url, proc.subject, proc.stream, lines, progress=False))
+        )
+        pub.start()
+        proc.drain(len(lines))
+        seconds = time.perf_counter() - t0
+        cpu = proc.cpu_s() - cpu0
+        pub.join()
+    finally:
+        proc.stop()
+    with MongoStore(mongo_url, db) as store:
+        store.client.drop_database(db)
+    return {
+        "msg_per_s": round(len(lines) / seconds, 1),
+        "cpu_us_per_msg": round(cpu / len(lines) * 1e6, 1),
+        "seconds": round(seconds, 2),
+        "cpu_s": round(cpu, 2),
+    }
+
+
+def phase_cpu(
+    nats_url: str, mongo_url: str, n: int, rounds: int, batch: int, log_dir: Path, before: Path | None = None
+) -> dict:
+    """Ours beside ``bench/naive_ingest.py`` on the same messages, published while each drains.
+
+    Rounds alternate which contender goes first so the machine's other load hits both
+    alike; each figure is the best of its rounds (highest rate, lowest CPU per message),
+    medians beside.
+    """
+    out: dict = {
+        "anchor": "bench/naive_ingest.py: fetch 500, orjson, build documents, insert_many(ordered=False), "
+        "ack each; no validation",
+        "ours": "python -m ingest_service: strict validation of every event, dead letters, metrics",
+    }
+    for name, lines in (("agg_trades", agg_trades_only(n)), ("mixed_session", session(n))):
+        kinds = ["naive", "ours"] + (["before"] if before is not None else [])
+        runs: dict[str, list[dict]] = {k: [] for k in kinds}
+        for r in range(rounds):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                runs[kind].append(_contender_run(kind, nats_url, mongo_url, lines, batch, log_dir, before))
+        best = {
+            k: {
+                "msg_per_s": max(x["msg_per_s"] for x in v),
+                "cpu_us_per_msg": min(x["cpu_us_per_msg"] for x in v),
+            }
+            for k, v in runs.items()
+        }
+        median = {
+            k: {
+                "msg_per_s": round(statistics.median(x["msg_per_s"] for x in v), 1),
+                "cpu_us_per_msg": round(statistics.median(x["cpu_us_per_msg"] for x in v), 1),
+            }
+            for k, v in runs.items()
+        }
+        out[name] = {
+            "messages": n,
+            **best,
+            "median": median,
+            "median_rate_ratio_ours_over_naive": round(median["ours"]["msg_per_s"] / median["naive"]["msg_per_s"], 3),
+            "median_cpu_ratio_ours_over_naive": round(
+                median["ours"]["cpu_us_per_msg"] / median["naive"]["cpu_us_per_msg"], 3
+            ),
+            "rate_ratio_ours_over_naive": round(best["ours"]["msg_per_s"] / best["naive"]["msg_per_s"], 3),
+            "cpu_ratio_ours_over_naive": round(best["ours"]["cpu_us_per_msg"] / best["naive"]["cpu_us_per_msg"], 3),
+            "runs": runs,
+        }
+    out["target"] = "rate ratio >= 1.0 and CPU ratio <= 1.0"
+    return out
 
 
 def phase_latency(
@@ -295,8 +509,7 @@ def phase_memory(nats_url: str, mongo_url: str, rate: float, duration: float, ba
     sampler.start()
     try:
         asyncio.run(publish_lines(nats_url, ing.subject, ing.stream, lines, rate=rate, progress=False))
-        while ing.acked() < n:
-            time.sleep(0.5)
+        ing.drain(n)
     finally:
         done.set()
         sampler.join()
@@ -321,7 +534,16 @@ def phase_memory(nats_url: str, mongo_url: str, rate: float, duration: float, ba
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--phases", default="throughput,latency,memory")
+    ap.add_argument("--phases", default="cpu,throughput,latency,memory")
+    ap.add_argument("--cpu-messages", type=int, default=30_000, help="messages per workload of the cpu phase")
+    ap.add_argument("--cpu-rounds", type=int, default=2, help="alternating rounds per contender (best of)")
+    ap.add_argument(
+        "--cpu-before",
+        type=Path,
+        default=None,
+        help="a checkout of an older version (e.g. `git archive REV | tar -x -C DIR`): its ingest_service "
+        "runs as a third contender",
+    )
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--latency-rate", type=float, default=2000)
@@ -346,6 +568,10 @@ def main() -> int:
             started.append(start_secantus(port, tmp / "mongo"))
             mongo_url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
         out: dict = {"store": "SecantusDB" if args.mongo_url is None else args.mongo_url, "cores": os.cpu_count()}
+        if "cpu" in phases:
+            out["cpu"] = phase_cpu(
+                nats_url, mongo_url, args.cpu_messages, args.cpu_rounds, args.batch_size, tmp, args.cpu_before
+            )
         if "throughput" in phases:
             out["throughput"] = phase_throughput(nats_url, mongo_url, args.messages, args.batch_size, tmp)
         if "latency" in phases:

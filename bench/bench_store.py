@@ -6,12 +6,14 @@ Prints JSON. Starts its own SecantusDB on a free port (or uses --mongo-url), wri
 then reads them back by (symbol, time) range.
 
     .venv/bin/python bench/bench_store.py --docs 50000
+    .venv/bin/python bench/bench_store.py --modes standalone,replica-set --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +24,7 @@ from bson.decimal128 import Decimal128
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dm_resources.embedded import free_port, start_secantus
+from dm_resources.embedded import ManagedProcess, free_port, start_secantus
 from dm_resources.mongo import MongoStore
 
 
@@ -79,29 +81,75 @@ def run(store: MongoStore, n_docs: int, batch: int) -> dict:
     }
 
 
+def _start(mode: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    proc = start_secantus(port, Path(tempfile.mkdtemp(prefix=f"bench-store-{mode}-")), standalone=mode == "standalone")
+    return proc, f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def _one(url: str, docs: int, batch: int) -> dict:
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    store = MongoStore(url, db)
+    try:
+        return run(store, docs, batch)
+    finally:
+        store.client.drop_database(db)
+        store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--docs", type=int, default=50_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--mongo-url", default=None, help="use this server instead of starting SecantusDB")
+    ap.add_argument(
+        "--modes",
+        default="standalone",
+        help="SecantusDB launch modes to run side by side, e.g. 'standalone,replica-set' "
+        "(each gets its own server; rounds alternate so machine load hits both alike)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per mode (with several modes)")
     args = ap.parse_args()
-    proc = None
-    url = args.mongo_url
-    if url is None:
-        port = free_port()
-        proc = start_secantus(port, Path(tempfile.mkdtemp(prefix="bench-store-")))
-        url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    db = f"bench_{uuid.uuid4().hex[:8]}"
-    store = MongoStore(url, db)
-    try:
-        result = run(store, args.docs, args.batch)
-        result["server"] = "SecantusDB (embedded)" if proc else url
+    if args.mongo_url is not None:
+        result = _one(args.mongo_url, args.docs, args.batch)
+        result["server"] = args.mongo_url
         print(json.dumps(result, indent=2))
+        return
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"standalone", "replica-set"}
+    if unknown:
+        ap.error(f"unknown mode(s) {sorted(unknown)}: use standalone and/or replica-set")
+    servers = {m: _start(m) for m in modes}
+    try:
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.rounds if len(modes) > 1 else 1):
+            for m in modes:
+                runs[m].append(_one(servers[m][1], args.docs, args.batch))
     finally:
-        store.client.drop_database(db)
-        store.close()
-        if proc:
+        for proc, _ in servers.values():
             proc.stop()
+    if len(modes) == 1:
+        result = runs[modes[0]][0]
+        result["server"] = f"SecantusDB (embedded, {modes[0]})"
+        print(json.dumps(result, indent=2))
+        return
+    best = {m: max(r["bulk_write_docs_per_s"] for r in rs) for m, rs in runs.items()}
+    median = {m: statistics.median(r["bulk_write_docs_per_s"] for r in rs) for m, rs in runs.items()}
+    out: dict = {
+        "server": "SecantusDB (embedded)",
+        "modes": runs,
+        "best_bulk_write_docs_per_s": best,
+        "median_bulk_write_docs_per_s": median,
+    }
+    if set(modes) == {"standalone", "replica-set"}:
+        out["standalone_over_replica_set_writes"] = round(best["standalone"] / best["replica-set"], 3)
+        out["standalone_over_replica_set_writes_median"] = round(median["standalone"] / median["replica-set"], 3)
+        out["standalone_over_replica_set_reads"] = round(
+            max(r["range_read_rows_per_s"] for r in runs["standalone"])
+            / max(r["range_read_rows_per_s"] for r in runs["replica-set"]),
+            3,
+        )
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -160,13 +160,24 @@ def _mongo_ping(url: str) -> bool:
         return False
 
 
-def start_secantus(port: int, data_dir: Path, *, host: str = "127.0.0.1", cache_size: str = "1G") -> ManagedProcess:
-    """SecantusDB (MongoDB wire protocol over WiredTiger) with its data under ``data_dir``."""
+def start_secantus(
+    port: int, data_dir: Path, *, host: str = "127.0.0.1", cache_size: str = "1G", standalone: bool = True
+) -> ManagedProcess:
+    """SecantusDB (MongoDB wire protocol over WiredTiger) with its data under ``data_dir``.
+
+    ``standalone`` (the default) drops SecantusDB's single-node replica-set advertisement.
+    Nothing here uses change streams or multi-document transactions, the only reasons for
+    a replica set, and as a standalone the bulk-write rate is higher (measured side by
+    side with ``bench/bench_store.py --modes standalone,replica-set``). Pass
+    ``standalone=False`` for a caller that needs ``watch()``.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
+    mode = ["--standalone"] if standalone else []
     proc = ManagedProcess(
         "secantusdb",
         [
             _venv_binary("secantusd-py"),
+            *mode,
             "--host",
             host,
             "--port",

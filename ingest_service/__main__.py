@@ -1,4 +1,7 @@
-"""``python -m ingest_service``: run one ingest replica until SIGTERM/SIGINT (exit 0), bad config exit 2."""
+"""``python -m ingest_service``: run one ingest replica until SIGTERM/SIGINT (exit 0).
+
+Bad configuration, including a metrics port already taken, exits 2 with one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ async def _main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop)
-    return await service.run()
+    try:
+        return await service.run()
+    except SettingsError as exc:  # e.g. the metrics port is taken: one line, not a traceback
+        print(f"ingest_service: {exc}", file=sys.stderr)
+        return 2
 
 
 def main() -> int:

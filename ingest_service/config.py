@@ -31,6 +31,7 @@ class IngestSettings(BaseSettings):
     mongo_timeout_ms: int = Field(2000, ge=100)
     shutdown_grace_s: float = Field(3.0, gt=0)
     metrics_host: str = "0.0.0.0"
+    # 0 = any free port (the chosen one is logged, event "http_started"); a taken port exits 2.
     metrics_port: int = Field(9108, ge=0, le=65535)
     # Stream retention (limits policy). 0 means unlimited.
     stream_max_age_s: float = Field(7 * 24 * 3600, ge=0)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dm_resources.settings import SettingsError, load_settings
 from ingest_service.config import IngestSettings
-from ingest_service.service import connect_nats, ensure_stream
+from ingest_service.service import NatsUnreachableError, connect_nats, ensure_stream
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
@@ -100,17 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = count_lines(args.file)
     t0 = time.perf_counter()
-    sent = asyncio.run(
-        publish_lines(
-            args.nats_url or settings.nats_url,
-            args.subject or settings.nats_subject,
-            args.stream or settings.nats_stream,
-            read_lines(args.file),
-            rate=args.rate,
-            total=total,
-            progress=not args.no_progress,
+    try:
+        sent = asyncio.run(
+            publish_lines(
+                args.nats_url or settings.nats_url,
+                args.subject or settings.nats_subject,
+                args.stream or settings.nats_stream,
+                read_lines(args.file),
+                rate=args.rate,
+                total=total,
+                progress=not args.no_progress,
+            )
         )
-    )
+    except NatsUnreachableError as exc:  # bounded: 5 attempts, then one line
+        print(f"replay: {exc}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - t0
     print(
         orjson.dumps(

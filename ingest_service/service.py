@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
-import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import nats
@@ -35,26 +37,81 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential_jitter,
+    wait_random_exponential,
+)
 
 from dm_resources.mongo import MongoStore, StoreWriteError, WriteResult
-from dm_resources.settings import Settings
+from dm_resources.settings import Settings, SettingsError
 from ingest_service.config import IngestSettings
 from ingest_service.events import EVENT_TYPES, decode
 from ingest_service.metrics import HealthServer, IngestMetrics
+from ingest_service.pull import PullConsumer
 from ingest_service.writer import BatchPlan, MessageInfo, plan_batch, stored_count, write_newest_wins
 
 log = logging.getLogger("ingest_service")
 
 
 # -- NATS helpers shared with replay and feed ------------------------------------------
-async def connect_nats(url: str, name: str, *, on_state: Callable[[str], Any] | None = None, attempts: int = 0) -> NATS:
-    """Connect, retrying the first connection too (``attempts`` 0 = forever); reconnect forever after."""
+class NatsUnreachableError(ConnectionError):
+    """The first connection to NATS failed ``attempts`` times (only with a bound)."""
+
+
+async def _connect_once(url: str, name: str, timeout_s: float, callbacks: dict[str, Any]) -> NATS:
+    """One bounded connection attempt.
+
+    nats-py retries the first connection by itself, forever, when reconnects are
+    unlimited (``max_reconnect_attempts=-1``, which we want once connected), so the
+    bound has to come from outside: the attempt is cancelled after ``timeout_s`` and
+    the half-built client closed.
+    """
+    nc = NATS()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                servers=[u.strip() for u in url.split(",")],
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                allow_reconnect=True,
+                **callbacks,
+            ),
+            timeout_s,
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 1.0)
+        raise
+    return nc
+
+
+async def connect_nats(
+    url: str,
+    name: str,
+    *,
+    on_state: Callable[[str], Any] | None = None,
+    attempts: int = 0,
+    attempt_timeout_s: float = 5.0,
+) -> NATS:
+    """Connect, retrying the first connection too (``attempts`` 0 = forever); reconnect forever after.
+
+    With ``attempts`` > 0 it raises :class:`NatsUnreachableError` naming ``url`` after that
+    many attempts of at most ``attempt_timeout_s`` each (plus backoff of at most 5 s between).
+    """
 
     holder: list[NATS] = []
 
     async def _cb(state: str) -> None:
-        if holder and holder[0].is_closed:
-            return  # our own close(), not an outage
+        if not holder or holder[0].is_closed:
+            return  # a failed first attempt being closed, or our own close(): not an outage
         log.warning("nats %s", state, extra={"event": f"nats_{state}"})
         if on_state is not None:
             on_state(state)
@@ -68,30 +125,31 @@ async def connect_nats(url: str, name: str, *, on_state: Callable[[str], Any] | 
     async def error(exc: Exception) -> None:
         log.debug("nats error: %r", exc)
 
-    delay = 0.2
-    tried = 0
-    while True:
-        tried += 1
-        try:
-            nc = await nats.connect(
-                servers=[u.strip() for u in url.split(",")],
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=2,
-                allow_reconnect=True,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-            )
-            holder.append(nc)
-            return nc
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-            if attempts and tried >= attempts:
-                raise
-            log.warning("nats not reachable (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    callbacks = {"disconnected_cb": disconnected, "reconnected_cb": reconnected, "error_cb": error}
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type((TimeoutError, OSError, nats.errors.NoServersError)),
+        stop=stop_after_attempt(attempts) if attempts > 0 else stop_never,
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+        before_sleep=lambda rs: log.warning(
+            "nats at %s not reachable (%r); retry %d in %.1fs",
+            url,
+            rs.outcome.exception() if rs.outcome else None,
+            rs.attempt_number,
+            rs.upcoming_sleep,
+            extra={"event": "nats_connect_retry"},
+        ),
+    )
+    t0 = time.monotonic()
+    try:
+        nc: NATS = await retrying(_connect_once, url, name, attempt_timeout_s, callbacks)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        why = f"{type(last).__name__}: {last}" if str(last) else f"no connection within {attempt_timeout_s:g}s"
+        raise NatsUnreachableError(
+            f"NATS at {url} not reachable after {attempts} attempts in {time.monotonic() - t0:.1f}s ({why})"
+        ) from last
+    holder.append(nc)
+    return nc
 
 
 def stream_config(name: str, subjects: list[str], ingest: IngestSettings) -> StreamConfig:
@@ -120,6 +178,26 @@ async def ensure_stream(js: JetStreamContext, name: str, subject: str, ingest: I
             info = await js.stream_info(name)
     subjects = sorted(set(info.config.subjects or []) | {subject})
     await js.update_stream(stream_config(name, subjects, ingest))
+
+
+def _stream_seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
+class MetricsPortError(SettingsError):
+    """The metrics/health port cannot be bound: a configuration problem, reported in one line."""
+
+
+def metrics_port_problem(host: str, port: int, exc: OSError) -> str:
+    """Why the port could not be bound, naming the variables that fix it."""
+    if exc.errno == errno.EADDRINUSE:
+        why = f"{host}:{port} is already in use (another ingest replica on this host?)"
+    else:
+        why = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return (
+        f"DM_INGEST_METRICS_PORT={port}: {why}; set DM_INGEST_METRICS_PORT to a free port, "
+        "or 0 for any free port (the chosen port is logged)"
+    )
 
 
 # -- the service ---------------------------------------------------------------------
@@ -151,10 +229,9 @@ class IngestService:
         self.store = MongoStore(settings.mongo_url, settings.mongo_db, retry_attempts=1, client=client)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
-        self.psub: JetStreamContext.PullSubscription | None = None
+        self.puller: PullConsumer | None = None
         self.http: HealthServer | None = None
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.ingest.prefetch_batches)
-        self._held: set[int] = set()
         self._held_jobs: dict[int, Job] = {}
         self._stop = asyncio.Event()
         self._stopping = False
@@ -193,9 +270,13 @@ class IngestService:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> int:
         s, ing = self.settings, self.ingest
-        self.http = HealthServer(
-            ing.metrics_host, ing.metrics_port, self.metrics.registry, self.liveness, self.readiness
-        ).start()
+        try:
+            self.http = HealthServer(
+                ing.metrics_host, ing.metrics_port, self.metrics.registry, self.liveness, self.readiness
+            ).start()
+        except OSError as exc:
+            self.store.close()
+            raise MetricsPortError(metrics_port_problem(ing.metrics_host, ing.metrics_port, exc)) from None
         log.info(
             "metrics and health on %s:%d",
             ing.metrics_host,
@@ -275,33 +356,46 @@ class IngestService:
             return False
 
     async def _subscribe(self) -> bool:
+        """Create/update the stream and durable consumer and bind to it, retrying forever with backoff."""
+        assert self.js is not None
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((TimeoutError, nats.errors.Error)),
+            stop=stop_never,
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+            before_sleep=lambda rs: log.warning(
+                "stream/consumer setup failed (%r); retry %d in %.1fs",
+                rs.outcome.exception() if rs.outcome else None,
+                rs.attempt_number,
+                rs.upcoming_sleep,
+            ),
+        )
+        await retrying(self._subscribe_once)
+        return True
+
+    async def _subscribe_once(self) -> None:
         s, ing = self.settings, self.ingest
         assert self.js is not None
-        delay = 0.2
-        while True:
-            try:
-                await ensure_stream(self.js, s.nats_stream, s.nats_subject, ing)
-                cfg = ConsumerConfig(
-                    durable_name=s.nats_durable,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=ing.ack_wait_s,
-                    max_ack_pending=ing.max_ack_pending,
-                    max_deliver=-1,
-                    deliver_policy=DeliverPolicy.ALL,
-                    filter_subject=s.nats_subject,
-                    max_waiting=512,
-                )
-                # Create, or update an existing durable to the configured ack_wait/max_ack_pending.
-                await self.js.add_consumer(s.nats_stream, cfg)
-                self.psub = await self.js.pull_subscribe_bind(durable=s.nats_durable, stream=s.nats_stream)
-                self._subscribed = True
-                return True
-            except (TimeoutError, nats.errors.Error) as exc:
-                log.warning("stream/consumer setup failed (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await ensure_stream(self.js, s.nats_stream, s.nats_subject, ing)
+        cfg = ConsumerConfig(
+            durable_name=s.nats_durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ing.ack_wait_s,
+            max_ack_pending=ing.max_ack_pending,
+            max_deliver=-1,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=s.nats_subject,
+            max_waiting=512,
+        )
+        # Create, or update an existing durable to the configured ack_wait/max_ack_pending.
+        await self.js.add_consumer(s.nats_stream, cfg)
+        assert self.nc is not None
+        if self.puller is None:
+            self.puller = await PullConsumer(self.nc, s.nats_stream, s.nats_durable).start()
+        self._subscribed = True
 
     async def _close(self) -> None:
+        if self.puller is not None:
+            await self.puller.stop()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.flush(), 1.0)
@@ -314,13 +408,13 @@ class IngestService:
 
     # -- fetch --------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
-        assert self.psub is not None
+        assert self.puller is not None
         ing = self.ingest
         try:
             while not self._stopping:
                 self._heartbeat = time.monotonic()
                 try:
-                    msgs = await self.psub.fetch(ing.batch_size, timeout=ing.fetch_timeout_s)
+                    msgs = await self.puller.fetch(ing.batch_size, ing.fetch_timeout_s)
                 except TimeoutError:  # includes nats TimeoutError / FetchTimeoutError
                     continue
                 except nats.errors.Error as exc:
@@ -338,6 +432,10 @@ class IngestService:
                 job.plan = await asyncio.to_thread(self._plan, job.msgs)
                 await self._queue.put(job)
         finally:
+            # Delivered to our inbox after the last fetch: hand back for another replica now.
+            leftover = self.puller.take_buffered()
+            if leftover:
+                await self._nak(Job(leftover))
             await self._queue.put(None)
 
     def _hold(self, job: Job) -> None:
@@ -369,14 +467,24 @@ class IngestService:
         m = self.metrics
         m.batch_size.observe(len(job.msgs))
         assert job.plan is not None
+        received: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
+        open_klines = 0
         for dec in job.plan.decoded:
             # Only known types as labels: an unknown type is attacker-chosen text (unbounded cardinality).
             label = dec.event_type if dec.event_type in EVENT_TYPES else "unknown"
-            m.received.labels(label).inc()
+            received[label] += 1
             if dec.error is not None:
-                m.dead_lettered.labels(label).inc()
-            elif dec.event_type == "kline" and not dec.docs:
-                m.open_klines.inc()
+                dead[label] += 1
+            elif not dec.docs and dec.event_type == "kline":
+                open_klines += 1
+        # One increment per label and batch: per-message ``labels().inc()`` was a visible CPU cost.
+        for label, n in received.items():
+            m.received.labels(label).inc(n)
+        for label, n in dead.items():
+            m.dead_lettered.labels(label).inc(n)
+        if open_klines:
+            m.open_klines.inc(open_klines)
         if not await self._write_with_retry(job):
             log.warning(
                 "shutdown during a store outage: %d messages left unacked for redelivery",
@@ -391,45 +499,62 @@ class IngestService:
     @staticmethod
     def _plan(msgs: list[Msg]) -> BatchPlan:
         received = int(time.time() * 1000)
-        infos = [MessageInfo(m.data, m.subject, m.metadata.sequence.stream) for m in msgs]
+        # ``m.metadata`` parses the reply subject: only dead letters need the sequence.
+        infos = [MessageInfo(m.data, m.subject, partial(_stream_seq, m)) for m in msgs]
         return plan_batch(infos, [decode(i.data) for i in infos], received)
 
     async def _write_with_retry(self, job: Job) -> bool:
+        """Write the batch, retrying store errors forever, or until a stop's grace period runs out.
+
+        Returns False only at shutdown during an outage (the batch stays unacked and is
+        redelivered). Capped full-jitter backoff; while stopping, no sleep or attempt
+        outlives the grace period (one attempt may block for the Mongo timeout).
+        """
         assert job.plan is not None
-        attempt = 0
-        while True:
-            self._heartbeat = time.monotonic()
-            try:
-                await asyncio.to_thread(self._write_plan, job.plan)
-                if self._store_failing:
-                    log.info(
-                        "MongoDB writes succeed again after %d retries",
-                        attempt,
-                        extra={"event": "store_recovered", "retries": attempt},
-                    )
-                self._store_failing = False
-                self._store_ok = True
-                return True
-            except PyMongoError as exc:
-                attempt += 1
-                self._store_failing = True
-                self._store_ok = False
-                self.metrics.store_retries.inc()
-                log.warning(
-                    "MongoDB write failed (%s: %s); retry %d",
-                    type(exc).__name__,
-                    str(exc)[:200],
-                    attempt,
-                    extra={"event": "store_retry", "attempt": attempt},
-                )
-            # Do not start an attempt that could outlive the grace period (one attempt may
-            # block for the Mongo timeout).
-            if self._stopping and time.monotonic() >= self._deadline - self.ingest.mongo_timeout_ms / 1000:
-                return False
-            delay = min(self.ingest.retry_max_backoff_s, 0.1 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+        plan = job.plan
+        backoff = wait_random_exponential(multiplier=0.1, max=self.ingest.retry_max_backoff_s)
+
+        def wait(rs: RetryCallState) -> float:
+            delay = backoff(rs)
             if self._stopping:
                 delay = min(delay, max(0.0, self._deadline - time.monotonic() - 1.0))
-            await asyncio.sleep(delay)
+            return delay
+
+        def give_up(rs: RetryCallState) -> bool:
+            return self._stopping and time.monotonic() >= self._deadline - self.ingest.mongo_timeout_ms / 1000
+
+        def failed(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            self._store_failing = True
+            self._store_ok = False
+            self.metrics.store_retries.inc()
+            log.warning(
+                "MongoDB write failed (%s: %s); retry %d",
+                type(exc).__name__,
+                str(exc)[:200],
+                rs.attempt_number,
+                extra={"event": "store_retry", "attempt": rs.attempt_number},
+            )
+
+        async def attempt() -> None:
+            self._heartbeat = time.monotonic()
+            await asyncio.to_thread(self._write_plan, plan)
+
+        retrying = AsyncRetrying(retry=retry_if_exception_type(PyMongoError), stop=give_up, wait=wait, after=failed)
+        try:
+            await retrying(attempt)
+        except RetryError:
+            return False
+        if self._store_failing:
+            retries = retrying.statistics.get("attempt_number", 1) - 1
+            log.info(
+                "MongoDB writes succeed again after %d retries",
+                retries,
+                extra={"event": "store_recovered", "retries": retries},
+            )
+        self._store_failing = False
+        self._store_ok = True
+        return True
 
     async def _progress_loop(self) -> None:
         """Reset ack_wait of every message held longer than a third of it (queued, slow or retried batches).
@@ -518,9 +643,9 @@ class IngestService:
                     self._store_ok = await asyncio.to_thread(self.store.ping)
                 except PyMongoError:
                     self._store_ok = False
-            if self.psub is not None and self.nc is not None and self.nc.is_connected:
+            if self.js is not None and self._subscribed and self.nc is not None and self.nc.is_connected:
                 try:
-                    info = await self.psub.consumer_info()
+                    info = await self.js.consumer_info(self.settings.nats_stream, self.settings.nats_durable)
                     self.metrics.consumer_pending.set(info.num_pending or 0)
                     self.metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
                 except (TimeoutError, nats.errors.Error) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from bson.binary import Binary
 from bson.decimal128 import Decimal128
 
-from ingest_service.events import dead_letter_doc, decode, newest_funding, to_decimal128
+from ingest_service.events import dead_letter_doc, decode, decode_reference, newest_funding, to_decimal128
 from ingest_service.generator import generate_session, malformed_messages
 from ingest_service.writer import MessageInfo, plan_batch
 
@@ -303,6 +304,9 @@ def test_prices_keep_every_digit(text: str) -> None:
         (env("btcusdt@aggTrade", {**AGG, "s": "btc:usdt"}), "field 's'"),
         (env("btcusdt@kline_1m", {**KLINE, "k": {**KLINE["k"], "x": "true"}}), "field 'k.x'"),
         (env("btcusdt@depth", {**DEPTH, "b": [["1.0"]]}), "field 'b.0'"),
+        # Beyond int64 the store's encoder would fail the whole batch: refused here instead.
+        (env("btcusdt@aggTrade", {**AGG, "a": 2**63}), "field 'a'"),
+        (env("btcusdt@kline_1m", {**KLINE, "k": {**KLINE["k"], "n": 2**64 - 1}}), "field 'k.n'"),
     ],
 )
 def test_bad_input_gives_a_reason(raw: bytes, reason: str) -> None:
@@ -442,3 +446,109 @@ def test_ingest_settings_name_the_bad_variable(monkeypatch: pytest.MonkeyPatch) 
 def test_non_ascii_symbols_are_real_symbols() -> None:
     doc = only(env("币安人生usdt@aggTrade", {**AGG, "s": "币安人生USDT"}))[1]
     assert doc["_id"] == "币安人生USDT:5933014"
+
+
+def test_int64_edges_are_accepted() -> None:
+    assert only(env("btcusdt@aggTrade", {**AGG, "a": 2**63 - 1}))[1]["agg_id"] == 2**63 - 1
+    assert only(env("btcusdt@aggTrade", {**AGG, "f": -(2**63)}))[1]["first_trade_id"] == -(2**63)
+
+
+def _decimal_strings(rng: random.Random, n: int) -> list[str]:
+    out = [
+        "0",
+        "-0",
+        "+0",
+        "0.0",
+        "-0.000",
+        "1.",
+        ".5",
+        "+.5",
+        "-1.",
+        "00012.3400",
+        ".",
+        "",
+        "+",
+        "-",
+        "1e5",
+        "1E-7",
+        "-2.5e+3",
+        " 1",
+        "1 ",
+        "1.5\n",
+        "NaN",
+        "inf",
+        "1..2",
+        "1.2.3",
+        "٣.٥",
+        "9" * 34,
+        "9" * 35,
+        "1" + "0" * 34,
+        "0." + "0" * 37 + "1",
+        "1." + "0" * 34,
+        "-" + "9" * 34 + ".0",
+    ]
+    for _ in range(n):
+        whole = "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 20)))
+        frac = "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 20)))
+        s = rng.choice(["", "-", "+"]) + whole + (rng.choice([".", ""]) if not frac else "." + frac)
+        if rng.random() < 0.1:
+            s += f"e{rng.randint(-40, 40)}"
+        out.append(s)
+    return out
+
+
+def test_fast_decimal128_is_bit_for_bit_bsons() -> None:
+    """The hand-packed BID bits equal bson's own conversion, and refusals are the same."""
+    from ingest_service import events
+
+    rng = random.Random(12)
+    checked = 0
+    for text in _decimal_strings(rng, 20_000):
+        events._DECIMALS.clear()
+        try:
+            ref = events._to_decimal128_exact(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                to_decimal128(text)
+            continue
+        assert to_decimal128(text).bid == ref.bid, text
+        assert to_decimal128(text).bid == ref.bid, text  # from the cache
+        checked += 1
+    assert checked > 15_000
+
+
+def _mutations(rng: random.Random, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variants of a valid payload: each key dropped, retyped, overflowed, or its decimal reshaped."""
+    out = []
+    for key, value in data.items():
+        out.append({k: v for k, v in data.items() if k != key})
+        if isinstance(value, bool):
+            out.append({**data, key: int(value)})
+        elif isinstance(value, int):
+            out += [{**data, key: str(value)}, {**data, key: float(value)}, {**data, key: 2**63}, {**data, key: True}]
+        elif isinstance(value, str):
+            out += [{**data, key: None}, {**data, key: 1}, {**data, key: value + "e0"}, {**data, key: value.lower()}]
+            out.append({**data, key: ""})
+        elif isinstance(value, dict):
+            out += [{**data, key: m} for m in _mutations(rng, value)]
+        elif isinstance(value, list):
+            out += [{**data, key: []}, {**data, key: [["1"]]}, {**data, key: [[1, "2"]]}, {**data, key: "x"}]
+    return out
+
+
+def test_fast_path_and_reference_path_agree() -> None:
+    """Whatever the fast path decides, the reference rules (pydantic) decide the same way."""
+    rng = random.Random(3)
+    payloads = [AGG, KLINE, DEPTH, TICKER, BOOK, MARK, {**MARK, "r": "", "T": 0}]
+    raws = [env("x@y", p) for p in payloads]
+    raws += [orjson.dumps(e) for e in _session(1)]
+    for p in payloads:
+        raws += [env("x@y", m) for m in _mutations(rng, p)]
+        raws.append(orjson.dumps(p))  # bare payload
+    raws += [raw for raw, _ in malformed_messages(60)]
+    fast_accepted = 0
+    for raw in raws:
+        fast, ref = decode(raw), decode_reference(raw)
+        assert fast == ref, raw
+        fast_accepted += fast.error is None
+    assert fast_accepted > 500 and len(raws) - fast_accepted > 200

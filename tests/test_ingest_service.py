@@ -608,3 +608,52 @@ def test_nats_restart_reconnects_and_resumes(mongo_server: Any, tmp_path: Path) 
     finally:
         ing.close()
         nats_proc.stop()
+
+
+def test_second_replica_on_a_taken_metrics_port_exits_2_with_one_line(ingest: Ingest) -> None:
+    first = ingest.start()
+    taken = ingest.port
+    env = ingest.env(DM_INGEST_METRICS_PORT=str(taken))
+    second = subprocess.run(
+        [sys.executable, "-m", "ingest_service"], env=env, cwd=ROOT, capture_output=True, timeout=120
+    )
+    err = second.stderr.decode(errors="replace").strip()
+    assert second.returncode == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"DM_INGEST_METRICS_PORT={taken}" in err and "already in use" in err and "0 for any free port" in err
+    assert first.poll() is None  # the running replica is untouched
+
+
+def test_metrics_port_zero_picks_a_free_port_and_logs_it(ingest: Ingest) -> None:
+    log_path = ingest.tmp / "ingest-port0.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest_service"],
+            env=ingest.env(DM_INGEST_METRICS_PORT="0"),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    ingest.procs.append(proc)
+
+    def logged_port() -> int | None:
+        for line in log_path.read_bytes().splitlines():
+            if line.startswith(b"{"):
+                rec = orjson.loads(line)
+                if rec.get("event") == "http_started":
+                    return int(rec["port"])
+        return None
+
+    wait_for(lambda: logged_port() is not None, 30, "the http_started log line", proc=proc, ingest=ingest)
+    port = logged_port()
+    assert port and port != 0
+    assert requests.get(f"http://127.0.0.1:{port}/health/liveness", timeout=5).status_code == 200
+
+
+def test_connect_nats_with_attempts_gives_up_naming_the_url() -> None:
+    from ingest_service.service import NatsUnreachableError, connect_nats
+
+    url = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    with pytest.raises(NatsUnreachableError, match=f"NATS at {url} not reachable after 2 attempts"):
+        # The outer bound only turns "never gives up" into a failure instead of a hang.
+        asyncio.run(asyncio.wait_for(connect_nats(url, "t", attempts=2, attempt_timeout_s=1.0), 60))
