@@ -294,8 +294,9 @@ def test_latest_health_by_symbol(store: MetadataStore) -> None:
         ]
     )
     latest = store.latest_health_by_symbol()
+    # The worst interval of the latest day speaks for the pair, not the most recent row.
     assert {s: (r.day, r.interval, r.score) for s, r in latest.items()} == {
-        "BTCUSDT": (d2, "5m", 65.0),
+        "BTCUSDT": (d2, "1m", 60.0),
         "ETHUSDT": (d1, "1m", 70.0),
     }
     only_1m = store.latest_health_by_symbol(interval="1m")

@@ -210,7 +210,10 @@ def summary(
     st: State,
     period: Annotated[
         str | None,
-        Query(description="candle interval to summarise; default: the most recently computed per pair", max_length=8),
+        Query(
+            description="interval to summarise; default: each pair's worst interval on its latest day",
+            max_length=8,
+        ),
     ] = None,
 ) -> HealthSummary:
     """Each pair's latest daily data-quality score (from ``health_metrics``)."""

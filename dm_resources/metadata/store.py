@@ -167,7 +167,11 @@ class MetadataStore(SqlStore):
             return [HealthMetricRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
 
     def latest_health_by_symbol(self, interval: str | None = None) -> dict[str, HealthMetricRecord]:
-        """Each symbol's row for its latest day; across intervals the most recently computed one wins."""
+        """Each symbol's row for its latest day; across intervals the *worst* score wins.
+
+        A pair summary must not look healthy because its freshest row is: 1m at 100 beside an
+        order book at 60 reports the 60 (ties: the most recently computed row).
+        """
         t = HEALTH
         latest = select(t.c.symbol, func.max(t.c.day).label("day")).group_by(t.c.symbol)
         if interval is not None:
@@ -181,7 +185,7 @@ class MetadataStore(SqlStore):
             for r in conn.execute(q):
                 rec = HealthMetricRecord.model_validate(dict(r._mapping))
                 prev = out.get(rec.symbol)
-                if prev is None or (rec.computed_at, rec.id) > (prev.computed_at, prev.id):
+                if prev is None or (-rec.score, rec.computed_at, rec.id) > (-prev.score, prev.computed_at, prev.id):
                     out[rec.symbol] = rec
         return dict(sorted(out.items()))
 
