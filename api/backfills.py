@@ -14,20 +14,10 @@ from typing import Any
 
 from api.params import ParamError
 from dm_resources.backfill_status import backfill_status, run_status
+from dm_resources.contracts import BACKFILL_ASSET_PATHS, SYMBOLS_PARTITIONS_NAME
 from dm_resources.dagster_client import DagsterAPIError, DagsterGraphQL
 
-DAY_MS = 86_400_000
-# dm_assets.partitions.SYMBOLS_PARTITIONS_NAME; not imported so the API does not load Dagster.
-SYMBOLS_PARTITIONS_NAME = "symbols"
-CANDLE_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
-# Every candle interval plus the quality assets that audit and score them.
-BACKFILL_ASSETS: tuple[tuple[str, ...], ...] = (
-    *(("candles", f"candles_{iv}") for iv in CANDLE_INTERVALS),
-    ("quality", "audit_results"),
-    ("quality", "health_scores"),
-    # Settled funding history from REST for the same days × symbols (dm_assets/funding).
-    ("funding", "funding_history"),
-)
+BACKFILL_ASSETS: tuple[tuple[str, ...], ...] = tuple(tuple(p) for p in BACKFILL_ASSET_PATHS)
 
 REPOSITORIES = """
 query { repositoriesOrError { __typename

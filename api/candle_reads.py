@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from api.queries import FUTURE_SLACK_MS, dumps, now_ms
+from api.queries import FUTURE_SLACK_MS, dumps
 from dm_resources.candle_store import Bucket, CandleStore, bucket_bounds, step_ms
+from dm_resources.contracts import now_ms
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 CSV_MEDIA_TYPE = "text/csv"

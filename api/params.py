@@ -13,11 +13,11 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
-from dm_resources.contracts import SYMBOL_RE, duration_ms
+from dm_resources.contracts import CANDLE_INTERVALS, SYMBOL_RE, duration_ms
 
 # Intervals the candle assets build (dm_assets.candles); clients asking for another
 # Binance interval get a 4xx that lists these rather than an empty page.
-CANDLE_PERIODS: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+CANDLE_PERIODS: tuple[str, ...] = CANDLE_INTERVALS
 MAX_LIMIT, DEFAULT_LIMIT = 5000, 500
 # Year 1970 .. 9999 in epoch ms: anything outside is a typo, not a time.
 MAX_EPOCH_MS = 253_402_300_799_999

@@ -25,7 +25,6 @@ Filters are built here from already-validated values only (``api.params``): symb
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from pymongo import ASCENDING
 
+from dm_resources.contracts import now_ms
 from dm_resources.mongo import COLLECTIONS, MongoStore
 
 # NDJSON streams decode whole raw batches with bson.decode_all (~2x faster than pymongo's
@@ -61,10 +61,6 @@ def explicit_sort(store: MongoStore) -> bool:
         with _sort_lock:
             _EXPLICIT_SORT[key] = known
     return known
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _default(obj: Any) -> Any:

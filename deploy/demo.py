@@ -35,6 +35,7 @@ import warnings
 from typing import Any
 
 from dm_resources.candle_store import CandleStore
+from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.embedded import (
     ROOT,
@@ -53,10 +54,7 @@ from ingest_service.progress import drain_budget_s, read_progress, wait_drained
 
 VAR = ROOT / "var"
 warnings.filterwarnings("ignore", message=".*currently in beta.*")
-CANDLE_AND_QUALITY = [["candles", f"candles_{iv}"] for iv in ("1m", "5m", "15m", "1h", "4h", "1d")] + [
-    ["quality", "audit_results"],
-    ["quality", "health_scores"],
-]
+CANDLE_AND_QUALITY = [list(p) for p in (*CANDLE_ASSET_PATHS, AUDIT_RESULTS_PATH, HEALTH_SCORES_PATH)]
 
 
 def say(msg: str) -> None:

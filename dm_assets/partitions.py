@@ -16,14 +16,12 @@ from dagster import (
     MultiPartitionsDefinition,
 )
 
+from dm_resources.contracts import DATE_DIM, SYMBOL_DIM, SYMBOLS_PARTITIONS_NAME
+from dm_resources.intervals import DAY_MS
 from dm_resources.settings import get_settings
 
-DATE_DIM = "date"
 # Whether sensors and schedules start running (DM_AUTOMATION); the UI can still toggle each.
 AUTOMATION_STATUS = "RUNNING" if get_settings().automation else "STOPPED"
-SYMBOL_DIM = "symbol"
-SYMBOLS_PARTITIONS_NAME = "symbols"
-DAY_MS = 86_400_000
 
 # end_offset=1 makes today a partition too: the scheduled audit and the gap sensor
 # work on the current day while it fills.

@@ -46,6 +46,8 @@ from bson import Binary
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
+from dm_resources.contracts import now_ms
+from dm_resources.intervals import DAY_DIVIDING_INTERVAL_MS, DAY_MS
 from dm_resources.mongo import WriteResult
 
 log = logging.getLogger(__name__)
@@ -55,27 +57,13 @@ LEGACY = "candles"
 VERSIONS = "dataset_versions"
 ENCODING = 1  # bump when the layout of a bucket document changes
 
-DAY_MS = 86_400_000
 # No market data before this: open-ended reads are bounded below here (SecantusDB scans on
 # reads bounded only by symbol).
 FLOOR_MS = 1_483_228_800_000  # 2017-01-01
 # Open-ended reads stop a day past the wall clock: nothing is stored from the future.
 FUTURE_SLACK_MS = DAY_MS
 
-INTERVAL_MS: dict[str, int] = {
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "6h": 21_600_000,
-    "8h": 28_800_000,
-    "12h": 43_200_000,
-    "1d": DAY_MS,
-}
+INTERVAL_MS = DAY_DIVIDING_INTERVAL_MS
 YEAR_BUCKET_INTERVALS = frozenset({"1d"})
 
 FLOAT_COLUMNS = (
@@ -103,10 +91,6 @@ ROW_FIELDS = (
     "flags",
 )
 META_FIELDS = ("symbol", "interval", "start", "end", "n", "first", "last", "v", "updated_at", "enc")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def step_ms(interval: str) -> int:

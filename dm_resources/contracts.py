@@ -39,8 +39,16 @@ def candle_asset_path(interval: str) -> list[str]:
 CANDLE_ASSET_PATHS: tuple[list[str], ...] = tuple(candle_asset_path(iv) for iv in CANDLE_INTERVALS)
 AUDIT_RESULTS_PATH: list[str] = [QUALITY_GROUP, "audit_results"]
 HEALTH_SCORES_PATH: list[str] = [QUALITY_GROUP, "health_scores"]
-#: What one backfill partition materializes, from 1m candles to the health score.
-BACKFILL_ASSET_PATHS: tuple[list[str], ...] = (*CANDLE_ASSET_PATHS, AUDIT_RESULTS_PATH, HEALTH_SCORES_PATH)
+FUNDING_HISTORY_PATH: list[str] = ["funding", "funding_history"]
+ORDERBOOK_SNAPSHOTS_PATH: list[str] = ["orderbook", "orderbook_snapshots"]
+#: What one backfill partition materializes: 1m candles to the health score, and the day's
+#: settled funding history from REST.
+BACKFILL_ASSET_PATHS: tuple[list[str], ...] = (
+    *CANDLE_ASSET_PATHS,
+    AUDIT_RESULTS_PATH,
+    HEALTH_SCORES_PATH,
+    FUNDING_HISTORY_PATH,
+)
 
 # -- partitions ----------------------------------------------------------------------------
 SYMBOLS_PARTITIONS_NAME = "symbols"

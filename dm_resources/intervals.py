@@ -43,6 +43,8 @@ INTERVAL_MS: dict[str, int] = {
     "1d": DAY_MS,
     "3d": 3 * DAY_MS,
 }
+#: The fixed-length intervals that divide a UTC day (1m … 1d): a day's buckets of these are whole.
+DAY_DIVIDING_INTERVAL_MS: dict[str, int] = {iv: ms for iv, ms in INTERVAL_MS.items() if DAY_MS % ms == 0}
 CALENDAR_INTERVALS: tuple[str, ...] = ("1w", "1M")
 #: Every interval Binance USD-M futures serves, shortest first.
 VALID_INTERVALS: tuple[str, ...] = (*INTERVAL_MS, *CALENDAR_INTERVALS)

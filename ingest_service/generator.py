@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from dm_resources.intervals import DAY_MS, MINUTE_MS
 from ingest_service.pricepath import PRICE_DECIMALS, Market, PlannedTrade, minute_trades
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 BASE_PRICES = {"BTCUSDT": 87_000.0, "ETHUSDT": 2_950.0, "SOLUSDT": 125.0, "BNBUSDT": 860.0, "XRPUSDT": 1.9}
 FUNDING_HOURS = (8, 4, 1)

@@ -25,6 +25,7 @@ from dm_assets.candles.sensors import gap_sensor
 from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME, day_bounds_ms, partition_key
 from dm_assets.quality.assets import QUALITY_ASSETS
 from dm_resources.binance import Kline
+from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
@@ -125,7 +126,7 @@ def materialized(result: ExecuteInProcessResult, node: str) -> bool:
 
 def candle(store: MongoStore, i: int, interval: str = "1m") -> dict[str, Any]:
     step = {"1m": M, "5m": 5 * M, "1h": 60 * M}[interval]
-    (doc,) = store.read_range("candles", SYMBOL, START + i * step, START + (i + 1) * step, extra={"interval": interval})
+    (doc,) = CandleStore(store).read_range(SYMBOL, interval, START + i * step, START + (i + 1) * step)
     return doc
 
 

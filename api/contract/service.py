@@ -37,8 +37,9 @@ from api.contract.filters import (
     parse_sort,
 )
 from api.params import ParamError
-from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort, now_ms
+from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort
 from dm_resources.candle_store import CandleStore
+from dm_resources.contracts import now_ms
 from dm_resources.metadata.platform import TABLES, Cond, ConflictError, PlatformTables
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore

@@ -11,6 +11,7 @@ from pydantic import Field
 from api.deps import AppState, State, read_access
 from api.models import DatasetRecord, DatasetSchema, ErrorResponse, LineageResponse, _Model
 from api.params import ParamError, normalise_pair
+from dm_resources.contracts import CANDLE_INTERVALS, ORDERBOOK_SNAPSHOTS_PATH, candle_asset_path
 from dm_resources.mongo import RAW_COLLECTIONS
 from dm_resources.retention import retention_table
 
@@ -87,14 +88,14 @@ def schema(st: State, dataset_id: DatasetId) -> DatasetSchema:
 
 def lineage_node(rec: DatasetRecord) -> str:
     """The asset key (as the lineage table stores it) that produces a dataset."""
-    if rec.kind == "candles" and rec.interval:
-        return f"candles/candles_{rec.interval}"
+    if rec.kind == "candles" and rec.interval in CANDLE_INTERVALS:
+        return "/".join(candle_asset_path(rec.interval))
     if rec.kind.startswith("analytics."):
         return f"analytics/{rec.kind.removeprefix('analytics.')}"
     if rec.kind in RAW_COLLECTIONS:
         return f"raw/{rec.kind}"
     if rec.kind in ("depth_snapshots", "orderbook_snapshots"):
-        return "orderbook/orderbook_snapshots"
+        return "/".join(ORDERBOOK_SNAPSHOTS_PATH)
     return rec.kind
 
 

@@ -18,7 +18,8 @@ from pydantic import Field
 from api.deps import State, known_pair, read_access
 from api.models import ErrorResponse, _Model
 from api.params import ParamError, parse_time
-from api.queries import dumps, now_ms
+from api.queries import dumps
+from dm_resources.contracts import now_ms
 
 router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
 

@@ -40,6 +40,7 @@ from dm_assets.candles.assets import candles_key
 from dm_assets.partitions import SYMBOL_DIM, SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME
 from dm_assets.raw.assets import raw_key
 from dm_resources.candle_store import bump_analytics_versions
+from dm_resources.contracts import now_ms
 from dm_resources.resources import MongoResource
 
 ANALYTICS_GROUP = "analytics"
@@ -148,7 +149,7 @@ class AnalyticsConfig(Config):
     )
 
     def resolve(self) -> int:
-        return int(self.as_of_ms) if self.as_of_ms is not None else build.now_ms()
+        return int(self.as_of_ms) if self.as_of_ms is not None else now_ms()
 
 
 def run_config(as_of_ms: int | None, *, symbol_assets: bool = True, correlation: bool = True) -> RunConfig:

@@ -25,7 +25,6 @@ whose ``window_end`` tells how old it is).
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,15 +39,13 @@ from dm_assets.analytics.volatility import compute_volatility
 from dm_assets.analytics.volume import compute_volume
 from dm_assets.candles import compute
 from dm_assets.candles.build import read_candles
+from dm_resources.contracts import CORRELATION_SYMBOL
+from dm_resources.intervals import DAY_MS, HOUR_MS, MINUTE_MS
 
 if TYPE_CHECKING:
     from dm_resources.mongo import MongoStore
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 
-CORRELATION_SYMBOL = "*"
 # Crossover lists grow with the lookback; the newest ones are what a reader acts on.
 MAX_CROSSOVERS = 20
 
@@ -155,10 +152,6 @@ DATASETS: tuple[tuple[str, str], ...] = (
     ("spread", SPREAD_LABEL),
     ("funding", FUNDING_LABEL),
 )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def floor_ms(t: int, step: int) -> int:

@@ -8,7 +8,6 @@ skip missing terms (they are fed the present values in order).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +23,9 @@ from dm_assets.analytics.volatility import (
     to_grid,
     valid_ohlc,
 )
+from dm_resources.contracts import duration_ms
 
 DEFAULT_HORIZONS: tuple[str, ...] = ("1h", "4h", "1d", "7d", "30d")
-_DURATION = re.compile(r"^(\d+)([mhdw])$")
-_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
 # --------------------------------------------------------------------------- smoothers
@@ -135,10 +133,10 @@ def horizon_bars(horizon: int | str, interval: str) -> int:
         if horizon < 1:
             raise ValueError("horizon must be >= 1 bar")
         return horizon
-    m = _DURATION.match(horizon)
-    if not m:
-        raise ValueError(f"bad horizon {horizon!r}: use an int (bars) or e.g. '15m', '4h', '7d'")
-    ms = int(m.group(1)) * _UNIT_MS[m.group(2)]
+    try:
+        ms = duration_ms(horizon)
+    except ValueError:
+        raise ValueError(f"bad horizon {horizon!r}: use an int (bars) or e.g. '15m', '4h', '7d'") from None
     step = interval_ms(interval)
     if ms < step or ms % step:
         raise ValueError(f"horizon {horizon} is not a whole number of {interval} bars")
@@ -254,7 +252,7 @@ def compute_trend(
         raise ValueError("need 1 <= fast < slow")
     if horizons is None:
         step = interval_ms(interval)
-        horizons = [h for h in DEFAULT_HORIZONS if _duration_ms(h) >= step and _duration_ms(h) % step == 0]
+        horizons = [h for h in DEFAULT_HORIZONS if duration_ms(h) >= step and duration_ms(h) % step == 0]
     grid = to_grid(candles, interval)
     if grid.empty:
         return TrendResult(
@@ -293,9 +291,3 @@ def compute_trend(
         v is None for v in (result.sma_slow, result.ema_slow, result.adx, result.slope_per_bar)
     )
     return result
-
-
-def _duration_ms(label: str) -> int:
-    m = _DURATION.match(label)
-    assert m is not None
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]

@@ -20,12 +20,12 @@ from dagster import (
 from dm_assets.candles import audit, build, checks
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
 from dm_assets.raw.assets import raw_key
+from dm_resources.contracts import CANDLE_INTERVALS, CANDLES_GROUP, HIGHER_CANDLE_INTERVALS, candle_asset_path
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
 from dm_resources.settings import get_settings
 
-CANDLES_GROUP = "candles"
-HIGHER_INTERVALS = ("5m", "15m", "1h", "4h", "1d")
-INTERVALS = ("1m", *HIGHER_INTERVALS)
+HIGHER_INTERVALS = HIGHER_CANDLE_INTERVALS
+INTERVALS = CANDLE_INTERVALS
 
 # Measured in bench/bench_backfill.py (README): several partitions per run amortise run
 # start-up (process launch, resource set-up) while keeping a failed run's blast radius small.
@@ -38,7 +38,7 @@ CANDLE_FRESHNESS = FreshnessPolicy.time_window(
 
 
 def candles_key(interval: str) -> AssetKey:
-    return AssetKey([CANDLES_GROUP, f"candles_{interval}"])
+    return AssetKey(candle_asset_path(interval))
 
 
 def _check_specs(interval: str) -> list[AssetCheckSpec]:

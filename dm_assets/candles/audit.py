@@ -19,6 +19,7 @@ from dm_assets.candles.compute import candles_frame, interval_ms
 from dm_assets.candles.integrity import thresholds_for
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.candle_store import CandleStore
+from dm_resources.contracts import candle_asset_path
 from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn
 
 if TYPE_CHECKING:
@@ -116,15 +117,13 @@ def message(r: CheckResult) -> str:
 
 
 def to_audit_log(r: CheckResult, *, symbol: str, interval: str, partition_key: str, run_id: str | None) -> AuditLogIn:
-    from dm_assets.candles.assets import candles_key
-
     return AuditLogIn(
         check_name=r.name,
         severity=_SEVERITY_TO_LOG[r.severity],
         passed=r.passed,
         message=message(r),
         details=r.metadata(),
-        asset_key=candles_key(interval).to_user_string(),
+        asset_key="/".join(candle_asset_path(interval)),
         partition_key=partition_key,
         symbol=symbol,
         interval=interval,

@@ -36,7 +36,6 @@ ones are not built.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +47,8 @@ from dm_assets.candles import checks, compute, integrity
 from dm_assets.candles.integrity import FINDING_FLAGS, FLAG_BAD_PRINT, FLAG_DISAGREE, FLAG_OHLC, FLAG_VERIFIED
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.candle_store import CandleStore
+from dm_resources.contracts import now_ms
+from dm_resources.intervals import MINUTE_MS
 from dm_resources.metadata.schemas import AuditLogIn
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MINUTE_MS = 60_000
 CONFIRM_AFTER_ATTEMPTS = 3
 MAX_REPAIR_MINUTES = 120  # REST re-fetches per partition and run; the rest wait for the next run
 
@@ -112,10 +112,6 @@ class DayBuild:
             "kept": len(self.kept),
             "provisional": self.provisional,
         }
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def expected_minutes(day: str, now: int) -> np.ndarray:

@@ -19,25 +19,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
+from dm_resources.intervals import DAY_DIVIDING_INTERVAL_MS, DAY_MS, MINUTE_MS
 
 # Only intervals that divide a UTC day are supported: their buckets are epoch aligned.
 # 3d, 1w and 1M are calendar aligned on Binance and are not derived here.
-INTERVAL_MS: dict[str, int] = {
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "6h": 21_600_000,
-    "8h": 28_800_000,
-    "12h": 43_200_000,
-    "1d": 86_400_000,
-}
+INTERVAL_MS = DAY_DIVIDING_INTERVAL_MS
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 VOLUME_COLUMNS = ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume")

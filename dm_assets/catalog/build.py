@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from bson import Binary, Decimal128, ObjectId
 from dm_assets.analytics import build as analytics_build
 from dm_assets.catalog.fields import FIELD_DESCRIPTIONS, describe
 from dm_resources.candle_store import CandleStore
+from dm_resources.contracts import CANDLE_INTERVALS, CORRELATION_SYMBOL, now_ms
+from dm_resources.intervals import DAY_MS
 from dm_resources.metadata.schemas import DatasetIn, DatasetRecord, LineageEdge, SchemaField, dataset_id
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS
 from dm_resources.retention import retention_note
@@ -56,11 +57,10 @@ CATALOGED_COLLECTIONS = (*RAW_COLLECTIONS, "candles", "analytics", *ORDERBOOK_CO
 ANALYTICS_KIND_PREFIX = "analytics."
 # Intervals probed for klines and candles: the ones the pipeline builds (probing all fifteen
 # Binance intervals per symbol would triple the probes for datasets that are never written).
-PROBED_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
+PROBED_INTERVALS = CANDLE_INTERVALS
 # The newest-time gallop starts with one minute: one minute of a busy symbol's trades is
 # already thousands of documents.
 GALLOP_INITIAL_WINDOW_MS = 60_000
-DAY_MS = 86_400_000
 # Candle health is per interval; raw and analytics datasets of a symbol take its 1m health
 # (the 1m candles are built directly from the raw data).
 DEFAULT_HEALTH_INTERVAL = "1m"
@@ -81,17 +81,13 @@ class DatasetRef:
         return dataset_id(self.kind, self.symbol, self.interval)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 # --------------------------------------------------------------------------- discovery
 
 
 def candidates(symbols: Iterable[str]) -> list[DatasetRef]:
     """Every dataset the pipeline may hold for these symbols (and the cross-symbol correlation)."""
     refs: list[DatasetRef] = []
-    syms = sorted(set(symbols) - {analytics_build.CORRELATION_SYMBOL})
+    syms = sorted(set(symbols) - {CORRELATION_SYMBOL})
     for symbol in syms:
         for name in RAW_COLLECTIONS:
             if name == "klines":
@@ -100,9 +96,9 @@ def candidates(symbols: Iterable[str]) -> list[DatasetRef]:
                 refs.append(DatasetRef(name, symbol, None, name))
         refs.extend(DatasetRef("candles", symbol, iv, "candles", {"interval": iv}) for iv in PROBED_INTERVALS)
         refs.extend(DatasetRef(name, symbol, None, name) for name in ORDERBOOK_COLLECTIONS)
-    for symbol in [*syms, analytics_build.CORRELATION_SYMBOL]:
+    for symbol in [*syms, CORRELATION_SYMBOL]:
         for kind, iv in analytics_build.DATASETS:
-            if (kind == "correlation") == (symbol == analytics_build.CORRELATION_SYMBOL):
+            if (kind == "correlation") == (symbol == CORRELATION_SYMBOL):
                 refs.append(
                     DatasetRef(ANALYTICS_KIND_PREFIX + kind, symbol, iv, "analytics", {"kind": kind, "interval": iv})
                 )
@@ -172,7 +168,7 @@ def _dataset_description(ref: DatasetRef) -> str:
     base = COLLECTIONS[ref.collection].description
     if ref.collection == "analytics":
         kind = ref.kind.removeprefix(ANALYTICS_KIND_PREFIX)
-        who = "all symbols" if ref.symbol == analytics_build.CORRELATION_SYMBOL else ref.symbol
+        who = "all symbols" if ref.symbol == CORRELATION_SYMBOL else ref.symbol
         return f"{base}: {kind} of {who}, {ref.interval}, one document per as-of time (window_end)."
     suffix = f", interval {ref.interval}" if ref.interval else ""
     return f"{base}; {ref.symbol}{suffix}."
@@ -186,7 +182,7 @@ class HealthLookup:
         self._cache: dict[str, dict[str, float]] = {}
 
     def score(self, ref: DatasetRef) -> float | None:
-        if ref.symbol == analytics_build.CORRELATION_SYMBOL:
+        if ref.symbol == CORRELATION_SYMBOL:
             return None
         iv = ref.interval if ref.collection in ("klines", "candles") and ref.interval else DEFAULT_HEALTH_INTERVAL
         if iv not in self._cache:

@@ -7,10 +7,11 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 from dm_assets.candles.assets import BACKFILL_POLICY
 from dm_assets.funding import build
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
+from dm_resources.contracts import FUNDING_HISTORY_PATH
 from dm_resources.resources import BinanceResource, MongoResource
 
 FUNDING_GROUP = "funding"
-FUNDING_HISTORY_KEY = AssetKey(["funding", "funding_history"])
+FUNDING_HISTORY_KEY = AssetKey(FUNDING_HISTORY_PATH)
 
 
 @asset(

@@ -20,24 +20,19 @@ Why it looks like this:
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dm_assets.analytics.funding import interval_segments
 from dm_assets.partitions import day_bounds_ms
+from dm_resources.contracts import now_ms
 
 if TYPE_CHECKING:
     from dm_resources.binance import BinanceClient
     from dm_resources.mongo import MongoStore
 
-DAY_MS = 86_400_000
 MATCH_MS = 60_000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def day_ranges(days: Iterable[str]) -> list[tuple[int, int]]:

@@ -28,10 +28,11 @@ from dm_assets.partitions import AUTOMATION_STATUS, DATE_SYMBOL_PARTITIONS, SYMB
 from dm_assets.partitions import split_key as _split
 from dm_assets.raw.assets import raw_key
 from dm_resources.binance import BinanceError
+from dm_resources.contracts import ORDERBOOK_SNAPSHOTS_PATH, now_ms
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
 
 ORDERBOOK_GROUP = "orderbook"
-ORDERBOOK_KEY = AssetKey(["orderbook", "orderbook_snapshots"])
+ORDERBOOK_KEY = AssetKey(ORDERBOOK_SNAPSHOTS_PATH)
 ORDERBOOK_ASSET_KEY = "/".join(ORDERBOOK_KEY.path)
 
 
@@ -79,7 +80,7 @@ def orderbook_snapshots(
     binance: BinanceResource,
 ) -> MaterializeResult:
     store, meta = mongo.get_store(), metadata.get_store()
-    now = build.now_ms()
+    now = now_ms()
     days: list[build.BookDay] = []
     for pk in context.partition_keys:
         day, symbol = _split(pk)

@@ -21,7 +21,6 @@ Why a Dagster asset over the *stored* diffs (and not a component beside the inge
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,14 +37,14 @@ from dm_assets.orderbook.book import (
     reconstruct,
 )
 from dm_assets.partitions import day_bounds_ms
+from dm_resources.contracts import now_ms
+from dm_resources.intervals import HOUR_MS, MINUTE_MS
 
 if TYPE_CHECKING:
     from dm_resources.binance import BinanceClient
     from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn, Severity
     from dm_resources.mongo import MongoStore
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
 SNAPSHOT_LIMIT = 1000
 # A day starts from the newest snapshot taken up to this long before midnight.
 WARMUP_MS = 2 * HOUR_MS
@@ -64,10 +63,6 @@ ERROR_INVALID_SHARE = 0.05
 UNPROVEN_GRACE_MS = 2 * MINUTE_MS
 HEALTH_INTERVAL = "book"
 CHECK_NAME = "orderbook_continuity"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def take_snapshot(client: BinanceClient, store: MongoStore, symbol: str, *, limit: int = SNAPSHOT_LIMIT) -> int:

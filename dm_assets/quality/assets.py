@@ -4,11 +4,11 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 
 from dm_assets.candles.assets import BACKFILL_POLICY
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
+from dm_resources.contracts import CANDLE_ASSET_PATHS, CANDLE_INTERVALS
 from dm_resources.resources import MetadataResource, MongoResource
 
 QUALITY_GROUP = "quality"
-_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
-_CANDLE_DEPS = [AssetKey(["candles", f"candles_{iv}"]) for iv in _INTERVALS]
+_CANDLE_DEPS = [AssetKey(path) for path in CANDLE_ASSET_PATHS]
 
 
 @asset(
@@ -33,7 +33,7 @@ def audit_results(
     rows = []
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
-        for interval in _INTERVALS:
+        for interval in CANDLE_INTERVALS:
             for outcome in audit.check_partition(store, meta, symbol, day, interval):
                 rows.append(
                     audit.to_audit_log(
@@ -85,7 +85,7 @@ def health_scores(
     rows = []
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
-        for interval in _INTERVALS:
+        for interval in CANDLE_INTERVALS:
             rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=context.run.run_id))
     meta.upsert_health(rows)
     table = "\n".join(
