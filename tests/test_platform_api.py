@@ -246,6 +246,38 @@ def test_a_partial_klines_batch_stores_the_good_records_and_lists_the_bad(http: 
     assert env.store.count("klines", "SOLUSDT") == 3
 
 
+def test_out_of_range_decimals_and_times_fail_their_record_not_the_batch(http: httpx.Client, env: Env) -> None:
+    """Values that parse but do not fit Decimal128 or a datetime were a 500 that lost the whole batch."""
+    t = T0 + 6000 * M15
+    good = [kline_record("ADAUSDT", t + i * M15, i=i) for i in range(2)]
+    bad: list[tuple[Any, str]] = [
+        ({**good[0], "volume": "1e999999"}, "volume"),  # exponent beyond Decimal128
+        ({**good[0], "volume": "1e-7000"}, "volume"),
+        ({**good[0], "number_of_trades": 1, "volume": 10**40}, "significant digits"),  # a JSON integer of 41 digits
+        ({**good[0], "extracted_at": "0001-01-01T00:00:00+01:00"}, "extracted_at"),  # before year 1 in UTC
+        ({**good[0], "extracted_at": "9999-12-31T23:59:59-01:00"}, "extracted_at"),  # after year 9999 in UTC
+    ]
+    records = [good[0], *(b for b, _ in bad), good[1]]
+    resp = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mongodb", "collection": "klines_15m", "records": records},
+        headers=auth(EXTRACTOR),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["inserted_count"] == 2 and body["failed"] == len(bad), body
+    for err, (_, reason) in zip(body["errors"], bad, strict=True):
+        assert reason in err["reason"], (err, reason)
+    assert env.store.count("klines", "ADAUSDT") == 2
+    # The same values in a filter are a 422 naming the field, not a 500.
+    for flt, field in (
+        ({"symbol": "BTCUSDT", "price": {"$gt": "1e999999"}}, "price"),
+        ({"symbol": "BTCUSDT", "trade_time": {"$gt": "0001-01-01T00:00:00+05:00"}}, "trade_time"),
+    ):
+        resp = http.get("/api/v1/mongodb/agg_trades", params={"filter": json.dumps(flt)})
+        assert field in detail(resp, 422, "filter")
+
+
 # --- positions and daily PnL -----------------------------------------------------------------------------
 
 
