@@ -726,7 +726,8 @@ def migrate(
     Legacy candles only *fill* open times a bucket does not hold yet: a bucket written by the
     new code after the upgrade is newer than the legacy copy and wins. A second run therefore
     finds nothing to add and writes nothing. Reads are bounded ascending windows per
-    symbol × interval. ``drop_legacy`` drops ``candles`` once every dataset is migrated.
+    symbol × interval. ``drop_legacy`` drops ``candles`` when this run migrated all of it, else
+    deletes only the legacy candles it migrated (see ``_drop_migrated``).
     """
     cs = CandleStore(store)
     cs.ensure_indexes()
@@ -769,9 +770,23 @@ def migrate(
             report.candles_added += added_ds
             report.per_dataset[f"{sym}:{iv}"] = added_ds
     if drop_legacy:
-        legacy.drop()
-        report.dropped_legacy = True
+        _drop_migrated(legacy, [(s, iv) for s in syms for iv in wanted], FLOOR_MS, hi_all, whole=symbols is None)
+        report.dropped_legacy = LEGACY not in store.db.list_collection_names()
     return report
+
+
+def _drop_migrated(legacy: Any, datasets: Sequence[tuple[str, str]], lo: int, hi: int, *, whole: bool) -> None:
+    """Drop the legacy collection when this run migrated all of it; else delete only what it migrated.
+
+    A run restricted to some symbols or intervals (or legacy candles outside ``[lo, hi)``, which the
+    migration does not read) must not take the other datasets' candles with it.
+    """
+    outside = legacy.find_one({"$or": [{"open_time": {"$lt": lo}}, {"open_time": {"$gte": hi}}]}, {"_id": 1})
+    if whole and outside is None and {i for i in legacy.distinct("interval")} <= {iv for _, iv in datasets}:
+        legacy.drop()
+        return
+    for sym, iv in datasets:
+        legacy.delete_many({"symbol": sym, "interval": iv, "open_time": {"$gte": lo, "$lt": hi}})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,6 +220,24 @@ def test_migration_converts_legacy_documents_idempotently(mongo_store: MongoStor
     assert cs.count("BTCUSDT", "1m") == 5
 
 
+def test_drop_legacy_after_a_partial_migration_keeps_what_was_not_migrated(mongo_store: MongoStore) -> None:
+    """``--symbol X --drop-legacy`` (or an interval subset) used to drop every symbol's legacy candles."""
+    legacy = mongo_store.db[LEGACY]
+    rows = [*minutes(D0, 3), *minutes(D0, 2, symbol="ETHUSDT"), candle(D0, "1h")]
+    legacy.insert_many([{"_id": f"{c['symbol']}:{c['interval']}:{c['open_time']}", **c} for c in rows])
+    cs = CandleStore(mongo_store)
+
+    rep = migrate(mongo_store, symbols=["BTCUSDT"], intervals=["1m"], drop_legacy=True)
+    assert rep.candles_added == 3 and not rep.dropped_legacy
+    left = sorted((d["symbol"], d["interval"]) for d in legacy.find({}, {"symbol": 1, "interval": 1}))
+    assert left == [("BTCUSDT", "1h"), ("ETHUSDT", "1m"), ("ETHUSDT", "1m")]  # not migrated: kept
+    assert cs.count("BTCUSDT", "1m") == 3
+
+    main(["migrate", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--drop-legacy"])
+    assert LEGACY not in mongo_store.db.list_collection_names()  # everything migrated now: dropped
+    assert cs.count("ETHUSDT", "1m") == 2 and cs.count("BTCUSDT", "1h") == 1
+
+
 def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mongo_store: MongoStore) -> None:
     import json
 
