@@ -680,6 +680,26 @@ def test_market_datasets_are_readable_through_the_generic_query(http: httpx.Clie
     assert [r["interval"] for r in got] == ["15m"] * 3
 
 
+def test_ne_and_in_on_the_time_field_are_applied(http: httpx.Client) -> None:
+    """``$ne``/``$in`` on ``open_time`` were overwritten by the read window's range and silently ignored."""
+    t = T0 + 12_000 * M15
+    records = [kline_record("DOGEUSDT", t + i * M15, i=i) for i in range(6)]
+    http.post(
+        "/api/v1/data/insert",
+        json={"database": "mongodb", "collection": "klines_15m", "records": records},
+        headers=auth(EXTRACTOR),
+    ).raise_for_status()
+
+    def opens(flt: dict[str, Any]) -> list[str]:
+        resp = http.get("/api/v1/mongodb/klines_15m", params={"filter": json.dumps({"symbol": "DOGEUSDT", **flt})})
+        assert resp.status_code == 200, resp.text
+        return [r["open_time"] for r in resp.json()["data"]]
+
+    assert opens({"open_time": {"$ne": iso(t + 3 * M15)}}) == [iso(t + i * M15) for i in (0, 1, 2, 4, 5)]
+    assert opens({"open_time": {"$in": [iso(t), iso(t + 5 * M15)]}}) == [iso(t), iso(t + 5 * M15)]
+    assert opens({"timestamp": {"$in": [iso(t + M15)]}, "open_time": {"$gte": iso(t)}}) == [iso(t + M15)]
+
+
 def test_health_keeps_the_platform_up_when_dagster_is_down(http: httpx.Client, env: Env) -> None:
     ready = http.get("/health/readiness")
     assert ready.status_code == 200

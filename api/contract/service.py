@@ -309,8 +309,11 @@ def _collection_reader(store: MongoStore, ds: Dataset, base: dict[str, Any]) -> 
     coll = store.collection(ds.store)
     sort = [(k, ASCENDING) for k in spec.key] if explicit_sort(store) else None
 
+    on_time = base.get(spec.time_field)  # $ne/$in on the time field: kept beside the window's range
+    kept = dict(on_time) if isinstance(on_time, dict) else ({"$eq": on_time} if spec.time_field in base else {})
+
     def read(a: int, b: int, cap: int = 0) -> list[dict[str, Any]]:
-        flt = {**base, spec.time_field: {"$gte": a, "$lt": b}}
+        flt = {**base, spec.time_field: {**kept, "$gte": a, "$lt": b}}
         cur = coll.find(flt, {"_id": 0}, limit=cap, batch_size=max(101, min(cap, 10_000)))
         if sort:
             cur = cur.sort(sort)
