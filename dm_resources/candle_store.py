@@ -435,11 +435,20 @@ class CandleStore:
         ``replace``, were dropped because ``docs`` no longer holds them). A bucket whose candles
         are unchanged is not written at all, so a re-materialization writes nothing.
         Without ``replace`` stored candles absent from ``docs`` stay (as the per-candle ``sync_range`` did).
+        A row outside ``[start, end)`` is a ``ValueError`` (it would be dropped or land outside the range).
         """
         frame = docs if isinstance(docs, pd.DataFrame) else None
         rows = None if frame is not None else list(docs)
         if (frame is not None and frame.empty and not replace) or (rows is not None and not rows and not replace):
             return WriteResult()
+        ot = (
+            frame["open_time"].to_numpy(dtype=np.int64)
+            if frame is not None
+            else np.fromiter((int(r["open_time"]) for r in rows or ()), dtype=np.int64)
+        )
+        if ot.size and (ot.min() < start or ot.max() >= end):  # else dropped or written outside the range
+            bad = int(ot.min()) if ot.min() < start else int(ot.max())
+            raise ValueError(f"{symbol} {interval}: open_time {bad} is outside the write's range [{start}, {end})")
         self.ensure_indexes()
         result = WriteResult()
         groups = self._group(symbol, interval, start, end, frame, rows)

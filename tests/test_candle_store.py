@@ -136,6 +136,13 @@ def test_reads_across_day_boundaries_and_utc_edges(mongo_store: MongoStore) -> N
     # rows outside the range given to a write are refused, not silently misfiled
     with pytest.raises(ValueError, match="not aligned"):
         cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 1)])
+    # ... nor silently dropped (a row past the range's last bucket was) or written outside the range
+    for start, end, frame in ((D0, D0 + MIN, False), (D0 + 10 * MIN, D0 + 11 * MIN, True)):
+        rows = [candle(D0 + 10 * MIN), candle(D0 + DAY)] if not frame else [candle(D0 + 5 * MIN)]
+        docs = pd.DataFrame(rows) if frame else rows
+        with pytest.raises(ValueError, match="outside"):
+            cs.sync_range("BTCUSDT", "1m", start, end, docs)
+    assert cs.count("BTCUSDT", "1m") == 6
 
 
 def test_daily_candles_share_a_year_bucket_and_merge(mongo_store: MongoStore) -> None:
