@@ -31,6 +31,7 @@ from api.testing import serve
 from dm_client import AsyncDMClient, DMClient, Forbidden, InvalidRequest, NotFound, Unauthorized
 from dm_resources.candle_store import CandleStore
 from dm_resources.embedded import free_port
+from dm_resources.metadata.platform import PlatformTables
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.settings import Settings, load_settings
@@ -481,6 +482,30 @@ def test_concurrent_upserts_of_one_open_position_end_with_one_row(mongo_store: M
             (row,) = client.open_positions(symbol="ETHUSDT").positions
         # MariaDB keeps all 24 digits (DECIMAL(38, 18)); SQLite stores a REAL (15-17 digits).
         assert row.entry_price == (PRICE if meta.backend == "mysql" else repr(float(PRICE)))
+    finally:
+        meta.close()
+
+
+def test_concurrent_inserts_of_one_record_count_one_insert_and_duplicates(metadata_url: str) -> None:
+    """A key-conflict lost to a concurrent insert of the *same* record is a duplicate, not a failed record."""
+    meta = MetadataStore(metadata_url)
+    meta.migrate()
+    tables = PlatformTables(meta)
+    n = 8
+    barrier = threading.Barrier(n)
+    record = {"date": dt.date(2026, 4, 1), "daily_pnl": Decimal("12.5"), "created_at": dt.datetime.now(dt.UTC)}
+    position = {"position_id": "race-1", "symbol": "BTCUSDT", "position_side": "LONG", "status": "open"}
+
+    def insert(table: str, rec: dict[str, Any]) -> Any:
+        barrier.wait()
+        return tables.insert(table, [rec])
+
+    try:
+        for table, rec in (("daily_pnl", record), ("positions", position)):
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                outs = list(pool.map(lambda _, t=table, r=rec: insert(t, r), range(n)))
+            assert [o.errors for o in outs] == [[]] * n, (table, outs)
+            assert sum(o.inserted for o in outs) == 1 and sum(o.duplicates for o in outs) == n - 1, (table, outs)
     finally:
         meta.close()
 
