@@ -282,6 +282,23 @@ def test_out_of_range_decimals_and_times_fail_their_record_not_the_batch(http: h
 # --- positions and daily PnL -----------------------------------------------------------------------------
 
 
+def test_a_float_field_given_a_huge_integer_fails_its_record_not_the_batch(http: httpx.Client) -> None:
+    """``duration_seconds: 10**400`` (a JSON integer) raised OverflowError: a 500 that stored nothing."""
+    base = {"symbol": "LTCUSDT", "status": "closed", "position_side": "LONG"}
+    records = [{**base, "position_id": "huge-0"}, {**base, "position_id": "huge-1", "duration_seconds": 10**400}]
+    resp = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "positions", "records": records},
+        headers=auth(ENGINE),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["inserted_count"] == 1 and body["failed"] == 1 and "duration_seconds" in body["errors"][0]["reason"]
+    flt = {"symbol": "BTCUSDT", "interval": "1m", "close": {"$gt": 10**400}}
+    resp = http.post("/api/v1/data/query", json={"database": "mongodb", "collection": "candles", "filter": flt})
+    assert "close" in detail(resp, 422, "filter")
+
+
 def test_position_lifecycle(http: httpx.Client, env: Env) -> None:
     opened = {
         "position_id": "pos-1",

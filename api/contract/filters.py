@@ -134,9 +134,15 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueProblem("does not fit a 64-bit integer")
         return value
     if t == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueProblem(f"expected a finite number, got {value!r:.40}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            raise ValueProblem(f"{str(value)[:40]}… does not fit a 64-bit float") from None
+        if not math.isfinite(number):
+            raise ValueProblem(f"expected a finite number, got {value!r:.40}")
+        return number
     if t == "decimal":
         return to_decimal(value)
     if t == "datetime":
