@@ -299,6 +299,24 @@ def test_a_float_field_given_a_huge_integer_fails_its_record_not_the_batch(http:
     assert "close" in detail(resp, 422, "filter")
 
 
+def test_nan_inside_a_json_field_fails_its_record_not_the_batch(http: httpx.Client) -> None:
+    """Python's json.dumps writes NaN/Infinity; inside ``metadata`` it reached MariaDB's JSON check (a 500)."""
+    base = {"symbol": "LTCUSDT", "status": "closed", "position_side": "SHORT"}
+    records = [
+        {**base, "position_id": "nan-0", "metadata": {"score": 0.5}},
+        {**base, "position_id": "nan-1", "metadata": {"score": float("nan")}},
+        {**base, "position_id": "nan-2", "exit_trade_ids": [1, float("inf")]},
+    ]
+    content = json.dumps({"database": "mysql", "collection": "positions", "records": records})  # NaN, Infinity
+    resp = http.post(
+        "/api/v1/data/insert", content=content, headers={**auth(ENGINE), "Content-Type": "application/json"}
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["inserted_count"] == 1 and body["failed"] == 2, body
+    assert "metadata" in body["errors"][0]["reason"] and "exit_trade_ids" in body["errors"][1]["reason"]
+
+
 def test_position_lifecycle(http: httpx.Client, env: Env) -> None:
     opened = {
         "position_id": "pos-1",

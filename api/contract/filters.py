@@ -161,12 +161,28 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if t == "json":
         if not isinstance(value, dict):
             raise ValueProblem(f"expected an object, got {type(value).__name__}")
+        _check_finite(value)
         return value
     if t == "list":
         if not isinstance(value, list):
             raise ValueProblem(f"expected an array, got {type(value).__name__}")
+        _check_finite(value)
         return value
     raise AssertionError(f"unknown field type {t}")  # pragma: no cover
+
+
+def _check_finite(value: Any, depth: int = 0) -> None:
+    """NaN/Infinity (which Python's json writes and reads) are not JSON: MariaDB's JSON check refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueProblem(f"{value!r} is not a JSON number")
+    if depth > 32:
+        raise ValueProblem("nested deeper than 32 levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_finite(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_finite(v, depth + 1)
 
 
 def _field(ds: Dataset, name: Any, param: str, *, purpose: str = "filter", where: str = "query") -> FieldSpec:
