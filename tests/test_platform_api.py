@@ -760,6 +760,26 @@ def test_ne_and_in_on_the_time_field_are_applied(http: httpx.Client) -> None:
     assert opens({"timestamp": {"$in": [iso(t + M15)]}, "open_time": {"$gte": iso(t)}}) == [iso(t + M15)]
 
 
+def test_kline_interval_filters_accept_the_spelling_inserts_accept(http: httpx.Client) -> None:
+    """A record with ``interval: "m15"`` is stored as 15m; a filter with ``"m15"`` found nothing."""
+    t = T0 + 14_000 * M15
+    records = [{**kline_record("BNBUSDT", t + i * M15, i=i), "interval": "m15"} for i in range(2)]
+    body = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mongodb", "collection": "klines_m15", "records": records},
+        headers=auth(EXTRACTOR),
+    ).json()
+    assert body["inserted_count"] == 2, body
+
+    def count(flt: dict[str, Any]) -> int:
+        params = {"filter": json.dumps({"symbol": "BNBUSDT", **flt})}
+        return len(http.get("/api/v1/mongodb/klines_m15", params=params).json()["data"])
+
+    assert count({"interval": "m15"}) == 2 and count({"interval": "15m"}) == 2
+    assert count({"interval": {"$in": ["m15"]}}) == 2 and count({"interval": {"$ne": "m15"}}) == 0
+    assert count({"interval": "1h"}) == 0
+
+
 def test_health_keeps_the_platform_up_when_dagster_is_down(http: httpx.Client, env: Env) -> None:
     ready = http.get("/health/readiness")
     assert ready.status_code == 200

@@ -23,7 +23,7 @@ from bson.decimal128 import Decimal128
 from pymongo import ASCENDING
 
 from api.contract import klines
-from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset
+from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset, klines_interval
 from api.contract.filters import (
     MAX_BATCH_OPERATIONS,
     MAX_BATCH_RECORDS,
@@ -249,6 +249,8 @@ def mongo_page(
     for c in rest:
         name = ds.fields[c.field].store_name
         if name in fixed:  # e.g. interval on klines_15m: decided here, the fixed equality stays as it is
+            if ds.kind == "klines" and name == "interval":  # "m15" is 15m, as inserts take it
+                c = Cond(c.field, c.op, _interval_value(c.value))
             if not _holds(fixed[name], c):
                 return [], False
             continue
@@ -261,6 +263,15 @@ def mongo_page(
     rows = _gallop(store, ds, base, lo, hi, want, descending)
     page = rows[offset : offset + limit]
     return page, len(rows) > offset + limit
+
+
+def _interval_value(value: Any) -> Any:
+    """A kline interval in either spelling (``m15``/``15m``) as stored (``15m``); others unchanged."""
+    if isinstance(value, tuple):
+        return tuple(_interval_value(v) for v in value)
+    if isinstance(value, str):
+        return klines_interval(f"klines_{value}") or value
+    return value
 
 
 def _holds(value: Any, c: Cond) -> bool:
