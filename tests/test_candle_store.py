@@ -245,6 +245,18 @@ def test_drop_legacy_after_a_partial_migration_keeps_what_was_not_migrated(mongo
     assert cs.count("ETHUSDT", "1m") == 2 and cs.count("BTCUSDT", "1h") == 1
 
 
+def test_unknown_layouts_intervals_and_fields_are_refused(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0)])
+    mongo_store.db[BUCKETS].update_one({}, {"$set": {"enc": 2}})  # a layout from a newer writer
+    with pytest.raises(ValueError, match="encoding 2"):
+        cs.read_range("BTCUSDT", "1m")
+    with pytest.raises(ValueError, match="unsupported candle interval '1w'"):
+        cs.sync_range("BTCUSDT", "1w", D0, D0 + DAY, [{**candle(D0), "interval": "1w"}])
+    with pytest.raises(KeyError, match="unknown candle fields"):
+        cs.read_range("BTCUSDT", "1m", projection=["open_time", "password"])
+
+
 def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mongo_store: MongoStore) -> None:
     import json
 

@@ -688,6 +688,25 @@ def test_batch_runs_each_operation_on_its_own(http: httpx.Client) -> None:
     assert [r["ok"] for r in res] == [True, True, False, False, True]
     assert res[0]["inserted_count"] == 1 and res[1]["modified_count"] == 1 and res[4]["deleted_count"] == 1
     assert "$where" in res[2]["error"] and "insert, update or delete" in res[3]["error"]
+    # A batch must hold operations; an update's upsert must be a boolean.
+    resp = http.post("/api/v1/mysql/daily_pnl/batch", json={"operations": []}, headers=auth(ENGINE))
+    assert "non-empty array" in detail(resp, 422, "operations")
+    bad = [{"type": "update", "filter": {"date": "2026-02-02"}, "data": {"daily_pnl": "1"}, "upsert": "yes"}]
+    res = http.post("/api/v1/mysql/daily_pnl/batch", json={"operations": bad}, headers=auth(ENGINE)).json()["results"]
+    assert res[0]["ok"] is False and "upsert: must be true or false" in res[0]["error"]
+
+
+def test_typed_routes_refuse_long_ids_and_too_many_days(http: httpx.Client) -> None:
+    detail(http.get(f"/positions/{'p' * 65}"), 422, "position_id")
+    days = [{"date": (dt.date(2000, 1, 1) + dt.timedelta(days=i)).isoformat(), "daily_pnl": "1"} for i in range(3661)]
+    resp = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "daily_pnl", "records": days},
+        headers=auth(ENGINE),
+    )
+    assert resp.json()["inserted_count"] == 3661, resp.text
+    assert "3660 days" in detail(http.get("/pnl/daily", params={"to": "2010-01-10"}), 422, "from")
+    assert len(http.get("/pnl/daily", params={"from": "2000-01-01", "to": "2000-01-31"}).json()["days"]) == 31
 
 
 # --- market data through the same query, health ------------------------------------------------------------

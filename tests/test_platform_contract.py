@@ -259,6 +259,16 @@ def test_more_refusals_of_the_declared_subset() -> None:
             parse_filter(positions, flt)
     with pytest.raises(ParamError, match="not a calendar date"):
         parse_filter(resolve("daily_pnl"), {"date": "2026-02-30"})
+    trades = resolve("agg_trades")
+    for flt, why in (
+        ({"agg_id": 2**63}, "64-bit"),
+        ({"buyer_is_maker": "yes"}, "true or false"),
+        ({"agg_id": {"$in": [1, None]}}, "cannot be null"),
+    ):
+        with pytest.raises(ParamError, match=why):
+            parse_filter(trades, flt)
+    with pytest.raises(TokenConfigError, match="non-empty list"):
+        parse_tokens(json.dumps({"a-token-of-sixteen-chars": []}))
     with pytest.raises(ParamError, match=r"\$set must be a non-empty object"):
         check_update_data(positions, {"$set": "closed"})
     with pytest.raises(ParamError, match="non-empty object"):
