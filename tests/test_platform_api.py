@@ -696,6 +696,29 @@ def test_batch_runs_each_operation_on_its_own(http: httpx.Client) -> None:
     assert res[0]["ok"] is False and "upsert: must be true or false" in res[0]["error"]
 
 
+def test_updates_cannot_null_a_required_column(http: httpx.Client, env: Env) -> None:
+    """``{"status": null}`` broke NOT NULL and came back as 409 "an open position already exists"."""
+    rec = {"position_id": "null-1", "symbol": "XRPUSDT", "position_side": "BOTH", "status": "closed"}
+    http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "positions", "records": [rec]},
+        headers=auth(ENGINE),
+    ).raise_for_status()
+    for field in ("status", "symbol", "position_side", "position_id"):
+        resp = http.put(
+            "/api/v1/mysql/positions",
+            json={"filter": {"position_id": "null-1"}, "data": {"$set": {field: None}}},
+            headers=auth(ENGINE),
+        )
+        assert f"{field} cannot be null" in detail(resp, 422, "data")
+    resp = http.put(
+        "/api/v1/mysql/daily_pnl",
+        json={"filter": {"date": "2026-05-01"}, "data": {"daily_pnl": None}, "upsert": True},
+        headers=auth(ENGINE),
+    )
+    assert "daily_pnl cannot be null" in detail(resp, 422, "data")
+
+
 def test_typed_routes_refuse_long_ids_and_too_many_days(http: httpx.Client) -> None:
     detail(http.get(f"/positions/{'p' * 65}"), 422, "position_id")
     days = [{"date": (dt.date(2000, 1, 1) + dt.timedelta(days=i)).isoformat(), "daily_pnl": "1"} for i in range(3661)]

@@ -389,6 +389,9 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
     if not isinstance(upsert, bool):
         raise ParamError("upsert", "must be true or false", where="body")
     values = check_update_data(ds, data)
+    nulled = [n for n, v in values.items() if v is None and not TABLES[ds.store].c[n].nullable]
+    if nulled:  # else NOT NULL fails in the store and reads as a key conflict (409)
+        raise ParamError("data", f"{', '.join(nulled)} cannot be null", where="body")
     try:
         check_platform_values(ds, values)
     except ValueProblem as exc:
