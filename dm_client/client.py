@@ -14,6 +14,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -67,6 +68,24 @@ def _ts(value: str | int | dt.datetime | dt.date | None) -> str | None:
     if isinstance(value, dt.date):
         return value.isoformat()
     return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    """Decimals as exact strings, datetimes ISO-8601 (``Z`` when UTC), dates ``YYYY-MM-DD``: the contract's types."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _encode(body: Any) -> bytes | None:
+    return None if body is None else json.dumps(body, default=_json_default).encode()
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,7 +276,13 @@ class DMClient(_Base):
 
     def _send(self, call: Call[R]) -> R:
         try:
-            resp = self._http.request(call.method, call.path, params=call.params or None, json=call.body)
+            resp = self._http.request(
+                call.method,
+                call.path,
+                params=call.params or None,
+                content=_encode(call.body),
+                headers=_JSON if call.body is not None else None,
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
@@ -391,7 +416,13 @@ class AsyncDMClient(_Base):
 
     async def _send(self, call: Call[R]) -> R:
         try:
-            resp = await self._http.request(call.method, call.path, params=call.params or None, json=call.body)
+            resp = await self._http.request(
+                call.method,
+                call.path,
+                params=call.params or None,
+                content=_encode(call.body),
+                headers=_JSON if call.body is not None else None,
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)

@@ -885,6 +885,31 @@ def test_an_unmigrated_metadata_database_says_so_and_how_to_fix_it(env: Env, tmp
 # --- the client --------------------------------------------------------------------------------------------
 
 
+def test_clients_send_decimals_and_datetimes_as_the_contract_expects(env: Env) -> None:
+    """Money as Decimal and times as datetime (what a trade engine holds) raised TypeError in httpx's JSON encoder."""
+    opened = {
+        "position_id": "dec-1",
+        "entry_price": Decimal("27123.5"),
+        "entry_time": dt.datetime(2026, 3, 10, tzinfo=dt.UTC),
+    }
+    closed = {"final_realized_pnl": Decimal("40.25"), "closed_at": dt.datetime(2026, 3, 10, 13, tzinfo=dt.UTC)}
+    flt = {"symbol": "DOTUSDT", "position_side": "LONG", "status": "open"}
+    with DMClient(env.url, token=ENGINE) as c:
+        assert c.upsert_position(flt, opened).upserted_count == 1
+        assert c.close_position("DOTUSDT", "LONG", closed).modified_count == 1
+        row = c.position("dec-1")
+    assert row.entry_price == "27123.5" and row.final_realized_pnl == "40.25"
+    assert row.closed_at is not None and row.closed_at.startswith("2026-03-10T13:00:00")
+
+    async def run() -> Any:
+        async with AsyncDMClient(env.url, token=ENGINE) as c:
+            return await c.upsert_daily_pnl(
+                dt.date(2026, 6, 1), Decimal("1.10"), dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+            )
+
+    assert asyncio.run(run()).upserted_count == 1
+
+
 def test_async_client_reads_and_writes(env: Env) -> None:
     async def run() -> tuple[Any, ...]:
         async with AsyncDMClient(env.url, token=EXTRACTOR) as c:
