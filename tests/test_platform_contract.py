@@ -220,6 +220,10 @@ def test_sql_values_must_fit_their_columns() -> None:
             check_platform_values(positions, values)
     with pytest.raises(ValueProblem, match="decimal places"):
         check_platform_values(pnl, {"daily_pnl": Decimal("1e-19")})
+    # Trailing zeros are not digits lost: a price formatted with 20 places fits DECIMAL(38, 18) exactly.
+    check_platform_values(positions, {"entry_price": Decimal("27123.50000000000000000000"), "pnl": Decimal("0E-25")})
+    with pytest.raises(ValueProblem, match="decimal places"):
+        check_platform_values(positions, {"entry_price": Decimal("27123.12345678901234567890")})
 
 
 def test_missing_table_errors_are_recognised_per_backend() -> None:

@@ -98,7 +98,10 @@ def check_platform_values(ds: Dataset, values: dict[str, Any]) -> None:
         if isinstance(value, str) and length is not None and len(value) > length:
             raise ValueProblem(f"{name}: longer than {length} characters")
         if isinstance(value, Decimal):
-            exponent = value.as_tuple().exponent
+            _, digits, exponent = value.as_tuple()
+            significant = "".join(map(str, digits)).rstrip("0")
+            if isinstance(exponent, int):  # trailing zeros are not digits: "1.50000000000000000000" fits
+                exponent = exponent + len(digits) - len(significant) if significant else 0
             if isinstance(exponent, int) and exponent < -MONEY_SCALE:
                 raise ValueProblem(f"{name}: more than {MONEY_SCALE} decimal places")
             if value != 0 and value.adjusted() >= MONEY_PRECISION - MONEY_SCALE:
