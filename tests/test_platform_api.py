@@ -719,6 +719,19 @@ def test_updates_cannot_null_a_required_column(http: httpx.Client, env: Env) -> 
     assert "daily_pnl cannot be null" in detail(resp, 422, "data")
 
 
+def test_writes_to_read_only_datasets_are_405_whatever_the_token(http: httpx.Client) -> None:
+    """A scoped token got 403 "lacks scope 'write'" (a scope that does not exist) instead of 405 read-only."""
+    body = {"database": "mongodb", "collection": "candles", "records": [{"symbol": "BTCUSDT"}]}
+    assert "read-only" in detail(
+        http.post("/api/v1/data/insert", json=body, headers=auth(EXTRACTOR)), 405, "collection"
+    )
+    put = {"filter": {"symbol": "BTCUSDT"}, "data": {"trades": 1}}
+    resp = http.put("/api/v1/mongodb/agg_trades", json=put, headers=auth(READER))
+    assert "read-only" in detail(resp, 405, "collection")
+    resp = http.post("/api/v1/mongodb/funding/batch", json={"operations": [{"type": "delete"}]}, headers=auth(ENGINE))
+    assert "read-only" in detail(resp, 405, "collection")
+
+
 def test_typed_routes_refuse_long_ids_and_too_many_days(http: httpx.Client) -> None:
     detail(http.get(f"/positions/{'p' * 65}"), 422, "position_id")
     days = [{"date": (dt.date(2000, 1, 1) + dt.timedelta(days=i)).isoformat(), "daily_pnl": "1"} for i in range(3661)]
