@@ -732,6 +732,16 @@ def test_writes_to_read_only_datasets_are_405_whatever_the_token(http: httpx.Cli
     assert "read-only" in detail(resp, 405, "collection")
 
 
+def test_a_batch_cannot_carry_more_records_than_an_insert(http: httpx.Client, env: Env) -> None:
+    """1,000 operations × 5,000 records each made the batch route a 5-million-record insert."""
+    t = T0 + 20_000 * M15
+    half = [kline_record("AVAXUSDT", t + i * M15, i=i) for i in range(2600)]
+    ops = [{"type": "insert", "data": half}, {"type": "insert", "data": half}]
+    resp = http.post("/api/v1/mongodb/klines_15m/batch", json={"operations": ops}, headers=auth(EXTRACTOR))
+    assert "batch size limit of 5000" in detail(resp, 413, "operations")
+    assert env.store.count("klines", "AVAXUSDT") == 0
+
+
 def test_typed_routes_refuse_long_ids_and_too_many_days(http: httpx.Client) -> None:
     detail(http.get(f"/positions/{'p' * 65}"), 422, "position_id")
     days = [{"date": (dt.date(2000, 1, 1) + dt.timedelta(days=i)).isoformat(), "daily_pnl": "1"} for i in range(3661)]

@@ -436,6 +436,18 @@ def batch(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, ope
             status=413,
             where="body",
         )
+    records = sum(
+        len(op["data"]) if isinstance(op.get("data"), list) else 1
+        for op in operations
+        if isinstance(op, dict) and op.get("type") == "insert"
+    )
+    if records > MAX_BATCH_RECORDS:  # else 1,000 insert operations would carry 1,000 × the insert limit
+        raise ParamError(
+            "operations",
+            f"{records} records in insert operations exceed the batch size limit of {MAX_BATCH_RECORDS} per request",
+            status=413,
+            where="body",
+        )
     results: list[dict[str, Any]] = []
     for i, op in enumerate(operations):
         kind = op.get("type") if isinstance(op, dict) else None
