@@ -1,7 +1,8 @@
 """Sync and async clients for the Market Data Manager API (httpx).
 
 * **Retries on 429 and 5xx only** (and on connection failures, when no request reached the
-  server), with exponential backoff and jitter; a 429's ``Retry-After`` is honoured. A 4xx
+  server), with exponential backoff and jitter; a 429's ``Retry-After`` is honoured. A request
+  sent without an answer (read timeout) is :class:`NoResponse`, not retried. A 4xx
   other than 429 is the caller's mistake and is raised at once as a typed exception.
 * Every method is a thin wrapper over a :class:`Call` (method, path, params, body, result
   type) built once in :class:`_Calls`, so the sync and async clients cannot drift apart.
@@ -28,7 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from dm_client.errors import DMError, RateLimited, ServerError, TransportError, error_for
+from dm_client.errors import DMError, NoResponse, RateLimited, ServerError, TransportError, error_for
 from dm_client.models import (
     BatchResult,
     DailyPnlList,
@@ -285,6 +286,8 @@ class DMClient(_Base):
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # sent, maybe applied: typed, and not retried
+            raise NoResponse(f"no answer from {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
 
     def run(self, call: Call[R]) -> R:
@@ -425,6 +428,8 @@ class AsyncDMClient(_Base):
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # sent, maybe applied: typed, and not retried
+            raise NoResponse(f"no answer from {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
 
     async def run(self, call: Call[R]) -> R:
