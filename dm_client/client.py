@@ -1,7 +1,8 @@
 """Sync and async clients for the Market Data Manager API (httpx).
 
 * **Retries on 429 and 5xx only** (and on connection failures, when no request reached the
-  server), with exponential backoff and jitter; a 429's ``Retry-After`` is honoured. A 4xx
+  server), with exponential backoff and jitter; a 429's ``Retry-After`` is honoured. A request
+  sent without an answer (read timeout) is :class:`NoResponse`, not retried. A 4xx
   other than 429 is the caller's mistake and is raised at once as a typed exception.
 * Every method is a thin wrapper over a :class:`Call` (method, path, params, body, result
   type) built once in :class:`_Calls`, so the sync and async clients cannot drift apart.
@@ -14,6 +15,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -27,7 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from dm_client.errors import DMError, RateLimited, ServerError, TransportError, error_for
+from dm_client.errors import DMError, NoResponse, RateLimited, ServerError, TransportError, error_for
 from dm_client.models import (
     BatchResult,
     DailyPnlList,
@@ -67,6 +69,24 @@ def _ts(value: str | int | dt.datetime | dt.date | None) -> str | None:
     if isinstance(value, dt.date):
         return value.isoformat()
     return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    """Decimals as exact strings, datetimes ISO-8601 (``Z`` when UTC), dates ``YYYY-MM-DD``: the contract's types."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _encode(body: Any) -> bytes | None:
+    return None if body is None else json.dumps(body, default=_json_default).encode()
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,9 +277,17 @@ class DMClient(_Base):
 
     def _send(self, call: Call[R]) -> R:
         try:
-            resp = self._http.request(call.method, call.path, params=call.params or None, json=call.body)
+            resp = self._http.request(
+                call.method,
+                call.path,
+                params=call.params or None,
+                content=_encode(call.body),
+                headers=_JSON if call.body is not None else None,
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # sent, maybe applied: typed, and not retried
+            raise NoResponse(f"no answer from {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
 
     def run(self, call: Call[R]) -> R:
@@ -391,9 +419,17 @@ class AsyncDMClient(_Base):
 
     async def _send(self, call: Call[R]) -> R:
         try:
-            resp = await self._http.request(call.method, call.path, params=call.params or None, json=call.body)
+            resp = await self._http.request(
+                call.method,
+                call.path,
+                params=call.params or None,
+                content=_encode(call.body),
+                headers=_JSON if call.body is not None else None,
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # sent, maybe applied: typed, and not retried
+            raise NoResponse(f"no answer from {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
 
     async def run(self, call: Call[R]) -> R:

@@ -55,6 +55,14 @@ class TransportError(DMError):
     """The API could not be reached (connection refused, DNS, …); retried before this is raised."""
 
 
+class NoResponse(DMError):
+    """The request was sent but no answer came (read timeout, dropped connection).
+
+    Not retried: the server may have applied it (an insert of positions without a
+    ``position_id`` would be stored twice). Re-send it yourself if it is idempotent.
+    """
+
+
 def error_for(status: int, body: Any, retry_after: float | None = None) -> DMError:
     """The typed exception for an HTTP error response."""
     detail = body.get("detail") if isinstance(body, dict) else body

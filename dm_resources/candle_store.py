@@ -419,11 +419,20 @@ class CandleStore:
         ``replace``, were dropped because ``docs`` no longer holds them). A bucket whose candles
         are unchanged is not written at all, so a re-materialization writes nothing.
         Without ``replace`` stored candles absent from ``docs`` stay (as the per-candle ``sync_range`` did).
+        A row outside ``[start, end)`` is a ``ValueError`` (it would be dropped or land outside the range).
         """
         frame = docs if isinstance(docs, pd.DataFrame) else None
         rows = None if frame is not None else list(docs)
         if (frame is not None and frame.empty and not replace) or (rows is not None and not rows and not replace):
             return WriteResult()
+        ot = (
+            frame["open_time"].to_numpy(dtype=np.int64)
+            if frame is not None
+            else np.fromiter((int(r["open_time"]) for r in rows or ()), dtype=np.int64)
+        )
+        if ot.size and (ot.min() < start or ot.max() >= end):  # else dropped or written outside the range
+            bad = int(ot.min()) if ot.min() < start else int(ot.max())
+            raise ValueError(f"{symbol} {interval}: open_time {bad} is outside the write's range [{start}, {end})")
         self.ensure_indexes()
         result = WriteResult()
         groups = self._group(symbol, interval, start, end, frame, rows)
@@ -710,7 +719,8 @@ def migrate(
     Legacy candles only *fill* open times a bucket does not hold yet: a bucket written by the
     new code after the upgrade is newer than the legacy copy and wins. A second run therefore
     finds nothing to add and writes nothing. Reads are bounded ascending windows per
-    symbol × interval. ``drop_legacy`` drops ``candles`` once every dataset is migrated.
+    symbol × interval. ``drop_legacy`` drops ``candles`` when this run migrated all of it, else
+    deletes only the legacy candles it migrated (see ``_drop_migrated``).
     """
     cs = CandleStore(store)
     cs.ensure_indexes()
@@ -753,9 +763,23 @@ def migrate(
             report.candles_added += added_ds
             report.per_dataset[f"{sym}:{iv}"] = added_ds
     if drop_legacy:
-        legacy.drop()
-        report.dropped_legacy = True
+        _drop_migrated(legacy, [(s, iv) for s in syms for iv in wanted], FLOOR_MS, hi_all, whole=symbols is None)
+        report.dropped_legacy = LEGACY not in store.db.list_collection_names()
     return report
+
+
+def _drop_migrated(legacy: Any, datasets: Sequence[tuple[str, str]], lo: int, hi: int, *, whole: bool) -> None:
+    """Drop the legacy collection when this run migrated all of it; else delete only what it migrated.
+
+    A run restricted to some symbols or intervals (or legacy candles outside ``[lo, hi)``, which the
+    migration does not read) must not take the other datasets' candles with it.
+    """
+    outside = legacy.find_one({"$or": [{"open_time": {"$lt": lo}}, {"open_time": {"$gte": hi}}]}, {"_id": 1})
+    if whole and outside is None and {i for i in legacy.distinct("interval")} <= {iv for _, iv in datasets}:
+        legacy.drop()
+        return
+    for sym, iv in datasets:
+        legacy.delete_many({"symbol": sym, "interval": iv, "open_time": {"$gte": lo, "$lt": hi}})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -136,6 +136,13 @@ def test_reads_across_day_boundaries_and_utc_edges(mongo_store: MongoStore) -> N
     # rows outside the range given to a write are refused, not silently misfiled
     with pytest.raises(ValueError, match="not aligned"):
         cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 1)])
+    # ... nor silently dropped (a row past the range's last bucket was) or written outside the range
+    for start, end, frame in ((D0, D0 + MIN, False), (D0 + 10 * MIN, D0 + 11 * MIN, True)):
+        rows = [candle(D0 + 10 * MIN), candle(D0 + DAY)] if not frame else [candle(D0 + 5 * MIN)]
+        docs = pd.DataFrame(rows) if frame else rows
+        with pytest.raises(ValueError, match="outside"):
+            cs.sync_range("BTCUSDT", "1m", start, end, docs)
+    assert cs.count("BTCUSDT", "1m") == 6
 
 
 def test_daily_candles_share_a_year_bucket_and_merge(mongo_store: MongoStore) -> None:
@@ -218,6 +225,36 @@ def test_migration_converts_legacy_documents_idempotently(mongo_store: MongoStor
     main(["migrate", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--drop-legacy"])
     assert LEGACY not in mongo_store.db.list_collection_names()
     assert cs.count("BTCUSDT", "1m") == 5
+
+
+def test_drop_legacy_after_a_partial_migration_keeps_what_was_not_migrated(mongo_store: MongoStore) -> None:
+    """``--symbol X --drop-legacy`` (or an interval subset) used to drop every symbol's legacy candles."""
+    legacy = mongo_store.db[LEGACY]
+    rows = [*minutes(D0, 3), *minutes(D0, 2, symbol="ETHUSDT"), candle(D0, "1h")]
+    legacy.insert_many([{"_id": f"{c['symbol']}:{c['interval']}:{c['open_time']}", **c} for c in rows])
+    cs = CandleStore(mongo_store)
+
+    rep = migrate(mongo_store, symbols=["BTCUSDT"], intervals=["1m"], drop_legacy=True)
+    assert rep.candles_added == 3 and not rep.dropped_legacy
+    left = sorted((d["symbol"], d["interval"]) for d in legacy.find({}, {"symbol": 1, "interval": 1}))
+    assert left == [("BTCUSDT", "1h"), ("ETHUSDT", "1m"), ("ETHUSDT", "1m")]  # not migrated: kept
+    assert cs.count("BTCUSDT", "1m") == 3
+
+    main(["migrate", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--drop-legacy"])
+    assert LEGACY not in mongo_store.db.list_collection_names()  # everything migrated now: dropped
+    assert cs.count("ETHUSDT", "1m") == 2 and cs.count("BTCUSDT", "1h") == 1
+
+
+def test_unknown_layouts_intervals_and_fields_are_refused(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0)])
+    mongo_store.db[BUCKETS].update_one({}, {"$set": {"enc": 2}})  # a layout from a newer writer
+    with pytest.raises(ValueError, match="encoding 2"):
+        cs.read_range("BTCUSDT", "1m")
+    with pytest.raises(ValueError, match="unsupported candle interval '1w'"):
+        cs.sync_range("BTCUSDT", "1w", D0, D0 + DAY, [{**candle(D0), "interval": "1w"}])
+    with pytest.raises(KeyError, match="unknown candle fields"):
+        cs.read_range("BTCUSDT", "1m", projection=["open_time", "password"])
 
 
 def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mongo_store: MongoStore) -> None:

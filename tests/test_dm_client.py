@@ -7,6 +7,9 @@ requests, so each test checks how many times the client asked: retried on 429/5x
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +25,7 @@ from dm_client import (
     DMClient,
     Forbidden,
     InvalidRequest,
+    NoResponse,
     NotFound,
     RateLimited,
     ServerError,
@@ -142,3 +146,37 @@ def test_unreachable_server_is_a_transport_error_and_the_token_stays_out_of_mess
         c.liveness()
     assert secret not in str(info.value) and secret not in repr(c)
     c.close()
+
+
+def test_a_request_that_got_no_answer_is_a_typed_error_and_not_resent() -> None:
+    """A read timeout escaped as a raw httpx.ReadTimeout; it may have been applied, so it is not retried."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(5)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])  # read nothing, answer nothing
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        with DMClient(url, timeout=0.3, retries=3, backoff=0.01) as c, pytest.raises(NoResponse):
+            c.insert("mongodb", "klines_1m", [])
+
+        async def run() -> None:
+            async with AsyncDMClient(url, timeout=0.3, retries=3, backoff=0.01) as c:
+                await c.insert("mongodb", "klines_1m", [])
+
+        with pytest.raises(NoResponse):
+            asyncio.run(run())
+        assert len(accepted) == 2  # one connection per client: nothing was sent twice
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+        for s in accepted:
+            s.close()

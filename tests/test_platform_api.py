@@ -31,6 +31,7 @@ from api.testing import serve
 from dm_client import AsyncDMClient, DMClient, Forbidden, InvalidRequest, NotFound, Unauthorized
 from dm_resources.candle_store import CandleStore
 from dm_resources.embedded import free_port
+from dm_resources.metadata.platform import PlatformTables
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.settings import Settings, load_settings
@@ -246,7 +247,74 @@ def test_a_partial_klines_batch_stores_the_good_records_and_lists_the_bad(http: 
     assert env.store.count("klines", "SOLUSDT") == 3
 
 
+def test_out_of_range_decimals_and_times_fail_their_record_not_the_batch(http: httpx.Client, env: Env) -> None:
+    """Values that parse but do not fit Decimal128 or a datetime were a 500 that lost the whole batch."""
+    t = T0 + 6000 * M15
+    good = [kline_record("ADAUSDT", t + i * M15, i=i) for i in range(2)]
+    bad: list[tuple[Any, str]] = [
+        ({**good[0], "volume": "1e999999"}, "volume"),  # exponent beyond Decimal128
+        ({**good[0], "volume": "1e-7000"}, "volume"),
+        ({**good[0], "number_of_trades": 1, "volume": 10**40}, "significant digits"),  # a JSON integer of 41 digits
+        ({**good[0], "extracted_at": "0001-01-01T00:00:00+01:00"}, "extracted_at"),  # before year 1 in UTC
+        ({**good[0], "extracted_at": "9999-12-31T23:59:59-01:00"}, "extracted_at"),  # after year 9999 in UTC
+    ]
+    records = [good[0], *(b for b, _ in bad), good[1]]
+    resp = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mongodb", "collection": "klines_15m", "records": records},
+        headers=auth(EXTRACTOR),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["inserted_count"] == 2 and body["failed"] == len(bad), body
+    for err, (_, reason) in zip(body["errors"], bad, strict=True):
+        assert reason in err["reason"], (err, reason)
+    assert env.store.count("klines", "ADAUSDT") == 2
+    # The same values in a filter are a 422 naming the field, not a 500.
+    for flt, field in (
+        ({"symbol": "BTCUSDT", "price": {"$gt": "1e999999"}}, "price"),
+        ({"symbol": "BTCUSDT", "trade_time": {"$gt": "0001-01-01T00:00:00+05:00"}}, "trade_time"),
+    ):
+        resp = http.get("/api/v1/mongodb/agg_trades", params={"filter": json.dumps(flt)})
+        assert field in detail(resp, 422, "filter")
+
+
 # --- positions and daily PnL -----------------------------------------------------------------------------
+
+
+def test_a_float_field_given_a_huge_integer_fails_its_record_not_the_batch(http: httpx.Client) -> None:
+    """``duration_seconds: 10**400`` (a JSON integer) raised OverflowError: a 500 that stored nothing."""
+    base = {"symbol": "LTCUSDT", "status": "closed", "position_side": "LONG"}
+    records = [{**base, "position_id": "huge-0"}, {**base, "position_id": "huge-1", "duration_seconds": 10**400}]
+    resp = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "positions", "records": records},
+        headers=auth(ENGINE),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["inserted_count"] == 1 and body["failed"] == 1 and "duration_seconds" in body["errors"][0]["reason"]
+    flt = {"symbol": "BTCUSDT", "interval": "1m", "close": {"$gt": 10**400}}
+    resp = http.post("/api/v1/data/query", json={"database": "mongodb", "collection": "candles", "filter": flt})
+    assert "close" in detail(resp, 422, "filter")
+
+
+def test_nan_inside_a_json_field_fails_its_record_not_the_batch(http: httpx.Client) -> None:
+    """Python's json.dumps writes NaN/Infinity; inside ``metadata`` it reached MariaDB's JSON check (a 500)."""
+    base = {"symbol": "LTCUSDT", "status": "closed", "position_side": "SHORT"}
+    records = [
+        {**base, "position_id": "nan-0", "metadata": {"score": 0.5}},
+        {**base, "position_id": "nan-1", "metadata": {"score": float("nan")}},
+        {**base, "position_id": "nan-2", "exit_trade_ids": [1, float("inf")]},
+    ]
+    content = json.dumps({"database": "mysql", "collection": "positions", "records": records})  # NaN, Infinity
+    resp = http.post(
+        "/api/v1/data/insert", content=content, headers={**auth(ENGINE), "Content-Type": "application/json"}
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["inserted_count"] == 1 and body["failed"] == 2, body
+    assert "metadata" in body["errors"][0]["reason"] and "exit_trade_ids" in body["errors"][1]["reason"]
 
 
 def test_position_lifecycle(http: httpx.Client, env: Env) -> None:
@@ -453,6 +521,30 @@ def test_concurrent_upserts_of_one_open_position_end_with_one_row(mongo_store: M
         meta.close()
 
 
+def test_concurrent_inserts_of_one_record_count_one_insert_and_duplicates(metadata_url: str) -> None:
+    """A key-conflict lost to a concurrent insert of the *same* record is a duplicate, not a failed record."""
+    meta = MetadataStore(metadata_url)
+    meta.migrate()
+    tables = PlatformTables(meta)
+    n = 8
+    barrier = threading.Barrier(n)
+    record = {"date": dt.date(2026, 4, 1), "daily_pnl": Decimal("12.5"), "created_at": dt.datetime.now(dt.UTC)}
+    position = {"position_id": "race-1", "symbol": "BTCUSDT", "position_side": "LONG", "status": "open"}
+
+    def insert(table: str, rec: dict[str, Any]) -> Any:
+        barrier.wait()
+        return tables.insert(table, [rec])
+
+    try:
+        for table, rec in (("daily_pnl", record), ("positions", position)):
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                outs = list(pool.map(lambda _, t=table, r=rec: insert(t, r), range(n)))
+            assert [o.errors for o in outs] == [[]] * n, (table, outs)
+            assert sum(o.inserted for o in outs) == 1 and sum(o.duplicates for o in outs) == n - 1, (table, outs)
+    finally:
+        meta.close()
+
+
 # --- refusals ---------------------------------------------------------------------------------------------
 
 
@@ -596,6 +688,71 @@ def test_batch_runs_each_operation_on_its_own(http: httpx.Client) -> None:
     assert [r["ok"] for r in res] == [True, True, False, False, True]
     assert res[0]["inserted_count"] == 1 and res[1]["modified_count"] == 1 and res[4]["deleted_count"] == 1
     assert "$where" in res[2]["error"] and "insert, update or delete" in res[3]["error"]
+    # A batch must hold operations; an update's upsert must be a boolean.
+    resp = http.post("/api/v1/mysql/daily_pnl/batch", json={"operations": []}, headers=auth(ENGINE))
+    assert "non-empty array" in detail(resp, 422, "operations")
+    bad = [{"type": "update", "filter": {"date": "2026-02-02"}, "data": {"daily_pnl": "1"}, "upsert": "yes"}]
+    res = http.post("/api/v1/mysql/daily_pnl/batch", json={"operations": bad}, headers=auth(ENGINE)).json()["results"]
+    assert res[0]["ok"] is False and "upsert: must be true or false" in res[0]["error"]
+
+
+def test_updates_cannot_null_a_required_column(http: httpx.Client, env: Env) -> None:
+    """``{"status": null}`` broke NOT NULL and came back as 409 "an open position already exists"."""
+    rec = {"position_id": "null-1", "symbol": "XRPUSDT", "position_side": "BOTH", "status": "closed"}
+    http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "positions", "records": [rec]},
+        headers=auth(ENGINE),
+    ).raise_for_status()
+    for field in ("status", "symbol", "position_side", "position_id"):
+        resp = http.put(
+            "/api/v1/mysql/positions",
+            json={"filter": {"position_id": "null-1"}, "data": {"$set": {field: None}}},
+            headers=auth(ENGINE),
+        )
+        assert f"{field} cannot be null" in detail(resp, 422, "data")
+    resp = http.put(
+        "/api/v1/mysql/daily_pnl",
+        json={"filter": {"date": "2026-05-01"}, "data": {"daily_pnl": None}, "upsert": True},
+        headers=auth(ENGINE),
+    )
+    assert "daily_pnl cannot be null" in detail(resp, 422, "data")
+
+
+def test_writes_to_read_only_datasets_are_405_whatever_the_token(http: httpx.Client) -> None:
+    """A scoped token got 403 "lacks scope 'write'" (a scope that does not exist) instead of 405 read-only."""
+    body = {"database": "mongodb", "collection": "candles", "records": [{"symbol": "BTCUSDT"}]}
+    assert "read-only" in detail(
+        http.post("/api/v1/data/insert", json=body, headers=auth(EXTRACTOR)), 405, "collection"
+    )
+    put = {"filter": {"symbol": "BTCUSDT"}, "data": {"trades": 1}}
+    resp = http.put("/api/v1/mongodb/agg_trades", json=put, headers=auth(READER))
+    assert "read-only" in detail(resp, 405, "collection")
+    resp = http.post("/api/v1/mongodb/funding/batch", json={"operations": [{"type": "delete"}]}, headers=auth(ENGINE))
+    assert "read-only" in detail(resp, 405, "collection")
+
+
+def test_a_batch_cannot_carry_more_records_than_an_insert(http: httpx.Client, env: Env) -> None:
+    """1,000 operations × 5,000 records each made the batch route a 5-million-record insert."""
+    t = T0 + 20_000 * M15
+    half = [kline_record("AVAXUSDT", t + i * M15, i=i) for i in range(2600)]
+    ops = [{"type": "insert", "data": half}, {"type": "insert", "data": half}]
+    resp = http.post("/api/v1/mongodb/klines_15m/batch", json={"operations": ops}, headers=auth(EXTRACTOR))
+    assert "batch size limit of 5000" in detail(resp, 413, "operations")
+    assert env.store.count("klines", "AVAXUSDT") == 0
+
+
+def test_typed_routes_refuse_long_ids_and_too_many_days(http: httpx.Client) -> None:
+    detail(http.get(f"/positions/{'p' * 65}"), 422, "position_id")
+    days = [{"date": (dt.date(2000, 1, 1) + dt.timedelta(days=i)).isoformat(), "daily_pnl": "1"} for i in range(3661)]
+    resp = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "daily_pnl", "records": days},
+        headers=auth(ENGINE),
+    )
+    assert resp.json()["inserted_count"] == 3661, resp.text
+    assert "3660 days" in detail(http.get("/pnl/daily", params={"to": "2010-01-10"}), 422, "from")
+    assert len(http.get("/pnl/daily", params={"from": "2000-01-01", "to": "2000-01-31"}).json()["days"]) == 31
 
 
 # --- market data through the same query, health ------------------------------------------------------------
@@ -646,6 +803,46 @@ def test_market_datasets_are_readable_through_the_generic_query(http: httpx.Clie
     right = {"symbol": "XRPUSDT", "interval": {"$in": ["15m", "1h"]}}
     got = http.get("/api/v1/mongodb/klines_15m", params={"filter": json.dumps(right), "limit": 3}).json()["data"]
     assert [r["interval"] for r in got] == ["15m"] * 3
+
+
+def test_ne_and_in_on_the_time_field_are_applied(http: httpx.Client) -> None:
+    """``$ne``/``$in`` on ``open_time`` were overwritten by the read window's range and silently ignored."""
+    t = T0 + 12_000 * M15
+    records = [kline_record("DOGEUSDT", t + i * M15, i=i) for i in range(6)]
+    http.post(
+        "/api/v1/data/insert",
+        json={"database": "mongodb", "collection": "klines_15m", "records": records},
+        headers=auth(EXTRACTOR),
+    ).raise_for_status()
+
+    def opens(flt: dict[str, Any]) -> list[str]:
+        resp = http.get("/api/v1/mongodb/klines_15m", params={"filter": json.dumps({"symbol": "DOGEUSDT", **flt})})
+        assert resp.status_code == 200, resp.text
+        return [r["open_time"] for r in resp.json()["data"]]
+
+    assert opens({"open_time": {"$ne": iso(t + 3 * M15)}}) == [iso(t + i * M15) for i in (0, 1, 2, 4, 5)]
+    assert opens({"open_time": {"$in": [iso(t), iso(t + 5 * M15)]}}) == [iso(t), iso(t + 5 * M15)]
+    assert opens({"timestamp": {"$in": [iso(t + M15)]}, "open_time": {"$gte": iso(t)}}) == [iso(t + M15)]
+
+
+def test_kline_interval_filters_accept_the_spelling_inserts_accept(http: httpx.Client) -> None:
+    """A record with ``interval: "m15"`` is stored as 15m; a filter with ``"m15"`` found nothing."""
+    t = T0 + 14_000 * M15
+    records = [{**kline_record("BNBUSDT", t + i * M15, i=i), "interval": "m15"} for i in range(2)]
+    body = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mongodb", "collection": "klines_m15", "records": records},
+        headers=auth(EXTRACTOR),
+    ).json()
+    assert body["inserted_count"] == 2, body
+
+    def count(flt: dict[str, Any]) -> int:
+        params = {"filter": json.dumps({"symbol": "BNBUSDT", **flt})}
+        return len(http.get("/api/v1/mongodb/klines_m15", params=params).json()["data"])
+
+    assert count({"interval": "m15"}) == 2 and count({"interval": "15m"}) == 2
+    assert count({"interval": {"$in": ["m15"]}}) == 2 and count({"interval": {"$ne": "m15"}}) == 0
+    assert count({"interval": "1h"}) == 0
 
 
 def test_health_keeps_the_platform_up_when_dagster_is_down(http: httpx.Client, env: Env) -> None:
@@ -709,6 +906,31 @@ def test_an_unmigrated_metadata_database_says_so_and_how_to_fix_it(env: Env, tmp
 
 
 # --- the client --------------------------------------------------------------------------------------------
+
+
+def test_clients_send_decimals_and_datetimes_as_the_contract_expects(env: Env) -> None:
+    """Money as Decimal and times as datetime (what a trade engine holds) raised TypeError in httpx's JSON encoder."""
+    opened = {
+        "position_id": "dec-1",
+        "entry_price": Decimal("27123.5"),
+        "entry_time": dt.datetime(2026, 3, 10, tzinfo=dt.UTC),
+    }
+    closed = {"final_realized_pnl": Decimal("40.25"), "closed_at": dt.datetime(2026, 3, 10, 13, tzinfo=dt.UTC)}
+    flt = {"symbol": "DOTUSDT", "position_side": "LONG", "status": "open"}
+    with DMClient(env.url, token=ENGINE) as c:
+        assert c.upsert_position(flt, opened).upserted_count == 1
+        assert c.close_position("DOTUSDT", "LONG", closed).modified_count == 1
+        row = c.position("dec-1")
+    assert row.entry_price == "27123.5" and row.final_realized_pnl == "40.25"
+    assert row.closed_at is not None and row.closed_at.startswith("2026-03-10T13:00:00")
+
+    async def run() -> Any:
+        async with AsyncDMClient(env.url, token=ENGINE) as c:
+            return await c.upsert_daily_pnl(
+                dt.date(2026, 6, 1), Decimal("1.10"), dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+            )
+
+    assert asyncio.run(run()).upserted_count == 1
 
 
 def test_async_client_reads_and_writes(env: Env) -> None:

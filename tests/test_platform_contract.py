@@ -220,6 +220,10 @@ def test_sql_values_must_fit_their_columns() -> None:
             check_platform_values(positions, values)
     with pytest.raises(ValueProblem, match="decimal places"):
         check_platform_values(pnl, {"daily_pnl": Decimal("1e-19")})
+    # Trailing zeros are not digits lost: a price formatted with 20 places fits DECIMAL(38, 18) exactly.
+    check_platform_values(positions, {"entry_price": Decimal("27123.50000000000000000000"), "pnl": Decimal("0E-25")})
+    with pytest.raises(ValueProblem, match="decimal places"):
+        check_platform_values(positions, {"entry_price": Decimal("27123.12345678901234567890")})
 
 
 def test_missing_table_errors_are_recognised_per_backend() -> None:
@@ -259,6 +263,16 @@ def test_more_refusals_of_the_declared_subset() -> None:
             parse_filter(positions, flt)
     with pytest.raises(ParamError, match="not a calendar date"):
         parse_filter(resolve("daily_pnl"), {"date": "2026-02-30"})
+    trades = resolve("agg_trades")
+    for flt, why in (
+        ({"agg_id": 2**63}, "64-bit"),
+        ({"buyer_is_maker": "yes"}, "true or false"),
+        ({"agg_id": {"$in": [1, None]}}, "cannot be null"),
+    ):
+        with pytest.raises(ParamError, match=why):
+            parse_filter(trades, flt)
+    with pytest.raises(TokenConfigError, match="non-empty list"):
+        parse_tokens(json.dumps({"a-token-of-sixteen-chars": []}))
     with pytest.raises(ParamError, match=r"\$set must be a non-empty object"):
         check_update_data(positions, {"$set": "closed"})
     with pytest.raises(ParamError, match="non-empty object"):

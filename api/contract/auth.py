@@ -8,8 +8,9 @@
 
 * Tokens are compared as SHA-256 digests with ``hmac.compare_digest`` against every
   configured entry (no early exit on the first match), so timing reveals nothing.
-* Tokens are never logged nor echoed: the settings field is a ``SecretStr``, errors
-  name the missing scope, never the token.
+* Tokens are never logged nor echoed: ``DM_API_TOKENS`` is a ``SecretStr`` (the older
+  ``DM_API_TOKEN`` is a plain ``Settings`` field: its repr shows it), errors name the
+  missing scope, never the token.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ MAX_IN_VALUES = 500
 MAX_FILTER_FIELDS = 32
 MAX_STR = 255
 MAX_DECIMAL_DIGITS = 34  # what Decimal128 holds exactly
+DECIMAL_MIN_EXP, DECIMAL_MAX_EXP = -6176, 6111  # Decimal128's exponent range (beyond it: Overflow, a 500)
 _DECIMAL_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _EPOCH_MIN, _EPOCH_MAX = 0, 253_402_300_799_999
@@ -49,8 +50,8 @@ def to_decimal(value: Any) -> Decimal:
     if isinstance(value, bool):
         raise ValueProblem("expected a decimal number, got a boolean")
     if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
+        text = str(value)
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueProblem(f"{value!r} is not a finite number")
         text = repr(value)
@@ -66,6 +67,9 @@ def to_decimal(value: Any) -> Decimal:
         raise ValueProblem(f"{text[:40]!r} is not a decimal number") from None
     if len(number.as_tuple().digits) > MAX_DECIMAL_DIGITS:
         raise ValueProblem(f"{text[:40]!r} has more than {MAX_DECIMAL_DIGITS} significant digits")
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int) and not DECIMAL_MIN_EXP <= exponent <= DECIMAL_MAX_EXP:
+        raise ValueProblem(f"{text[:40]!r} is out of range (exponent {DECIMAL_MIN_EXP}..{DECIMAL_MAX_EXP})")
     return number
 
 
@@ -88,7 +92,10 @@ def to_datetime(value: Any) -> dt.datetime:
         raise ValueProblem(f"{value[:40]!r} is not ISO-8601 (2026-03-10T00:00:00Z)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # an offset that moves it past year 1 or 9999 in UTC
+        raise ValueProblem(f"{value[:40]!r} is outside years 1..9999 in UTC") from None
 
 
 def epoch_ms(value: dt.datetime) -> int:
@@ -127,9 +134,15 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueProblem("does not fit a 64-bit integer")
         return value
     if t == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueProblem(f"expected a finite number, got {value!r:.40}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            raise ValueProblem(f"{str(value)[:40]}… does not fit a 64-bit float") from None
+        if not math.isfinite(number):
+            raise ValueProblem(f"expected a finite number, got {value!r:.40}")
+        return number
     if t == "decimal":
         return to_decimal(value)
     if t == "datetime":
@@ -148,12 +161,28 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if t == "json":
         if not isinstance(value, dict):
             raise ValueProblem(f"expected an object, got {type(value).__name__}")
+        _check_finite(value)
         return value
     if t == "list":
         if not isinstance(value, list):
             raise ValueProblem(f"expected an array, got {type(value).__name__}")
+        _check_finite(value)
         return value
     raise AssertionError(f"unknown field type {t}")  # pragma: no cover
+
+
+def _check_finite(value: Any, depth: int = 0) -> None:
+    """NaN/Infinity (which Python's json writes and reads) are not JSON: MariaDB's JSON check refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueProblem(f"{value!r} is not a JSON number")
+    if depth > 32:
+        raise ValueProblem("nested deeper than 32 levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_finite(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_finite(v, depth + 1)
 
 
 def _field(ds: Dataset, name: Any, param: str, *, purpose: str = "filter", where: str = "query") -> FieldSpec:

@@ -23,7 +23,7 @@ from bson.decimal128 import Decimal128
 from pymongo import ASCENDING
 
 from api.contract import klines
-from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset
+from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset, klines_interval
 from api.contract.filters import (
     MAX_BATCH_OPERATIONS,
     MAX_BATCH_RECORDS,
@@ -99,7 +99,10 @@ def check_platform_values(ds: Dataset, values: dict[str, Any]) -> None:
         if isinstance(value, str) and length is not None and len(value) > length:
             raise ValueProblem(f"{name}: longer than {length} characters")
         if isinstance(value, Decimal):
-            exponent = value.as_tuple().exponent
+            _, digits, exponent = value.as_tuple()
+            significant = "".join(map(str, digits)).rstrip("0")
+            if isinstance(exponent, int):  # trailing zeros are not digits: "1.50000000000000000000" fits
+                exponent = exponent + len(digits) - len(significant) if significant else 0
             if isinstance(exponent, int) and exponent < -MONEY_SCALE:
                 raise ValueProblem(f"{name}: more than {MONEY_SCALE} decimal places")
             if value != 0 and value.adjusted() >= MONEY_PRECISION - MONEY_SCALE:
@@ -250,6 +253,8 @@ def mongo_page(
     for c in rest:
         name = ds.fields[c.field].store_name
         if name in fixed:  # e.g. interval on klines_15m: decided here, the fixed equality stays as it is
+            if ds.kind == "klines" and name == "interval":  # "m15" is 15m, as inserts take it
+                c = Cond(c.field, c.op, _interval_value(c.value))
             if not _holds(fixed[name], c):
                 return [], False
             continue
@@ -262,6 +267,15 @@ def mongo_page(
     rows = _gallop(store, ds, base, lo, hi, want, descending)
     page = rows[offset : offset + limit]
     return page, len(rows) > offset + limit
+
+
+def _interval_value(value: Any) -> Any:
+    """A kline interval in either spelling (``m15``/``15m``) as stored (``15m``); others unchanged."""
+    if isinstance(value, tuple):
+        return tuple(_interval_value(v) for v in value)
+    if isinstance(value, str):
+        return klines_interval(f"klines_{value}") or value
+    return value
 
 
 def _holds(value: Any, c: Cond) -> bool:
@@ -310,8 +324,11 @@ def _collection_reader(store: MongoStore, ds: Dataset, base: dict[str, Any]) -> 
     coll = store.collection(ds.store)
     sort = [(k, ASCENDING) for k in spec.key] if explicit_sort(store) else None
 
+    on_time = base.get(spec.time_field)  # $ne/$in on the time field: kept beside the window's range
+    kept = dict(on_time) if isinstance(on_time, dict) else ({"$eq": on_time} if spec.time_field in base else {})
+
     def read(a: int, b: int, cap: int = 0) -> list[dict[str, Any]]:
-        flt = {**base, spec.time_field: {"$gte": a, "$lt": b}}
+        flt = {**base, spec.time_field: {**kept, "$gte": a, "$lt": b}}
         cur = coll.find(flt, {"_id": 0}, limit=cap, batch_size=max(101, min(cap, 10_000)))
         if sort:
             cur = cur.sort(sort)
@@ -376,6 +393,9 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
     if not isinstance(upsert, bool):
         raise ParamError("upsert", "must be true or false", where="body")
     values = check_update_data(ds, data)
+    nulled = [n for n, v in values.items() if v is None and not TABLES[ds.store].c[n].nullable]
+    if nulled:  # else NOT NULL fails in the store and reads as a key conflict (409)
+        raise ParamError("data", f"{', '.join(nulled)} cannot be null", where="body")
     try:
         check_platform_values(ds, values)
     except ValueProblem as exc:
@@ -414,6 +434,18 @@ def batch(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, ope
         raise ParamError(
             "operations",
             f"{len(operations)} operations exceed the batch size limit of {MAX_BATCH_OPERATIONS} per request",
+            status=413,
+            where="body",
+        )
+    records = sum(
+        len(op["data"]) if isinstance(op.get("data"), list) else 1
+        for op in operations
+        if isinstance(op, dict) and op.get("type") == "insert"
+    )
+    if records > MAX_BATCH_RECORDS:  # else 1,000 insert operations would carry 1,000 × the insert limit
+        raise ParamError(
+            "operations",
+            f"{records} records in insert operations exceed the batch size limit of {MAX_BATCH_RECORDS} per request",
             status=413,
             where="body",
         )

@@ -17,6 +17,7 @@ from api.contract.datasets import SCOPE_READ, Dataset, resolve
 from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
 from api.deps import AppState, Bearer, State, read_access, require_scope, state
 from api.models import ErrorResponse
+from api.params import ParamError
 
 router = APIRouter(tags=["platform"])
 
@@ -117,8 +118,10 @@ def _token(creds: Any, x_api_token: str | None) -> str | None:
     return creds.credentials if creds is not None else x_api_token
 
 
-def _writer(st: AppState, ds: Dataset, token: str | None) -> None:
-    require_scope(st, token, ds.write_scope or "write")
+def _writer(st: AppState, ds: Dataset, token: str | None, where: str = "path") -> None:
+    if ds.write_scope is None:  # no token can write it: say so, rather than name a scope nobody has
+        raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where=where)
+    require_scope(st, token, ds.write_scope)
 
 
 def _stores(st: AppState, ds: Dataset) -> tuple[Any, Any]:
@@ -146,7 +149,7 @@ async def insert(body: InsertRequest, request: Request, creds: Bearer, x_api_tok
     """Insert records; partial batches store the valid records and list the others in `errors`."""
     st = state(request)
     ds = resolve(body.collection, body.database, where="body")
-    _writer(st, ds, _token(creds, x_api_token))
+    _writer(st, ds, _token(creds, x_api_token), where="body")
     mongo, meta = _stores(st, ds)
     return await run_in_threadpool(service.insert, mongo, meta, ds, body.records)
 

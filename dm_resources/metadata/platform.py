@@ -166,8 +166,16 @@ class PlatformTables:
                 else:
                     out.duplicates += 1
             except IntegrityError:
-                out.errors.append({"index": index, "reason": self._conflict_reason(table, row)})
+                if self._exists(table, key, row[key]):  # lost a race to a concurrent insert of this record
+                    out.duplicates += 1
+                else:
+                    out.errors.append({"index": index, "reason": self._conflict_reason(table, row)})
         return out
+
+    def _exists(self, table: str, key: str, value: Any) -> bool:
+        tbl = TABLES[table]
+        with self.store._read() as conn:
+            return conn.execute(select(tbl.c.id).where(tbl.c[key] == value)).first() is not None
 
     @staticmethod
     def _conflict_reason(table: str, row: Mapping[str, Any]) -> str:
