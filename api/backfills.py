@@ -60,7 +60,7 @@ def plan_partitions(
     days = (d1 - d0).days + 1
     if days > max_days:
         raise ParamError("end", f"{days} days requested; at most {max_days} per backfill", where="body")
-    out = []
+    out: list[str] = []
     for i in range(days):
         day = (d0 + dt.timedelta(days=i)).isoformat()
         out.extend(f"{day}|{p}" for p in pairs)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from dm_resources.metadata.schemas import BackfillOrigin, BackfillStatus
+
 # DagsterRunStatus → our vocabulary (dm_resources.metadata.schemas.BackfillStatus).
-RUN_STATUS: dict[str, str] = {
+RUN_STATUS: dict[str, BackfillStatus] = {
     "QUEUED": "queued",
     "NOT_STARTED": "queued",
     "MANAGED": "queued",
@@ -28,12 +30,12 @@ def _name(status: object) -> str:
     return str(getattr(status, "value", status))
 
 
-def run_status(status: object) -> str:
+def run_status(status: object) -> BackfillStatus:
     """Our status of one Dagster run; an unknown (newer) Dagster status counts as running."""
     return RUN_STATUS.get(_name(status), "running")
 
 
-def backfill_status(status: object, run_statuses: Iterable[object]) -> str:
+def backfill_status(status: object, run_statuses: Iterable[object]) -> BackfillStatus:
     """Our status of a backfill from Dagster's backfill status and its runs' Dagster statuses.
 
     Dagster marks a backfill COMPLETED once it has *requested* every run, while runs may
@@ -50,3 +52,14 @@ def backfill_status(status: object, run_statuses: Iterable[object]) -> str:
             return "running"
         return "failure" if "failure" in runs else "success"
     return "running" if runs else "requested"
+
+
+ORIGINS: tuple[BackfillOrigin, ...] = ("api", "ui", "sensor", "schedule")
+
+
+def origin_of(tag: str | None) -> BackfillOrigin:
+    """The ``dm/origin`` tag of a backfill or run as a known origin; anything else was started in the UI."""
+    for o in ORIGINS:
+        if tag == o:
+            return o
+    return "ui"

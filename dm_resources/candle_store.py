@@ -175,7 +175,7 @@ class Bucket:
             cols[c] = df[c].to_numpy(dtype=np.float64) if c in df else np.full(len(df), np.nan)
         cols["trades"] = df["trades"].to_numpy(dtype=np.int64) if "trades" in df else np.zeros(len(df), np.int64)
         source = [str(s or "") for s in df["source"].tolist()] if "source" in df else [""] * len(df)
-        flags = [_flag_key(f) for f in df["flags"].tolist()] if "flags" in df else [()] * len(df)
+        flags: list[tuple[str, ...]] = [_flag_key(f) for f in df["flags"].tolist()] if "flags" in df else [()] * len(df)
         return cls(symbol, interval, start, end, cols, source, flags)._normalized()
 
     def _normalized(self) -> Bucket:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from dm_resources.settings import Settings, load_settings
@@ -153,6 +154,7 @@ def _mongo_ping(url: str) -> bool:
     from pymongo.errors import PyMongoError
 
     try:
+        c: MongoClient[dict[str, Any]]
         with MongoClient(url, serverSelectionTimeoutMS=500, connectTimeoutMS=500) as c:
             c.admin.command("ping")
         return True

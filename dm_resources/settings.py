@@ -185,7 +185,7 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, turning pydantic's report into one clear line per field."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the overrides
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -45,7 +45,7 @@ class IngestSettings(BaseSettings):
 def load_ingest_settings(**overrides: object) -> IngestSettings:
     """Like ``dm_resources.settings.load_settings``: one line per bad variable, naming it."""
     try:
-        return IngestSettings(**overrides)  # type: ignore[arg-type]
+        return IngestSettings(**overrides)  # type: ignore[arg-type]  # pydantic validates the overrides
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -72,7 +72,8 @@ def to_decimal128(value: object) -> Decimal128:
                     high = ((_EXPONENT_BIAS - len(frac)) << 49) | (coefficient >> 64)
                     if sign == "-":
                         high |= _SIGN_BIT
-                    dec = Decimal128((high, coefficient & _LOW_64))
+                    # bson builds a Decimal128 from its (high, low) bit words; its stubs list only the decimal tuple.
+                    dec = Decimal128((high, coefficient & _LOW_64))  # type: ignore[arg-type]
                     if len(_DECIMALS) >= _DECIMALS_MAX:
                         _DECIMALS.clear()
                     _DECIMALS[value] = dec

@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import websockets
 from nats.js import JetStreamContext
@@ -159,7 +160,7 @@ class Feed:
 
 
 async def run_feed(
-    nats_url: str, subject: str, stream: str, urls: Sequence[str], stop: asyncio.Event | None = None, **kw: float
+    nats_url: str, subject: str, stream: str, urls: Sequence[str], stop: asyncio.Event | None = None, **kw: Any
 ) -> FeedStats:
     nc = await connect_nats(nats_url, "dm-feed")
     try:

@@ -79,7 +79,7 @@ async def _connect_once(url: str, name: str, timeout_s: float, callbacks: dict[s
                 servers=[u.strip() for u in url.split(",")],
                 name=name,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds as a float; nats-py's hint says int
                 connect_timeout=2,
                 allow_reconnect=True,
                 **callbacks,

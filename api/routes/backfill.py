@@ -145,7 +145,7 @@ def list_jobs(
     """Backfill jobs newest first: API, UI, sensor and schedule backfills alike (as stored)."""
     if status is not None and status not in STATUSES:
         raise ParamError("status", f"{status!r} is not one of {', '.join(STATUSES)}")
-    return BackfillJobList(jobs=st.meta.list_backfill_jobs(status, limit))  # type: ignore[arg-type]
+    return BackfillJobList(jobs=st.meta.list_backfill_jobs(status, limit))  # type: ignore[arg-type]  # checked above
 
 
 @router.get(

@@ -17,7 +17,8 @@ from dagster._core.execution.backfill import PartitionBackfill
 
 from dm_assets.partitions import split_key
 from dm_resources.backfill_status import backfill_status as shared_backfill_status
-from dm_resources.backfill_status import run_status
+from dm_resources.backfill_status import origin_of, run_status
+from dm_resources.metadata.schemas import BackfillStatus
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -28,7 +29,7 @@ ORIGIN_TAG = "dm/origin"
 TRACKED_RUN_ORIGINS = ("sensor", "schedule")
 
 
-def backfill_status(backfill: PartitionBackfill, run_statuses: list[DagsterRunStatus]) -> str:
+def backfill_status(backfill: PartitionBackfill, run_statuses: list[DagsterRunStatus]) -> BackfillStatus:
     """Our status for a Dagster backfill: the one mapping shared with the API."""
     return shared_backfill_status(backfill.status, run_statuses)
 
@@ -74,9 +75,8 @@ def sync_backfills(instance: DagsterInstance, meta: MetadataStore, limit: int = 
         if existing is None:
             keys = _partition_keys(bf)
             symbols, start, end = _window(keys)
-            origin = bf.tags.get(ORIGIN_TAG, "ui")
             meta.create_backfill_job(
-                origin=origin if origin in ("api", "ui", "sensor", "schedule") else "ui",
+                origin=origin_of(bf.tags.get(ORIGIN_TAG)),
                 symbols=symbols or ["*"],
                 interval="1m",
                 start_time=start,
@@ -117,7 +117,7 @@ def sync_runs(instance: DagsterInstance, meta: MetadataStore, since: dt.datetime
                 keys = [pk] if pk else []
                 symbols, start, end = _window(keys)
                 meta.create_backfill_job(
-                    origin=origin,
+                    origin=origin_of(origin),
                     symbols=symbols or ["*"],
                     interval="1m",
                     start_time=start,

@@ -2,6 +2,7 @@
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -67,11 +68,11 @@ def _check_results(interval: str, results: Iterable[audit.CheckOutcome]) -> list
     ]
 
 
-def _meta_value(v: object) -> object:
+def _meta_value(v: object) -> Any:
     return MetadataValue.json(v) if isinstance(v, list | dict) else v
 
 
-def _merge(builds: list[build.DayBuild]) -> dict[str, object]:
+def _merge(builds: list[build.DayBuild]) -> dict[str, Any]:
     """One materialization's metadata; a run may cover several partitions (backfill policy)."""
     total_sources: dict[str, int] = {}
     for b in builds:

@@ -394,7 +394,7 @@ def build_1m_day(
     disagreement_by_time = {d.open_time: d for d in disagreements}
     for t in out.detected:
         row = candles.iloc[idx[t]]
-        d = disagreement_by_time.get(t)
+        dis = disagreement_by_time.get(t)
         events.append(
             AuditLogIn(
                 check_name=check_for(found[t]),
@@ -406,7 +406,7 @@ def build_1m_day(
                     "open_time": t,
                     "flags": sorted(found[t]),
                     "values": _values(row),
-                    **({"disagreement": d.as_dict()} if d else {}),
+                    **({"disagreement": dis.as_dict()} if dis else {}),
                 },
                 asset_key="candles/candles_1m",
                 partition_key=f"{day}|{symbol}",
@@ -417,8 +417,8 @@ def build_1m_day(
         )
     if events:
         meta.record_audit(events)
-    for f in flags_col:
-        for name in f:
+    for names in flags_col:
+        for name in names:
             out.flagged[name] = out.flagged.get(name, 0) + 1
 
     candles = candles.sort_values("open_time").reset_index(drop=True)

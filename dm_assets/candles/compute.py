@@ -124,7 +124,7 @@ def decimals_to_float(values: Sequence[Any]) -> np.ndarray:
     out = np.where(exp < 0, coef / scale, coef * scale)
     out = np.where((hi >> np.uint64(63)) == 1, -out, out)
     slow = np.flatnonzero(~fast)
-    for i in slow:
+    for i in slow.tolist():
         out[i] = _one_to_float(values[i])
     return out
 
@@ -298,7 +298,7 @@ def trades_to_1m(trades: pd.DataFrame) -> pd.DataFrame:
         t, p, q, m = t[order], p[order], q[order], m[order]
         agg = agg[order] if agg is not None else None
         if has_ids:
-            f, la = f[order], la[order]  # type: ignore[index]
+            f, la = f[order], la[order]  # type: ignore[index]  # not None when has_ids
         n = len(t)
 
     minute = t - t % MINUTE_MS
@@ -318,7 +318,7 @@ def trades_to_1m(trades: pd.DataFrame) -> pd.DataFrame:
             "quote_volume": np.add.reduceat(pq, starts),
             "taker_buy_volume": np.add.reduceat(np.where(buy, q, 0.0), starts),
             "taker_buy_quote_volume": np.add.reduceat(np.where(buy, pq, 0.0), starts),
-            "trades": np.add.reduceat(la - f + 1, starts) if has_ids else (ends - starts).astype(np.int64),  # type: ignore[operator]
+            "trades": np.add.reduceat(la - f + 1, starts) if has_ids else (ends - starts).astype(np.int64),  # type: ignore[operator]  # ids present
         }
     )
     return out

@@ -119,7 +119,7 @@ def check_penalty(r: CheckResult) -> float:
 
 def consistency_from_checks(rows: int, results: Sequence[CheckResult]) -> tuple[float, dict[str, Any]]:
     """Consistency from check outcomes, and the reasons (failed checks with counts and penalties)."""
-    reasons = {
+    reasons: dict[str, dict[str, Any]] = {
         r.name: {
             "count": r.count,
             "severity": r.severity,

@@ -83,7 +83,8 @@ def thresholds_for(symbol: str, overrides: Mapping[str, Mapping[str, float]] | N
         bad = set(values) - set(known)
         if bad:
             raise ValueError(f"DM_QUALITY_THRESHOLDS[{key!r}]: unknown keys {sorted(bad)}; known: {sorted(known)}")
-        th = replace(th, **{k: (int(v) if known[k] == "int" else float(v)) for k, v in values.items()})
+        changes: dict[str, Any] = {k: (int(v) if known[k] == "int" else float(v)) for k, v in values.items()}
+        th = replace(th, **changes)
     return th
 
 
@@ -184,11 +185,11 @@ def detect_bad_prints(df: pd.DataFrame, step_ms: int, th: Thresholds = DEFAULT_T
     # --- rule 2: wicks far beyond the neighbourhood ----------------------------------------
     body_hi, body_lo = np.maximum(lo_, lc), np.minimum(lo_, lc)
     body = np.abs(lc - lo_)
-    k = th.wick_neighbours
+    neighbours = th.wick_neighbours
     nb_hi = np.full(n, -np.inf)
     nb_lo = np.full(n, np.inf)
     nb_body = np.zeros(n)
-    for off in range(1, k + 1):
+    for off in range(1, neighbours + 1):
         for sgn in (-1, 1):
             idx = np.arange(n) + sgn * off
             inside = (idx >= 0) & (idx < n)

@@ -7,6 +7,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     Config,
+    DagsterInstance,
     DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
@@ -29,16 +30,14 @@ class RetentionConfig(Config):
     dry_run: bool = Field(default=False, description="Count what would be deleted, delete nothing.")
 
 
-def partition_status(instance: object, symbols_known: set[str]) -> plan.StatusLookup:
+def partition_status(instance: DagsterInstance, symbols_known: set[str]) -> plan.StatusLookup:
     """A lookup of which days' consuming partitions are materialized (failed, running or never run: pending)."""
 
     def status(consumer: str, symbol: str, days: Sequence[str]) -> Mapping[str, bool]:
         if not days or symbol not in symbols_known:
             return dict.fromkeys(days, False)
         keys = [str(partition_key(d, symbol)) for d in days]
-        found = instance.get_status_by_partition(  # type: ignore[attr-defined]
-            AssetKey(consumer.split("/")), keys, DATE_SYMBOL_PARTITIONS
-        )
+        found = instance.get_status_by_partition(AssetKey(consumer.split("/")), keys, DATE_SYMBOL_PARTITIONS)
         found = found or {}
         return {d: found.get(k) == AssetPartitionStatus.MATERIALIZED for d, k in zip(days, keys, strict=True)}
 

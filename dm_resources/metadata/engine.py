@@ -254,7 +254,7 @@ class SqlStore:
         return {"url": self.url.render_as_string(hide_password=False), "retry_attempts": self.retry_attempts}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        self.__init__(state["url"], retry_attempts=state["retry_attempts"])  # type: ignore[misc]
+        self.__init__(state["url"], retry_attempts=state["retry_attempts"])  # type: ignore[misc]  # rebuild from the pickled URL
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url.render_as_string(hide_password=True)!r})"

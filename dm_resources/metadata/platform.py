@@ -35,8 +35,8 @@ from sqlalchemy.exc import IntegrityError
 from dm_resources.metadata import models
 from dm_resources.metadata.store import MetadataStore
 
-POSITIONS: Table = models.Position.__table__  # type: ignore[assignment]
-DAILY_PNL: Table = models.DailyPnl.__table__  # type: ignore[assignment]
+POSITIONS: Table = models.Position.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+DAILY_PNL: Table = models.DailyPnl.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
 TABLES: dict[str, Table] = {"positions": POSITIONS, "daily_pnl": DAILY_PNL}
 # Columns the API never shows nor accepts: surrogate key and the open-slot bookkeeping.
 INTERNAL = frozenset({"id", "open_slot"})

@@ -46,12 +46,12 @@ from dm_resources.metadata.schemas import (
 )
 
 # The tables, as SQLAlchemy Core ``Table``s of the declarative models.
-DATASETS: Table = models.Dataset.__table__  # type: ignore[assignment]
-AUDIT_LOGS: Table = models.AuditLog.__table__  # type: ignore[assignment]
-HEALTH: Table = models.HealthMetric.__table__  # type: ignore[assignment]
-BACKFILLS: Table = models.BackfillJob.__table__  # type: ignore[assignment]
-LINEAGE: Table = models.LineageRecord.__table__  # type: ignore[assignment]
-MISSING: Table = models.ConfirmedMissing.__table__  # type: ignore[assignment]
+DATASETS: Table = models.Dataset.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+AUDIT_LOGS: Table = models.AuditLog.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+HEALTH: Table = models.HealthMetric.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+BACKFILLS: Table = models.BackfillJob.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+LINEAGE: Table = models.LineageRecord.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+MISSING: Table = models.ConfirmedMissing.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
 
 __all__ = ["MetadataStore", "head_revision", "make_engine", "upgrade", "utcnow", "walk_lineage"]
 
