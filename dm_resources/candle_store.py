@@ -46,7 +46,7 @@ from bson import Binary
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import CANDLE_FLOAT_FIELDS, now_ms
 from dm_resources.intervals import DAY_DIVIDING_INTERVAL_MS, DAY_MS
 from dm_resources.mongo import WriteResult
 
@@ -66,16 +66,7 @@ FUTURE_SLACK_MS = DAY_MS
 INTERVAL_MS = DAY_DIVIDING_INTERVAL_MS
 YEAR_BUCKET_INTERVALS = frozenset({"1d"})
 
-FLOAT_COLUMNS = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "taker_buy_volume",
-    "taker_buy_quote_volume",
-)
+FLOAT_COLUMNS = CANDLE_FLOAT_FIELDS
 INT_COLUMNS = ("open_time", "trades")
 NUMERIC_COLUMNS = ("open_time", *FLOAT_COLUMNS, "trades")
 CODED_COLUMNS = ("source", "flags")

@@ -25,6 +25,11 @@ CANDLE_INTERVALS: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
 #: Those derived from stored 1m candles.
 HIGHER_CANDLE_INTERVALS: tuple[str, ...] = CANDLE_INTERVALS[1:]
 
+#: A candle's float fields (OHLC then volumes), in the order every layout and response uses.
+CANDLE_PRICE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
+CANDLE_VOLUME_FIELDS: tuple[str, ...] = ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume")
+CANDLE_FLOAT_FIELDS: tuple[str, ...] = CANDLE_PRICE_FIELDS + CANDLE_VOLUME_FIELDS
+
 CANDLES_GROUP = "candles"
 QUALITY_GROUP = "quality"
 

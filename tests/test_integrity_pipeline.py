@@ -29,7 +29,6 @@ from dm_resources.candle_store import CandleStore
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
-from dm_resources.settings import load_settings
 from ingest_service.pricepath import minute_trades
 from tests.fake_exchange import FakeExchange
 
@@ -40,25 +39,6 @@ M = 60_000
 SYMBOL = "BTCUSDT"
 PK = partition_key(DAY, SYMBOL)
 PRICE_FIELDS = ("open", "high", "low", "close")
-
-
-@pytest.fixture
-def exchange() -> Iterator[FakeExchange]:
-    ex = FakeExchange().start()  # wall clock: the test day is in the past
-    yield ex
-    ex.stop()
-
-
-@pytest.fixture
-def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeExchange) -> ResourceSet:
-    return ResourceSet(
-        load_settings(
-            mongo_url=mongo_store.url,
-            mongo_db=mongo_store.db_name,
-            metadata_url=sqlite_metadata_url,
-            binance_rest_url=exchange.url,
-        )
-    )
 
 
 @pytest.fixture

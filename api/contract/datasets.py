@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from api.params import ParamError
+from dm_resources.contracts import CANDLE_FLOAT_FIELDS
 from dm_resources.intervals import INTERVAL_MS, VALID_INTERVALS, WEEK_MS
 
 FieldType = Literal["str", "symbol", "int", "float", "decimal", "datetime", "date", "bool", "json", "list"]
@@ -166,19 +167,7 @@ MARKET: dict[str, Dataset] = {
                 _f("interval", "str"),
                 _f("open_time", "datetime"),
                 _f("close_time", "datetime"),
-                *(
-                    _f(n, "float")
-                    for n in (
-                        "open",
-                        "high",
-                        "low",
-                        "close",
-                        "volume",
-                        "quote_volume",
-                        "taker_buy_volume",
-                        "taker_buy_quote_volume",
-                    )
-                ),
+                *(_f(n, "float") for n in CANDLE_FLOAT_FIELDS),
                 _f("trades", "int"),
                 _f("source", "str"),
             ),

@@ -19,15 +19,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from dm_resources.contracts import CANDLE_FLOAT_FIELDS, CANDLE_PRICE_FIELDS, CANDLE_VOLUME_FIELDS
 from dm_resources.intervals import DAY_DIVIDING_INTERVAL_MS, DAY_MS, MINUTE_MS
 
 # Only intervals that divide a UTC day are supported: their buckets are epoch aligned.
 # 3d, 1w and 1M are calendar aligned on Binance and are not derived here.
 INTERVAL_MS = DAY_DIVIDING_INTERVAL_MS
 
-PRICE_COLUMNS = ("open", "high", "low", "close")
-VOLUME_COLUMNS = ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume")
-FLOAT_COLUMNS = PRICE_COLUMNS + VOLUME_COLUMNS
+PRICE_COLUMNS = CANDLE_PRICE_FIELDS
+VOLUME_COLUMNS = CANDLE_VOLUME_FIELDS
+FLOAT_COLUMNS = CANDLE_FLOAT_FIELDS
 CANDLE_COLUMNS = ("open_time", "close_time", *FLOAT_COLUMNS, "trades", "source")
 
 # Source names written to ``candles.source``.
