@@ -1,0 +1,162 @@
+"""The code location served the production way: a real ``dagster code-server`` process,
+loaded through ``deploy/workspace.grpc.yaml`` by an instance + workspace context exactly as
+dagster-webserver and dagster-daemon load it, and queried through the webserver's GraphQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._grpc.client import DagsterGrpcClient
+from dagster_graphql.test.utils import execute_dagster_graphql
+
+from dm_assets.definitions import build_defs
+from dm_resources.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE = ROOT / "deploy" / "workspace.grpc.yaml"
+LOCATION = "market_data"
+
+WORKSPACE_QUERY = """
+query {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message }
+          ... on RepositoryLocation {
+            repositories {
+              sensors { name }
+              schedules { name }
+              assetNodes { assetKey { path } }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def code_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """``dagster code-server start`` as the image's ``code-server`` entry point runs it."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("code_server") / "code_server.log"
+    env = {**os.environ, "DM_AUTOMATION": "false"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "code-server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--module-name",
+                "dm_assets.definitions",
+                "--attribute",
+                "defs",
+                "--location-name",
+                LOCATION,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = DagsterGrpcClient(port=port, host="127.0.0.1")
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"code server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                client.ping("ready?")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"code server not serving after 120 s: {log_path.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def workspace_env(monkeypatch: pytest.MonkeyPatch, code_server: int) -> int:
+    monkeypatch.setenv("DM_CODE_SERVER_HOST", "127.0.0.1")
+    monkeypatch.setenv("DM_CODE_SERVER_PORT", str(code_server))
+    return code_server
+
+
+def _expected() -> tuple[set[str], set[str], set[str]]:
+    """What the in-process definitions declare: the served location must expose all of it."""
+    defs = build_defs()
+    repo = defs.get_repository_def()
+    assets = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    sensors = {s.name for s in repo.sensor_defs}
+    schedules = {s.name for s in repo.schedule_defs}
+    return assets, sensors, schedules
+
+
+def test_workspace_file_loads_the_grpc_code_server(workspace_env: int, instance: DagsterInstance) -> None:
+    assets, sensors, schedules = _expected()
+    with WorkspaceProcessContext(instance, WorkspaceFileTarget([str(WORKSPACE)])) as ctx:
+        request = ctx.create_request_context()
+        assert request.get_code_location_error(LOCATION) is None
+        location = request.get_code_location(LOCATION)
+        assert location.origin.port == workspace_env  # served from the process, not imported here
+        (repo,) = location.get_repositories().values()
+        served_assets = {node.asset_key.to_user_string() for node in repo.get_asset_node_snaps()}
+        assert assets <= served_assets
+        assert {s.name for s in repo.get_sensors()} == sensors
+        assert {s.name for s in repo.get_schedules()} == schedules
+        assert {"candles/candles_1m", "quality/health_scores"} <= served_assets
+        assert {"gap_sensor", "symbol_discovery_sensor"} <= sensors
+        assert "audit_schedule" in schedules
+
+
+def test_webserver_graphql_lists_assets_sensors_schedules(workspace_env: int, instance: DagsterInstance) -> None:
+    assets, sensors, schedules = _expected()
+    with WorkspaceProcessContext(instance, WorkspaceFileTarget([str(WORKSPACE)])) as ctx:
+        result = execute_dagster_graphql(ctx.create_request_context(), WORKSPACE_QUERY)
+    assert not result.errors
+    (entry,) = result.data["workspaceOrError"]["locationEntries"]
+    assert entry["name"] == LOCATION
+    loaded = entry["locationOrLoadError"]
+    assert loaded["__typename"] == "RepositoryLocation", loaded
+    (repo,) = loaded["repositories"]
+    assert {"/".join(n["assetKey"]["path"]) for n in repo["assetNodes"]} >= assets
+    assert {s["name"] for s in repo["sensors"]} == sensors
+    assert {s["name"] for s in repo["schedules"]} == schedules
+
+
+def test_unreachable_code_server_is_a_load_error(monkeypatch: pytest.MonkeyPatch, instance: DagsterInstance) -> None:
+    """The same workspace file aimed at a port nobody serves must report a load error, not an empty location."""
+    monkeypatch.setenv("DM_CODE_SERVER_HOST", "127.0.0.1")
+    monkeypatch.setenv("DM_CODE_SERVER_PORT", str(free_port()))
+    with WorkspaceProcessContext(instance, WorkspaceFileTarget([str(WORKSPACE)])) as ctx:
+        request = ctx.create_request_context()
+        assert request.get_code_location_error(LOCATION) is not None
+        assert not request.has_code_location(LOCATION)
