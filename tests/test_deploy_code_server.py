@@ -52,29 +52,23 @@ query {
 
 @pytest.fixture(scope="module")
 def code_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """``dagster code-server start`` as the image's ``code-server`` entry point runs it."""
+    """``dagster code-server start`` through the image's entry point (``deploy/entrypoint.sh code-server``)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("code_server") / "code_server.log"
-    env = {**os.environ, "DM_AUTOMATION": "false"}
+    home = tmp_path_factory.mktemp("dagster_home")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DM_AUTOMATION": "false",
+        "DM_APP_DIR": str(ROOT),
+        "DM_BIND_HOST": "127.0.0.1",
+        "DM_CODE_SERVER_PORT": str(port),
+        "DAGSTER_HOME": str(home),
+    }
     with open(log_path, "wb") as log:
+        # The image's own entry point, so the command the containers run is the one tested.
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dagster",
-                "code-server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--module-name",
-                "dm_assets.definitions",
-                "--attribute",
-                "defs",
-                "--location-name",
-                LOCATION,
-            ],
+            ["sh", str(ROOT / "deploy" / "entrypoint.sh"), "code-server"],
             cwd=ROOT,
             env=env,
             stdout=log,
