@@ -24,11 +24,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first (cached layer while only our code changes): install the project's
-# declared dependencies from pyproject.toml, then the project itself without deps.
+# declared dependencies (and the k8s extra) from pyproject.toml, then the project itself.
 COPY pyproject.toml README.md ./
 RUN python - <<'PY' > /tmp/requirements.txt
 import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["k8s"]))
 PY
 RUN pip install --upgrade pip setuptools wheel && pip install -r /tmp/requirements.txt
 COPY dm_resources ./dm_resources
