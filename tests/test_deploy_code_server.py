@@ -150,7 +150,10 @@ def test_unreachable_code_server_is_a_load_error(monkeypatch: pytest.MonkeyPatch
     """The same workspace file aimed at a port nobody serves must report a load error, not an empty location."""
     monkeypatch.setenv("DM_CODE_SERVER_HOST", "127.0.0.1")
     monkeypatch.setenv("DM_CODE_SERVER_PORT", str(free_port()))
-    with WorkspaceProcessContext(instance, WorkspaceFileTarget([str(WORKSPACE)])) as ctx:
+    with (
+        pytest.warns(UserWarning, match="Could not reach user code server"),
+        WorkspaceProcessContext(instance, WorkspaceFileTarget([str(WORKSPACE)])) as ctx,
+    ):
         request = ctx.create_request_context()
         assert request.get_code_location_error(LOCATION) is not None
         assert not request.has_code_location(LOCATION)
