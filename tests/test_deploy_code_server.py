@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from dagster import DagsterInstance
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -157,3 +158,76 @@ def test_unreachable_code_server_is_a_load_error(monkeypatch: pytest.MonkeyPatch
         request = ctx.create_request_context()
         assert request.get_code_location_error(LOCATION) is not None
         assert not request.has_code_location(LOCATION)
+
+
+def _start_role(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        command = ["sh", str(ROOT / "deploy" / "entrypoint.sh"), role]
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_webserver_and_daemon_roles_on_postgres(code_server: int, postgres_url: str, tmp_path: Path) -> None:
+    """The compose topology in miniature: webserver and daemon from the entry point, instance in
+    PostgreSQL through the image's dagster.yaml, code location from the running code server; the
+    webserver's GraphQL lists the location and the daemon passes the compose liveness check."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DM_AUTOMATION": "false",
+        "DM_APP_DIR": str(ROOT),
+        "DM_BIND_HOST": "127.0.0.1",
+        "DM_CODE_SERVER_HOST": "127.0.0.1",
+        "DM_CODE_SERVER_PORT": str(code_server),
+        "DAGSTER_WEBSERVER_PORT": str(port),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "DAGSTER_PG_URL": postgres_url,
+    }
+    webserver = _start_role("webserver", env, tmp_path / "webserver.log")
+    daemon = _start_role("daemon", env, tmp_path / "daemon.log")
+    try:
+        deadline = time.monotonic() + 120
+        data = None
+        while data is None:
+            for proc, name in ((webserver, "webserver"), (daemon, "daemon")):
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited: {(tmp_path / f'{name}.log').read_text()[-2000:]}")
+            try:
+                resp = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": WORKSPACE_QUERY}, timeout=10)
+                if resp.status_code == 200:
+                    data = resp.json()["data"]
+            except requests.RequestException:
+                pass
+            if data is None:
+                assert time.monotonic() < deadline, (tmp_path / "webserver.log").read_text()[-2000:]
+                time.sleep(1)
+        (entry,) = data["workspaceOrError"]["locationEntries"]
+        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
+        (repo,) = entry["locationOrLoadError"]["repositories"]
+        assert "gap_sensor" in {s["name"] for s in repo["sensors"]}
+
+        # The compose healthcheck of dagster-daemon: heartbeats of every daemon in PostgreSQL.
+        while True:
+            check = subprocess.run(
+                [str(Path(sys.executable).parent / "dagster-daemon"), "liveness-check"],
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            if check.returncode == 0:
+                break
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, check.stdout.decode() + check.stderr.decode()
+            time.sleep(2)
+    finally:
+        _stop(webserver)
+        _stop(daemon)
