@@ -134,6 +134,11 @@ class IngestProcess:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the ingest process so far (for CPU per message: capacity planning)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -261,12 +266,19 @@ def store_only_rate(store: MongoStore, lines: list[bytes], batch: int) -> dict:
                 grouped[coll].append(doc)
     total = sum(len(v) for v in grouped.values())
     store.ensure_indexes()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for coll, docs in grouped.items():
         for i in range(0, len(docs), batch):
             store.insert_idempotent(coll, docs[i : i + batch])
-    s = time.perf_counter() - t0
-    return {"docs_per_s": round(total / s, 1), "messages_per_s": round(len(lines) / s, 1), "seconds": round(s, 2)}
+    s, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "docs_per_s": round(total / s, 1),
+        "messages_per_s": round(len(lines) / s, 1),
+        "seconds": round(s, 2),
+        # Client-side CPU of the bare bulk insert (pymongo encoding, no decoding): the anchor
+        # for the ingest process's CPU per message below.
+        "client_cpu_us_per_message": round(cpu / len(lines) * 1e6, 1),
+    }
 
 
 def phase_throughput(nats_url: str, mongo_url: str, n: int, batch: int, log_dir: Path) -> dict:
@@ -295,9 +307,9 @@ def phase_throughput(nats_url: str, mongo_url: str, n: int, batch: int, log_dir:
     asyncio.run(publish_lines(nats_url, subject, stream, lines, progress=False))
     ing = IngestProcess(nats_url, mongo_url, f"drain_{tag2}", tag2, batch, log_dir)
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), ing.cpu_seconds()
         ing.drain(n)
-        drain_s = time.perf_counter() - t0
+        drain_s, drain_cpu = time.perf_counter() - t0, ing.cpu_seconds() - c0
     finally:
         ing.stop()
     return {
@@ -309,6 +321,11 @@ def phase_throughput(nats_url: str, mongo_url: str, n: int, batch: int, log_dir:
         "ratio_to_bare_messages_per_s": round(e2e / bare["messages_per_s"], 3),
         "backlog_drain_messages_per_s": round(n / drain_s, 1),
         "backlog_ratio_to_bare": round(n / drain_s / bare["messages_per_s"], 3),
+        # CPU the ingest process spent per message while draining (decode, validate, map,
+        # write, ack): what the capacity plan in docs/DEPLOY.md sizes replicas with.
+        "ingest_cpu_us_per_message": round(drain_cpu / n * 1e6, 1),
+        "ingest_cpu_ratio_to_bare_client": round(drain_cpu / n * 1e6 / bare["client_cpu_us_per_message"], 2),
+        "ingest_cpu_cores_while_draining": round(drain_cpu / drain_s, 2),
         "note": "end_to_end publishes concurrently from this process (its CPU competes on 2 cores); "
         "backlog_drain is the ingest process alone on a pre-published stream",
     }
