@@ -682,6 +682,27 @@ def test_backfill_jobs_are_listed_and_reported_from_the_store_when_dagster_is_do
     error_for(http.get("/backfill/jobs", params={"status": "bogus"}), 422, "status")
 
 
+def test_an_active_backfill_without_dagster_is_a_503_naming_it(seeded: Seeded, tmp_path: Path) -> None:
+    """Only finished jobs are answered from the store when Dagster is down: a stored "running" may be stale."""
+    meta = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}")
+    meta.migrate()
+    for job_id, status in (("bf-running", "running"), ("bf-done", "failure")):
+        meta.create_backfill_job(
+            origin="api", symbols=["BTCUSDT"], interval="1m", status=status, job_id=job_id, dagster_backfill_id=job_id
+        )
+    dead = f"http://127.0.0.1:{free_port()}/graphql"
+    app = create_app(seeded.settings.model_copy(update={"dagster_graphql_url": dead}), mongo=seeded.store, meta=meta)
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        resp = client.get("/backfill/jobs/bf-running")
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["detail"][0]["loc"] == ["dagster"] and "last stored: running" in resp.text
+        done = BackfillJobView.model_validate(client.get("/backfill/jobs/bf-done").json())
+        assert (done.source, done.status) == ("store", "failure")
+        ready = client.get("/health/readiness")
+        assert ready.status_code == 200 and "dagster" in ready.json()["degraded"]
+    meta.close()
+
+
 # --- metrics, docs, auth on reads -----------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from api.models import (
 )
 from api.params import CANDLE_PERIODS, ParamError, check_known, check_period, normalise_pair, parse_time
 from dm_resources.dagster_client import DagsterAPIError
+from dm_resources.metadata.schemas import ACTIVE_BACKFILL_STATUSES
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/backfill", tags=["backfill"])
@@ -158,11 +159,16 @@ def get_job(
     st: State,
     job_id: Annotated[str, Path(max_length=64, description="the id POST /backfill/start returned")],
 ) -> BackfillJobView:
-    """The stored job, with the live status from Dagster when Dagster answers."""
+    """The stored job, with the live status from Dagster when Dagster answers.
+
+    Dagster unreachable: a finished job is answered from the store (its status is final); an
+    active one is a 503 naming Dagster, since its stored status may be stale.
+    """
     job = st.meta.get_backfill_job(job_id)
     if job is None:
         raise ParamError("job_id", f"no backfill job {job_id!r}", status=404, where="path")
     live = None
+    unreachable: str | None = None
     if job.dagster_backfill_id:
         try:
             state_ = st.dagster.backfill(job.dagster_backfill_id)
@@ -173,8 +179,19 @@ def get_job(
                 runs=[DagsterRun(run_id=r["runId"], status=r["status"]) for r in state_.runs],
                 error=state_.error,
             )
-        except (requests.RequestException, DagsterAPIError, KeyError, ValueError) as exc:
+        except requests.RequestException as exc:
+            unreachable = f"{type(exc).__name__}"
+            log.info("backfill %s: Dagster unreachable (%s)", job_id, exc)
+        except (DagsterAPIError, KeyError, ValueError) as exc:
             log.info("backfill %s: Dagster status unavailable (%s); serving the stored row", job_id, exc)
+    if live is None and unreachable is not None and job.status in ACTIVE_BACKFILL_STATUSES:
+        # A stored "running" may be long over: without Dagster the live status is unknown, and
+        # saying so beats serving a stale one. Finished jobs are final in the store (below).
+        raise UpstreamError(
+            503,
+            f"Dagster is unreachable ({unreachable}): the live status of backfill {job_id} is unknown "
+            f"(last stored: {job.status}); retry later",
+        )
     if live is None:
         return BackfillJobView(job=job, status=job.status, live=None, source="store")
     status = backfill_status(live.status, [r.status for r in live.runs])
