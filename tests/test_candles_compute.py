@@ -415,6 +415,17 @@ def test_resample_alignment_4h_and_1d_utc() -> None:
         compute.interval_ms("1w")
 
 
+def test_resampled_volumes_carry_no_float_summation_noise() -> None:
+    """These five minute volumes sum to 124.804 in decimal, to 124.80400000000002 in floats."""
+    df = _random_1m(5, DAY, seed=7)
+    minute_volumes = [6.718, 42.372, 38.189, 12.753, 24.772]
+    for v in compute.VOLUME_COLUMNS:
+        df[v] = minute_volumes
+    assert np.add.reduceat(np.array(minute_volumes), [0])[0] != 124.804  # the noise the rounding removes
+    bars, _ = compute.resample(df, "5m")
+    assert bars["volume"].tolist() == [124.804] and bars["taker_buy_quote_volume"].tolist() == [124.804]
+
+
 def test_resample_confirmed_missing_open_bucket_and_partial_mode() -> None:
     df = _random_1m(20, DAY, seed=9)
     df = df[df["open_time"] != M(2)]  # hole in the first 5m bucket

@@ -29,6 +29,9 @@ INTERVAL_MS = DAY_DIVIDING_INTERVAL_MS
 PRICE_COLUMNS = CANDLE_PRICE_FIELDS
 VOLUME_COLUMNS = CANDLE_VOLUME_FIELDS
 FLOAT_COLUMNS = CANDLE_FLOAT_FIELDS
+# Binance reports volumes with at most 8 decimals, so the exact sum of minute volumes has at most
+# 8 too: rounding a float sum there drops the summation noise (3065.7870000000003 -> 3065.787).
+VOLUME_DECIMALS = 8
 CANDLE_COLUMNS = ("open_time", "close_time", *FLOAT_COLUMNS, "trades", "source")
 
 # Source names written to ``candles.source``.
@@ -435,7 +438,7 @@ def resample(
             "high": np.maximum.reduceat(h, starts),
             "low": np.minimum.reduceat(lo, starts),
             "close": c[ends - 1],
-            **{v: np.add.reduceat(col(v, np.float64), starts) for v in VOLUME_COLUMNS},
+            **{v: np.round(np.add.reduceat(col(v, np.float64), starts), VOLUME_DECIMALS) for v in VOLUME_COLUMNS},
             "trades": np.add.reduceat(col("trades", np.int64), starts),
             "source": SOURCE_DERIVED,
         }
