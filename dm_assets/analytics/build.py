@@ -39,6 +39,7 @@ from dm_assets.analytics.volatility import compute_volatility
 from dm_assets.analytics.volume import compute_volume
 from dm_assets.candles import compute
 from dm_assets.candles.build import read_candles
+from dm_assets.candles.integrity import FINDING_FLAGS
 from dm_resources.contracts import CORRELATION_SYMBOL
 from dm_resources.intervals import DAY_MS, HOUR_MS, MINUTE_MS
 
@@ -60,6 +61,10 @@ FUNDING_LABEL = "30d"
 # Mark prices arrive every 1–3 s; the last hour is plenty for the predicted rate and the
 # next funding time (the interval fallback only matters with < 2 settled events).
 MARK_LOOKBACK_MS = HOUR_MS
+
+
+# Candles the integrity checks flagged; analytics read them as missing bars.
+SUSPECT_FLAGS = frozenset(FINDING_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,18 @@ def candle_window(spec: CandleSpec, as_of: int) -> tuple[int, int]:
 
 
 def read_candle_window(store: MongoStore, symbol: str, spec: CandleSpec, as_of: int) -> pd.DataFrame:
+    """The window's candles without the suspect ones: analytics must not build on a bad print.
+
+    A candle flagged by the integrity checks (bad print, impossible OHLC, sources disagreeing),
+    whether awaiting repair or kept because the exchange had nothing better, counts as a missing
+    bar here; the estimators already treat missing bars as gaps (no return across them).
+    """
     start, end = candle_window(spec, as_of)
-    return read_candles(store, symbol, spec.interval, start, end)
+    frame = read_candles(store, symbol, spec.interval, start, end)
+    if frame.empty or "flags" not in frame:
+        return frame
+    suspect = frame["flags"].map(lambda f: bool(set(f or ()) & SUSPECT_FLAGS))
+    return frame[~suspect].reset_index(drop=True) if suspect.any() else frame
 
 
 def _floats(docs: Sequence[Mapping[str, Any]], name: str) -> Any:
