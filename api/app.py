@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.errors import ConnectionFailure, PyMongoError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api.deps import ApiSettings, AppState, AuthError
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -123,7 +123,12 @@ def create_app(
         hint = health.missing_table_hint(exc)
         if hint is not None:
             return _error(503, ["metadata"], hint, "schema_missing")
-        return _error(503, ["metadata"], "the metadata database is unavailable; retry later", "unavailable")
+        if isinstance(exc, OperationalError | InterfaceError):  # lost connection, lock timeout, deadlock
+            return _error(503, ["metadata"], "the metadata database is unavailable; retry later", "unavailable")
+        # The database refused this statement (data, integrity, syntax): retrying cannot help.
+        return _error(
+            500, ["metadata"], f"the metadata database refused the request ({type(exc).__name__})", "store_error"
+        )
 
     for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)

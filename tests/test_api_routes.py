@@ -749,6 +749,28 @@ def test_docs_pages_load_nothing_from_outside(http: httpx.Client) -> None:
                 assert resp.status_code == 200 and len(resp.content) > 1000, ref
 
 
+def test_metadata_errors_say_whether_a_retry_can_help(seeded: Seeded) -> None:
+    """Unavailable (lost connection, lock timeout) is a 503 to retry; a refused statement is a 500, not retried."""
+    from sqlalchemy.exc import DataError
+    from sqlalchemy.exc import OperationalError as SAOperationalError
+
+    app = create_app(seeded.settings, mongo=seeded.store, meta=seeded.meta)
+
+    @app.get("/test/refused")
+    def refused() -> None:
+        raise DataError("INSERT ...", {}, ValueError("Data too long for column 'symbol'"))
+
+    @app.get("/test/locked")
+    def locked() -> None:
+        raise SAOperationalError("SELECT 1", {}, RuntimeError("database is locked"))
+
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        r = client.get("/test/refused")
+        assert r.status_code == 500 and "DataError" in r.text and "retry" not in r.text
+        r = client.get("/test/locked")
+        assert r.status_code == 503 and "retry later" in r.text
+
+
 def test_reads_can_require_the_token(seeded: Seeded, tmp_path: Path) -> None:
     app = create_app(
         seeded.settings, mongo=seeded.store, meta=seeded.meta, api_settings=ApiSettings(protect_reads=True)

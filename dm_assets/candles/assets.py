@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from dm_assets.candles import audit, build, checks
+from dm_assets.candles.checks import CheckResult
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
 from dm_assets.raw.assets import raw_key
 from dm_resources.contracts import CANDLE_INTERVALS, CANDLES_GROUP, HIGHER_CANDLE_INTERVALS, candle_asset_path
@@ -53,7 +54,7 @@ def _check_specs(interval: str) -> list[AssetCheckSpec]:
 _SEVERITY = {"WARN": AssetCheckSeverity.WARN, "ERROR": AssetCheckSeverity.ERROR, "OK": AssetCheckSeverity.WARN}
 
 
-def _check_results(interval: str, results: Iterable[audit.CheckOutcome]) -> list[AssetCheckResult]:
+def _check_results(interval: str, results: Iterable[CheckResult]) -> list[AssetCheckResult]:
     """Dagster results: passed only when nothing was found; severity from the check's documented rule."""
     return [
         AssetCheckResult(
@@ -122,7 +123,7 @@ def _run_checks(
     health must drop all the same.
     """
     store, meta = mongo.get_store(), metadata.get_store()
-    outcomes: dict[str, list[audit.CheckOutcome]] = {}
+    outcomes: dict[str, list[CheckResult]] = {}
     failed, health_rows = [], []
     run_id = context.run.run_id
     # Judge each partition as of its build's "now": a minute that closed after the build is not a gap yet.

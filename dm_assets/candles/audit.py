@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from dm_resources.metadata.store import MetadataStore
     from dm_resources.mongo import MongoStore
 
-CheckOutcome = CheckResult
 
 # The asset check specs, named and described as the pure checks (dm_assets/candles/checks.py).
 CHECK_DESCRIPTIONS: dict[str, str] = dict(checks.CHECKS)
