@@ -11,16 +11,12 @@ import datetime as dt
 
 from dagster import (
     AssetSelection,
-    DefaultScheduleStatus,
     RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
     define_asset_job,
-    schedule,
 )
 
 from dm_assets.analytics.assets import ANALYTICS_GROUP, SYMBOL_KEYS, analytics_key, run_config
-from dm_assets.partitions import AUTOMATION_STATUS, SYMBOLS_PARTITIONS_NAME
+from dm_assets.schedules import per_symbol_schedule
 
 analytics_job = define_asset_job(
     "analytics_job",
@@ -57,17 +53,10 @@ def analytics_requests(symbols: list[str], as_of: dt.datetime) -> list[RunReques
     return requests
 
 
-@schedule(
-    name="analytics_schedule",
-    job=analytics_job,
-    cron_schedule="*/15 * * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus(AUTOMATION_STATUS),
-    description="Every 15 minutes: analytics as of the tick for every symbol partition, then correlation.",
+analytics_schedule = per_symbol_schedule(
+    "analytics_schedule",
+    analytics_job,
+    "*/15 * * * *",
+    "Every 15 minutes: analytics as of the tick for every symbol partition, then correlation.",
+    analytics_requests,
 )
-def analytics_schedule(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-    when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-    symbols = sorted(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    if not symbols:
-        return SkipReason("no symbol partitions yet (the symbol discovery sensor adds them)")
-    return analytics_requests(symbols, when)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
+from dagster import RunRequest
 
 from dm_assets.candles.jobs import audit_job
-from dm_assets.partitions import AUTOMATION_STATUS, SYMBOLS_PARTITIONS_NAME, partition_key
+from dm_assets.partitions import partition_key
+from dm_assets.schedules import per_symbol_schedule
 
 
 def audit_requests(day: str, symbols: list[str], tick: str) -> list[RunRequest]:
@@ -19,18 +20,14 @@ def audit_requests(day: str, symbols: list[str], tick: str) -> list[RunRequest]:
     ]
 
 
-@schedule(
-    name="audit_schedule",
-    job=audit_job,
-    cron_schedule="*/5 * * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus(AUTOMATION_STATUS),
-    description="Every 5 minutes: audit (and refresh) today's candles for every symbol partition.",
+def _today_requests(symbols: list[str], when: dt.datetime) -> list[RunRequest]:
+    return audit_requests(when.astimezone(dt.UTC).date().isoformat(), symbols, when.strftime("%Y%m%dT%H%M"))
+
+
+audit_schedule = per_symbol_schedule(
+    "audit_schedule",
+    audit_job,
+    "*/5 * * * *",
+    "Every 5 minutes: audit (and refresh) today's candles for every symbol partition.",
+    _today_requests,
 )
-def audit_schedule(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-    when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-    day = when.astimezone(dt.UTC).date().isoformat()
-    symbols = sorted(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    if not symbols:
-        return SkipReason("no symbol partitions yet (the symbol discovery sensor adds them)")
-    return audit_requests(day, symbols, when.strftime("%Y%m%dT%H%M"))

@@ -11,22 +11,19 @@ from dagster import (
     AssetKey,
     BackfillPolicy,
     Config,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
     RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
     asset,
     define_asset_job,
-    schedule,
 )
 from pydantic import Field
 
 from dm_assets.orderbook import build
-from dm_assets.partitions import AUTOMATION_STATUS, DATE_SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME, partition_key
+from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, partition_key
 from dm_assets.partitions import split_key as _split
 from dm_assets.raw.assets import raw_key
+from dm_assets.schedules import per_symbol_schedule
 from dm_resources.binance import BinanceError
 from dm_resources.contracts import ORDERBOOK_SNAPSHOTS_PATH, now_ms
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
@@ -162,20 +159,13 @@ def orderbook_requests(symbols: list[str], when: dt.datetime) -> list[RunRequest
     ]
 
 
-@schedule(
-    name="orderbook_schedule",
-    job=orderbook_job,
-    cron_schedule="*/5 * * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus(AUTOMATION_STATUS),
-    description="Every 5 minutes: a REST depth snapshot and a rebuild of today's book for every symbol.",
+orderbook_schedule = per_symbol_schedule(
+    "orderbook_schedule",
+    orderbook_job,
+    "*/5 * * * *",
+    "Every 5 minutes: a REST depth snapshot and a rebuild of today's book for every symbol.",
+    orderbook_requests,
 )
-def orderbook_schedule(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-    when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-    symbols = sorted(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    if not symbols:
-        return SkipReason("no symbol partitions yet (the symbol discovery sensor adds them)")
-    return orderbook_requests(symbols, when)
 
 
 ORDERBOOK_ASSETS = [orderbook_snapshots]
