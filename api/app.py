@@ -21,6 +21,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api.deps import ApiSettings, AppState, AuthError
+from api.identity import WriteAuditMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
 from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
@@ -88,6 +89,7 @@ def create_app(
     )
     _serve_docs_offline(app)
     app.state.dm = st
+    app.add_middleware(WriteAuditMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ParamError)

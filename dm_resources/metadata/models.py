@@ -353,3 +353,8 @@ class DailyPnl(Base):
     daily_pnl: Mapped[Any] = mapped_column(Money)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+# The platform services' other records (config versions, lifecycle, ledger, write audit) live in
+# their own module; importing it here registers them on Base.metadata for Alembic and the tests.
+from dm_resources.metadata import service_models as _service_models  # noqa: E402, F401
