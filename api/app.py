@@ -25,6 +25,7 @@ from api.identity import WriteAuditMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
 from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
+from api.routes import config as config_routes
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -133,6 +134,9 @@ def create_app(
         )
 
     for module in (health, data, orderbook, analysis, catalog, backfill):
+        app.include_router(module.router)
+    # The services' typed route families come before the generic /api/v1/{database}/{collection}.
+    for module in (config_routes,):
         app.include_router(module.router)
     for module in (platform, positions):  # the trading services' contract and typed routes (issue 13)
         app.include_router(module.router)
