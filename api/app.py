@@ -24,7 +24,7 @@ from api.deps import ApiSettings, AppState, AuthError
 from api.identity import WriteAuditMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
-from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
+from api.routes import analysis, backfill, catalog, collections, data, health, lifecycle, orderbook, platform, positions
 from api.routes import config as config_routes
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
@@ -136,10 +136,11 @@ def create_app(
     for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)
     # The services' typed route families come before the generic /api/v1/{database}/{collection}.
-    for module in (config_routes,):
+    for module in (config_routes, lifecycle, collections):
         app.include_router(module.router)
     for module in (platform, positions):  # the trading services' contract and typed routes (issue 13)
         app.include_router(module.router)
+    app.include_router(collections.dataset_router)  # POST /api/v1/{database}/{collection}, after /api/v1/data/*
 
     @app.get(
         "/metrics",
