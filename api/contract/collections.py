@@ -432,7 +432,8 @@ def guard_mutation(coll: ServiceCollection, conds: list[Cond], op: str, max_rows
             where=where,
         )
     if conds and all(c.op == "ne" for c in conds):
-        raise ParamError("filter", f"a negation alone does not narrow {_a(op)}: add an equality or a range", where=where)
+        why = f"a negation alone does not narrow {_a(op)}: add an equality or a range"
+        raise ParamError("filter", why, where=where)
     if coll.name == "tradeengine_boot_probes" and op == "delete":
         cutoff = next((c.value for c in conds if c.field == "created_at" and c.op in ("lt", "lte")), None)
         newest = dt.datetime.now(dt.UTC) - BOOT_PROBE_MIN_AGE
