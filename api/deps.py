@@ -20,8 +20,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.cache import HotCache, ValueCache, VersionWatcher
-from api.contract.auth import ScopeDenied, TokenRegistry, authorize, parse_tokens
+from api.contract.auth import TokenRegistry, authorize, parse_tokens
 from api.contract.datasets import SCOPE_READ
+from api.errors import AuthError
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
 from dm_resources.candle_store import CandleStore
@@ -230,13 +231,6 @@ _bearer = HTTPBearer(auto_error=False, description="DM_API_TOKEN")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _check_token(st: AppState, creds: HTTPAuthorizationCredentials | None, x_api_token: str | None) -> None:
     expected = st.settings.api_token
     if not expected:
@@ -272,10 +266,7 @@ async def read_access(
 
 def require_scope(st: AppState, token: str | None, scope: str) -> None:
     """Raise :class:`AuthError` unless ``token`` (legacy or scoped) carries ``scope``."""
-    try:
-        authorize(st.tokens, token, scope)
-    except ScopeDenied as exc:
-        raise AuthError(exc.status, exc.message) from None
+    authorize(st.tokens, token, scope)
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from api.contract.datasets import SCOPES
+from api.errors import AuthError
 
 ALL = "*"
 
@@ -84,13 +85,8 @@ def parse_tokens(raw: str | None, legacy: str | None = None) -> TokenRegistry:
     return TokenRegistry(tuple(entries))
 
 
-class ScopeDenied(Exception):
-    """401 (no or unknown token) or 403 (writes disabled, scope missing); ``message`` is safe to show."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# Refusals are the API's one auth error (api/errors.py): 401 no or unknown token, 403 scope missing.
+ScopeDenied = AuthError
 
 
 def authorize(registry: TokenRegistry, token: str | None, scope: str) -> None:
