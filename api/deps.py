@@ -19,9 +19,10 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.cache import HotCache, ValueCache, VersionWatcher
-from api.contract.auth import SCOPE_BACKFILL, ScopeDenied, TokenRegistry, parse_tokens
+from api.contract.auth import SCOPE_BACKFILL, TokenRegistry, parse_tokens
 from api.contract.auth import authorize as authorize_token
 from api.contract.datasets import SCOPE_READ
+from api.errors import AuthError
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
 from dm_resources.candle_store import CandleStore
@@ -233,13 +234,6 @@ _bearer = HTTPBearer(auto_error=False, description="DM_API_TOKEN")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def require_write_token(request: Request) -> None:
     """``POST /backfill/start``: ``DM_API_TOKEN``, or a scoped or service token with ``backfill:write``."""
     from api.identity import authorize
@@ -270,10 +264,7 @@ def require_scope(st: AppState, token: str | None, scope: str, request: Request 
 
         authorize(request, scope)
         return
-    try:
-        authorize_token(st.tokens, token, scope)
-    except ScopeDenied as exc:
-        raise AuthError(exc.status, exc.message) from None
+    authorize_token(st.tokens, token, scope)
 
 
 __all__ = [

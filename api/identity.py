@@ -35,7 +35,8 @@ from api.contract.auth import (
     decide,
     identify,
 )
-from api.deps import AuthError, state
+from api.deps import state
+from api.errors import AuthError
 from dm_resources.metadata.write_audit import WriteRecord, record_write
 
 if TYPE_CHECKING:

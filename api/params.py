@@ -13,6 +13,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
+from api.errors import ApiError
 from dm_resources.contracts import CANDLE_INTERVALS, SYMBOL_RE, duration_ms
 
 # Intervals the candle assets build (dm_assets.candles); clients asking for another
@@ -26,15 +27,19 @@ _EPOCH_RE = re.compile(r"^-?[0-9]{1,19}$")
 _SPACE_OFFSET_RE = re.compile(r"^(.*T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$")
 
 
-class ParamError(ValueError):
-    """A query parameter the API refuses; ``status`` is 422 for malformed, 404 for unknown values."""
+class ParamError(ApiError, ValueError):
+    """A parameter the API refuses; ``status`` is 422 for malformed, 404 for unknown values.
+
+    ``loc`` is ``[where, param]`` (``where``: query, path, body, header).
+    """
 
     def __init__(self, param: str, message: str, *, status: int = 422, where: str = "query") -> None:
-        super().__init__(f"{param}: {message}")
+        super().__init__(status, message, loc=(where, param), kind="not_found" if status == 404 else "value_error")
         self.param = param
-        self.message = message
-        self.status = status
         self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}"
 
 
 def parse_time(value: str | None, param: str) -> int | None:

@@ -40,6 +40,7 @@ from typing import Literal
 
 from api.contract.datasets import SCOPE_KLINES, SCOPE_PNL, SCOPE_POSITIONS, SCOPE_READ
 from api.contract.datasets import SCOPES as DATASET_SCOPES
+from api.errors import AuthError
 
 ALL = "*"
 AuthMode = Literal["enforce", "audit", "off"]
@@ -327,13 +328,8 @@ def decide(
 # --- the older interface, kept for callers that have one token and no service header -----------
 
 
-class ScopeDenied(Exception):
-    """401 (no or unknown token) or 403 (writes disabled, scope missing); ``message`` is safe to show."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# Refusals are the API's one auth error (api/errors.py): 401 no or unknown token, 403 scope missing.
+ScopeDenied = AuthError
 
 
 def authorize(registry: TokenRegistry, token: str | None, scope: str) -> None:

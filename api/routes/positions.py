@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, Field
 
 from api.contract.datasets import POSITION_SIDES
-from api.contract.service import decimal_str
+from api.contract.rows import DailyPnl, Dec, Position
 from api.deps import State, read_access
 from api.models import ErrorResponse
 from api.params import ParamError, normalise_pair
@@ -30,63 +30,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse},
 }
 MAX_ROWS = 1000
-# Exact decimal strings without DECIMAL(38, 18)'s padding zeros.
-Dec = Annotated[Decimal, PlainSerializer(decimal_str, return_type=str, when_used="json")]
 MAX_DAYS = 3660
-
-
-class Position(BaseModel):
-    """One position; fields the engine has not sent yet are null."""
-
-    position_id: str
-    strategy_id: str | None = None
-    exchange: str | None = None
-    symbol: str
-    position_side: str
-    status: Literal["open", "closed"]
-    entry_price: Dec | None = None
-    quantity: Dec | None = None
-    entry_time: dt.datetime | None = None
-    stop_loss: Dec | None = None
-    take_profit: Dec | None = None
-    metadata: dict[str, Any] | None = None
-    exchange_position_id: str | None = None
-    entry_order_id: str | None = None
-    entry_trade_ids: list[Any] | None = None
-    commission_asset: str | None = None
-    commission_total: Dec | None = None
-    avg_price: Dec | None = None
-    unrealized_pnl: Dec | None = None
-    realized_pnl: Dec | None = None
-    total_cost: Dec | None = None
-    total_value: Dec | None = None
-    last_update: dt.datetime | None = None
-    created_at: dt.datetime
-    updated_at: dt.datetime | None = None
-    closed_at: dt.datetime | None = None
-    final_realized_pnl: Dec | None = None
-    exit_price: Dec | None = None
-    exit_time: dt.datetime | None = None
-    exit_order_id: str | None = None
-    exit_trade_ids: list[Any] | None = None
-    pnl: Dec | None = None
-    pnl_pct: Dec | None = None
-    pnl_after_fees: Dec | None = None
-    duration_seconds: float | None = None
-    close_reason: str | None = None
-    final_commission: Dec | None = None
 
 
 class PositionList(BaseModel):
     count: int
     has_more: bool
     positions: list[Position]
-
-
-class DailyPnl(BaseModel):
-    date: dt.date
-    daily_pnl: Dec
-    updated_at: dt.datetime | None = None
 
 
 class DailyPnlList(BaseModel):

@@ -278,10 +278,19 @@ class ExactDecimal(TypeDecorator[Decimal]):
 
 Money = ExactDecimal()
 POSITION_STATUSES = ("open", "closed")
+POSITION_SIDES = ("LONG", "SHORT", "BOTH")
+# ``Column.info["api"]``: the public type where the column type alone does not say it
+# (api/contract/datasets.py derives the API's fields from these tables).
+SYMBOL_INFO: dict[str, Any] = {"api": "symbol"}
+LIST_INFO: dict[str, Any] = {"api": "list"}
 
 
 class Position(Base):
     """A trading position the trade engine persists through ``/api/v1/mysql/positions``.
+
+    This class is the one definition of a position row: the API's typed fields
+    (``api/contract/datasets.py``) and its response model (``api/contract/rows.py``) are
+    derived from these columns.
 
     ``open_slot`` is 1 while the position is open and NULL once it is closed; the unique key
     ``(symbol, position_side, open_slot)`` therefore allows any number of closed positions
@@ -305,7 +314,7 @@ class Position(Base):
     position_id: Mapped[str] = mapped_column(String(64))
     strategy_id: Mapped[str | None] = mapped_column(String(128))
     exchange: Mapped[str | None] = mapped_column(String(32))
-    symbol: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(32), info=SYMBOL_INFO)
     position_side: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     open_slot: Mapped[int | None] = mapped_column(Integer)
@@ -317,7 +326,7 @@ class Position(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     exchange_position_id: Mapped[str | None] = mapped_column(String(128))
     entry_order_id: Mapped[str | None] = mapped_column(String(128))
-    entry_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    entry_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON, info=LIST_INFO)
     commission_asset: Mapped[str | None] = mapped_column(String(16))
     commission_total: Mapped[Any] = mapped_column(Money, nullable=True)
     avg_price: Mapped[Any] = mapped_column(Money, nullable=True)
@@ -333,7 +342,7 @@ class Position(Base):
     exit_price: Mapped[Any] = mapped_column(Money, nullable=True)
     exit_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     exit_order_id: Mapped[str | None] = mapped_column(String(128))
-    exit_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    exit_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON, info=LIST_INFO)
     pnl: Mapped[Any] = mapped_column(Money, nullable=True)
     pnl_pct: Mapped[Any] = mapped_column(Money, nullable=True)
     pnl_after_fees: Mapped[Any] = mapped_column(Money, nullable=True)
@@ -343,7 +352,10 @@ class Position(Base):
 
 
 class DailyPnl(Base):
-    """The trade engine's realised PnL per UTC day; the unique ``date`` makes its upsert atomic."""
+    """The trade engine's realised PnL per UTC day; the unique ``date`` makes its upsert atomic.
+
+    The one definition of a daily-PnL row, as :class:`Position` is of a position.
+    """
 
     __tablename__ = "daily_pnl"
     __table_args__ = (UniqueConstraint("date"), MYSQL_TABLE_ARGS)

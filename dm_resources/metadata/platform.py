@@ -42,6 +42,11 @@ TABLES: dict[str, Table] = {"positions": POSITIONS, "daily_pnl": DAILY_PNL}
 INTERNAL = frozenset({"id", "open_slot"})
 # The natural key a record is identified by in responses (``upserted_id``) and duplicates.
 NATURAL_KEY = {"positions": "position_id", "daily_pnl": "date"}
+# NOT NULL columns this module fills when a record leaves them out (``_new_row``): not required on insert.
+AUTO_FILLED: dict[str, frozenset[str]] = {
+    "positions": frozenset({"position_id", "status", "created_at"}),
+    "daily_pnl": frozenset({"created_at"}),
+}
 CONFLICT_RETRIES = 3
 
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
