@@ -77,6 +77,9 @@ class Dataset:
     interval: str | None = None  # klines_{interval}
     step_ms: int = 60_000  # typical spacing of rows, sizes the first read window
     extra_eq: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # fixed store equality (interval)
+    # Other database names clients address it by (checked, never used to pick the store): the
+    # trade engine's generic upsert names positions' database "mongodb".
+    database_names: tuple[str, ...] = ()
 
     @property
     def writable(self) -> bool:
@@ -282,6 +285,7 @@ PLATFORM: dict[str, Dataset] = {
         "The trade engine's positions (one open position per symbol and position_side)",
         write_scope=SCOPE_POSITIONS,
         store="positions",
+        database_names=("mongodb",),
     ),
     "daily_pnl": Dataset(
         "daily_pnl",
@@ -291,6 +295,7 @@ PLATFORM: dict[str, Dataset] = {
         "The trade engine's PnL per UTC day (one row per date)",
         write_scope=SCOPE_PNL,
         store="daily_pnl",
+        database_names=("mongodb",),
     ),
 }
 
@@ -351,7 +356,7 @@ def resolve(collection: str, database: str | None = None, *, where: str = "path"
             status=404 if where == "path" else 422,
             where=where,
         )
-    if database is not None and database != ds.database:
+    if database is not None and database != ds.database and database not in ds.database_names:
         if database not in DATABASES:
             msg = f"unknown database {database[:32]!r}; one of {', '.join(DATABASES)}"
         else:

@@ -411,11 +411,17 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
         raise ParamError("data", str(exc), status=409, where="body") from None
     except ValueError as exc:  # an upsert that would insert a row without its required fields
         raise ParamError("filter", str(exc), where="body") from None
+    # modified_count counts the rows that now hold the values, so a retried update (its first
+    # answer lost) is a success to the trade engine, which reads only modified_count.
     return {
         "matched_count": out.matched,
-        "modified_count": out.modified,
+        "modified_count": out.matched,
+        "changed_count": out.modified,
+        "updated_count": out.matched + out.upserted,
         "upserted_count": out.upserted,
         "upserted_id": render(out.upserted_id),
+        "upserted": out.upserted > 0,
+        "failed": 0,
     }
 
 

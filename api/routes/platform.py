@@ -84,9 +84,13 @@ class UpdateRequest(_Body):
 
 class UpdateResponse(BaseModel):
     matched_count: int
-    modified_count: int = Field(description="rows whose values changed")
+    modified_count: int = Field(description="rows that match and now hold the values (an identical repeat counts)")
+    changed_count: int = Field(default=0, description="rows whose stored values changed")
+    updated_count: int = Field(default=0, description="rows that now hold the values, an inserted one included")
     upserted_count: int
     upserted_id: Any = Field(default=None, description="position_id or date of an inserted row")
+    upserted: bool = Field(default=False, description="whether the upsert inserted a row")
+    failed: int = Field(default=0, description="0: the update applied (refusals are 4xx answers)")
 
 
 class DeleteRequest(_Body):

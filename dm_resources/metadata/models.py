@@ -277,7 +277,8 @@ class ExactDecimal(TypeDecorator[Decimal]):
 
 
 Money = ExactDecimal()
-POSITION_STATUSES = ("open", "closed")
+# superseded: a row the ledger corrected away (POST /api/v1/ledger/positions/supersede); it holds no slot.
+POSITION_STATUSES = ("open", "closed", "superseded")
 POSITION_SIDES = ("LONG", "SHORT", "BOTH")
 # ``Column.info["api"]``: the public type where the column type alone does not say it
 # (api/contract/datasets.py derives the API's fields from these tables).
@@ -349,6 +350,14 @@ class Position(Base):
     duration_seconds: Mapped[float | None] = mapped_column(Double)
     close_reason: Mapped[str | None] = mapped_column(String(255))
     final_commission: Mapped[Any] = mapped_column(Money, nullable=True)
+    # Fields the trade engine sends beside the above (its MySQL copy dropped them; kept here).
+    entry_commission: Mapped[Any] = mapped_column(Money, nullable=True)
+    fee_status: Mapped[str | None] = mapped_column(String(32))
+    closed_by_strategy_id: Mapped[str | None] = mapped_column(String(128))
+    stop_loss_order_id: Mapped[str | None] = mapped_column(String(128))
+    take_profit_order_id: Mapped[str | None] = mapped_column(String(128))
+    # True once a ledger correction made the row's PnL unknowable (a superseded phantom row).
+    pnl_unknown: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class DailyPnl(Base):

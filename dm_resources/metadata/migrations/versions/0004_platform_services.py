@@ -1,5 +1,8 @@
 """The platform services' records: write audit, strategy config versions, lifecycle, ledger.
 
+``positions`` gains the fields the trade engine sends beside its 37 columns, ``pnl_unknown``
+and the status ``superseded`` (a ledger correction).
+
 Written out in plain SQLAlchemy types (not imported from the models), as 0001 and 0002 are.
 See ``service_models.py`` for what each table is for.
 
@@ -50,7 +53,28 @@ def _scope() -> list[sa.Column]:
     ]
 
 
+POSITION_EXTRAS = (
+    ("entry_commission", sa.Numeric(38, 18)),
+    ("fee_status", sa.String(32)),
+    ("closed_by_strategy_id", sa.String(128)),
+    ("stop_loss_order_id", sa.String(128)),
+    ("take_profit_order_id", sa.String(128)),
+    ("pnl_unknown", sa.Boolean()),
+)
+
+
+def _positions_status(statuses: tuple[str, ...]) -> None:
+    with op.batch_alter_table("positions") as batch:
+        batch.drop_constraint("ck_positions_status", type_="check")
+        batch.create_check_constraint("ck_positions_status", _in("status", statuses))
+
+
 def upgrade() -> None:
+    with op.batch_alter_table("positions") as batch:
+        for name, type_ in POSITION_EXTRAS:
+            batch.add_column(sa.Column(name, type_, nullable=True))
+    _positions_status(("open", "closed", "superseded"))
+
     op.create_table(
         "api_write_audit",
         _big_id(),
@@ -242,3 +266,8 @@ def downgrade() -> None:
         "api_write_audit",
     ):
         op.drop_table(table)
+    op.execute("UPDATE positions SET status = 'closed' WHERE status = 'superseded'")
+    _positions_status(("open", "closed"))
+    with op.batch_alter_table("positions") as batch:
+        for name, _ in reversed(POSITION_EXTRAS):
+            batch.drop_column(name)
