@@ -22,7 +22,19 @@ from api import errors
 from api.deps import ApiSettings, AppState
 from api.identity import WriteAuditMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import analysis, backfill, catalog, collections, data, health, lifecycle, orderbook, platform, positions
+from api.routes import (
+    analysis,
+    backfill,
+    catalog,
+    collections,
+    data,
+    health,
+    lifecycle,
+    orderbook,
+    platform,
+    positions,
+    trading,
+)
 from api.routes import config as config_routes
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
@@ -92,7 +104,7 @@ def create_app(
     for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)
     # The services' typed route families come before the generic /api/v1/{database}/{collection}.
-    for module in (config_routes, lifecycle, collections):
+    for module in (trading, config_routes, lifecycle, collections):
         app.include_router(module.router)
     for module in (platform, positions):  # the trading services' contract and typed routes
         app.include_router(module.router)

@@ -139,7 +139,8 @@ def auth(token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def http(env: Env) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=env.url, timeout=60) as c:
+    # Reads of positions and daily PnL need scope `read` whenever tokens are configured.
+    with httpx.Client(base_url=env.url, timeout=60, headers=auth(READER)) as c:
         yield c
 
 
@@ -483,7 +484,7 @@ def test_daily_pnl_upserted_twice_is_one_row(http: httpx.Client, env: Env) -> No
         assert resp.status_code == 200, resp.text
     with env.meta.engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM daily_pnl")).scalar() == 1
-    with DMClient(env.url) as client:
+    with DMClient(env.url, token=READER) as client:
         client_upsert = DMClient(env.url, token=ENGINE)
         assert client_upsert.upsert_daily_pnl("2026-03-11", Decimal("10")).upserted_count == 1
         client_upsert.close()
@@ -515,7 +516,7 @@ def test_concurrent_upserts_of_one_open_position_end_with_one_row(mongo_store: M
         assert all(r["upserted_count"] == 1 or r["matched_count"] == 1 for r in results), results
         with meta.engine.connect() as conn:
             assert conn.execute(text("SELECT COUNT(*) FROM positions")).scalar() == 1
-        with serve(app) as url, DMClient(url) as client:
+        with serve(app) as url, DMClient(url, token=READER) as client:
             (row,) = client.open_positions(symbol="ETHUSDT").positions
         # MariaDB keeps all 24 digits (DECIMAL(38, 18)); SQLite stores a REAL (15-17 digits).
         assert row.entry_price == (PRICE if meta.backend == "mysql" else repr(float(PRICE)))
@@ -645,7 +646,8 @@ def test_bad_requests_are_refused_before_any_store(http: httpx.Client, env: Env)
 
 def test_writes_need_a_token_with_the_dataset_scope(http: httpx.Client, env: Env) -> None:
     body = {"database": "mysql", "collection": "daily_pnl", "records": [{"date": "2026-01-01", "daily_pnl": "1"}]}
-    assert "required" in detail(http.post("/api/v1/data/insert", json=body), 401, "Authorization")
+    no_token = {"Authorization": ""}
+    assert "required" in detail(http.post("/api/v1/data/insert", json=body, headers=no_token), 401, "Authorization")
     assert "not valid" in detail(
         http.post("/api/v1/data/insert", json=body, headers=auth("wrong-token-0123456789")), 401, "Authorization"
     )
@@ -653,7 +655,11 @@ def test_writes_need_a_token_with_the_dataset_scope(http: httpx.Client, env: Env
     assert "lacks scope 'pnl:write'" in msg and EXTRACTOR not in msg
     detail(http.post("/api/v1/data/insert", json=body, headers=auth(READER)), 403, "Authorization")
     detail(
-        http.put("/api/v1/mysql/positions", json={"filter": {"position_id": "a"}, "data": {"status": "closed"}}),
+        http.put(
+            "/api/v1/mysql/positions",
+            json={"filter": {"position_id": "a"}, "data": {"status": "closed"}},
+            headers={"Authorization": ""},
+        ),
         401,
         "Authorization",
     )
@@ -879,7 +885,7 @@ def test_an_unmigrated_metadata_database_says_so_and_how_to_fix_it(env: Env, tmp
     empty = MetadataStore(f"sqlite:///{tmp_path / 'empty.db'}")
     app = make_app(env.store, empty, env.settings)
     try:
-        with serve(app) as url, httpx.Client(base_url=url) as c:
+        with serve(app) as url, httpx.Client(base_url=url, headers=auth(READER)) as c:
             ready = c.get("/health/readiness")
             assert ready.status_code == 503 and ready.json()["down"] == ["metadata"]
             check = next(x for x in ready.json()["checks"] if x["name"] == "metadata")
@@ -892,7 +898,10 @@ def test_an_unmigrated_metadata_database_says_so_and_how_to_fix_it(env: Env, tmp
     behind = MetadataStore(f"sqlite:///{tmp_path / 'behind.db'}")
     behind.migrate("0001")  # created before the positions tables existed
     try:
-        with serve(make_app(env.store, behind, env.settings)) as url, httpx.Client(base_url=url) as c:
+        with (
+            serve(make_app(env.store, behind, env.settings)) as url,
+            httpx.Client(base_url=url, headers=auth(READER)) as c,
+        ):
             check = next(x for x in c.get("/health/readiness").json()["checks"] if x["name"] == "metadata")
             assert f"at revision 0001, this code needs {head_revision()}" in check["error"]
             assert "python -m dm_resources.metadata upgrade" in detail(c.get("/positions/open"), 503, "metadata")

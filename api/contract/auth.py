@@ -314,7 +314,8 @@ def decide(
         return Decision(True)
     if identity.verified:
         reason, status = "scope", 403
-        message = f"{identity.name} lacks scope {scope!r} (it has: {', '.join(sorted(identity.scopes))})"
+        who = identity.name if identity.name in registry.services else "the token"
+        message = f"{who} lacks scope {scope!r} (it has: {', '.join(sorted(identity.scopes))})"
     else:
         reason, status = identity.problem or "bad_token", 401
         message = PROBLEM_MESSAGES[reason]
@@ -336,7 +337,4 @@ def authorize(registry: TokenRegistry, token: str | None, scope: str) -> None:
     """Raise :class:`ScopeDenied` unless ``token`` carries ``scope`` (enforce mode, no service header)."""
     decision = decide(registry, identify(registry, None, token), scope, "enforce", open_when_unset=False)
     if not decision.allowed:
-        message = decision.message
-        if decision.reason == "scope":  # the anonymous token's label is not a name to show here
-            message = message.replace("api-token lacks", "the token lacks", 1)
-        raise ScopeDenied(decision.status, message)
+        raise ScopeDenied(decision.status, decision.message)

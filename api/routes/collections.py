@@ -118,6 +118,44 @@ def _stores(st: Any) -> cols.Stores:
     return cols.Stores(st.mongo, st.meta)
 
 
+async def query_records(
+    st: Any,
+    coll: cols.ServiceCollection,
+    database: str | None,
+    filter_: Any,
+    sort: Any,
+    limit: Any,
+    offset: Any,
+    fields: Any,
+    where: str = "query",
+) -> Any:
+    """A query of a service collection (the caller authorised the read)."""
+    cols.check_database(coll, database, where=where)
+    return await run_in_threadpool(
+        lambda: cols.query(
+            _stores(st), coll, filter_=filter_, sort=sort, limit=limit, offset=offset, fields=fields, where=where
+        )
+    )
+
+
+async def insert_records(
+    request: Request,
+    coll: cols.ServiceCollection,
+    database: str | None,
+    records: Any,
+    *,
+    validate: bool = False,
+    where: str = "path",
+) -> Any:
+    """An insert into a service collection, authorised by the collection's scope."""
+    st = state(request)
+    cols.check_database(coll, database, where=where)
+    who = authorize(request, coll.scope)
+    return await run_in_threadpool(
+        lambda: cols.insert(_stores(st), coll, records, validate=validate, service=who.recorded_as, where=where)
+    )
+
+
 @router.get(PATH, response_model=QueryResult, responses=ERRORS, dependencies=[Depends(private_read)])
 async def find(
     database: str,
@@ -132,9 +170,7 @@ async def find(
     """One page of a service collection; ``filter`` and ``sort`` use its declared fields."""
     coll = _collection(database, collection)
     flt, order = parse_json_param(filter, "filter"), parse_json_param(sort, "sort")
-    return await run_in_threadpool(
-        lambda: cols.query(_stores(st), coll, filter_=flt, sort=order, limit=limit, offset=offset, fields=fields)
-    )
+    return await query_records(st, coll, database, flt, order, limit, offset, fields)
 
 
 @router.post(PATH, response_model=InsertResult, responses=ERRORS)
@@ -147,12 +183,8 @@ async def insert(
     schema: Annotated[str | None, Query(max_length=64, description="accepted; unused")] = None,
 ) -> Any:
     """Insert records; a bad record is listed in ``errors`` while the good ones are stored."""
-    st = state(request)
     coll = _collection(database, collection)
-    who = authorize(request, coll.scope)
-    return await run_in_threadpool(
-        lambda: cols.insert(_stores(st), coll, body.data, validate=validate or body.validate_, service=who.recorded_as)
-    )
+    return await insert_records(request, coll, database, body.data, validate=validate or body.validate_)
 
 
 @router.put(PATH, response_model=UpdateResult, responses=ERRORS)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.contract import service
+from api.contract import collections, service
 from api.contract.datasets import SCOPE_READ, Dataset, resolve
 from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
-from api.deps import AppState, Bearer, State, read_access, require_scope, state
+from api.deps import AppState, Bearer, State, private_read, read_access, require_scope, state
 from api.models import ErrorResponse
 from api.params import ParamError
+from api.routes import collections as service_routes
 
 router = APIRouter(tags=["platform"])
 
@@ -122,10 +123,15 @@ def _token(creds: Any, x_api_token: str | None) -> str | None:
     return creds.credentials if creds is not None else x_api_token
 
 
-def _writer(st: AppState, ds: Dataset, token: str | None, where: str = "path") -> None:
+def _writer(st: AppState, ds: Dataset, token: str | None, where: str = "path", request: Request | None = None) -> None:
     if ds.write_scope is None:  # no token can write it: say so, rather than name a scope nobody has
         raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where=where)
-    require_scope(st, token, ds.write_scope)
+    require_scope(st, token, ds.write_scope, request)
+
+
+async def _reader(request: Request, ds: Dataset) -> None:
+    """Positions and daily PnL are the services' own records: ``read`` whenever tokens are configured."""
+    await (private_read(request) if ds.kind == "sql" else read_access(request))
 
 
 def _stores(st: AppState, ds: Dataset) -> tuple[Any, Any]:
@@ -152,16 +158,26 @@ def root(request: Request) -> ServiceInfo:
 async def insert(body: InsertRequest, request: Request, creds: Bearer, x_api_token: XToken = None) -> Any:
     """Insert records; partial batches store the valid records and list the others in `errors`."""
     st = state(request)
+    svc = collections.lookup(body.collection)
+    if svc is not None:  # the services' own collections (api/contract/collections.py)
+        return await service_routes.insert_records(request, svc, body.database, body.records, where="body")
     ds = resolve(body.collection, body.database, where="body")
-    _writer(st, ds, _token(creds, x_api_token), where="body")
+    _writer(st, ds, _token(creds, x_api_token), where="body", request=request)
     mongo, meta = _stores(st, ds)
     return await run_in_threadpool(service.insert, mongo, meta, ds, body.records)
 
 
-@router.post("/api/v1/data/query", response_model=QueryResponse, responses=ERRORS, dependencies=[Depends(read_access)])
-async def query(body: QueryRequest, st: State) -> Any:
+@router.post("/api/v1/data/query", response_model=QueryResponse, responses=ERRORS)
+async def query(body: QueryRequest, st: State, request: Request) -> Any:
     """Query one page; `filter` is the declared subset (equality, $gt/$gte/$lt/$lte/$in/$ne on declared fields)."""
+    svc = collections.lookup(body.collection)
+    if svc is not None:
+        await private_read(request)
+        return await service_routes.query_records(
+            st, svc, body.database, body.filter, body.sort, body.limit, body.offset, body.fields, where="body"
+        )
     ds = resolve(body.collection, body.database, where="body")
+    await _reader(request, ds)
     mongo, meta = _stores(st, ds)
     return await run_in_threadpool(
         lambda: service.query(
@@ -182,12 +198,12 @@ async def query(body: QueryRequest, st: State) -> Any:
     "/api/v1/{database}/{collection:path}",
     response_model=QueryResponse,
     responses=ERRORS,
-    dependencies=[Depends(read_access)],
 )
 async def find(
     database: str,
     collection: str,
     st: State,
+    request: Request,
     filter: Annotated[str | None, Query(description='JSON object, e.g. {"symbol": "BTCUSDT"}', max_length=8000)] = None,
     sort: Annotated[str | None, Query(description='JSON object, e.g. {"close_time": -1}', max_length=400)] = None,
     limit: Annotated[int, Query(description=f"page size, 1..{MAX_PAGE}")] = DEFAULT_PAGE,
@@ -196,6 +212,7 @@ async def find(
 ) -> Any:
     """The same query as `POST /api/v1/data/query`, with `filter` and `sort` JSON-encoded in the query string."""
     ds = resolve(collection, database)
+    await _reader(request, ds)
     flt, order = parse_json_param(filter, "filter"), parse_json_param(sort, "sort")
     mongo, meta = _stores(st, ds)
     return await run_in_threadpool(
@@ -210,7 +227,7 @@ async def update(
     """Update every row matching `filter`; with `upsert`, insert filter equalities + data when none matches."""
     st = state(request)
     ds = resolve(collection, database)
-    _writer(st, ds, _token(creds, x_api_token))
+    _writer(st, ds, _token(creds, x_api_token), request=request)
     service._writable_sql(ds, "update")
     return await run_in_threadpool(service.update, st.meta, ds, body.filter, body.data, body.upsert)
 
@@ -222,7 +239,7 @@ async def delete(
     """Delete the rows matching a non-empty `filter`."""
     st = state(request)
     ds = resolve(collection, database)
-    _writer(st, ds, _token(creds, x_api_token))
+    _writer(st, ds, _token(creds, x_api_token), request=request)
     service._writable_sql(ds, "delete")
     return await run_in_threadpool(service.delete, st.meta, ds, body.filter)
 
@@ -234,7 +251,7 @@ async def batch(
     """Run insert/update/delete operations in order, each on its own; one result per operation."""
     st = state(request)
     ds = resolve(collection, database)
-    _writer(st, ds, _token(creds, x_api_token))
+    _writer(st, ds, _token(creds, x_api_token), request=request)
     mongo, meta = _stores(st, ds)
     return await run_in_threadpool(service.batch, mongo, meta, ds, body.operations)
 

@@ -17,12 +17,12 @@ from pydantic import BaseModel, Field
 
 from api.contract.datasets import POSITION_SIDES
 from api.contract.rows import DailyPnl, Dec, Position
-from api.deps import State, read_access
+from api.deps import State, private_read
 from api.models import ErrorResponse
 from api.params import ParamError, normalise_pair
 from dm_resources.metadata.platform import Cond, PlatformTables
 
-router = APIRouter(tags=["positions"], dependencies=[Depends(read_access)])
+router = APIRouter(tags=["positions"], dependencies=[Depends(private_read)])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     404: {"model": ErrorResponse},
