@@ -68,6 +68,12 @@ class ApiSettings(BaseSettings):
     mongo_timeout_ms: int = 3000
     dagster_timeout_s: float = 10.0
     max_backfill_days: int = 400
+    idempotency_ttl_s: float = Field(
+        default=86_400.0, ge=86_400.0, description="how long an Idempotency-Key and its answer are kept (>= 24 h)"
+    )
+    idempotency_lease_s: float = Field(
+        default=60.0, gt=0, description="how long a request's claim on its key blocks a repeat (409) if it dies"
+    )
 
 
 @dataclass

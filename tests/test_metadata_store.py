@@ -42,6 +42,7 @@ TABLES = {
     "backfill_jobs",
     "lineage_records",
     "confirmed_missing",
+    "idempotency_keys",
     "positions",
     "daily_pnl",
     # the platform services' records (service_models.py)

@@ -8,19 +8,27 @@ not stored twice and not errors. ``inserted_count`` counts only new records. A r
 that is malformed as a whole (not a list, over the batch limit, unknown collection, wrong
 database, missing token) is refused before anything is stored.
 
-``POST /api/v1/{db}/{collection}/batch`` runs its operations in order, each on its own
-(no transaction across operations): each result says ``ok`` or carries the ``error``.
+``POST /api/v1/{db}/{collection}/batch`` runs its operations in order, each on its own: each
+result says ``ok`` or carries the ``error``. On SQL datasets each operation is a savepoint of
+the request's one transaction (a failed operation leaves nothing behind, the others stand),
+so the request commits once, with its idempotency answer.
+
+Writes go through a :class:`~dm_resources.metadata.idempotency.WriteOnce` (the route's
+``Idempotency-Key`` handling, ``api/idempotency.py``): SQL writes commit together with their
+answer; klines (MongoDB) are idempotent by their ``_id`` and their answer is stored after.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from bson.decimal128 import Decimal128
 from pymongo import ASCENDING
+from sqlalchemy import Connection
 
 from api.contract import klines
 from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset, klines_interval
@@ -40,6 +48,7 @@ from api.params import ParamError
 from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import now_ms
+from dm_resources.metadata.idempotency import WriteOnce
 from dm_resources.metadata.platform import TABLES, Cond, ConflictError, PlatformTables
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore
@@ -118,7 +127,7 @@ def check_platform_values(ds: Dataset, values: dict[str, Any]) -> None:
 # --- inserts --------------------------------------------------------------------------------------
 
 
-def insert(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, records: Any) -> dict[str, Any]:
+def _check_records(ds: Dataset, records: Any) -> list[Any]:
     if not isinstance(records, list):
         raise ParamError("records", "must be an array of records", where="body")
     if len(records) > MAX_BATCH_RECORDS:
@@ -130,35 +139,84 @@ def insert(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, re
         )
     if not ds.writable:
         raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where="body")
+    return records
+
+
+def _insert_answer(inserted: int, duplicates: int, errors: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"inserted_count": inserted, "duplicates": duplicates, "failed": len(errors), "errors": errors}
+
+
+def _kline_docs(ds: Dataset, records: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    docs: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        try:
+            docs.append(klines.to_document(ds, rec))
+        except ValueProblem as exc:
+            errors.append({"index": i, "reason": str(exc)})
+    return docs, errors
+
+
+def _insert_klines(mongo: MongoStore, docs: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[str, Any]:
+    res = mongo.insert_idempotent("klines", docs) if docs else None
+    return _insert_answer(res.inserted if res else 0, res.duplicates if res else 0, errors)
+
+
+def _sql_values(ds: Dataset, records: list[Any]) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
+    """Each record checked on its own: the valid ones (with their indexes) and the errors."""
+    valid: list[dict[str, Any]] = []
+    where: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        try:
+            values = check_record(ds, rec)
+            check_platform_values(ds, values)
+            valid.append(values)
+            where.append(i)
+        except ValueProblem as exc:
+            errors.append({"index": i, "reason": str(exc)})
+    return valid, where, errors
+
+
+def _insert_sql(
+    conn: Connection,
+    meta: MetadataStore,
+    ds: Dataset,
+    checked: tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]],
+    id_seed: str | None,
+) -> dict[str, Any]:
+    valid, where, errors = checked
+    out = PlatformTables(meta).insert(ds.store, valid, conn=conn, id_seed=id_seed)
+    errors = [*errors, *({"index": where[e["index"]], "reason": e["reason"]} for e in out.errors)]
+    errors.sort(key=lambda e: e["index"])
+    return _insert_answer(out.inserted, out.duplicates, errors)
+
+
+def insert(
+    mongo: MongoStore | None,
+    meta: MetadataStore | None,
+    ds: Dataset,
+    records: Any,
+    *,
+    writer: WriteOnce | None = None,
+) -> dict[str, Any]:
+    """Validate each record, store the valid ones (exactly once through ``writer``), list the others.
+
+    ``writer`` carries the request's ``Idempotency-Key`` (``api/idempotency.py``); without one
+    the insert still runs as one transaction with a server receipt (SQL datasets).
+    """
+    records = _check_records(ds, records)
     if ds.kind == "klines":
         assert mongo is not None
-        docs: list[dict[str, Any]] = []
-        for i, rec in enumerate(records):
-            try:
-                docs.append(klines.to_document(ds, rec))
-            except ValueProblem as exc:
-                errors.append({"index": i, "reason": str(exc)})
-        res = mongo.insert_idempotent("klines", docs) if docs else None
-        inserted = res.inserted if res else 0
-        duplicates = res.duplicates if res else 0
-    else:
-        assert meta is not None
-        valid: list[dict[str, Any]] = []
-        where: list[int] = []
-        for i, rec in enumerate(records):
-            try:
-                values = check_record(ds, rec)
-                check_platform_values(ds, values)
-                valid.append(values)
-                where.append(i)
-            except ValueProblem as exc:
-                errors.append({"index": i, "reason": str(exc)})
-        out = PlatformTables(meta).insert(ds.store, valid)
-        errors.extend({"index": where[e["index"]], "reason": e["reason"]} for e in out.errors)
-        errors.sort(key=lambda e: e["index"])
-        inserted, duplicates = out.inserted, out.duplicates
-    return {"inserted_count": inserted, "duplicates": duplicates, "failed": len(errors), "errors": errors}
+        docs, errors = _kline_docs(ds, records)
+        if writer is None:
+            return _insert_klines(mongo, docs, errors)
+        return writer.run(lambda: _insert_klines(mongo, docs, errors))
+    assert meta is not None
+    checked = _sql_values(ds, records)
+    writer = writer or WriteOnce(meta)
+    seed = writer.seed
+    return writer.write(lambda conn: _insert_sql(conn, meta, ds, checked, seed))
 
 
 # --- reads ----------------------------------------------------------------------------------------
@@ -385,7 +443,17 @@ def _writable_sql(ds: Dataset, verb: str, where: str = "path") -> None:
         raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where=where)
 
 
-def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class UpdatePlan:
+    """A checked update: conditions, values to set, and whether to insert when nothing matches."""
+
+    conds: list[Cond]
+    values: dict[str, Any]
+    upsert: bool
+
+
+def check_update(ds: Dataset, filter_: Any, data: Any, upsert: Any) -> UpdatePlan:
+    """Everything about an update that can be refused before a store is touched."""
     _writable_sql(ds, "update")
     conds = parse_filter(ds, filter_, where="body")
     if not conds:
@@ -405,8 +473,16 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
             check_platform_values(ds, {c.field: c.value for c in conds if c.op == "eq" and c.value is not None})
         except ValueProblem as exc:
             raise ParamError("filter", str(exc), where="body") from None
+    return UpdatePlan(conds, values, upsert)
+
+
+def apply_update(
+    conn: Connection, meta: MetadataStore, ds: Dataset, plan: UpdatePlan, id_seed: str | None = None
+) -> dict[str, Any]:
     try:
-        out = PlatformTables(meta).update(ds.store, conds, values, upsert=upsert)
+        out = PlatformTables(meta).update(
+            ds.store, plan.conds, plan.values, upsert=plan.upsert, conn=conn, id_seed=id_seed
+        )
     except ConflictError as exc:
         raise ParamError("data", str(exc), status=409, where="body") from None
     except ValueError as exc:  # an upsert that would insert a row without its required fields
@@ -425,15 +501,35 @@ def update(meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: An
     }
 
 
-def delete(meta: MetadataStore, ds: Dataset, filter_: Any) -> dict[str, Any]:
+def update(
+    meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: Any, *, writer: WriteOnce | None = None
+) -> dict[str, Any]:
+    plan = check_update(ds, filter_, data, upsert)
+    writer = writer or WriteOnce(meta)
+    seed = writer.seed
+    return writer.write(lambda conn: apply_update(conn, meta, ds, plan, seed))
+
+
+def check_delete(ds: Dataset, filter_: Any) -> list[Cond]:
     _writable_sql(ds, "delete")
     conds = parse_filter(ds, filter_, where="body")
     if not conds:
         raise ParamError("filter", "a delete needs a non-empty filter (refusing to delete every row)", where="body")
-    return {"deleted_count": PlatformTables(meta).delete(ds.store, conds)}
+    return conds
 
 
-def batch(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, operations: Any) -> dict[str, Any]:
+def apply_delete(conn: Connection, meta: MetadataStore, ds: Dataset, conds: list[Cond]) -> dict[str, Any]:
+    return {"deleted_count": PlatformTables(meta).delete(ds.store, conds, conn=conn)}
+
+
+def delete(meta: MetadataStore, ds: Dataset, filter_: Any, *, writer: WriteOnce | None = None) -> dict[str, Any]:
+    conds = check_delete(ds, filter_)
+    writer = writer or WriteOnce(meta)
+    return writer.write(lambda conn: apply_delete(conn, meta, ds, conds))
+
+
+def check_batch(ds: Dataset, operations: Any) -> list[Any]:
+    """What refuses a batch as a whole: its shape, its size, and operations the dataset does not allow."""
     if not isinstance(operations, list) or not operations:
         raise ParamError("operations", "must be a non-empty array of operations", where="body")
     if len(operations) > MAX_BATCH_OPERATIONS:
@@ -455,26 +551,79 @@ def batch(mongo: MongoStore | None, meta: MetadataStore | None, ds: Dataset, ope
             status=413,
             where="body",
         )
-    results: list[dict[str, Any]] = []
-    for i, op in enumerate(operations):
+    for op in operations:
         kind = op.get("type") if isinstance(op, dict) else None
-        result: dict[str, Any] = {"index": i, "type": kind, "ok": False}
-        try:
-            if kind == "insert":
-                data = op.get("data")
-                out = insert(mongo, meta, ds, data if isinstance(data, list) else [data])
-                result.update(out, ok=out["failed"] == 0)
-            elif kind == "update":
-                assert meta is not None
-                _writable_sql(ds, "update")
-                result.update(update(meta, ds, op.get("filter"), op.get("data"), op.get("upsert", False)), ok=True)
-            elif kind == "delete":
-                assert meta is not None
-                _writable_sql(ds, "delete")
-                result.update(delete(meta, ds, op.get("filter")), ok=True)
+        if kind in ("update", "delete"):
+            _writable_sql(ds, kind, where="body")
+    return operations
+
+
+def _one_operation(
+    conn: Connection | None,
+    mongo: MongoStore | None,
+    meta: MetadataStore | None,
+    ds: Dataset,
+    i: int,
+    op: Any,
+    id_seed: str | None,
+) -> dict[str, Any]:
+    kind = op.get("type") if isinstance(op, dict) else None
+    result: dict[str, Any] = {"index": i, "type": kind if isinstance(kind, str) else None, "ok": False}
+    try:
+        if kind == "insert":
+            data = op.get("data")
+            records = _check_records(ds, data if isinstance(data, list) else [data])
+            if ds.kind == "klines":
+                assert mongo is not None
+                out = _insert_klines(mongo, *_kline_docs(ds, records))
             else:
-                result["error"] = f"type must be insert, update or delete, got {str(kind)[:20]!r}"
-        except ParamError as exc:
-            result["error"] = f"{exc.param}: {exc.message}"
-        results.append(result)
-    return {"results": results}
+                assert conn is not None and meta is not None
+                seed = f"{id_seed}:{i}" if id_seed is not None else None
+                out = _insert_sql(conn, meta, ds, _sql_values(ds, records), seed)
+            result.update(out, ok=out["failed"] == 0)
+        elif kind == "update":
+            assert conn is not None and meta is not None
+            plan = check_update(ds, op.get("filter"), op.get("data"), op.get("upsert", False))
+            seed = f"{id_seed}:{i}" if id_seed is not None else None
+            result.update(apply_update(conn, meta, ds, plan, seed), ok=True)
+        elif kind == "delete":
+            assert conn is not None and meta is not None
+            result.update(apply_delete(conn, meta, ds, check_delete(ds, op.get("filter"))), ok=True)
+        else:
+            result["error"] = f"type must be insert, update or delete, got {str(kind)[:20]!r}"
+    except ParamError as exc:
+        result["error"] = f"{exc.param}: {exc.message}"
+    return result
+
+
+def batch(
+    mongo: MongoStore | None,
+    meta: MetadataStore | None,
+    ds: Dataset,
+    operations: Any,
+    *,
+    writer: WriteOnce | None = None,
+) -> dict[str, Any]:
+    """Each operation on its own (a savepoint of one transaction for SQL datasets); one result per operation."""
+    operations = check_batch(ds, operations)
+    if ds.kind == "klines":
+
+        def run_klines() -> dict[str, Any]:
+            return {"results": [_one_operation(None, mongo, meta, ds, i, op, None) for i, op in enumerate(operations)]}
+
+        return writer.run(run_klines) if writer is not None else run_klines()
+    assert meta is not None
+    writer = writer or WriteOnce(meta)
+    seed = writer.seed
+
+    def run_sql(conn: Connection) -> dict[str, Any]:
+        results = []
+        for i, op in enumerate(operations):
+            with conn.begin_nested() as sp:
+                result = _one_operation(conn, mongo, meta, ds, i, op, seed)
+                if not result["ok"]:
+                    sp.rollback()  # a failed operation leaves nothing behind; the others stand
+            results.append(result)
+        return {"results": results}
+
+    return writer.write(run_sql)

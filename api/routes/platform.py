@@ -16,6 +16,7 @@ from api.contract import collections, service
 from api.contract.datasets import SCOPE_READ, Dataset, resolve
 from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
 from api.deps import AppState, Bearer, State, private_read, read_access, require_scope, state
+from api.idempotency import Idempotent
 from api.models import ErrorResponse
 from api.params import ParamError
 from api.routes import collections as service_routes
@@ -26,8 +27,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no token, or not a valid one"},
     403: {"model": ErrorResponse, "description": "the token lacks the dataset's scope, or writes are disabled"},
     404: {"model": ErrorResponse, "description": "unknown collection (the message lists the allowed ones)"},
+    400: {"model": ErrorResponse, "description": "a malformed Idempotency-Key"},
+    409: {"model": ErrorResponse, "description": "a conflict on a unique key, or the Idempotency-Key is in use"},
     413: {"model": ErrorResponse, "description": "over the batch size limit (named in the message)"},
-    422: {"model": ErrorResponse, "description": "a filter, sort, field, value or limit the contract refuses"},
+    422: {
+        "model": ErrorResponse,
+        "description": "a filter, sort, field, value or limit the contract refuses; an Idempotency-Key reused "
+        "with another payload",
+    },
     503: {"model": ErrorResponse, "description": "a store is unavailable, or the metadata schema is not created"},
 }
 
@@ -155,7 +162,9 @@ def root(request: Request) -> ServiceInfo:
 
 
 @router.post("/api/v1/data/insert", response_model=InsertResponse, responses=ERRORS)
-async def insert(body: InsertRequest, request: Request, creds: Bearer, x_api_token: XToken = None) -> Any:
+async def insert(
+    body: InsertRequest, request: Request, creds: Bearer, idem: Idempotent, x_api_token: XToken = None
+) -> Any:
     """Insert records; partial batches store the valid records and list the others in `errors`."""
     st = state(request)
     svc = collections.lookup(body.collection)
@@ -164,7 +173,7 @@ async def insert(body: InsertRequest, request: Request, creds: Bearer, x_api_tok
     ds = resolve(body.collection, body.database, where="body")
     _writer(st, ds, _token(creds, x_api_token), where="body", request=request)
     mongo, meta = _stores(st, ds)
-    return await run_in_threadpool(service.insert, mongo, meta, ds, body.records)
+    return await run_in_threadpool(lambda: service.insert(mongo, meta, ds, body.records, writer=idem))
 
 
 @router.post("/api/v1/data/query", response_model=QueryResponse, responses=ERRORS)
@@ -222,38 +231,56 @@ async def find(
 
 @router.put("/api/v1/{database}/{collection:path}", response_model=UpdateResponse, responses=ERRORS)
 async def update(
-    database: str, collection: str, body: UpdateRequest, request: Request, creds: Bearer, x_api_token: XToken = None
+    database: str,
+    collection: str,
+    body: UpdateRequest,
+    request: Request,
+    creds: Bearer,
+    idem: Idempotent,
+    x_api_token: XToken = None,
 ) -> Any:
     """Update every row matching `filter`; with `upsert`, insert filter equalities + data when none matches."""
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token), request=request)
-    service._writable_sql(ds, "update")
-    return await run_in_threadpool(service.update, st.meta, ds, body.filter, body.data, body.upsert)
+    plan = service.check_update(ds, body.filter, body.data, body.upsert)
+    return await run_in_threadpool(idem.write, lambda conn: service.apply_update(conn, st.meta, ds, plan, idem.seed))
 
 
 @router.delete("/api/v1/{database}/{collection:path}", response_model=DeleteResponse, responses=ERRORS)
 async def delete(
-    database: str, collection: str, body: DeleteRequest, request: Request, creds: Bearer, x_api_token: XToken = None
+    database: str,
+    collection: str,
+    body: DeleteRequest,
+    request: Request,
+    creds: Bearer,
+    idem: Idempotent,
+    x_api_token: XToken = None,
 ) -> Any:
     """Delete the rows matching a non-empty `filter`."""
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token), request=request)
-    service._writable_sql(ds, "delete")
-    return await run_in_threadpool(service.delete, st.meta, ds, body.filter)
+    conds = service.check_delete(ds, body.filter)
+    return await run_in_threadpool(idem.write, lambda conn: service.apply_delete(conn, st.meta, ds, conds))
 
 
 @router.post("/api/v1/{database}/{collection}/batch", response_model=BatchResponse, responses=ERRORS)
 async def batch(
-    database: str, collection: str, body: BatchRequest, request: Request, creds: Bearer, x_api_token: XToken = None
+    database: str,
+    collection: str,
+    body: BatchRequest,
+    request: Request,
+    creds: Bearer,
+    idem: Idempotent,
+    x_api_token: XToken = None,
 ) -> Any:
     """Run insert/update/delete operations in order, each on its own; one result per operation."""
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token), request=request)
     mongo, meta = _stores(st, ds)
-    return await run_in_threadpool(service.batch, mongo, meta, ds, body.operations)
+    return await run_in_threadpool(lambda: service.batch(mongo, meta, ds, body.operations, writer=idem))
 
 
 __all__ = ["SCOPE_READ", "router"]

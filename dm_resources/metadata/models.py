@@ -376,6 +376,42 @@ class DailyPnl(Base):
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
+IDEMPOTENCY_STATES = ("in_flight", "done")
+
+
+class IdempotencyKey(Base):
+    """One write request's ``Idempotency-Key`` and its answer (``dm_resources/metadata/idempotency.py``).
+
+    ``(caller, key)`` is unique: a caller's key names one request. ``state`` is ``in_flight``
+    from the claim until the write's own transaction sets ``done`` with the answer, so a
+    stored answer and the write it describes commit together or not at all. ``lease_until``
+    bounds how long an in-flight claim blocks a repeat (a crashed request frees its key);
+    ``owner`` tells the claim's holder from a later one that took the key over.
+    Server-side receipts (writes sent without a key) use ``caller = "~receipt"``.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("caller", "key"),
+        Index(None, "expires_at"),
+        CheckConstraint(_in("state", IDEMPOTENCY_STATES), name="state"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    caller: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    request: Mapped[str] = mapped_column(String(255))  # "PUT /api/v1/mysql/positions", for operators
+    state: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str | None] = mapped_column(Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 # The platform services' other records (config versions, lifecycle, ledger, write audit) live in
 # their own module; importing it here registers them on Base.metadata for Alembic and the tests.
 from dm_resources.metadata import service_models as _service_models  # noqa: E402, F401
