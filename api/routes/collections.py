@@ -20,6 +20,7 @@ from api.contract import service as platform_service
 from api.contract.datasets import resolve
 from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
 from api.deps import State, private_read, state
+from api.idempotency import Idempotency, Idempotent
 from api.identity import authorize
 from api.models import ErrorResponse
 from api.params import ParamError
@@ -144,6 +145,7 @@ async def insert_records(
     database: str | None,
     records: Any,
     *,
+    idem: Idempotency,
     validate: bool = False,
     where: str = "path",
 ) -> Any:
@@ -152,7 +154,8 @@ async def insert_records(
     cols.check_database(coll, database, where=where)
     who = authorize(request, coll.scope)
     return await run_in_threadpool(
-        lambda: cols.insert(_stores(st), coll, records, validate=validate, service=who.recorded_as, where=where)
+        idem.run,
+        lambda: cols.insert(_stores(st), coll, records, validate=validate, service=who.recorded_as, where=where),
     )
 
 
@@ -179,21 +182,23 @@ async def insert(
     collection: str,
     body: InsertBody,
     request: Request,
+    idem: Idempotent,
     validate: Annotated[bool, Query(description="check each record (signals)")] = False,
     schema: Annotated[str | None, Query(max_length=64, description="accepted; unused")] = None,
 ) -> Any:
     """Insert records; a bad record is listed in ``errors`` while the good ones are stored."""
     coll = _collection(database, collection)
-    return await insert_records(request, coll, database, body.data, validate=validate or body.validate_)
+    return await insert_records(request, coll, database, body.data, idem=idem, validate=validate or body.validate_)
 
 
 @router.put(PATH, response_model=UpdateResult, responses=ERRORS)
-async def update(database: str, collection: str, body: UpdateBody, request: Request) -> Any:
+async def update(database: str, collection: str, body: UpdateBody, request: Request, idem: Idempotent) -> Any:
     """Set fields on the matches (at most ``max_rows``), or insert one with ``upsert``."""
     st = state(request)
     coll = _collection(database, collection)
     who = authorize(request, coll.scope)
     return await run_in_threadpool(
+        idem.run,
         lambda: cols.update(
             _stores(st),
             coll,
@@ -202,18 +207,19 @@ async def update(database: str, collection: str, body: UpdateBody, request: Requ
             upsert=body.upsert,
             max_rows=body.max_rows,
             service=who.recorded_as,
-        )
+        ),
     )
 
 
 @router.delete(PATH, response_model=DeleteResult, responses=ERRORS)
-async def delete(database: str, collection: str, body: DeleteBody, request: Request) -> Any:
+async def delete(database: str, collection: str, body: DeleteBody, request: Request, idem: Idempotent) -> Any:
     """Delete the matches (at most ``max_rows``; boot probes by age only)."""
     st = state(request)
     coll = _collection(database, collection)
     who = authorize(request, coll.scope)
     return await run_in_threadpool(
-        lambda: cols.delete(_stores(st), coll, filter_=body.filter, max_rows=body.max_rows, service=who.recorded_as)
+        idem.run,
+        lambda: cols.delete(_stores(st), coll, filter_=body.filter, max_rows=body.max_rows, service=who.recorded_as),
     )
 
 
@@ -227,6 +233,7 @@ async def insert_dataset(
     collection: str,
     body: InsertBody,
     request: Request,
+    idem: Idempotent,
     validate: Annotated[bool, Query()] = False,
     schema: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Any:
@@ -238,5 +245,5 @@ async def insert_dataset(
     authorize(request, ds.write_scope)
     records = body.data if isinstance(body.data, list) else [body.data]
     mongo, meta = (st.mongo, None) if ds.database == "mongodb" else (None, st.meta)
-    out = await run_in_threadpool(platform_service.insert, mongo, meta, ds, records)
+    out = await run_in_threadpool(lambda: platform_service.insert(mongo, meta, ds, records, writer=idem))
     return {**out, "inserted_ids": [], "inserted_id": None}

@@ -17,6 +17,7 @@ from api.contract import config_service as svc
 from api.contract.auth import SCOPE_CONFIG, Identity
 from api.contract.config import APPLICATION, ID_PATTERN, MAX_REASON, MAX_WHO, check_parameters, strategy_scope
 from api.deps import State, private_read
+from api.idempotency import Idempotent
 from api.identity import require
 from api.models import ErrorResponse
 
@@ -148,10 +149,11 @@ async def get_application(st: State) -> Any:
 
 
 @router.post("/application", response_model=AppConfigView, responses=ERRORS)
-async def set_application(body: AppConfigRequest, st: State, who: Writer) -> Any:
+async def set_application(body: AppConfigRequest, st: State, who: Writer, idem: Idempotent) -> Any:
     """Store a new version (an identical one stores nothing); ``validate_only`` checks without storing."""
     values = body.model_dump(exclude={"changed_by", "reason", "validate_only"})
     return await run_in_threadpool(
+        idem.run,
         lambda: svc.set_app(
             st.meta,
             values,
@@ -159,7 +161,7 @@ async def set_application(body: AppConfigRequest, st: State, who: Writer) -> Any
             reason=body.reason,
             service=who.recorded_as,
             validate_only=body.validate_only,
-        )
+        ),
     )
 
 
@@ -186,6 +188,7 @@ async def set_strategy(
     body: StrategyConfigRequest,
     st: State,
     who: Writer,
+    idem: Idempotent,
     strategy_id: StrategyId,
     symbol: SymbolQ = None,
     side: SideQ = None,
@@ -207,13 +210,14 @@ async def set_strategy(
         )
         return view
 
-    return await run_in_threadpool(run)
+    return await run_in_threadpool(idem.run, run)
 
 
 @router.delete("/strategies/{strategy_id}", response_model=Deleted, responses=ERRORS)
 async def delete_strategy(
     st: State,
     who: Writer,
+    idem: Idempotent,
     strategy_id: StrategyId,
     symbol: SymbolQ = None,
     side: SideQ = None,
@@ -223,9 +227,10 @@ async def delete_strategy(
     """Delete the scope's values (a DELETE version in the audit trail); a repeat answers ``already_deleted``."""
     scope = strategy_scope(strategy_id, symbol, side)
     return await run_in_threadpool(
+        idem.run,
         lambda: svc.delete_strategy(
             st.meta, scope, changed_by=changed_by or who.name, reason=reason, service=who.recorded_as
-        )
+        ),
     )
 
 
@@ -266,9 +271,10 @@ async def audit_strategy(
 
 
 @router.post("/rollback/application", response_model=AppConfigView, responses=ERRORS)
-async def rollback_application(body: RollbackRequest, st: State, who: Writer) -> Any:
+async def rollback_application(body: RollbackRequest, st: State, who: Writer, idem: Idempotent) -> Any:
     """Restore an earlier version as a new version (404 naming ``target_version`` when it does not exist)."""
     return await run_in_threadpool(
+        idem.run,
         lambda: svc.rollback(
             st.meta,
             APPLICATION,
@@ -276,7 +282,7 @@ async def rollback_application(body: RollbackRequest, st: State, who: Writer) ->
             changed_by=body.changed_by,
             reason=body.reason,
             service=who.recorded_as,
-        )
+        ),
     )
 
 
@@ -285,6 +291,7 @@ async def rollback_strategy(
     body: RollbackRequest,
     st: State,
     who: Writer,
+    idem: Idempotent,
     strategy_id: StrategyId,
     symbol: SymbolQ = None,
     side: SideQ = None,
@@ -292,7 +299,8 @@ async def rollback_strategy(
     """Restore an earlier version of the scope as a new version."""
     scope = strategy_scope(strategy_id, symbol, side)
     return await run_in_threadpool(
+        idem.run,
         lambda: svc.rollback(
             st.meta, scope, body.target_version, changed_by=body.changed_by, reason=body.reason, service=who.recorded_as
-        )
+        ),
     )

@@ -17,6 +17,7 @@ from api.contract import lifecycle as lc
 from api.contract.auth import SCOPE_LIFECYCLE, Identity
 from api.contract.config import ID_PATTERN
 from api.deps import State, private_read
+from api.idempotency import Idempotent
 from api.identity import require
 from api.models import ErrorResponse
 from api.params import ParamError
@@ -81,9 +82,15 @@ class Reconstruction(BaseModel):
     signals: list[dict[str, Any]]
 
 
-async def _transition(st: Any, who: Identity, strategy_id: str, body: dict[str, Any], response: Response) -> Any:
-    event, created = await run_in_threadpool(lc.transition, st.meta, strategy_id, body, who.recorded_as)
-    response.status_code = 201 if created else 200
+async def _transition(
+    st: Any, who: Identity, strategy_id: str, body: dict[str, Any], response: Response, idem: Any
+) -> Any:
+    def run() -> dict[str, Any]:
+        event, _ = lc.transition(st.meta, strategy_id, body, who.recorded_as)
+        return event
+
+    event = await run_in_threadpool(idem.run, run, status=201)
+    response.status_code = 200 if event.get("replayed") else 201
     return event
 
 
@@ -94,10 +101,11 @@ async def create_event(
     strategy_id: StrategyId,
     body: dict[str, Any],
     who: Annotated[Identity, Depends(require(SCOPE_LIFECYCLE))],
+    idem: Idempotent,
     service: ServiceQ = None,
 ) -> Any:
     """Transition the strategy (201); a retry of a stored transition answers it again (200, ``replayed``)."""
-    return await _transition(st, who, strategy_id, body, response)
+    return await _transition(st, who, strategy_id, body, response, idem)
 
 
 @router.post("/strategies/{strategy_id}/lifecycle/state", response_model=Event, status_code=201, responses=ERRORS)
@@ -107,9 +115,10 @@ async def set_state(
     strategy_id: StrategyId,
     body: dict[str, Any],
     who: Annotated[Identity, Depends(require(SCOPE_LIFECYCLE))],
+    idem: Idempotent,
 ) -> Any:
     """The same transition as ``POST …/events``, addressed to the state."""
-    return await _transition(st, who, strategy_id, body, response)
+    return await _transition(st, who, strategy_id, body, response, idem)
 
 
 @router.get(

@@ -169,7 +169,7 @@ async def insert(
     st = state(request)
     svc = collections.lookup(body.collection)
     if svc is not None:  # the services' own collections (api/contract/collections.py)
-        return await service_routes.insert_records(request, svc, body.database, body.records, where="body")
+        return await service_routes.insert_records(request, svc, body.database, body.records, idem=idem, where="body")
     ds = resolve(body.collection, body.database, where="body")
     _writer(st, ds, _token(creds, x_api_token), where="body", request=request)
     mongo, meta = _stores(st, ds)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,7 @@ from api.contract import trading
 from api.contract.datasets import SCOPE_PNL, SCOPE_POSITIONS
 from api.contract.rows import Position
 from api.deps import State, private_read
+from api.idempotency import Idempotent
 from api.identity import require
 from api.models import ErrorResponse
 
@@ -91,15 +92,15 @@ async def list_positions(
 
 
 @router.post("/positions", response_model=Created, status_code=201, responses=ERRORS, dependencies=[Positions])
-async def create_position(st: State, body: dict[str, Any]) -> Any:
+async def create_position(st: State, body: dict[str, Any], idem: Idempotent) -> Any:
     """Store a new position (201); an existing ``position_id`` answers 409 and stores nothing."""
-    return await run_in_threadpool(trading.create_position, st.meta, body)
+    return await run_in_threadpool(idem.run, lambda: trading.create_position(st.meta, body), status=201)
 
 
 @router.post("/positions/close-by-side", response_model=Closed, responses=ERRORS, dependencies=[Positions])
-async def close_by_side(st: State, body: CloseBySide) -> Any:
+async def close_by_side(st: State, body: CloseBySide, idem: Idempotent) -> Any:
     """Close the open position of a symbol and side; ``closed: false`` when none is open."""
-    return await run_in_threadpool(trading.close_by_side, st.meta, body.model_dump())
+    return await run_in_threadpool(idem.run, lambda: trading.close_by_side(st.meta, body.model_dump()))
 
 
 @router.get("/positions/{position_id}", response_model=Position, responses=ERRORS, dependencies=[Depends(private_read)])
@@ -109,23 +110,23 @@ async def get_position(st: State, position_id: PositionId) -> Any:
 
 
 @router.put("/positions/{position_id}", response_model=Position, responses=ERRORS, dependencies=[Positions])
-async def put_position(st: State, position_id: PositionId, body: dict[str, Any], response: Response) -> Any:
-    """Store the position under this id: created (201) or its given fields replaced (200); never reopened."""
-    row, created = await run_in_threadpool(trading.put_position, st.meta, position_id, body)
-    response.status_code = 201 if created else 200
-    return row
+async def put_position(st: State, position_id: PositionId, body: dict[str, Any], idem: Idempotent) -> Any:
+    """Store the position under this id: created, or its given fields replaced; a closed one never reopens."""
+    return await run_in_threadpool(idem.run, lambda: trading.put_position(st.meta, position_id, body)[0])
 
 
 @router.patch("/positions/{position_id}", response_model=Position, responses=ERRORS, dependencies=[Positions])
-async def patch_position(st: State, position_id: PositionId, body: dict[str, Any]) -> Any:
+async def patch_position(st: State, position_id: PositionId, body: dict[str, Any], idem: Idempotent) -> Any:
     """Change only the given fields."""
-    return await run_in_threadpool(trading.patch_position, st.meta, position_id, body)
+    return await run_in_threadpool(idem.run, lambda: trading.patch_position(st.meta, position_id, body))
 
 
 @router.post("/positions/{position_id}/close", response_model=Closed, responses=ERRORS, dependencies=[Positions])
-async def close_position(st: State, position_id: PositionId, body: dict[str, Any] | None = None) -> Any:
+async def close_position(
+    st: State, position_id: PositionId, idem: Idempotent, body: dict[str, Any] | None = None
+) -> Any:
     """Close an open position with the given fields; a retry answers the close again."""
-    return await run_in_threadpool(trading.close_position, st.meta, position_id, body)
+    return await run_in_threadpool(idem.run, lambda: trading.close_position(st.meta, position_id, body))
 
 
 @router.get(
@@ -137,6 +138,8 @@ async def get_daily_pnl(st: State, date_value: Annotated[str, Path(max_length=10
 
 
 @router.put("/daily-pnl/{date_value}", response_model=DailyPnlView, responses=ERRORS, dependencies=[Pnl])
-async def put_daily_pnl(st: State, date_value: Annotated[str, Path(max_length=10)], body: DailyPnlPut) -> Any:
+async def put_daily_pnl(
+    st: State, date_value: Annotated[str, Path(max_length=10)], body: DailyPnlPut, idem: Idempotent
+) -> Any:
     """Store the day's absolute PnL."""
-    return await run_in_threadpool(trading.put_daily_pnl, st.meta, date_value, body.daily_pnl)
+    return await run_in_threadpool(idem.run, lambda: trading.put_daily_pnl(st.meta, date_value, body.daily_pnl))
