@@ -29,6 +29,7 @@ from api.routes import (
     collections,
     data,
     health,
+    ledger,
     lifecycle,
     orderbook,
     platform,
@@ -104,7 +105,7 @@ def create_app(
     for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)
     # The services' typed route families come before the generic /api/v1/{database}/{collection}.
-    for module in (trading, config_routes, lifecycle, collections):
+    for module in (trading, ledger, config_routes, lifecycle, collections):
         app.include_router(module.router)
     for module in (platform, positions):  # the trading services' contract and typed routes
         app.include_router(module.router)
