@@ -304,7 +304,7 @@ class DMClient(_Base):
         return self.run(_Calls.liveness())
 
     def readiness(self) -> dict[str, Any]:
-        """The readiness body, also when it answers 503 (``status`` says not_ready)."""
+        """The readiness body, also when it answers 503 (``status`` unhealthy, ``state`` not_ready)."""
         return self.run(_Calls.readiness())
 
     def databases(self) -> dict[str, Any]:

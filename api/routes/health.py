@@ -143,8 +143,10 @@ def readiness(st: State, response: Response) -> Readiness:
     degraded = [c.name for c in checks if not c.ok and c.name not in REQUIRED]
     if down:
         response.status_code = 503
-    status = "not_ready" if down else "degraded" if degraded else "ready"
-    return Readiness(status=status, down=down, degraded=degraded, checks=checks)
+    state = "not_ready" if down else "degraded" if degraded else "ready"
+    return Readiness(
+        status="unhealthy" if down else "healthy", state=state, down=down, degraded=degraded, checks=checks
+    )
 
 
 class StoreStatus(BaseModel):
