@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
+from api.bounds import RequestBounds
 from api.deps import ApiSettings, AppState
 from api.identity import WriteAuditMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -97,6 +98,7 @@ def create_app(
     )
     _serve_docs_offline(app)
     app.state.dm = st
+    app.add_middleware(RequestBounds, max_body_bytes=st.api.max_body_bytes)  # before any route parses a byte
     app.add_middleware(errors.Unhandled)
     app.add_middleware(WriteAuditMiddleware)  # outside Unhandled: records the status the client got
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts every answer, 500s included

@@ -68,6 +68,9 @@ class ApiSettings(BaseSettings):
     mongo_timeout_ms: int = 3000
     dagster_timeout_s: float = 10.0
     max_backfill_days: int = 400
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it, before parsing)"
+    )
     idempotency_ttl_s: float = Field(
         default=86_400.0, ge=86_400.0, description="how long an Idempotency-Key and its answer are kept (>= 24 h)"
     )

@@ -21,12 +21,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pymongo.errors import ConnectionFailure, PyMongoError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -98,18 +101,30 @@ def echo(value: Any) -> str:
     return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 1] + "…"
 
 
+def _text(value: str) -> str:
+    """``value`` as UTF-8-safe text: a lone surrogate becomes ``\\ud800`` rather than a 500 in the encoder."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _short_inputs(errors: Sequence[Any]) -> list[Any]:
-    """FastAPI's validation errors with echoed inputs cut short (a 1 MB string is not sent back)."""
+    """FastAPI's validation errors with echoed inputs cut short (a 1 MB string is not sent back) and UTF-8 safe."""
     out: list[Any] = []
     for err in errors:
         item = dict(err)
         value = item.get("input")
-        if isinstance(value, str) and len(value) > ECHO_CHARS:
-            item["input"] = value[:ECHO_CHARS] + "…"
-        elif isinstance(value, dict | list) and len(repr(value)) > ECHO_CHARS:
-            item["input"] = echo(value)
+        if isinstance(value, str):
+            item["input"] = _text(value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + "…")
+        elif isinstance(value, dict | list):
+            item["input"] = _text(echo(value)) if len(repr(value)) > ECHO_CHARS else value
+        item["loc"] = [_text(x) if isinstance(x, str) else x for x in item.get("loc", ())]
+        item["msg"] = _text(str(item.get("msg", "")))
         out.append(item)
-    return list(jsonable_encoder(out))
+    encoded = jsonable_encoder(out)
+    try:
+        orjson.dumps(encoded)
+    except TypeError:  # text deeper inside (a small dict input, ctx) that is not UTF-8: echo it escaped
+        encoded = [{**e, "input": _text(repr(e.get("input"))), "ctx": None} for e in encoded]
+    return list(encoded)
 
 
 def install(app: FastAPI) -> None:
@@ -124,6 +139,15 @@ def install(app: FastAPI) -> None:
         return Response(
             exc.body, status_code=exc.status, media_type="application/json", headers={"Idempotent-Replayed": "true"}
         )
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body json.loads raised on (not a syntax error: those are 422s).
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}: {str(cause)[:200]}" if cause is not None else "unknown"
+            return error_response(400, ["body"], f"the body cannot be parsed as JSON ({why})", "json_invalid")
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

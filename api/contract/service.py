@@ -554,7 +554,7 @@ def check_batch(ds: Dataset, operations: Any) -> list[Any]:
     for op in operations:
         kind = op.get("type") if isinstance(op, dict) else None
         if kind in ("update", "delete"):
-            _writable_sql(ds, kind, where="body")
+            _writable_sql(ds, kind)
     return operations
 
 

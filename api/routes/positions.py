@@ -107,7 +107,7 @@ async def position_history(
 ) -> PositionList:
     """Closed positions, most recently closed first."""
     conds = [*_conds(symbol, strategy_id, None), Cond("status", "eq", "closed")]
-    lo, hi = _aware(from_), _aware(to)
+    lo, hi = _aware(from_, "from"), _aware(to, "to")
     if lo is not None and hi is not None and lo >= hi:
         raise ParamError("from", "from must be before to")
     if lo is not None:
@@ -130,10 +130,14 @@ async def position(st: State, position_id: str) -> Position:
     return Position.model_validate(rows[0])
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
+def _aware(value: dt.datetime | None, param: str) -> dt.datetime | None:
+    """UTC; an offset that moves the time past year 1 or 9999 (``0001-01-01T00:00:00+01:00``) is a 422."""
     if value is None:
         return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    try:
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ParamError(param, f"{value.isoformat()} is outside years 1..9999 in UTC") from None
 
 
 @router.get("/pnl/daily", response_model=DailyPnlList, responses=ERRORS)
