@@ -305,9 +305,10 @@ def check_document(coll: ServiceCollection, record: Any) -> dict[str, Any]:
                 out[name] = coerce(spec, out[name])
             except ValueProblem as exc:
                 raise ValueProblem(f"{name}: {exc}") from None
-    for name in coll.datetimes:  # stored naive UTC: what MongoDB returns, and compares
+    for name in coll.datetimes:  # stored naive UTC in milliseconds: what MongoDB keeps, returns and compares
         if isinstance(out.get(name), dt.datetime):
-            out[name] = out[name].astimezone(dt.UTC).replace(tzinfo=None)
+            when = out[name].astimezone(dt.UTC).replace(tzinfo=None)
+            out[name] = when.replace(microsecond=when.microsecond // 1000 * 1000)
     return out
 
 
@@ -501,14 +502,27 @@ def insert(
         ids.append(doc["_id"])
     name = coll.name if coll.backing == "mongo" else "strategy_config_audit"
     res = stores.docs.insert(name, docs)
-    # A content-hashed duplicate is this very record, already stored (a retry): it counts as stored,
-    # which is what the SDK's callers check (inserted_count == records sent). A duplicate of a
-    # client's own key may hold other content, so it does not.
+    # A duplicate that equals what was sent is this very record, already stored (a retry whose
+    # answer was lost): it counts as stored, which is what the services check (inserted_count >
+    # 0, or == records sent). A content-hashed duplicate equals it by construction; one under a
+    # client's own key is compared, and a different document under that key is an error.
+    stored = res.inserted + res.duplicates
+    if keyed and res.duplicates:
+        sent = {d["_id"]: d for d in docs}
+        found, _ = stores.docs.find(name, {"_id": {"$in": list(sent)}}, limit=len(sent))
+        for doc in found:
+            if render(doc) != render(sent[doc["_id"]]):
+                stored -= 1
+                index = next(
+                    (i for i, rec in enumerate(records) if isinstance(rec, dict) and _doc_id(coll, rec) == doc["_id"]),
+                    0,
+                )
+                errors.append({"index": index, "reason": f"_id {doc['_id']!r} is stored with other content"})
     return {
-        "inserted_count": res.inserted + (0 if keyed else res.duplicates),
+        "inserted_count": stored,
         "duplicates": res.duplicates,
         "failed": len(errors),
-        "errors": errors,
+        "errors": sorted(errors, key=lambda e: e["index"]),
         "inserted_ids": ids,
         "inserted_id": ids[0] if ids else None,
     }
