@@ -75,8 +75,10 @@ class Env:
         return httpx.Client(base_url=getattr(self, mode), headers=headers or {}, timeout=60)
 
 
-@pytest.fixture(scope="module", params=metadata_backends())
-def env(request: pytest.FixtureRequest, mongo_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def services_env(
+    request: pytest.FixtureRequest, mongo_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
+    """The API in enforce and in audit mode over one SecantusDB database and one metadata database."""
     db = f"s_{uuid.uuid4().hex[:10]}"
     store = MongoStore(mongo_server.url, db, retry_attempts=2, server_selection_timeout_ms=3000)
     store.ensure_indexes()
@@ -111,6 +113,9 @@ def env(request: pytest.FixtureRequest, mongo_server: Any, tmp_path_factory: pyt
         meta.close()
         if mysql_db is not None:
             _drop_mysql_database(os.environ["DM_TEST_MYSQL_URL"], mysql_db)
+
+
+env = pytest.fixture(scope="module", params=metadata_backends(), name="env")(services_env)
 
 
 def retried(client: httpx.Client, method: str, path: str, **kw: Any) -> tuple[httpx.Response, httpx.Response]:
