@@ -87,8 +87,16 @@ def _open_of(meta: MetadataStore, symbol: str, side: str) -> dict[str, Any] | No
     return rows[0] if rows else None
 
 
+_PLAIN = (str, int, float, bool)
+
+
 def view(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: render(v) for k, v in row.items() if k != "id"}
+    """A row as JSON-ready values; most columns are null or plain, so only the rest go through ``render``."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k != "id":  # str(): the "metadata" key is a quoted_name, which orjson refuses as a key
+            out[str(k)] = v if v is None or isinstance(v, _PLAIN) else render(v)
+    return out
 
 
 # --- cursors -------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from api.deps import State, private_read
 from api.idempotency import Idempotent
 from api.identity import require
 from api.models import ErrorResponse
+from api.queries import dumps
+from api.routes.common import json_response
 
 router = APIRouter(prefix="/api/v1/trading", tags=["trading"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -84,11 +86,14 @@ async def list_positions(
     cursor: Annotated[str | None, Query(max_length=trading.MAX_CURSOR)] = None,
 ) -> Any:
     """Positions in the order they were stored, a page at a time (follow ``next_cursor``)."""
-    return await run_in_threadpool(
-        lambda: trading.list_positions(
+
+    def page() -> bytes:  # rendered with orjson from dicts (the schema is the response_model; tests hold it)
+        out = trading.list_positions(
             st.meta, status=status, strategy_id=strategy_id, symbol=symbol, limit=limit, cursor=cursor
         )
-    )
+        return dumps(out)
+
+    return json_response(await run_in_threadpool(page))
 
 
 @router.post("/positions", response_model=Created, status_code=201, responses=ERRORS, dependencies=[Positions])
