@@ -159,7 +159,9 @@ async def insert_records(
     )
 
 
-@router.get(PATH, response_model=QueryResult, responses=ERRORS, dependencies=[Depends(private_read)])
+@router.get(
+    PATH, include_in_schema=False, response_model=QueryResult, responses=ERRORS, dependencies=[Depends(private_read)]
+)
 async def find(
     database: str,
     collection: str,
@@ -176,7 +178,7 @@ async def find(
     return await query_records(st, coll, database, flt, order, limit, offset, fields)
 
 
-@router.post(PATH, response_model=InsertResult, responses=ERRORS)
+@router.post(PATH, include_in_schema=False, response_model=InsertResult, responses=ERRORS)
 async def insert(
     database: str,
     collection: str,
@@ -191,7 +193,7 @@ async def insert(
     return await insert_records(request, coll, database, body.data, idem=idem, validate=validate or body.validate_)
 
 
-@router.put(PATH, response_model=UpdateResult, responses=ERRORS)
+@router.put(PATH, include_in_schema=False, response_model=UpdateResult, responses=ERRORS)
 async def update(database: str, collection: str, body: UpdateBody, request: Request, idem: Idempotent) -> Any:
     """Set fields on the matches (at most ``max_rows``), or insert one with ``upsert``."""
     st = state(request)
@@ -211,7 +213,7 @@ async def update(database: str, collection: str, body: UpdateBody, request: Requ
     )
 
 
-@router.delete(PATH, response_model=DeleteResult, responses=ERRORS)
+@router.delete(PATH, include_in_schema=False, response_model=DeleteResult, responses=ERRORS)
 async def delete(database: str, collection: str, body: DeleteBody, request: Request, idem: Idempotent) -> Any:
     """Delete the matches (at most ``max_rows``; boot probes by age only)."""
     st = state(request)
@@ -237,7 +239,13 @@ async def insert_dataset(
     validate: Annotated[bool, Query()] = False,
     schema: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Any:
-    """The SDK's insert for the platform datasets (positions, daily PnL, klines): as ``POST /api/v1/data/insert``."""
+    """Insert ``{"data": record | [records]}`` (the data-manager SDK's insert).
+
+    The services' collections (signals, boot probes, trading configs, …) take it with the rights
+    the gateway gives them (README "The platform's services"); the platform datasets (positions,
+    daily PnL, klines) as ``POST /api/v1/data/insert`` does. The same path also serves GET, PUT
+    and DELETE on the services' collections, with the shapes of the generic routes.
+    """
     st = state(request)
     ds = resolve(collection, database)
     if ds.write_scope is None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api import candle_reads
@@ -100,6 +101,29 @@ def serve(
     return json_response(dumps({**header, "count": len(rows), "rows": rows, "next": nxt}))
 
 
+class SdkCandle(Candle):
+    timestamp: str = Field(description="open_time as ISO-8601 UTC")
+
+
+class SdkPagination(BaseModel):
+    limit: int
+    offset: int
+    returned: int
+    has_more: bool
+
+
+class SdkCandlesPage(BaseModel):
+    """The data-manager SDK's candle page (``offset`` or ``sort_order`` given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pair: str
+    period: str
+    data: list[SdkCandle]
+    pagination: SdkPagination
+    sort_order: Literal["asc", "desc"]
+
+
 CandleFormat = Annotated[
     Literal["json", "ndjson", "arrow", "csv"],
     Query(
@@ -116,7 +140,7 @@ _BULK: dict[str, tuple[Callable[..., Any], str]] = {
 
 @router.get(
     "/candles",
-    response_model=CandlesPage,
+    response_model=CandlesPage | SdkCandlesPage,
     responses={
         **ERRORS,
         200: {
