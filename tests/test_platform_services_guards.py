@@ -511,3 +511,57 @@ def test_cursors_round_trip_and_refuse_other_queries() -> None:
     for bad, why in ((cursor, "another query"), ("x" * 600, "longer"), ("bm90IGpzb24", "malformed")):
         with pytest.raises(ParamError, match=why):
             trading.decode_cursor(bad, {**q, "status": ["closed"]} if why == "another query" else q)
+
+
+# --- racing writers ---------------------------------------------------------------------------------
+
+
+def test_racing_writers_land_once_each_and_never_answer_5xx(env: Env) -> None:
+    """8 transitions from one state: one lands, 7 are 409; 8 config changes: 8 distinct versions; 4 supersedes: one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with env.service(TA_BOT) as ta, env.service(ENGINE) as te:
+        ta.post(
+            "/api/v1/strategies/race-1/lifecycle/events",
+            json={"from_state": None, "to_state": "shadow", "transitioned_by": "m"},
+        )
+        ta.post(
+            "/api/v1/config/strategies/race-cfg", json={"parameters": {"n": 0}, "changed_by": "t"}
+        ).raise_for_status()
+        te.post("/api/v1/trading/positions", json=position("race-pos", symbol="RCEUSDT")).raise_for_status()
+        _dry_run(te, "race-pos", "dry-race")
+
+        def transition(i: int) -> int:
+            body = {"from_state": "shadow", "to_state": "live", "transitioned_by": f"worker-{i}"}
+            return ta.post("/api/v1/strategies/race-1/lifecycle/events", json=body).status_code
+
+        def change(i: int) -> int:
+            return ta.post(
+                "/api/v1/config/strategies/race-cfg", json={"parameters": {"n": i + 1}, "changed_by": f"w{i}"}
+            ).status_code
+
+        def supersede(i: int) -> Any:
+            body = {
+                "id": "race-pos",
+                "expected_before": {"status": "open"},
+                "reason_code": "phantom_superseded",
+                "evidence_ref": "sha256:race",
+                "applied_by": f"w{i}",
+                "approved_by": "r",
+                "dry_run_adjustment_id": "dry-race",
+            }
+            resp = te.post("/api/v1/ledger/positions/supersede", json=body)
+            return resp.status_code, resp.json().get("adjustment_id")
+
+        with ThreadPoolExecutor(8) as pool:
+            transitions = list(pool.map(transition, range(8)))
+            changes = list(pool.map(change, range(8)))
+            supersedes = list(pool.map(supersede, range(4)))
+        events = ta.get("/api/v1/strategies/race-1/lifecycle/events").json()["events"]
+        versions = [r["version"] for r in ta.get("/api/v1/config/audit/strategies/race-cfg").json()]
+    assert sorted(transitions) == [201] + [409] * 7, transitions
+    assert [e["to_state"] for e in events] == ["shadow", "live"]
+    assert changes == [200] * 8 and sorted(versions) == list(range(1, 10))
+    assert {code for code, _ in supersedes} == {200} and len({adj for _, adj in supersedes}) == 1
+    applies = [a for a in LedgerStore(env.meta).adjustments(target_key="race-pos") if a["run_mode"] == "apply"]
+    assert len(applies) == 1 and verify_chain(LedgerStore(env.meta).chain())
