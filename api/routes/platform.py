@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.contract import service
 from api.contract.datasets import SCOPE_READ, Dataset, resolve
-from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
+from api.contract.filters import DEFAULT_MAX_ROWS, DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, MAX_ROWS_LIMIT, parse_json_param
 from api.deps import AppState, Bearer, State, read_access, require_scope, state
 from api.idempotency import Idempotent
 from api.models import ErrorResponse
@@ -83,10 +83,20 @@ class QueryResponse(BaseModel):
     pagination: Pagination
 
 
+MaxRows = Field(
+    default=None,
+    ge=1,
+    le=MAX_ROWS_LIMIT,
+    description=f"the most rows this call may touch (default {DEFAULT_MAX_ROWS}); a larger match is refused, "
+    "nothing changed",
+)
+
+
 class UpdateRequest(_Body):
-    filter: dict[str, Any]
+    filter: dict[str, Any] = Field(description="must name its rows by a key (see the README's mutation rules)")
     data: dict[str, Any] = Field(description='the fields to set, or {"$set": {...}}')
     upsert: bool = False
+    max_rows: int | None = MaxRows
 
 
 class UpdateResponse(BaseModel):
@@ -97,7 +107,8 @@ class UpdateResponse(BaseModel):
 
 
 class DeleteRequest(_Body):
-    filter: dict[str, Any]
+    filter: dict[str, Any] = Field(description="must name its rows by a key (see the README's mutation rules)")
+    max_rows: int | None = MaxRows
 
 
 class DeleteResponse(BaseModel):
@@ -105,7 +116,9 @@ class DeleteResponse(BaseModel):
 
 
 class BatchRequest(_Body):
-    operations: list[Any] = Field(description='[{"type": "insert"|"update"|"delete", "data"?, "filter"?, "upsert"?}]')
+    operations: list[Any] = Field(
+        description='[{"type": "insert"|"update"|"delete", "data"?, "filter"?, "upsert"?, "max_rows"?}]'
+    )
 
 
 class BatchResponse(BaseModel):
@@ -129,6 +142,13 @@ def _writer(st: AppState, ds: Dataset, token: str | None, where: str = "path") -
     if ds.write_scope is None:  # no token can write it: say so, rather than name a scope nobody has
         raise ParamError("collection", f"{ds.name!r} is read-only through this API", status=405, where=where)
     require_scope(st, token, ds.write_scope)
+
+
+def _actor(st: AppState, request: Request, creds: Any, x_api_token: str | None) -> str:
+    """The caller as a delete's audit row names it (never the token itself)."""
+    return service.actor_name(
+        _token(creds, x_api_token), request.headers.get("x-petrosa-service"), st.settings.api_token
+    )
 
 
 def _stores(st: AppState, ds: Dataset) -> tuple[Any, Any]:
@@ -222,7 +242,7 @@ async def update(
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token))
-    plan = service.check_update(ds, body.filter, body.data, body.upsert)
+    plan = service.check_update(ds, body.filter, body.data, body.upsert, body.max_rows)
     return await run_in_threadpool(idem.write, lambda conn: service.apply_update(conn, st.meta, ds, plan, idem.seed))
 
 
@@ -240,8 +260,9 @@ async def delete(
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token))
-    conds = service.check_delete(ds, body.filter)
-    return await run_in_threadpool(idem.write, lambda conn: service.apply_delete(conn, st.meta, ds, conds))
+    plan = service.check_delete(ds, body.filter, body.max_rows)
+    who = _actor(st, request, creds, x_api_token)
+    return await run_in_threadpool(idem.write, lambda conn: service.apply_delete(conn, st.meta, ds, plan, who))
 
 
 @router.post("/api/v1/{database}/{collection}/batch", response_model=BatchResponse, responses=ERRORS)
@@ -259,7 +280,8 @@ async def batch(
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token))
     mongo, meta = _stores(st, ds)
-    return await run_in_threadpool(lambda: service.batch(mongo, meta, ds, body.operations, writer=idem))
+    who = _actor(st, request, creds, x_api_token)
+    return await run_in_threadpool(lambda: service.batch(mongo, meta, ds, body.operations, actor=who, writer=idem))
 
 
 __all__ = ["SCOPE_READ", "router"]

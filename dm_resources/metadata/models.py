@@ -401,3 +401,26 @@ class IdempotencyKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class MutationAudit(Base):
+    """Who deleted what: one row per delete through the platform API, written in the delete's transaction.
+
+    ``actor`` names the caller without its secret (a service name, ``DM_API_TOKEN``, or a
+    token's digest prefix); ``filter`` is the request's filter as sent (JSON text, bounded).
+    """
+
+    __tablename__ = "mutation_audit"
+    __table_args__ = (
+        Index(None, "dataset", "created_at"),
+        Index(None, "created_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(64))
+    filter: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)
