@@ -233,3 +233,15 @@ def test_a_batch_update_or_delete_on_klines_is_405_and_changes_nothing(http: htt
         resp = http.post("/api/v1/mongodb/klines_15m/batch", json={"operations": ops}, headers=auth(LEGACY))
         assert "insert-only" in detail(resp, 405, "collection")
     assert env.store.collection("klines").count_documents({}) == before
+
+
+def test_streams_without_a_bounded_range_are_422_naming_the_cap(http: httpx.Client) -> None:
+    """``format=ndjson`` with no end streamed every trade since 2017 from one request."""
+    msg = detail(http.get("/data/trades", params={"pair": "BTCUSDT", "format": "ndjson"}), 422, "start")
+    assert "1000000 rows" in msg and "11.5741 days" in msg
+    wide = {"pair": "BTCUSDT", "format": "ndjson", "start": "2026-01-01", "end": "2026-02-01"}
+    detail(http.get("/data/trades", params=wide), 422, "start")
+    ok = {"pair": "BTCUSDT", "format": "ndjson", "start": "2026-01-01", "end": "2026-01-02"}
+    assert http.get("/data/trades", params=ok).status_code == 200
+    years = {"pair": "BTCUSDT", "format": "ndjson", "start": "2020-01-01", "end": "2026-01-01"}
+    assert http.get("/data/funding", params=years).status_code == 200  # 8 h apart: years fit

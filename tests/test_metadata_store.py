@@ -42,6 +42,7 @@ TABLES = {
     "backfill_jobs",
     "lineage_records",
     "confirmed_missing",
+    "mutation_audit",
     "idempotency_keys",
     "positions",
     "daily_pnl",

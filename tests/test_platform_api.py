@@ -792,6 +792,10 @@ def test_market_datasets_are_readable_through_the_generic_query(http: httpx.Clie
     ]
     CandleStore(env.store).sync_range("BTCUSDT", "1m", T0, T0 + 10 * 60_000, candles)
     flt = {"symbol": "BTCUSDT", "interval": "1m", "close": {"$gte": 5}}
+    # A filter on a field outside the index examines every row of the range: the range must be bounded.
+    unbounded = http.get("/api/v1/mongodb/candles", params={"filter": json.dumps(flt)})
+    assert "at most 69.4444 days" in detail(unbounded, 422, "filter")
+    flt["open_time"] = {"$gte": T0, "$lt": T0 + 86_400_000}
     body = http.get(
         "/api/v1/mongodb/candles", params={"filter": json.dumps(flt), "sort": json.dumps({"open_time": -1})}
     ).json()

@@ -34,6 +34,8 @@ SCOPE_POSITIONS = "positions:write"
 SCOPE_PNL = "pnl:write"
 SCOPE_KLINES = "klines:write"
 SCOPES: tuple[str, ...] = (SCOPE_READ, SCOPE_POSITIONS, SCOPE_PNL, SCOPE_KLINES)
+# In ``Dataset.narrowing``: a time range with both bounds (a field of type datetime or date).
+RANGE = "<time range>"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class Dataset:
     interval: str | None = None  # klines_{interval}
     step_ms: int = 60_000  # typical spacing of rows, sizes the first read window
     extra_eq: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # fixed store equality (interval)
+    # What an update or delete filter must name (any one alternative): fields fixed by equality
+    # or $in, and RANGE for both bounds on a time field (filters.check_mutation_filter).
+    narrowing: tuple[tuple[str, ...], ...] = ()
     # Other database names clients address it by (checked, never used to pick the store): the
     # trade engine's generic upsert names positions' database "mongodb".
     database_names: tuple[str, ...] = ()
@@ -285,6 +290,7 @@ PLATFORM: dict[str, Dataset] = {
         "The trade engine's positions (one open position per symbol and position_side)",
         write_scope=SCOPE_POSITIONS,
         store="positions",
+        narrowing=(("position_id",), ("symbol", "status"), ("symbol", RANGE)),
         database_names=("mongodb",),
     ),
     "daily_pnl": Dataset(
@@ -295,6 +301,7 @@ PLATFORM: dict[str, Dataset] = {
         "The trade engine's PnL per UTC day (one row per date)",
         write_scope=SCOPE_PNL,
         store="daily_pnl",
+        narrowing=(("date",), (RANGE,)),
         database_names=("mongodb",),
     ),
 }

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from api.contract.datasets import Dataset, FieldSpec
+from api.contract.datasets import RANGE, Dataset, FieldSpec
 from api.params import MAX_EPOCH_MS, ParamError
 from dm_resources.contracts import SYMBOL_RE
 from dm_resources.metadata.platform import Cond
@@ -33,6 +33,9 @@ MAX_BATCH_RECORDS = 5000  # records per /data/insert request (extractors send â‰
 MAX_BATCH_OPERATIONS = 1000  # operations per /batch request
 MAX_IN_VALUES = 500
 MAX_FILTER_FIELDS = 32
+# Updates and deletes: rows one call may touch unless it says more with max_rows, and the most it may say.
+DEFAULT_MAX_ROWS = 100
+MAX_ROWS_LIMIT = 10_000
 MAX_STR = 255
 MAX_DECIMAL_CHARS = 64  # 34 digits, a sign, a point and an exponent fit; checked before the regex
 MAX_TIME_CHARS = 64
@@ -373,3 +376,59 @@ def check_update_data(ds: Dataset, data: Any, param: str = "data") -> dict[str, 
         return check_record(ds, dict(data))
     except ValueProblem as exc:
         raise ParamError(param, str(exc)) from None
+
+
+# --- mass mutations -------------------------------------------------------------------------------
+
+
+def _bounded_range(ds: Dataset, conds: list[Cond]) -> bool:
+    """Whether some time field is bounded on both sides (or fixed) by ``conds``."""
+    for name, spec in ds.fields.items():
+        if spec.type not in ("datetime", "date"):
+            continue
+        ops = {c.op for c in conds if c.field == name and c.value is not None}
+        if ops & {"eq", "in"} or (ops & {"gt", "gte"} and ops & {"lt", "lte"}):
+            return True
+    return False
+
+
+def _describe(alternative: tuple[str, ...]) -> str:
+    names = [("a time range (both bounds on a time field)" if n == RANGE else n) for n in alternative]
+    return " with ".join(names)
+
+
+def check_mutation_filter(ds: Dataset, conds: list[Cond], verb: str, param: str = "filter") -> None:
+    """An update or delete must name its rows by a key (``Dataset.narrowing``); negations alone never do.
+
+    ``{"position_id": {"$ne": null}}`` deleted every position: a filter of only ``$ne`` matches
+    nearly every row, and one on non-key fields (``strategy_id``) may match thousands.
+    """
+    if not ds.narrowing:
+        return
+    if conds and all(c.op == "ne" for c in conds):
+        raise ParamError(
+            param,
+            f"a {verb} whose filter is only negations ($ne) matches nearly every row: refused; "
+            f"name the rows by {'; or '.join(_describe(a) for a in ds.narrowing)}",
+            where="body",
+        )
+    fixed = {c.field for c in conds if c.op in ("eq", "in") and c.value is not None}
+    for alternative in ds.narrowing:
+        if all((_bounded_range(ds, conds) if n == RANGE else n in fixed) for n in alternative):
+            return
+    raise ParamError(
+        param,
+        f"a {verb} of {ds.name!r} must narrow its rows by a key: "
+        f"{'; or '.join(_describe(a) for a in ds.narrowing)} (equality or $in); "
+        f"this filter names {', '.join(sorted({c.field for c in conds})) or 'nothing'}",
+        where="body",
+    )
+
+
+def check_max_rows(value: Any, param: str = "max_rows") -> int:
+    """The most rows an update or delete may touch: ``DEFAULT_MAX_ROWS`` unless the call says, at most the limit."""
+    if value is None:
+        return DEFAULT_MAX_ROWS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_LIMIT:
+        raise ParamError(param, f"must be an integer 1..{MAX_ROWS_LIMIT}, got {str(value)[:40]}", where="body")
+    return value

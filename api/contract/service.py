@@ -21,11 +21,14 @@ answer; klines (MongoDB) are idempotent by their ``_id`` and their answer is sto
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from bson.decimal128 import Decimal128
 from pymongo import ASCENDING
 from sqlalchemy import Connection
@@ -33,9 +36,12 @@ from sqlalchemy import Connection
 from api.contract import klines
 from api.contract.datasets import POSITION_SIDES, POSITION_STATUSES, Dataset, klines_interval
 from api.contract.filters import (
+    DEFAULT_MAX_ROWS,
     MAX_BATCH_OPERATIONS,
     MAX_BATCH_RECORDS,
     ValueProblem,
+    check_max_rows,
+    check_mutation_filter,
     check_page,
     check_record,
     check_update_data,
@@ -49,7 +55,15 @@ from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import now_ms
 from dm_resources.metadata.idempotency import WriteOnce
-from dm_resources.metadata.platform import TABLES, Cond, ConflictError, PlatformTables
+from dm_resources.metadata.platform import (
+    MAX_AUDIT_FILTER_CHARS,
+    TABLES,
+    Actor,
+    Cond,
+    ConflictError,
+    PlatformTables,
+    TooManyRows,
+)
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore
 
@@ -306,6 +320,7 @@ def mongo_page(
     descending = bool(order) and order[0][1] < 0
     lo, hi, rest = _time_bounds(ds, [c for c in conds if not (c.op == "eq" and c.field in eq)])
     base: dict[str, Any] = {ds.fields[f].store_name: _store_value(v) for f, v in eq.items()}
+    eq_names = set(base)
     base.update(dict(ds.extra_eq))
     fixed = dict(ds.extra_eq)
     for c in rest:
@@ -321,10 +336,29 @@ def mongo_page(
         if name in base and not isinstance(current, dict):  # an index equality: keep it beside the new one
             current = base[name] = {"$eq": current}
         base.setdefault(name, {})[op] = _store_value(c.value)
+    if any(name not in fixed and name != ds.fields[ds.time_field].store_name for name in base if name not in eq_names):
+        _check_scan_span(ds, lo, hi)
     want = offset + limit + 1
     rows = _gallop(store, ds, base, lo, hi, want, descending)
     page = rows[offset : offset + limit]
     return page, len(rows) > offset + limit
+
+
+# A read that filters on fields outside the index examines every row of its time range: that range
+# may hold at most this many rows at the dataset's typical spacing.
+MAX_SCAN_ROWS = 100_000
+
+
+def _check_scan_span(ds: Dataset, lo: int | None, hi: int | None) -> None:
+    cap_ms = MAX_SCAN_ROWS * ds.step_ms
+    span = (hi if hi is not None else now_ms() + FUTURE_SLACK_MS) - (lo if lo is not None else FLOOR_MS)
+    if span > cap_ms:
+        raise ParamError(
+            "filter",
+            f"a filter on fields outside the index of {ds.name!r} ({', '.join(ds.index_eq)}, {ds.time_field}) "
+            f"examines every row of its time range: bound {ds.time_field} to at most {cap_ms / 86_400_000:g} days "
+            f"({MAX_SCAN_ROWS} rows of this dataset), and page through longer ranges",
+        )
 
 
 def _interval_value(value: Any) -> Any:
@@ -445,19 +479,37 @@ def _writable_sql(ds: Dataset, verb: str, where: str = "path") -> None:
 
 @dataclass(frozen=True)
 class UpdatePlan:
-    """A checked update: conditions, values to set, and whether to insert when nothing matches."""
+    """A checked update: conditions, values to set, whether to insert when nothing matches, the row bound."""
 
     conds: list[Cond]
     values: dict[str, Any]
     upsert: bool
+    max_rows: int = DEFAULT_MAX_ROWS
 
 
-def check_update(ds: Dataset, filter_: Any, data: Any, upsert: Any) -> UpdatePlan:
+def actor_name(token: str | None, service: str | None, legacy_token: str | None) -> str:
+    """Who a write came from, for its audit row: a service's name, ``DM_API_TOKEN``, or a token's digest prefix."""
+    if service:
+        return f"service:{service[:100]}"
+    if not token:
+        return "anonymous"
+    if legacy_token and hmac.compare_digest(token.encode("utf-8", "replace"), legacy_token.encode()):
+        return "DM_API_TOKEN"
+    return "token:sha256:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+def _filter_text(filter_: Any) -> str:
+    return orjson.dumps(filter_, default=str).decode()[:MAX_AUDIT_FILTER_CHARS]
+
+
+def check_update(ds: Dataset, filter_: Any, data: Any, upsert: Any, max_rows: Any = None) -> UpdatePlan:
     """Everything about an update that can be refused before a store is touched."""
     _writable_sql(ds, "update")
     conds = parse_filter(ds, filter_, where="body")
     if not conds:
         raise ParamError("filter", "an update needs a non-empty filter (refusing to update every row)", where="body")
+    check_mutation_filter(ds, conds, "update")
+    bound = check_max_rows(max_rows)
     if not isinstance(upsert, bool):
         raise ParamError("upsert", "must be true or false", where="body")
     values = check_update_data(ds, data)
@@ -473,7 +525,7 @@ def check_update(ds: Dataset, filter_: Any, data: Any, upsert: Any) -> UpdatePla
             check_platform_values(ds, {c.field: c.value for c in conds if c.op == "eq" and c.value is not None})
         except ValueProblem as exc:
             raise ParamError("filter", str(exc), where="body") from None
-    return UpdatePlan(conds, values, upsert)
+    return UpdatePlan(conds, values, upsert, bound)
 
 
 def apply_update(
@@ -481,8 +533,10 @@ def apply_update(
 ) -> dict[str, Any]:
     try:
         out = PlatformTables(meta).update(
-            ds.store, plan.conds, plan.values, upsert=plan.upsert, conn=conn, id_seed=id_seed
+            ds.store, plan.conds, plan.values, upsert=plan.upsert, conn=conn, id_seed=id_seed, max_rows=plan.max_rows
         )
+    except TooManyRows as exc:
+        raise ParamError("max_rows", str(exc), where="body") from None
     except ConflictError as exc:
         raise ParamError("data", str(exc), status=409, where="body") from None
     except ValueError as exc:  # an upsert that would insert a row without its required fields
@@ -502,30 +556,63 @@ def apply_update(
 
 
 def update(
-    meta: MetadataStore, ds: Dataset, filter_: Any, data: Any, upsert: Any, *, writer: WriteOnce | None = None
+    meta: MetadataStore,
+    ds: Dataset,
+    filter_: Any,
+    data: Any,
+    upsert: Any,
+    *,
+    max_rows: Any = None,
+    writer: WriteOnce | None = None,
 ) -> dict[str, Any]:
-    plan = check_update(ds, filter_, data, upsert)
+    plan = check_update(ds, filter_, data, upsert, max_rows)
     writer = writer or WriteOnce(meta)
     seed = writer.seed
     return writer.write(lambda conn: apply_update(conn, meta, ds, plan, seed))
 
 
-def check_delete(ds: Dataset, filter_: Any) -> list[Cond]:
+@dataclass(frozen=True)
+class DeletePlan:
+    """A checked delete: conditions, the row bound, and the filter as sent (for the audit row)."""
+
+    conds: list[Cond]
+    max_rows: int
+    filter_text: str
+
+
+def check_delete(ds: Dataset, filter_: Any, max_rows: Any = None) -> DeletePlan:
     _writable_sql(ds, "delete")
     conds = parse_filter(ds, filter_, where="body")
     if not conds:
         raise ParamError("filter", "a delete needs a non-empty filter (refusing to delete every row)", where="body")
-    return conds
+    check_mutation_filter(ds, conds, "delete")
+    return DeletePlan(conds, check_max_rows(max_rows), _filter_text(filter_))
 
 
-def apply_delete(conn: Connection, meta: MetadataStore, ds: Dataset, conds: list[Cond]) -> dict[str, Any]:
-    return {"deleted_count": PlatformTables(meta).delete(ds.store, conds, conn=conn)}
+def apply_delete(
+    conn: Connection, meta: MetadataStore, ds: Dataset, plan: DeletePlan, actor: str = "internal"
+) -> dict[str, Any]:
+    try:
+        count = PlatformTables(meta).delete(
+            ds.store, plan.conds, conn=conn, max_rows=plan.max_rows, actor=Actor(actor, plan.filter_text)
+        )
+    except TooManyRows as exc:
+        raise ParamError("max_rows", str(exc), where="body") from None
+    return {"deleted_count": count}
 
 
-def delete(meta: MetadataStore, ds: Dataset, filter_: Any, *, writer: WriteOnce | None = None) -> dict[str, Any]:
-    conds = check_delete(ds, filter_)
+def delete(
+    meta: MetadataStore,
+    ds: Dataset,
+    filter_: Any,
+    *,
+    max_rows: Any = None,
+    actor: str = "internal",
+    writer: WriteOnce | None = None,
+) -> dict[str, Any]:
+    plan = check_delete(ds, filter_, max_rows)
     writer = writer or WriteOnce(meta)
-    return writer.write(lambda conn: apply_delete(conn, meta, ds, conds))
+    return writer.write(lambda conn: apply_delete(conn, meta, ds, plan, actor))
 
 
 def check_batch(ds: Dataset, operations: Any) -> list[Any]:
@@ -566,6 +653,7 @@ def _one_operation(
     i: int,
     op: Any,
     id_seed: str | None,
+    actor: str,
 ) -> dict[str, Any]:
     kind = op.get("type") if isinstance(op, dict) else None
     result: dict[str, Any] = {"index": i, "type": kind if isinstance(kind, str) else None, "ok": False}
@@ -583,12 +671,13 @@ def _one_operation(
             result.update(out, ok=out["failed"] == 0)
         elif kind == "update":
             assert conn is not None and meta is not None
-            plan = check_update(ds, op.get("filter"), op.get("data"), op.get("upsert", False))
+            plan = check_update(ds, op.get("filter"), op.get("data"), op.get("upsert", False), op.get("max_rows"))
             seed = f"{id_seed}:{i}" if id_seed is not None else None
             result.update(apply_update(conn, meta, ds, plan, seed), ok=True)
         elif kind == "delete":
             assert conn is not None and meta is not None
-            result.update(apply_delete(conn, meta, ds, check_delete(ds, op.get("filter"))), ok=True)
+            plan_d = check_delete(ds, op.get("filter"), op.get("max_rows"))
+            result.update(apply_delete(conn, meta, ds, plan_d, actor), ok=True)
         else:
             result["error"] = f"type must be insert, update or delete, got {str(kind)[:20]!r}"
     except ParamError as exc:
@@ -602,6 +691,7 @@ def batch(
     ds: Dataset,
     operations: Any,
     *,
+    actor: str = "internal",
     writer: WriteOnce | None = None,
 ) -> dict[str, Any]:
     """Each operation on its own (a savepoint of one transaction for SQL datasets); one result per operation."""
@@ -609,7 +699,11 @@ def batch(
     if ds.kind == "klines":
 
         def run_klines() -> dict[str, Any]:
-            return {"results": [_one_operation(None, mongo, meta, ds, i, op, None) for i, op in enumerate(operations)]}
+            return {
+                "results": [
+                    _one_operation(None, mongo, meta, ds, i, op, None, actor) for i, op in enumerate(operations)
+                ]
+            }
 
         return writer.run(run_klines) if writer is not None else run_klines()
     assert meta is not None
@@ -620,7 +714,7 @@ def batch(
         results = []
         for i, op in enumerate(operations):
             with conn.begin_nested() as sp:
-                result = _one_operation(conn, mongo, meta, ds, i, op, seed)
+                result = _one_operation(conn, mongo, meta, ds, i, op, seed, actor)
                 if not result["ok"]:
                     sp.rollback()  # a failed operation leaves nothing behind; the others stand
             results.append(result)

@@ -53,6 +53,7 @@ from api.routes.common import (
     json_response,
     next_link,
 )
+from dm_resources.contracts import now_ms
 
 router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
 
@@ -83,6 +84,7 @@ def serve(
     after_id = parse_after(after)
     store = st.mongo
     if fmt == "ndjson":
+        check_stream_span(lo, hi, step_ms)
         stream = iter_ndjson(store, src, lo, hi, limit=limit or 0)
         return StreamingResponse(stream, media_type=NDJSON)
     n = limit or DEFAULT_LIMIT
@@ -122,6 +124,22 @@ class SdkCandlesPage(BaseModel):
     data: list[SdkCandle]
     pagination: SdkPagination
     sort_order: Literal["asc", "desc"]
+
+
+# A raw stream covers at most this many rows at the series' typical spacing: a range, not all history.
+MAX_STREAM_ROWS = 1_000_000
+
+
+def check_stream_span(lo: int | None, hi: int | None, step_ms: int) -> None:
+    """``format=ndjson`` streams ``[start, end)`` whole: the range must be given and bounded (422 naming the cap)."""
+    cap_ms = MAX_STREAM_ROWS * step_ms
+    if lo is None or (hi if hi is not None else now_ms()) - lo > cap_ms:
+        days = cap_ms / 86_400_000
+        raise ParamError(
+            "start",
+            f"format=ndjson streams at most {MAX_STREAM_ROWS} rows' worth of this series: give start and end "
+            f"at most {days:g} days apart, and stream the next range after it",
+        )
 
 
 CandleFormat = Annotated[

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.contract import collections, service
 from api.contract.datasets import SCOPE_READ, Dataset, resolve
-from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_param
+from api.contract.filters import DEFAULT_MAX_ROWS, DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, MAX_ROWS_LIMIT, parse_json_param
 from api.deps import AppState, Bearer, State, private_read, read_access, require_scope, state
 from api.idempotency import Idempotent
+from api.identity import caller
 from api.models import ErrorResponse
 from api.params import ParamError
 from api.routes import collections as service_routes
@@ -84,10 +85,20 @@ class QueryResponse(BaseModel):
     pagination: Pagination
 
 
+MaxRows = Field(
+    default=None,
+    ge=1,
+    le=MAX_ROWS_LIMIT,
+    description=f"the most rows this call may touch (default {DEFAULT_MAX_ROWS}); a larger match is refused, "
+    "nothing changed",
+)
+
+
 class UpdateRequest(_Body):
-    filter: dict[str, Any]
+    filter: dict[str, Any] = Field(description="must name its rows by a key (see the README's mutation rules)")
     data: dict[str, Any] = Field(description='the fields to set, or {"$set": {...}}')
     upsert: bool = False
+    max_rows: int | None = MaxRows
 
 
 class UpdateResponse(BaseModel):
@@ -102,7 +113,8 @@ class UpdateResponse(BaseModel):
 
 
 class DeleteRequest(_Body):
-    filter: dict[str, Any]
+    filter: dict[str, Any] = Field(description="must name its rows by a key (see the README's mutation rules)")
+    max_rows: int | None = MaxRows
 
 
 class DeleteResponse(BaseModel):
@@ -110,7 +122,9 @@ class DeleteResponse(BaseModel):
 
 
 class BatchRequest(_Body):
-    operations: list[Any] = Field(description='[{"type": "insert"|"update"|"delete", "data"?, "filter"?, "upsert"?}]')
+    operations: list[Any] = Field(
+        description='[{"type": "insert"|"update"|"delete", "data"?, "filter"?, "upsert"?, "max_rows"?}]'
+    )
 
 
 class BatchResponse(BaseModel):
@@ -139,6 +153,12 @@ def _writer(st: AppState, ds: Dataset, token: str | None, where: str = "path", r
 async def _reader(request: Request, ds: Dataset) -> None:
     """Positions and daily PnL are the services' own records: ``read`` whenever tokens are configured."""
     await (private_read(request) if ds.kind == "sql" else read_access(request))
+
+
+def _actor(st: AppState, request: Request, creds: Any, x_api_token: str | None) -> str:
+    """The caller as a delete's audit row names it (never the token itself)."""
+    claimed = caller(request).recorded_as if request.headers.get("x-petrosa-service") else None  # "(unverified)" marked
+    return service.actor_name(_token(creds, x_api_token), claimed, st.settings.api_token)
 
 
 def _stores(st: AppState, ds: Dataset) -> tuple[Any, Any]:
@@ -243,7 +263,7 @@ async def update(
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token), request=request)
-    plan = service.check_update(ds, body.filter, body.data, body.upsert)
+    plan = service.check_update(ds, body.filter, body.data, body.upsert, body.max_rows)
     return await run_in_threadpool(idem.write, lambda conn: service.apply_update(conn, st.meta, ds, plan, idem.seed))
 
 
@@ -261,8 +281,9 @@ async def delete(
     st = state(request)
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token), request=request)
-    conds = service.check_delete(ds, body.filter)
-    return await run_in_threadpool(idem.write, lambda conn: service.apply_delete(conn, st.meta, ds, conds))
+    plan = service.check_delete(ds, body.filter, body.max_rows)
+    who = _actor(st, request, creds, x_api_token)
+    return await run_in_threadpool(idem.write, lambda conn: service.apply_delete(conn, st.meta, ds, plan, who))
 
 
 @router.post("/api/v1/{database}/{collection}/batch", response_model=BatchResponse, responses=ERRORS)
@@ -280,7 +301,8 @@ async def batch(
     ds = resolve(collection, database)
     _writer(st, ds, _token(creds, x_api_token), request=request)
     mongo, meta = _stores(st, ds)
-    return await run_in_threadpool(lambda: service.batch(mongo, meta, ds, body.operations, writer=idem))
+    who = _actor(st, request, creds, x_api_token)
+    return await run_in_threadpool(lambda: service.batch(mongo, meta, ds, body.operations, actor=who, writer=idem))
 
 
 __all__ = ["SCOPE_READ", "router"]

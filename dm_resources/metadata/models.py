@@ -412,6 +412,29 @@ class IdempotencyKey(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
+class MutationAudit(Base):
+    """Who deleted what: one row per delete through the platform API, written in the delete's transaction.
+
+    ``actor`` names the caller without its secret (a service name, ``DM_API_TOKEN``, or a
+    token's digest prefix); ``filter`` is the request's filter as sent (JSON text, bounded).
+    """
+
+    __tablename__ = "mutation_audit"
+    __table_args__ = (
+        Index(None, "dataset", "created_at"),
+        Index(None, "created_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(64))
+    filter: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)
+
+
 # The platform services' other records (config versions, lifecycle, ledger, write audit) live in
 # their own module; importing it here registers them on Base.metadata for Alembic and the tests.
 from dm_resources.metadata import service_models as _service_models  # noqa: E402, F401

@@ -91,6 +91,30 @@ class ConflictError(ValueError):
     """A write that would break a unique key (a second open position for a symbol and side)."""
 
 
+class TooManyRows(ValueError):
+    """An update or delete matched more rows than its ``max_rows``: refused, nothing changed."""
+
+    def __init__(self, matched: int, max_rows: int) -> None:
+        super().__init__(
+            f"the filter matches more than max_rows={max_rows} rows; nothing was changed: "
+            "narrow the filter, or raise max_rows if that many rows are meant"
+        )
+        self.matched = matched
+        self.max_rows = max_rows
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a delete, as its audit row records it (never a secret) and the filter as it was sent."""
+
+    name: str = "internal"
+    filter: str = ""
+
+
+MUTATION_AUDIT: Table = models.MutationAudit.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+MAX_AUDIT_FILTER_CHARS = 4000
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -273,20 +297,22 @@ class PlatformTables:
         upsert: bool,
         conn: Connection | None = None,
         id_seed: str | None = None,
+        max_rows: int | None = None,
     ) -> UpdateOutcome:
         """Set ``values`` on every row matching ``conds``; with ``upsert``, insert ``eq`` conds + values if none.
 
+        More than ``max_rows`` matching rows is :class:`TooManyRows`, before anything changes.
         Retried from its savepoint when the insert loses a race on a unique key: the retry then
         finds the row the winner inserted and updates it, so concurrent upserts end with one row.
         """
         if conn is None:
             return self.store._write(
-                lambda c: self.update(table, conds, values, upsert=upsert, conn=c, id_seed=id_seed)
+                lambda c: self.update(table, conds, values, upsert=upsert, conn=c, id_seed=id_seed, max_rows=max_rows)
             )
         for attempt in range(CONFLICT_RETRIES):
             try:
                 with conn.begin_nested():
-                    return self._update_once(conn, table, conds, values, upsert, id_seed)
+                    return self._update_once(conn, table, conds, values, upsert, id_seed, max_rows)
             except IntegrityError as exc:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise ConflictError(self._conflict_reason(table, {**values})) from exc
@@ -300,13 +326,18 @@ class PlatformTables:
         values: Mapping[str, Any],
         upsert: bool,
         id_seed: str | None,
+        max_rows: int | None,
     ) -> UpdateOutcome:
         tbl = TABLES[table]
         new_values = _with_bookkeeping(table, dict(values))
-        stmt = select(tbl).where(_where(tbl, conds))
+        stmt = select(tbl).where(_where(tbl, conds)).order_by(tbl.c.id)
+        if max_rows is not None:
+            stmt = stmt.limit(max_rows + 1)
         if conn.dialect.name in ("mysql", "mariadb", "postgresql"):
             stmt = stmt.with_for_update()
         rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        if max_rows is not None and len(rows) > max_rows:
+            raise TooManyRows(len(rows), max_rows)
         if rows:
             changed = [r["id"] for r in rows if _differs(r, new_values)]
             if changed:
@@ -328,8 +359,42 @@ class PlatformTables:
         key = NATURAL_KEY[table]
         return UpdateOutcome(upserted=1, upserted_id=row.get(key))
 
-    def delete(self, table: str, conds: Sequence[Cond], *, conn: Connection | None = None) -> int:
+    def delete(
+        self,
+        table: str,
+        conds: Sequence[Cond],
+        *,
+        conn: Connection | None = None,
+        max_rows: int | None = None,
+        actor: Actor | None = None,
+    ) -> int:
+        """Delete the rows matching ``conds`` (at most ``max_rows``, else :class:`TooManyRows`), and audit it.
+
+        The audit row (who, dataset, filter, count) is written in the same transaction: a delete
+        that commits is always recorded, one that rolls back never is.
+        """
         if conn is None:
-            return self.store._write(lambda c: self.delete(table, conds, conn=c))
+            return self.store._write(lambda c: self.delete(table, conds, conn=c, max_rows=max_rows, actor=actor))
         tbl = TABLES[table]
-        return int(conn.execute(delete(tbl).where(_where(tbl, conds))).rowcount)
+        stmt = select(tbl.c.id).where(_where(tbl, conds)).order_by(tbl.c.id)
+        if max_rows is not None:
+            stmt = stmt.limit(max_rows + 1)
+        if conn.dialect.name in ("mysql", "mariadb", "postgresql"):
+            stmt = stmt.with_for_update()
+        ids = [r.id for r in conn.execute(stmt)]
+        if max_rows is not None and len(ids) > max_rows:
+            raise TooManyRows(len(ids), max_rows)
+        count = int(conn.execute(delete(tbl).where(tbl.c.id.in_(ids))).rowcount) if ids else 0
+        who = actor or Actor()
+        shown = who.filter or orjson.dumps([[c.field, c.op, c.value] for c in conds], default=str).decode()
+        conn.execute(
+            insert(MUTATION_AUDIT).values(
+                created_at=utcnow(),
+                actor=who.name[:128],
+                operation="delete",
+                dataset=table,
+                filter=shown[:MAX_AUDIT_FILTER_CHARS],
+                count=count,
+            )
+        )
+        return count

@@ -6,9 +6,10 @@ nor record one that did not happen. A rollback is itself such a change (action R
 ``rollback_to``). A change that leaves the values as they are writes nothing (a retried POST
 lands once).
 
-Concurrent writers of one scope both compute version n + 1; the unique key on the version
-row lets one of them through and the other's transaction is retried from the start, where it
-sees the winner's version (:data:`CONFLICT_RETRIES`).
+Writers of an existing scope take its current row ``FOR UPDATE`` first, so they queue rather
+than collide. Two writers creating a scope both compute version 1; the unique key on the
+version row lets one of them through and the other's transaction is retried from the start,
+where it sees the winner's version (:data:`CONFLICT_RETRIES`).
 
 The caller passes ``check``: given the strategy's declared parameters (read inside the
 transaction) it returns the names to declare or raises; validation rules live in
@@ -31,7 +32,7 @@ from dm_resources.metadata.store import MetadataStore
 CONFIGS: Table = m.StrategyConfig.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
 VERSIONS: Table = m.StrategyConfigVersion.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
 PARAMS: Table = m.StrategyParameter.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
-CONFLICT_RETRIES = 4
+CONFLICT_RETRIES = 8
 
 Check = Callable[[Mapping[str, str]], Mapping[str, str]]
 
@@ -181,7 +182,7 @@ class ConfigStore:
 
         def run(conn: Connection) -> Change:
             now = utcnow()
-            row = conn.execute(select(CONFIGS).where(key.where(CONFIGS))).first()
+            row = conn.execute(select(CONFIGS).where(key.where(CONFIGS)).with_for_update()).first()
             current = dict(row._mapping) if row is not None else None
             new_names: Mapping[str, str] = {}
             if check is not None and key.kind == "strategy":
@@ -237,7 +238,7 @@ class ConfigStore:
         """Remove the scope's values (a DELETE version); deleting what is already gone changes nothing."""
 
         def run(conn: Connection) -> Change:
-            row = conn.execute(select(CONFIGS).where(key.where(CONFIGS))).first()
+            row = conn.execute(select(CONFIGS).where(key.where(CONFIGS)).with_for_update()).first()
             if row is None:
                 last = conn.execute(
                     select(VERSIONS.c.version, VERSIONS.c.action)

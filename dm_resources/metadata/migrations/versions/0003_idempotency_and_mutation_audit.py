@@ -1,4 +1,5 @@
-"""Idempotency keys of write requests and their stored answers (dm_resources/metadata/idempotency.py).
+"""Idempotency keys of write requests and their stored answers (dm_resources/metadata/idempotency.py),
+and the audit of deletes through the platform API (mutation_audit).
 
 Revision ID: 0003
 Revises: 0002
@@ -46,6 +47,23 @@ def upgrade() -> None:
     )
     op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"])
 
+    op.create_table(
+        "mutation_audit",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("created_at", _utc(), nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("operation", sa.String(16), nullable=False),
+        sa.Column("dataset", sa.String(64), nullable=False),
+        sa.Column("filter", sa.Text(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_mutation_audit"),
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
+    )
+    op.create_index("ix_mutation_audit_dataset_created_at", "mutation_audit", ["dataset", "created_at"])
+    op.create_index("ix_mutation_audit_created_at", "mutation_audit", ["created_at"])
+
 
 def downgrade() -> None:
+    op.drop_table("mutation_audit")
     op.drop_table("idempotency_keys")
