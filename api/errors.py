@@ -106,7 +106,7 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _short_inputs(errors: Sequence[Any]) -> list[Any]:
+def _short_inputs(errors: Sequence[Any]) -> bytes:
     """FastAPI's validation errors with echoed inputs cut short (a 1 MB string is not sent back) and UTF-8 safe."""
     out: list[Any] = []
     for err in errors:
@@ -120,11 +120,11 @@ def _short_inputs(errors: Sequence[Any]) -> list[Any]:
         item["msg"] = _text(str(item.get("msg", "")))
         out.append(item)
     encoded = jsonable_encoder(out)
-    try:
-        orjson.dumps(encoded)
+    try:  # orjson writes NaN/Infinity inputs as null (JSON has neither)
+        return orjson.dumps({"detail": encoded})
     except TypeError:  # text deeper inside (a small dict input, ctx) that is not UTF-8: echo it escaped
         encoded = [{**e, "input": _text(repr(e.get("input"))), "ctx": None} for e in encoded]
-    return list(encoded)
+        return orjson.dumps({"detail": encoded}, default=str)
 
 
 def install(app: FastAPI) -> None:
@@ -150,8 +150,8 @@ def install(app: FastAPI) -> None:
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _short_inputs(exc.errors())})
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return Response(_short_inputs(exc.errors()), status_code=422, media_type="application/json")
 
     @app.exception_handler(ConnectionFailure)
     async def _mongo_down(_: Request, exc: ConnectionFailure) -> JSONResponse:
