@@ -337,12 +337,14 @@ def test_position_writes_refuse_what_the_engine_must_not_do(env: Env) -> None:
         other_close = c.post("/api/v1/trading/positions/slot-1/close", json={"exit_price": "2"})
         bad_date = c.put("/api/v1/trading/daily-pnl/2026-02-30", json={"daily_pnl": 1})
         huge = c.put("/api/v1/trading/daily-pnl/2026-02-10", json={"daily_pnl": "1" * 40})
+        empty_new = c.put("/api/v1/trading/positions/slot-4", json={})  # found by tests/test_api_fuzz.py: was a 500
+    assert empty_new.status_code == 422 and "missing required field" in msg(empty_new)
     assert second_open.status_code == 422 and "slot-1" in msg(second_open)  # not 409: the engine would read "exists"
     assert no_id.status_code == 422 and loc(no_id) == ["body", "position_id"]
     assert unknown.status_code == 422 and loc(unknown) == ["body", "leverage_x"]
     assert closed.status_code == 200 and reopen.status_code == 409 and other_close.status_code == 409
     assert bad_date.status_code == 422 and huge.status_code == 422
-    assert count(env.meta, "SELECT COUNT(*) FROM positions WHERE position_id IN ('slot-2', 'slot-3')") == 0
+    assert count(env.meta, "SELECT COUNT(*) FROM positions WHERE position_id IN ('slot-2', 'slot-3', 'slot-4')") == 0
 
 
 # --- service collections: rights and mass mutations --------------------------------------------------

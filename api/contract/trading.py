@@ -205,8 +205,13 @@ def create_position(meta: MetadataStore, record: Any) -> dict[str, Any]:
             where="body",
         )
     if out.errors:
+        reason = str(out.errors[0].get("reason", "not stored"))
+        if "symbol" not in values or "position_side" not in values:  # e.g. a PUT of {} for a new id
+            raise ParamError("body", reason, where="body")
         taken = _open_of(meta, values["symbol"], values["position_side"])
-        which = f" ({taken['position_id']})" if taken is not None else ""
+        if taken is None:
+            raise ParamError("body", reason, where="body")
+        which = f" ({taken['position_id']})"
         raise ParamError(
             "position_side",
             f"an open position{which} for {values['symbol']} {values['position_side']} exists: close it first",
