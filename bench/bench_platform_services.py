@@ -2,7 +2,8 @@
 
 * ``GET /api/v1/trading/positions?status=open&limit=500&cursor=…`` (the second page of the
   engine's walk over its open positions) vs ``PlatformTables.query`` of the same 500 rows;
-* ``PUT /api/v1/trading/daily-pnl/{date}`` vs ``PlatformTables.update(…, upsert=True)``.
+* ``PUT /api/v1/trading/daily-pnl/{date}`` vs ``PlatformTables.update(…, upsert=True)``;
+* ``GET /health/liveness`` with the same headers: what any request costs here (the floor).
 
 The route figures include everything a request costs here: HTTP on loopback, service-token
 auth, validation, rendering, the write audit row after each write. SQLite by default; pass
@@ -128,6 +129,10 @@ def main() -> int:
                 "daily_pnl", [Cond("date", "eq", d)], {"daily_pnl": Decimal("-12.5"), "updated_at": now}, upsert=True
             )
 
+        def floor() -> None:
+            assert c.get("/health/liveness").status_code == 200
+
+        http_floor = timed(floor, args.rounds * 3)
         page_route, page_store = timed(route_page, args.rounds), timed(store_page, args.rounds)
         put_route, put_store = timed(route_put, args.rounds * 3), timed(store_put, args.rounds * 3)
     meta.close()
@@ -135,6 +140,7 @@ def main() -> int:
         "backend": meta.backend,
         "positions": args.positions,
         "rounds": args.rounds,
+        "http_floor_liveness": http_floor,
         "positions_page_500_with_cursor": {
             "route": page_route,
             "store": page_store,
