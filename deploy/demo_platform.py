@@ -52,17 +52,19 @@ def show_platform(settings: Settings) -> None:
     _say("platform services: the trade engine and the TA bot, as their clients call (DM_AUTH_MODE=enforce)")
     with serve(create_app(app_settings, meta=meta)) as base, client(base, ENGINE) as te, client(base, TA_BOT) as ta:
         anonymous = httpx.put(f"{base}/api/v1/trading/daily-pnl/2026-01-01", json={"daily_pnl": 1}, timeout=30)
-        _say(f"  a write without identity -> {anonymous.status_code}: {anonymous.json()['detail'][0]['msg'][:90]}")
+        why = _short(anonymous.json()["detail"][0]["msg"], 170)
+        _say(f"  a write without identity -> {anonymous.status_code}: {why}")
         ready = te.get("/health/readiness").json()
         _say(f"  engine health check: readiness status {ready['status']!r} (state {ready['state']})")
 
         # -- one trade-engine cycle: create, list, patch, close, daily PnL -----------------------------
         stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")
         pid = f"demo-{stamp}-{secrets.token_hex(2)}"
-        te.post(
-            "/api/v1/trading/positions/close-by-side",
-            json={"symbol": "BTCUSDT", "position_side": "LONG", "update": {"close_reason": "demo_reset"}},
-        )
+        for symbol, side in (("BTCUSDT", "LONG"), ("ETHUSDT", "SHORT")):  # a previous demo's leftovers
+            te.post(
+                "/api/v1/trading/positions/close-by-side",
+                json={"symbol": symbol, "position_side": side, "update": {"close_reason": "demo_reset"}},
+            )
         position = {
             "position_id": pid,
             "strategy_id": "momentum_v2",
@@ -78,18 +80,21 @@ def show_platform(settings: Settings) -> None:
         retry = te.post("/api/v1/trading/positions", json=position)
         _say(f"  POST /api/v1/trading/positions {pid} -> {created.status_code} {_short(created.json())}")
         _say(f"  the same POST again (engine retry) -> {retry.status_code}: engine reads 'already exists'; one row")
+        hedge = {**position, "position_id": f"{pid}-h", "symbol": "ETHUSDT", "position_side": "SHORT"}
+        hedge |= {"entry_price": "3512.20", "quantity": "0.2"}
+        te.post("/api/v1/trading/positions", json=hedge).raise_for_status()
         ids: list[str] = []
         cursor: str | None = None
         pages = 0
         while True:
-            params: dict[str, Any] = {"status": "open", "limit": 2, **({"cursor": cursor} if cursor else {})}
+            params: dict[str, Any] = {"status": "open", "limit": 1, **({"cursor": cursor} if cursor else {})}
             page = te.get("/api/v1/trading/positions", params=params).json()
             ids += [p["position_id"] for p in page["data"]]
             pages += 1
             cursor = page["next_cursor"]
             if not cursor:
                 break
-        _say(f"  GET open positions, 2 per page, following next_cursor: {pages} page(s), {len(ids)} open: {ids[:5]}")
+        _say(f"  GET open positions, 1 per page, following next_cursor: {pages} page(s), {len(ids)} open: {ids[:5]}")
         patched = te.patch(f"/api/v1/trading/positions/{pid}", json={"stop_loss": "66000", "take_profit": "69500"})
         p = patched.json()
         _say(f"  PATCH stop_loss/take_profit -> {patched.status_code}: stop {p['stop_loss']} take {p['take_profit']}")
@@ -101,6 +106,9 @@ def show_platform(settings: Settings) -> None:
             f"  close -> {closed.status_code} {_short(closed.json())}; retried close -> replayed "
             f"{again.json()['replayed']}; stored: status {row['status']}, exit {row['exit_price']}, pnl {row['pnl']}"
         )
+        by_side = {"symbol": "ETHUSDT", "position_side": "SHORT", "update": {"exit_price": "3498.00", "pnl": "2.84"}}
+        hedge_closed = te.post("/api/v1/trading/positions/close-by-side", json=by_side)
+        _say(f"  close-by-side ETHUSDT SHORT -> {hedge_closed.status_code} {_short(hedge_closed.json())}")
         today = dt.datetime.now(dt.UTC).date().isoformat()
         missing = te.get("/api/v1/trading/daily-pnl/2001-01-01").status_code
         te.put(
@@ -133,7 +141,7 @@ def show_platform(settings: Settings) -> None:
         typo = ta.post(
             f"/api/v1/config/strategies/{sid}", json={"parameters": {"oversold_treshold": 10}, "changed_by": "x"}
         )
-        _say(f"  a typo'd parameter -> {typo.status_code}: {typo.json()['detail'][0]['msg'][:110]}")
+        _say(f"  a typo'd parameter -> {typo.status_code}: {_short(typo.json()['detail'][0]['msg'], 130)}")
         rolled = ta.post(
             f"/api/v1/config/rollback/strategies/{sid}",
             json={"changed_by": "ops", "target_version": 1, "reason": "revert after drawdown"},
