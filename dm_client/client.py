@@ -77,10 +77,11 @@ class Call(Generic[R]):
     result: type[Any] | None = None  # a pydantic model, or None for the raw JSON
     ok_statuses: tuple[int, ...] = ()  # extra statuses returned rather than raised (readiness 503)
     idempotency_key: str | None = None  # sent on every attempt of a write
+    read_only: bool = False  # a read sent with another method (POST /api/v1/data/query)
 
     @property
     def safe(self) -> bool:
-        return self.method.upper() in SAFE_METHODS
+        return self.read_only or self.method.upper() in SAFE_METHODS
 
     def keyed(self, key: str | None) -> Call[R]:
         """This call with ``key`` (a new one when None) if it is a write; reads need none."""
@@ -170,7 +171,7 @@ class _Calls:
     @staticmethod
     def query(database: str, collection: str, **kw: Any) -> Call[QueryResult]:
         body = _clean({"database": database, "collection": collection, **kw})
-        return Call("POST", "/api/v1/data/query", body=body, result=QueryResult)
+        return Call("POST", "/api/v1/data/query", body=body, result=QueryResult, read_only=True)
 
     @staticmethod
     def find(

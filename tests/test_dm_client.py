@@ -67,7 +67,7 @@ def scripted() -> Iterator[tuple[str, Script]]:
         if status >= 400:
             body = {"detail": [{"loc": ["query", "x"], "msg": f"scripted {status}", "type": kind}]}
             return JSONResponse(body, status_code=status, headers=headers)
-        if request.method == "GET" and path.startswith("api/v1/"):
+        if (request.method == "GET" and path.startswith("api/v1/")) or path == "api/v1/data/query":
             page = {"limit": 1, "offset": 0, "returned": 0, "has_more": False, "next_offset": None}
             return JSONResponse({"data": [], "pagination": page})
         if request.method == "GET" and path.startswith("positions/"):
@@ -269,6 +269,10 @@ def test_each_logical_write_has_its_own_key_reused_on_its_retries(scripted: tupl
     first, second = script.keys[:3], script.keys[3]
     assert len(set(first)) == 1 and first[0] is not None and second not in (None, first[0])
     assert script.keys[4:] == ["my-key-1", None]
+    script.then(503)
+    with client(url) as c:
+        c.query("mysql", "positions", filter={"position_id": "p"})  # a read sent as POST: retried, no key
+    assert script.keys[-2:] == [None, None]
 
 
 def test_a_key_still_in_use_is_retried_after_its_retry_after_and_a_real_conflict_is_not(

@@ -23,6 +23,7 @@ import pytest
 
 import api
 import dm_resources.contracts
+import ingest_service.events
 from api.contract.filters import ValueProblem, to_datetime, to_decimal
 from api.params import ParamError, normalise_pair, parse_after, parse_time
 from tests import test_platform_api as platform
@@ -37,7 +38,7 @@ N = 100_000
 
 def _patterns() -> list[tuple[str, re.Pattern[str]]]:
     """Every module-level compiled regex of the API package and of the shared contracts."""
-    modules = [dm_resources.contracts]
+    modules = [dm_resources.contracts, ingest_service.events]
     for info in pkgutil.walk_packages(api.__path__, "api."):
         if info.name == "api.app":  # building the module-level app is not needed to see its patterns
             continue
@@ -245,3 +246,19 @@ def test_streams_without_a_bounded_range_are_422_naming_the_cap(http: httpx.Clie
     assert http.get("/data/trades", params=ok).status_code == 200
     years = {"pair": "BTCUSDT", "format": "ndjson", "start": "2020-01-01", "end": "2026-01-01"}
     assert http.get("/data/funding", params=years).status_code == 200  # 8 h apart: years fit
+
+
+def test_a_json_field_has_a_size_limit_too(http: httpx.Client) -> None:
+    base = {"symbol": "BTCUSDT", "position_side": "SHORT", "status": "closed"}
+    records = [
+        {**base, "position_id": "json-ok", "metadata": {"note": "x" * 60_000}},
+        {**base, "position_id": "json-big", "metadata": {"note": "x" * 70_000}},
+        {**base, "position_id": "list-big", "exit_trade_ids": list(range(20_000))},
+    ]
+    out = http.post(
+        "/api/v1/data/insert",
+        json={"database": "mysql", "collection": "positions", "records": records},
+        headers=auth(ENGINE),
+    ).json()
+    assert out["inserted_count"] == 1 and [e["index"] for e in out["errors"]] == [1, 2], out
+    assert "limit of 65536" in out["errors"][0]["reason"] and "metadata" in out["errors"][0]["reason"]

@@ -93,6 +93,19 @@ def ws_kline(open_ms: int, close: str, closed: bool = True) -> bytes:
     )
 
 
+def test_decimals_are_packed_bit_for_bit_as_bson_packs_them() -> None:
+    from decimal import Decimal
+
+    from bson.decimal128 import Decimal128
+
+    from api.contract.klines import to_decimal128
+
+    for text in ("27000.5", "-0.00000001", "0", "-0", "1E+5", "1.50", "0.000", "-1.5E-300", "1E+6000", "9" * 34):
+        assert to_decimal128(Decimal(text)).bid == Decimal128(Decimal(text)).bid, text
+    big = Decimal("123456789012345678901234567890.1234")
+    assert to_decimal128(big).to_decimal() == big
+
+
 def test_only_closed_klines_are_accepted() -> None:
     ds = resolve("klines_1m")
     now = MINUTE + 10 * MINUTE_MS + 30_000  # half a minute into the 11th minute

@@ -37,6 +37,7 @@ MAX_FILTER_FIELDS = 32
 DEFAULT_MAX_ROWS = 100
 MAX_ROWS_LIMIT = 10_000
 MAX_STR = 255
+MAX_JSON_CHARS = 65_536  # a json/list field (a position's metadata) as serialized JSON
 MAX_DECIMAL_CHARS = 64  # 34 digits, a sign, a point and an exponent fit; checked before the regex
 MAX_TIME_CHARS = 64
 MAX_DECIMAL_DIGITS = 34  # what Decimal128 holds exactly
@@ -178,13 +179,21 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueProblem(f"expected an object, got {type(value).__name__}")
         _check_finite(value)
+        _check_json_size(value)
         return value
     if t == "list":
         if not isinstance(value, list):
             raise ValueProblem(f"expected an array, got {type(value).__name__}")
         _check_finite(value)
+        _check_json_size(value)
         return value
     raise AssertionError(f"unknown field type {t}")  # pragma: no cover
+
+
+def _check_json_size(value: Any) -> None:
+    size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    if size > MAX_JSON_CHARS:
+        raise ValueProblem(f"{size} bytes of JSON, more than the limit of {MAX_JSON_CHARS}")
 
 
 def _check_text(value: str) -> None:

@@ -36,6 +36,27 @@ from dm_resources.contracts import KLINE_SOURCE_EXTRACTOR, now_ms
 from dm_resources.intervals import bucket_start, close_time
 
 SOURCE = KLINE_SOURCE_EXTRACTOR
+_EXPONENT_BIAS = 6176
+_SIGN_BIT = 1 << 63
+_LOW_64 = (1 << 64) - 1
+
+
+def to_decimal128(value: Decimal) -> Decimal128:
+    """``Decimal128(value)``, bit for bit (a test compares them), packed directly: bson's route is ~2x slower.
+
+    A batch of 5,000 klines has 40,000 decimals: their conversion was a third of the insert's CPU.
+    """
+    sign, digits, exponent = value.as_tuple()
+    if isinstance(exponent, int) and -_EXPONENT_BIAS <= exponent <= 6111 and len(digits) <= 34:
+        coefficient = int("".join(map(str, digits)))
+        high = ((exponent + _EXPONENT_BIAS) << 49) | (coefficient >> 64)
+        if sign:
+            high |= _SIGN_BIT
+        # bson builds a Decimal128 from its (high, low) bit words; its stubs list only the decimal tuple.
+        return Decimal128((high, coefficient & _LOW_64))  # type: ignore[arg-type]
+    return Decimal128(value)
+
+
 _DECIMALS = [s for s in KLINE_FIELDS.values() if s.type == "decimal"]
 _REQUIRED = [s.name for s in KLINE_FIELDS.values() if s.required]
 
@@ -84,7 +105,7 @@ def to_document(ds: Dataset, record: Any, now: int | None = None) -> dict[str, A
     }
     for spec in _DECIMALS:
         value = rec.get(spec.name)
-        doc[spec.store_name] = Decimal128(value) if value is not None else None
+        doc[spec.store_name] = to_decimal128(value) if value is not None else None
     doc["trades"] = trades
     doc["event_time"] = None
     doc["source"] = SOURCE

@@ -36,8 +36,12 @@ READINESS_TIMEOUT_S = 3.0
 
 
 @router.get("/health/liveness", response_model=Liveness)
-def liveness() -> Liveness:
-    """The process serves requests; says nothing about the stores (see readiness)."""
+async def liveness() -> Liveness:
+    """The process serves requests; says nothing about the stores (see readiness).
+
+    ``async`` so that it is answered on the event loop itself, with no thread-pool hop: a
+    liveness probe must not queue behind the pool's work.
+    """
     return Liveness(status="ok")
 
 
