@@ -13,6 +13,7 @@ server's interpreter lock). Then, side by side in one run:
 * ``ratio``: under-load p50/p99 over idle p50/p99 (the issue asks for at most 2×).
 
     .venv/bin/python bench/bench_liveness.py --seconds 10 --workers 2
+    .venv/bin/python bench/bench_liveness.py --attacks largest_body --gc off   # one cause at a time
 
 Also printed: what one largest body costs the server's CPU (``json.loads`` is one C call that
 holds the interpreter lock for its whole duration; the records' validation is Python, which
@@ -46,7 +47,8 @@ TOKEN = "bench-token-0123456789"
 M1 = 60_000
 T0 = 1_735_689_600_000  # 2025-01-01
 MAX_BODY = 4 * 1024 * 1024
-SERVER = "import sys; sys.setswitchinterval({switch}); from uvicorn.main import main; main()"
+SERVER = "import gc, sys; sys.setswitchinterval({switch}); import api.app; {gc}; from uvicorn.main import main; main()"
+GC_MODES = {"default": "pass", "freeze": "gc.freeze()", "off": "gc.disable()"}
 
 
 def kline(i: int, pad: str) -> dict[str, Any]:
@@ -138,6 +140,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2, help="clients sending the adversarial requests")
+    ap.add_argument("--gc", choices=sorted(GC_MODES), default="default", help="the server's garbage collector")
+    ap.add_argument(
+        "--attacks",
+        default="largest_body,long_string,long_query",
+        help="which adversarial requests the clients send, in turn",
+    )
     ap.add_argument(
         "--switch-interval",
         type=float,
@@ -200,15 +208,17 @@ def main() -> None:
         idle = probe(url, args.seconds)
 
         stop = threading.Event()
-        sent: dict[str, int] = {"largest_body": 0, "long_string": 0, "long_query": 0}
+        sent: dict[str, int] = dict.fromkeys(args.attacks.split(","), 0)
         lock = threading.Lock()
 
         def attack(w: int) -> None:
+            kinds = args.attacks.split(",")
             with httpx.Client(base_url=url, timeout=120) as c:
                 i = 0
                 while not stop.is_set():
                     i += 1
-                    if i % 3 == 0:
+                    kind = kinds[i % len(kinds)]
+                    if kind == "long_string":
                         record = {
                             "symbol": "BTCUSDT",
                             "position_side": "LONG",
@@ -219,13 +229,10 @@ def main() -> None:
                         payload = json.loads(long_metadata)
                         payload["records"] = [record]
                         c.post("/api/v1/data/insert", json=payload, headers=auth).raise_for_status()
-                        kind = "long_string"
-                    elif i % 3 == 1:
+                    elif kind == "largest_body":
                         c.post("/api/v1/data/insert", content=body, headers=auth).raise_for_status()
-                        kind = "largest_body"
                     else:
                         c.get("/api/v1/mysql/positions", params={"filter": filter_param})
-                        kind = "long_query"
                     with lock:
                         sent[kind] += 1
 
