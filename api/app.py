@@ -12,18 +12,32 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pymongo.errors import ConnectionFailure, PyMongoError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from api.deps import ApiSettings, AppState, AuthError
+from api import errors
+from api.bounds import RequestBounds
+from api.deps import ApiSettings, AppState
+from api.identity import WriteAuditMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.params import ParamError
-from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
+from api.routes import (
+    analysis,
+    backfill,
+    catalog,
+    collections,
+    data,
+    health,
+    ledger,
+    lifecycle,
+    orderbook,
+    platform,
+    positions,
+    trading,
+)
+from api.routes import config as config_routes
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -44,10 +58,6 @@ backfills started through Dagster.
 * `/api/v1/...` is the trading services' contract (positions, daily PnL, extractor klines,
   market data by allow-list); `/positions` and `/pnl/daily` are its typed reads.
 """
-
-
-def _error(status: int, loc: list[str | int], msg: str, type_: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]})
 
 
 def create_app(
@@ -88,52 +98,20 @@ def create_app(
     )
     _serve_docs_offline(app)
     app.state.dm = st
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-
-    @app.exception_handler(ParamError)
-    async def _param_error(_: Request, exc: ParamError) -> JSONResponse:
-        return _error(
-            exc.status, [exc.where, exc.param], exc.message, "not_found" if exc.status == 404 else "value_error"
-        )
-
-    @app.exception_handler(AuthError)
-    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
-        resp = _error(exc.status, ["header", "Authorization"], exc.message, "auth")
-        if exc.status == 401:
-            resp.headers["WWW-Authenticate"] = "Bearer"
-        return resp
-
-    @app.exception_handler(backfill.UpstreamError)
-    async def _upstream(_: Request, exc: backfill.UpstreamError) -> JSONResponse:
-        return _error(exc.status, ["dagster"], exc.message, "upstream")
-
-    @app.exception_handler(ConnectionFailure)
-    async def _mongo_down(_: Request, exc: ConnectionFailure) -> JSONResponse:
-        log.warning("MongoDB unavailable: %s", exc)
-        return _error(503, ["mongodb"], "MongoDB is unavailable; retry later", "unavailable")
-
-    @app.exception_handler(PyMongoError)
-    async def _mongo_error(_: Request, exc: PyMongoError) -> JSONResponse:
-        log.error("MongoDB error: %s", exc)
-        return _error(502, ["mongodb"], f"MongoDB error: {type(exc).__name__}", "store_error")
-
-    @app.exception_handler(DBAPIError)
-    async def _meta_error(_: Request, exc: DBAPIError) -> JSONResponse:
-        log.warning("metadata database error: %s", exc)
-        hint = health.missing_table_hint(exc)
-        if hint is not None:
-            return _error(503, ["metadata"], hint, "schema_missing")
-        if isinstance(exc, OperationalError | InterfaceError):  # lost connection, lock timeout, deadlock
-            return _error(503, ["metadata"], "the metadata database is unavailable; retry later", "unavailable")
-        # The database refused this statement (data, integrity, syntax): retrying cannot help.
-        return _error(
-            500, ["metadata"], f"the metadata database refused the request ({type(exc).__name__})", "store_error"
-        )
+    app.add_middleware(RequestBounds, max_body_bytes=st.api.max_body_bytes)  # before any route parses a byte
+    app.add_middleware(errors.Unhandled)
+    app.add_middleware(WriteAuditMiddleware)  # outside Unhandled: records the status the client got
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts every answer, 500s included
+    errors.install(app)
 
     for module in (health, data, orderbook, analysis, catalog, backfill):
         app.include_router(module.router)
-    for module in (platform, positions):  # the trading services' contract and typed routes (issue 13)
+    # The services' typed route families come before the generic /api/v1/{database}/{collection}.
+    for module in (trading, ledger, config_routes, lifecycle, collections):
         app.include_router(module.router)
+    for module in (platform, positions):  # the trading services' contract and typed routes
+        app.include_router(module.router)
+    app.include_router(collections.dataset_router)  # POST /api/v1/{database}/{collection}, after /api/v1/data/*
 
     @app.get(
         "/metrics",

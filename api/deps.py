@@ -7,21 +7,22 @@ them from settings on first use, so importing ``api.app`` never connects anywher
 from __future__ import annotations
 
 import contextlib
-import hmac
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.cache import HotCache, ValueCache, VersionWatcher
-from api.contract.auth import ScopeDenied, TokenRegistry, authorize, parse_tokens
+from api.contract.auth import SCOPE_BACKFILL, TokenRegistry, parse_tokens
+from api.contract.auth import authorize as authorize_token
 from api.contract.datasets import SCOPE_READ
+from api.errors import AuthError
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
 from dm_resources.candle_store import CandleStore
@@ -67,6 +68,15 @@ class ApiSettings(BaseSettings):
     mongo_timeout_ms: int = 3000
     dagster_timeout_s: float = 10.0
     max_backfill_days: int = 400
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it, before parsing)"
+    )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0, ge=86_400.0, description="how long an Idempotency-Key and its answer are kept (>= 24 h)"
+    )
+    idempotency_lease_s: float = Field(
+        default=60.0, gt=0, description="how long a request's claim on its key blocks a repeat (409) if it dies"
+    )
 
 
 @dataclass
@@ -87,10 +97,13 @@ class AppState:
 
     @property
     def tokens(self) -> TokenRegistry:
-        """``DM_API_TOKEN`` (every scope) plus ``DM_API_TOKENS`` (scoped), parsed once."""
+        """``DM_API_TOKEN`` (every scope), ``DM_API_TOKENS`` (scoped) and ``DM_SERVICE_TOKENS``, parsed once."""
         if self._tokens is None:
             raw = self.api.tokens.get_secret_value() if self.api.tokens is not None else None
-            self._tokens = parse_tokens(raw, self.settings.api_token)
+            services = self.settings.service_tokens
+            self._tokens = parse_tokens(
+                raw, self.settings.api_token, services.get_secret_value() if services is not None else None
+            )
         return self._tokens
 
     _watcher: VersionWatcher | None = None
@@ -230,52 +243,37 @@ _bearer = HTTPBearer(auto_error=False, description="DM_API_TOKEN")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def require_write_token(request: Request) -> None:
+    """``POST /backfill/start``: ``DM_API_TOKEN``, or a scoped or service token with ``backfill:write``."""
+    from api.identity import authorize
+
+    authorize(request, SCOPE_BACKFILL)
 
 
-def _check_token(st: AppState, creds: HTTPAuthorizationCredentials | None, x_api_token: str | None) -> None:
-    expected = st.settings.api_token
-    if not expected:
-        raise AuthError(403, "writes are disabled: DM_API_TOKEN is not configured on the server")
-    given = creds.credentials if creds is not None else x_api_token
-    if not given:
-        raise AuthError(401, "a token is required: send 'Authorization: Bearer <DM_API_TOKEN>'")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise AuthError(401, "the token is not valid")
-
-
-def require_write_token(
-    request: Request,
-    creds: Bearer,
-    x_api_token: str | None = Header(default=None, include_in_schema=False),
-) -> None:
-    _check_token(state(request), creds, x_api_token)
-
-
-async def read_access(
-    request: Request,
-    creds: Bearer,
-    x_api_token: str | None = Header(default=None, include_in_schema=False),
-) -> None:
-    """Reads are open unless ``DM_API_PROTECT_READS`` is set; then DM_API_TOKEN or a token with scope ``read``."""
+async def read_access(request: Request) -> None:
+    """Market data is open unless ``DM_API_PROTECT_READS`` is set; then a token with scope ``read``."""
     st = state(request)
     if st.api.protect_reads:
-        if not st.api.tokens:
-            _check_token(st, creds, x_api_token)
-        else:
-            require_scope(st, creds.credentials if creds is not None else x_api_token, SCOPE_READ)
+        from api.identity import authorize
+
+        authorize(request, SCOPE_READ)
 
 
-def require_scope(st: AppState, token: str | None, scope: str) -> None:
-    """Raise :class:`AuthError` unless ``token`` (legacy or scoped) carries ``scope``."""
-    try:
-        authorize(st.tokens, token, scope)
-    except ScopeDenied as exc:
-        raise AuthError(exc.status, exc.message) from None
+async def private_read(request: Request) -> None:
+    """The services' own records (positions, PnL, ledger, configs, lifecycle): ``read`` whenever any token is set."""
+    from api.identity import authorize
+
+    authorize(request, SCOPE_READ, open_when_unset=True)
+
+
+def require_scope(st: AppState, token: str | None, scope: str, request: Request | None = None) -> None:
+    """Raise :class:`AuthError` unless the caller carries ``scope`` (the service header is read from ``request``)."""
+    if request is not None:
+        from api.identity import authorize
+
+        authorize(request, scope)
+        return
+    authorize_token(st.tokens, token, scope)
 
 
 __all__ = [
@@ -285,6 +283,7 @@ __all__ = [
     "ParamError",
     "State",
     "known_pair",
+    "private_read",
     "read_access",
     "require_scope",
     "require_write_token",

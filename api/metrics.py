@@ -33,6 +33,14 @@ class ApiMetrics:
         )
         self.in_flight = Gauge("dm_api_requests_in_flight", "Requests being served", registry=self.registry)
         self.cache = Counter("dm_api_cache_total", "Hot cache lookups by result", ["result"], registry=self.registry)
+        self.auth = Counter(
+            "dm_api_auth_total",
+            "Authorisation decisions by service, route template and decision (verified, off, open, or, for "
+            "what audit mode let pass or enforce refused: no_token, bad_token, token_mismatch, "
+            "unknown_service, bad_service_name, scope, disabled)",
+            ["service", "route", "decision", "passed"],
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:

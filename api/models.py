@@ -181,10 +181,17 @@ class DependencyCheck(_Model):
 
 
 class Readiness(_Model):
-    """``ready``/``degraded`` answer 200: only MongoDB and the metadata database gate readiness."""
+    """200 while MongoDB and the metadata database answer (Dagster down only degrades it), else 503.
 
-    status: Literal["ready", "degraded", "not_ready"]
-    down: list[str] = Field(description="required dependencies that are down (status not_ready, HTTP 503)")
+    ``status`` is what the platform's services check: ``healthy`` (200) or ``unhealthy`` (503);
+    their data-manager SDK refuses to start unless it reads ``healthy``. ``state`` says more.
+    """
+
+    status: Literal["healthy", "unhealthy"] = Field(description="healthy (200) or unhealthy (503)")
+    state: Literal["ready", "degraded", "not_ready"] = Field(
+        description="ready; degraded (an optional dependency is down: `degraded` names it); not_ready (503)"
+    )
+    down: list[str] = Field(description="required dependencies that are down (state not_ready, HTTP 503)")
     degraded: list[str] = Field(
         default_factory=list, description="optional dependencies that are down (Dagster: backfill routes answer 503)"
     )

@@ -13,28 +13,38 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
+from api.errors import ApiError
 from dm_resources.contracts import CANDLE_INTERVALS, SYMBOL_RE, duration_ms
 
 # Intervals the candle assets build (dm_assets.candles); clients asking for another
 # Binance interval get a 4xx that lists these rather than an empty page.
 CANDLE_PERIODS: tuple[str, ...] = CANDLE_INTERVALS
 MAX_LIMIT, DEFAULT_LIMIT = 5000, 500
-# Year 1970 .. 9999 in epoch ms: anything outside is a typo, not a time.
-MAX_EPOCH_MS = 253_402_300_799_999
+# 1970-01-01 .. 9998-12-31 in epoch ms: anything outside is a typo, not a time. The last year
+# is 9998 so that every bucket a time falls in (a year of 1d candles, a 1M kline) ends by 9999,
+# which Python's datetime can still represent.
+MAX_EPOCH_MS = 253_370_764_799_999
+MAX_TIME_CHARS = 64  # "2026-03-10T00:00:00.123456+05:30" is 32; checked before any regex
 _EPOCH_RE = re.compile(r"^-?[0-9]{1,19}$")
 # "+00:00" sent unencoded in a query string arrives as " 00:00".
-_SPACE_OFFSET_RE = re.compile(r"^(.*T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$")
+_OFFSET_TAIL_RE = re.compile(r"[0-9]{2}:?[0-9]{2}")
+_ID_RE = re.compile(r"[0-9]{1,19}")
+MAX_PAIR_CHARS = 64
 
 
-class ParamError(ValueError):
-    """A query parameter the API refuses; ``status`` is 422 for malformed, 404 for unknown values."""
+class ParamError(ApiError, ValueError):
+    """A parameter the API refuses; ``status`` is 422 for malformed, 404 for unknown values.
+
+    ``loc`` is ``[where, param]`` (``where``: query, path, body, header).
+    """
 
     def __init__(self, param: str, message: str, *, status: int = 422, where: str = "query") -> None:
-        super().__init__(f"{param}: {message}")
+        super().__init__(status, message, loc=(where, param), kind="not_found" if status == 404 else "value_error")
         self.param = param
-        self.message = message
-        self.status = status
         self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}"
 
 
 def parse_time(value: str | None, param: str) -> int | None:
@@ -44,12 +54,14 @@ def parse_time(value: str | None, param: str) -> int | None:
     text = value.strip()
     if not text:
         raise ParamError(param, "is empty; give ISO-8601 (2026-03-10T00:00:00Z) or epoch milliseconds")
+    if len(text) > MAX_TIME_CHARS:
+        raise ParamError(param, f"is longer than {MAX_TIME_CHARS} characters; give ISO-8601 or epoch milliseconds")
     if _EPOCH_RE.match(text):
         ms = int(text)
     else:
-        m = _SPACE_OFFSET_RE.match(text)
-        if m:
-            text = f"{m.group(1)}+{m.group(2)}"
+        head, space, tail = text.rpartition(" ")
+        if space and "T" in head and _OFFSET_TAIL_RE.fullmatch(tail):
+            text = f"{head}+{tail}"
         try:
             parsed = dt.datetime.fromisoformat(text)
         except ValueError:
@@ -63,7 +75,7 @@ def parse_time(value: str | None, param: str) -> int | None:
         except (OverflowError, OSError, ValueError):
             raise ParamError(param, f"{value!r} is out of range") from None
     if not 0 <= ms <= MAX_EPOCH_MS:
-        raise ParamError(param, f"{value!r} is outside 1970-01-01 .. 9999-12-31 (epoch ms 0 .. {MAX_EPOCH_MS})")
+        raise ParamError(param, f"{value!r} is outside 1970-01-01 .. 9998-12-31 (epoch ms 0 .. {MAX_EPOCH_MS})")
     return ms
 
 
@@ -80,7 +92,7 @@ def normalise_pair(value: str | None, param: str = "pair") -> str:
     if value is None or not value.strip():
         raise ParamError(param, "is required, e.g. BTCUSDT")
     sym = value.strip().upper()
-    if not SYMBOL_RE.match(sym):
+    if len(sym) > MAX_PAIR_CHARS or not SYMBOL_RE.match(sym):
         shown = value if len(value) <= 40 else value[:40] + "…"
         raise ParamError(param, f"{shown!r} is not a symbol: letters and digits only, 2-30 long, e.g. BTCUSDT")
     return sym
@@ -150,6 +162,6 @@ def parse_after(value: str | None, param: str = "after") -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > 2**63 - 1:
-        raise ParamError(param, f"{value!r} is not a non-negative integer id (from a 'next' link)")
+    if not _ID_RE.fullmatch(text) or int(text) > 2**63 - 1:
+        raise ParamError(param, f"{value[:40]!r} is not a non-negative integer id (from a 'next' link)")
     return int(text)

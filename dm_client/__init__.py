@@ -1,15 +1,18 @@
 """Python client for the Market Data Manager API: ``pip install 'market-data-manager[client]'``.
 
-``DMClient`` (sync) and ``AsyncDMClient`` (async) over httpx, with retries on 429/5xx only
-and typed exceptions (:mod:`dm_client.errors`). See README "Platform API" for the contract.
+``DMClient`` (sync) and ``AsyncDMClient`` (async) over httpx, with typed exceptions
+(:mod:`dm_client.errors`). Every write carries an ``Idempotency-Key`` reused on its retries,
+so writes are retried as safely as reads (see :mod:`dm_client.client`). See README "Platform
+API" for the contract.
 """
 
-from dm_client.client import AsyncDMClient, Call, DMClient
+from dm_client.client import AsyncDMClient, Call, DMClient, new_key
 from dm_client.errors import (
     Conflict,
     DMError,
     Forbidden,
     InvalidRequest,
+    KeyInUse,
     NoResponse,
     NotFound,
     RateLimited,
@@ -43,6 +46,7 @@ __all__ = [
     "Forbidden",
     "InsertResult",
     "InvalidRequest",
+    "KeyInUse",
     "NoResponse",
     "NotFound",
     "Position",
@@ -54,4 +58,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UpdateResult",
+    "new_key",
 ]

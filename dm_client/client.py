@@ -1,9 +1,16 @@
 """Sync and async clients for the Market Data Manager API (httpx).
 
-* **Retries on 429 and 5xx only** (and on connection failures, when no request reached the
-  server), with exponential backoff and jitter; a 429's ``Retry-After`` is honoured. A request
-  sent without an answer (read timeout) is :class:`NoResponse`, not retried. A 4xx
-  other than 429 is the caller's mistake and is raised at once as a typed exception.
+* **Every write carries an ``Idempotency-Key``**: one key per logical call (a UUID4, or the one
+  the caller passes as ``idempotency_key=``), sent unchanged on every retry. The server runs
+  the write once and answers every repeat with the first answer, so a write is retried like a
+  read: after a 5xx, a 429, a connection that failed, and a response lost after the server
+  answered (:class:`NoResponse`). A write without a key is never retried. The key is on every
+  error a write raises (``exc.idempotency_key``): pass it again to retry the same write later.
+* **Reads are retried** on connection errors, lost responses and 5xx/429.
+* Exponential backoff with jitter; ``Retry-After`` (429, and 409 "key in use") is honoured.
+  A 4xx other than those is the caller's mistake and is raised at once as a typed exception.
+* Path parameters (``position_id``, ``collection``) are percent-encoded: ``../pnl/daily`` is an
+  id, never a path.
 * Every method is a thin wrapper over a :class:`Call` (method, path, params, body, result
   type) built once in :class:`_Calls`, so the sync and async clients cannot drift apart.
 * Tokens go in the ``Authorization`` header only and are never part of a message.
@@ -13,10 +20,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -24,12 +33,12 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
-from dm_client.errors import DMError, NoResponse, RateLimited, ServerError, TransportError, error_for
+from dm_client.errors import DMError, KeyInUse, NoResponse, RateLimited, ServerError, TransportError, error_for
 from dm_client.models import (
     BatchResult,
     DailyPnlList,
@@ -45,6 +54,20 @@ R = TypeVar("R")
 MAX_RETRY_AFTER_S = 60.0
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def new_key() -> str:
+    """A fresh idempotency key (a UUID4): one per logical write."""
+    return str(uuid.uuid4())
+
+
+def seg(value: Any) -> str:
+    """One path segment, percent-encoded (``/`` and ``..`` included): a value never becomes a path."""
+    return quote(str(value), safe="")
+
+
 @dataclass(frozen=True)
 class Call(Generic[R]):
     method: str
@@ -53,6 +76,18 @@ class Call(Generic[R]):
     body: Any = None
     result: type[Any] | None = None  # a pydantic model, or None for the raw JSON
     ok_statuses: tuple[int, ...] = ()  # extra statuses returned rather than raised (readiness 503)
+    idempotency_key: str | None = None  # sent on every attempt of a write
+    read_only: bool = False  # a read sent with another method (POST /api/v1/data/query)
+
+    @property
+    def safe(self) -> bool:
+        return self.read_only or self.method.upper() in SAFE_METHODS
+
+    def keyed(self, key: str | None) -> Call[R]:
+        """This call with ``key`` (a new one when None) if it is a write; reads need none."""
+        if self.safe:
+            return self
+        return replace(self, idempotency_key=key or new_key())
 
     def parse(self, data: Any) -> R:
         if self.result is None:
@@ -125,7 +160,7 @@ class _Calls:
 
     @staticmethod
     def analytics(kind: str, pair: str | None, period: str | None, limit: int | None) -> Call[dict[str, Any]]:
-        return Call("GET", f"/analysis/{kind}", _clean({"pair": pair, "period": period, "limit": limit}))
+        return Call("GET", f"/analysis/{seg(kind)}", _clean({"pair": pair, "period": period, "limit": limit}))
 
     # the /api/v1 contract
     @staticmethod
@@ -136,7 +171,7 @@ class _Calls:
     @staticmethod
     def query(database: str, collection: str, **kw: Any) -> Call[QueryResult]:
         body = _clean({"database": database, "collection": collection, **kw})
-        return Call("POST", "/api/v1/data/query", body=body, result=QueryResult)
+        return Call("POST", "/api/v1/data/query", body=body, result=QueryResult, read_only=True)
 
     @staticmethod
     def find(
@@ -155,23 +190,31 @@ class _Calls:
             "offset": offset,
             "fields": ",".join(fields) if fields else None,
         }
-        return Call("GET", f"/api/v1/{database}/{collection}", _clean(params), result=QueryResult)
+        return Call("GET", f"/api/v1/{seg(database)}/{seg(collection)}", _clean(params), result=QueryResult)
 
     @staticmethod
     def update(
-        database: str, collection: str, filter: Mapping[str, Any], data: Mapping[str, Any], upsert: bool
+        database: str,
+        collection: str,
+        filter: Mapping[str, Any],
+        data: Mapping[str, Any],
+        upsert: bool,
+        max_rows: int | None = None,
     ) -> Call[UpdateResult]:
-        body = {"filter": dict(filter), "data": dict(data), "upsert": upsert}
-        return Call("PUT", f"/api/v1/{database}/{collection}", body=body, result=UpdateResult)
+        body = _clean({"filter": dict(filter), "data": dict(data), "upsert": upsert, "max_rows": max_rows})
+        return Call("PUT", f"/api/v1/{seg(database)}/{seg(collection)}", body=body, result=UpdateResult)
 
     @staticmethod
-    def delete(database: str, collection: str, filter: Mapping[str, Any]) -> Call[DeleteResult]:
-        return Call("DELETE", f"/api/v1/{database}/{collection}", body={"filter": dict(filter)}, result=DeleteResult)
+    def delete(
+        database: str, collection: str, filter: Mapping[str, Any], max_rows: int | None = None
+    ) -> Call[DeleteResult]:
+        body = _clean({"filter": dict(filter), "max_rows": max_rows})
+        return Call("DELETE", f"/api/v1/{seg(database)}/{seg(collection)}", body=body, result=DeleteResult)
 
     @staticmethod
     def batch(database: str, collection: str, operations: Sequence[Mapping[str, Any]]) -> Call[BatchResult]:
         body = {"operations": [dict(op) for op in operations]}
-        return Call("POST", f"/api/v1/{database}/{collection}/batch", body=body, result=BatchResult)
+        return Call("POST", f"/api/v1/{seg(database)}/{seg(collection)}/batch", body=body, result=BatchResult)
 
     # typed routes
     @staticmethod
@@ -188,7 +231,7 @@ class _Calls:
 
     @staticmethod
     def position(position_id: str) -> Call[Position]:
-        return Call("GET", f"/positions/{position_id}", result=Position)
+        return Call("GET", f"/positions/{seg(position_id)}", result=Position)
 
     @staticmethod
     def daily_pnl(from_: Any, to: Any) -> Call[DailyPnlList]:
@@ -218,14 +261,25 @@ def _wait(backoff: float, max_backoff: float) -> Any:
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        if isinstance(exc, RateLimited | KeyInUse) and exc.retry_after is not None:
             return exc.retry_after
         return float(expo(state))
 
     return wait
 
 
-RETRYABLE = (RateLimited, ServerError, TransportError)
+# What may be sent again: anything a read got, and for a write with its key also a lost answer and
+# "key in use" (the first attempt still running). A write without a key: nothing.
+RETRYABLE = (RateLimited, ServerError, TransportError, NoResponse)
+RETRYABLE_KEYED = (*RETRYABLE, KeyInUse)
+
+
+def may_retry(call: Call[Any], exc: BaseException) -> bool:
+    if call.safe:
+        return isinstance(exc, RETRYABLE)
+    if call.idempotency_key is None:
+        return False
+    return isinstance(exc, RETRYABLE_KEYED)
 
 
 class _Base:
@@ -245,13 +299,22 @@ class _Base:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
 
-    def _retry_kwargs(self) -> dict[str, Any]:
+    def _retry_kwargs(self, call: Call[Any]) -> dict[str, Any]:
         return {
-            "retry": retry_if_exception_type(RETRYABLE),
+            "retry": retry_if_exception(lambda exc: may_retry(call, exc)),
             "stop": stop_after_attempt(self.retries + 1),
             "wait": self._wait,
             "reraise": True,
         }
+
+    @staticmethod
+    def _headers_for(call: Call[Any]) -> dict[str, str] | None:
+        headers: dict[str, str] = {}
+        if call.body is not None:
+            headers.update(_JSON)
+        if call.idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = call.idempotency_key
+        return headers or None
 
     def __repr__(self) -> str:  # never the token
         return f"{type(self).__name__}({self.base_url!r})"
@@ -282,18 +345,23 @@ class DMClient(_Base):
                 call.path,
                 params=call.params or None,
                 content=_encode(call.body),
-                headers=_JSON if call.body is not None else None,
+                headers=self._headers_for(call),
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:  # sent, maybe applied: typed, and not retried
+        except httpx.HTTPError as exc:  # sent, maybe applied: only a read or a keyed write is sent again
             raise NoResponse(f"no answer from {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
 
     def run(self, call: Call[R]) -> R:
-        for attempt in Retrying(**self._retry_kwargs()):
-            with attempt:
-                return self._send(call)
+        """Send ``call``, retrying what :func:`may_retry` allows; errors carry the call's idempotency key."""
+        try:
+            for attempt in Retrying(**self._retry_kwargs(call)):
+                with attempt:
+                    return self._send(call)
+        except DMError as exc:
+            exc.idempotency_key = call.idempotency_key
+            raise
         raise DMError("unreachable")  # pragma: no cover
 
     # health
@@ -304,7 +372,7 @@ class DMClient(_Base):
         return self.run(_Calls.liveness())
 
     def readiness(self) -> dict[str, Any]:
-        """The readiness body, also when it answers 503 (``status`` says not_ready)."""
+        """The readiness body, also when it answers 503 (``status`` unhealthy, ``state`` not_ready)."""
         return self.run(_Calls.readiness())
 
     def databases(self) -> dict[str, Any]:
@@ -327,12 +395,21 @@ class DMClient(_Base):
     ) -> dict[str, Any]:
         return self.run(_Calls.analytics(kind, pair, period, limit))
 
-    # contract
-    def insert(self, database: str, collection: str, records: Sequence[Mapping[str, Any]]) -> InsertResult:
-        return self.run(_Calls.insert(database, collection, records))
+    # contract (writes: ``idempotency_key`` is generated when not given; see the module docstring)
+    def insert(
+        self,
+        database: str,
+        collection: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> InsertResult:
+        return self.run(_Calls.insert(database, collection, records).keyed(idempotency_key))
 
-    def insert_klines(self, interval: str, records: Sequence[Mapping[str, Any]]) -> InsertResult:
-        return self.insert("mongodb", f"klines_{interval}", records)
+    def insert_klines(
+        self, interval: str, records: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> InsertResult:
+        return self.insert("mongodb", f"klines_{interval}", records, idempotency_key=idempotency_key)
 
     def query(self, database: str, collection: str, **kw: Any) -> QueryResult:
         return self.run(_Calls.query(database, collection, **kw))
@@ -361,27 +438,52 @@ class DMClient(_Base):
         filter: Mapping[str, Any],
         data: Mapping[str, Any],
         upsert: bool = False,
+        *,
+        max_rows: int | None = None,
+        idempotency_key: str | None = None,
     ) -> UpdateResult:
-        return self.run(_Calls.update(database, collection, filter, data, upsert))
+        return self.run(_Calls.update(database, collection, filter, data, upsert, max_rows).keyed(idempotency_key))
 
-    def delete(self, database: str, collection: str, filter: Mapping[str, Any]) -> DeleteResult:
-        return self.run(_Calls.delete(database, collection, filter))
+    def delete(
+        self,
+        database: str,
+        collection: str,
+        filter: Mapping[str, Any],
+        *,
+        max_rows: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeleteResult:
+        return self.run(_Calls.delete(database, collection, filter, max_rows).keyed(idempotency_key))
 
-    def batch(self, database: str, collection: str, operations: Sequence[Mapping[str, Any]]) -> BatchResult:
-        return self.run(_Calls.batch(database, collection, operations))
+    def batch(
+        self,
+        database: str,
+        collection: str,
+        operations: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> BatchResult:
+        return self.run(_Calls.batch(database, collection, operations).keyed(idempotency_key))
 
-    def upsert_position(self, filter: Mapping[str, Any], data: Mapping[str, Any]) -> UpdateResult:
-        return self.update("mysql", "positions", filter, data, upsert=True)
+    def upsert_position(
+        self, filter: Mapping[str, Any], data: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> UpdateResult:
+        return self.update("mysql", "positions", filter, data, upsert=True, idempotency_key=idempotency_key)
 
-    def close_position(self, symbol: str, position_side: str, fields: Mapping[str, Any]) -> UpdateResult:
+    def close_position(
+        self, symbol: str, position_side: str, fields: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> UpdateResult:
         """Close the open position of ``symbol``/``position_side`` (``status: closed`` plus ``fields``)."""
         flt = {"symbol": symbol, "position_side": position_side, "status": "open"}
-        return self.update("mysql", "positions", flt, {"$set": {**fields, "status": "closed"}}, upsert=False)
+        data = {"$set": {**fields, "status": "closed"}}
+        return self.update("mysql", "positions", flt, data, upsert=False, idempotency_key=idempotency_key)
 
-    def upsert_daily_pnl(self, date: str | dt.date, daily_pnl: Any, updated_at: Any = None) -> UpdateResult:
+    def upsert_daily_pnl(
+        self, date: str | dt.date, daily_pnl: Any, updated_at: Any = None, *, idempotency_key: str | None = None
+    ) -> UpdateResult:
         day = _ts(date)
         data = _clean({"date": day, "daily_pnl": str(daily_pnl), "updated_at": _ts(updated_at)})
-        return self.update("mysql", "daily_pnl", {"date": day}, data, upsert=True)
+        return self.update("mysql", "daily_pnl", {"date": day}, data, upsert=True, idempotency_key=idempotency_key)
 
     def positions(self, **params: Any) -> PositionList:
         return self.run(_Calls.positions(**params))
@@ -424,18 +526,22 @@ class AsyncDMClient(_Base):
                 call.path,
                 params=call.params or None,
                 content=_encode(call.body),
-                headers=_JSON if call.body is not None else None,
+                headers=self._headers_for(call),
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:  # sent, maybe applied: typed, and not retried
+        except httpx.HTTPError as exc:  # sent, maybe applied: only a read or a keyed write is sent again
             raise NoResponse(f"no answer from {self.base_url}: {type(exc).__name__}") from exc
         return _outcome(call, resp)
 
     async def run(self, call: Call[R]) -> R:
-        async for attempt in AsyncRetrying(**self._retry_kwargs()):
-            with attempt:
-                return await self._send(call)
+        try:
+            async for attempt in AsyncRetrying(**self._retry_kwargs(call)):
+                with attempt:
+                    return await self._send(call)
+        except DMError as exc:
+            exc.idempotency_key = call.idempotency_key
+            raise
         raise DMError("unreachable")  # pragma: no cover
 
     async def root(self) -> dict[str, Any]:
@@ -466,11 +572,20 @@ class AsyncDMClient(_Base):
     ) -> dict[str, Any]:
         return await self.run(_Calls.analytics(kind, pair, period, limit))
 
-    async def insert(self, database: str, collection: str, records: Sequence[Mapping[str, Any]]) -> InsertResult:
-        return await self.run(_Calls.insert(database, collection, records))
+    async def insert(
+        self,
+        database: str,
+        collection: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> InsertResult:
+        return await self.run(_Calls.insert(database, collection, records).keyed(idempotency_key))
 
-    async def insert_klines(self, interval: str, records: Sequence[Mapping[str, Any]]) -> InsertResult:
-        return await self.insert("mongodb", f"klines_{interval}", records)
+    async def insert_klines(
+        self, interval: str, records: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> InsertResult:
+        return await self.insert("mongodb", f"klines_{interval}", records, idempotency_key=idempotency_key)
 
     async def query(self, database: str, collection: str, **kw: Any) -> QueryResult:
         return await self.run(_Calls.query(database, collection, **kw))
@@ -488,6 +603,7 @@ class AsyncDMClient(_Base):
         return await self.run(_Calls.find(database, collection, filter, sort, limit, offset, fields))
 
     async def latest_kline(self, symbol: str, interval: str) -> dict[str, Any] | None:
+        """The newest stored kline of ``symbol`` (what an extractor resumes from), or None."""
         page = await self.find("mongodb", f"klines_{interval}", {"symbol": symbol}, {"close_time": -1}, 1)
         return page.data[0] if page.data else None
 
@@ -498,26 +614,56 @@ class AsyncDMClient(_Base):
         filter: Mapping[str, Any],
         data: Mapping[str, Any],
         upsert: bool = False,
+        *,
+        max_rows: int | None = None,
+        idempotency_key: str | None = None,
     ) -> UpdateResult:
-        return await self.run(_Calls.update(database, collection, filter, data, upsert))
+        return await self.run(
+            _Calls.update(database, collection, filter, data, upsert, max_rows).keyed(idempotency_key)
+        )
 
-    async def delete(self, database: str, collection: str, filter: Mapping[str, Any]) -> DeleteResult:
-        return await self.run(_Calls.delete(database, collection, filter))
+    async def delete(
+        self,
+        database: str,
+        collection: str,
+        filter: Mapping[str, Any],
+        *,
+        max_rows: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeleteResult:
+        return await self.run(_Calls.delete(database, collection, filter, max_rows).keyed(idempotency_key))
 
-    async def batch(self, database: str, collection: str, operations: Sequence[Mapping[str, Any]]) -> BatchResult:
-        return await self.run(_Calls.batch(database, collection, operations))
+    async def batch(
+        self,
+        database: str,
+        collection: str,
+        operations: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> BatchResult:
+        return await self.run(_Calls.batch(database, collection, operations).keyed(idempotency_key))
 
-    async def upsert_position(self, filter: Mapping[str, Any], data: Mapping[str, Any]) -> UpdateResult:
-        return await self.update("mysql", "positions", filter, data, upsert=True)
+    async def upsert_position(
+        self, filter: Mapping[str, Any], data: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> UpdateResult:
+        return await self.update("mysql", "positions", filter, data, upsert=True, idempotency_key=idempotency_key)
 
-    async def close_position(self, symbol: str, position_side: str, fields: Mapping[str, Any]) -> UpdateResult:
+    async def close_position(
+        self, symbol: str, position_side: str, fields: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> UpdateResult:
+        """Close the open position of ``symbol``/``position_side`` (``status: closed`` plus ``fields``)."""
         flt = {"symbol": symbol, "position_side": position_side, "status": "open"}
-        return await self.update("mysql", "positions", flt, {"$set": {**fields, "status": "closed"}}, upsert=False)
+        data = {"$set": {**fields, "status": "closed"}}
+        return await self.update("mysql", "positions", flt, data, upsert=False, idempotency_key=idempotency_key)
 
-    async def upsert_daily_pnl(self, date: str | dt.date, daily_pnl: Any, updated_at: Any = None) -> UpdateResult:
+    async def upsert_daily_pnl(
+        self, date: str | dt.date, daily_pnl: Any, updated_at: Any = None, *, idempotency_key: str | None = None
+    ) -> UpdateResult:
         day = _ts(date)
         data = _clean({"date": day, "daily_pnl": str(daily_pnl), "updated_at": _ts(updated_at)})
-        return await self.update("mysql", "daily_pnl", {"date": day}, data, upsert=True)
+        return await self.update(
+            "mysql", "daily_pnl", {"date": day}, data, upsert=True, idempotency_key=idempotency_key
+        )
 
     async def positions(self, **params: Any) -> PositionList:
         return await self.run(_Calls.positions(**params))

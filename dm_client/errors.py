@@ -13,6 +13,8 @@ class DMError(Exception):
         self.status = status
         self.message = message
         self.detail = detail
+        # The write's Idempotency-Key (None for reads): send it again to retry this same write.
+        self.idempotency_key: str | None = None
 
 
 class InvalidRequest(DMError):
@@ -33,6 +35,14 @@ class NotFound(DMError):
 
 class Conflict(DMError):
     """409: the write would break a unique key (e.g. a second open position for a symbol and side)."""
+
+
+class KeyInUse(Conflict):
+    """409: the first request with this Idempotency-Key is still running; retried after ``Retry-After``."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
 
 
 class RateLimited(DMError):
@@ -58,8 +68,8 @@ class TransportError(DMError):
 class NoResponse(DMError):
     """The request was sent but no answer came (read timeout, dropped connection).
 
-    Not retried: the server may have applied it (an insert of positions without a
-    ``position_id`` would be stored twice). Re-send it yourself if it is idempotent.
+    The server may have applied it. Reads, and writes with their ``Idempotency-Key`` (every
+    write this client sends), are retried; this is raised when the retries ran out.
     """
 
 
@@ -81,6 +91,9 @@ def error_for(status: int, body: Any, retry_after: float | None = None) -> DMErr
     if status == 404:
         return NotFound(message, **kw)
     if status == 409:
+        first = detail[0] if isinstance(detail, list) and detail and isinstance(detail[0], dict) else {}
+        if first.get("type") == "idempotency_key_in_flight":
+            return KeyInUse(message, retry_after=retry_after, **kw)
         return Conflict(message, **kw)
     if status == 429:
         return RateLimited(message, retry_after=retry_after, **kw)

@@ -105,3 +105,14 @@ def duration_ms(label: str) -> int:
         hint = " (months have no fixed length)" if label.endswith("M") else ""
         raise ValueError(f"{label!r} is not a duration like 15m, 4h, 7d or 1w{hint}")
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+# --- who wrote a raw kline (``klines.source``) --------------------------------------------------
+# The exchange's own klines (websocket, then REST) are the better sources; a kline an extractor
+# job sent through the API is stored only where the exchange's is missing, and the exchange's
+# kline replaces it when it arrives (ingest_service/writer.py). Nothing replaces the exchange's.
+KLINE_SOURCE_WS = "ws"
+KLINE_SOURCE_REST = "rest"
+KLINE_SOURCE_EXTRACTOR = "extractor"
+# Stored klines of these sources give way to a kline from the exchange for the same minute.
+KLINE_SOURCES_REPLACEABLE: tuple[str, ...] = (KLINE_SOURCE_EXTRACTOR,)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dm_resources.contracts import validate_symbol
@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     # Per-symbol overrides of the data-quality thresholds (JSON), e.g.
     # {"*": {"jump_z": 12}, "DOGEUSDT": {"min_move": 0.01}}; keys in dm_assets/candles/integrity.py.
     quality_thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    # The platform's services (api/contract/auth.py): JSON {service: token} or
+    # {service: {"token", "scopes"}}; never logged. DM_AUTH_MODE: enforce (401/403), audit
+    # (unverified requests pass, logged and counted per service and route), off.
+    service_tokens: SecretStr | None = None
+    auth_mode: Literal["enforce", "audit", "off"] = "enforce"
 
     @field_validator("nats_url")
     @classmethod

@@ -38,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from dm_resources.contracts import validate_symbol
 
-_DECIMAL_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# Linear (no digit can be matched two ways): ``\d+\.?\d*`` backtracked quadratically on "1111…1x".
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
+_MAX_DECIMAL_CHARS = 64
 
 
 # A plain decimal (no exponent) short enough that its coefficient has at most 34 digits is
@@ -84,8 +86,8 @@ def to_decimal128(value: object) -> Decimal128:
 def _to_decimal128_exact(value: object) -> Decimal128:
     if not isinstance(value, str):
         raise ValueError(f"expected a decimal string, got {type(value).__name__}")
-    if not _DECIMAL_RE.match(value):
-        raise ValueError(f"{value[:40]!r} is not a decimal number")
+    if len(value) > _MAX_DECIMAL_CHARS or not _DECIMAL_RE.fullmatch(value):
+        raise ValueError(f"{value[:40]!r} is not a decimal number of at most {_MAX_DECIMAL_CHARS} characters")
     try:
         return Decimal128(value)
     except Exception as exc:  # decimal.Inexact / Overflow from bson's strict context

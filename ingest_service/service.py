@@ -54,7 +54,7 @@ from ingest_service.config import IngestSettings
 from ingest_service.events import EVENT_TYPES, decode
 from ingest_service.metrics import HealthServer, IngestMetrics
 from ingest_service.pull import PullConsumer
-from ingest_service.writer import BatchPlan, MessageInfo, plan_batch, stored_count, write_newest_wins
+from ingest_service.writer import BatchPlan, MessageInfo, plan_batch, stored_count, write_klines, write_newest_wins
 
 log = logging.getLogger("ingest_service")
 
@@ -594,6 +594,8 @@ class IngestService:
     def _write(self, coll: str, docs: list[dict[str, Any]]) -> WriteResult:
         if coll == "funding_rates":
             return write_newest_wins(self.store.collection(coll), docs)
+        if coll == "klines":
+            return write_klines(self.store.collection(coll), docs)
         return self.store.insert_idempotent(coll, docs)
 
     def _isolate(self, plan: BatchPlan, coll: str, reason: str) -> WriteResult:

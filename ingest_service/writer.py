@@ -1,8 +1,9 @@
 """Turn a fetched batch into per-collection bulk writes; the funding "newest wins" upsert.
 
-``MongoStore.insert_idempotent`` covers every collection but ``funding_rates``, whose
-document for a funding time is *replaced* by a newer update. That write lives here
-(rather than in ``dm_resources.mongo``) because only the ingest service needs it.
+``MongoStore.insert_idempotent`` covers every collection but two: ``funding_rates``, whose
+document for a funding time is *replaced* by a newer update, and ``klines``, where the
+exchange's kline replaces one an extractor wrote first (:func:`write_klines`). Those writes
+live here (rather than in ``dm_resources.mongo``) because only the ingest service needs them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from dm_resources.contracts import KLINE_SOURCES_REPLACEABLE
 from dm_resources.mongo import DUPLICATE_KEY, StoreWriteError, WriteResult
 from ingest_service.events import Decoded, dead_letter_doc, newest_funding
 
@@ -139,6 +141,36 @@ def write_newest_wins(coll: Collection, docs: Sequence[Mapping[str, Any]]) -> Wr
             upsert=True,
         )
         for d in docs
+    ]
+    try:
+        res = coll.bulk_write(ops, ordered=False)
+        return WriteResult(upserted=res.upserted_count, modified=res.modified_count)
+    except BulkWriteError as exc:
+        details = exc.details
+        errors = details.get("writeErrors", [])
+        dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
+        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if others or details.get("writeConcernErrors"):
+            first = others[0] if others else details["writeConcernErrors"][0]
+            raise StoreWriteError(
+                f"{coll.name}: {len(others)} documents failed: code {first.get('code')}: {first.get('errmsg')}"
+            ) from exc
+        return WriteResult(upserted=details.get("nUpserted", 0), modified=details.get("nModified", 0), duplicates=dups)
+
+
+def write_klines(coll: Collection, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
+    """Insert the exchange's klines; one replaces a stored kline only where an extractor wrote that minute.
+
+    Each document is a ``ReplaceOne`` filtered on ``{_id, source in KLINE_SOURCES_REPLACEABLE}``
+    with upsert: an extractor's kline matches and is replaced whole (its extra fields go with
+    it); a missing minute does not match and is inserted; a minute the exchange already gave
+    (websocket or REST, or this same kline redelivered) does not match, the upsert's insert
+    hits the unique ``_id`` and is counted as a duplicate. Idempotent, order-independent.
+    """
+    if not docs:
+        return WriteResult()
+    ops = [
+        ReplaceOne({"_id": d["_id"], "source": {"$in": list(KLINE_SOURCES_REPLACEABLE)}}, d, upsert=True) for d in docs
     ]
     try:
         res = coll.bulk_write(ops, ordered=False)

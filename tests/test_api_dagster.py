@@ -70,7 +70,7 @@ def test_backfill_route_starts_a_real_dagster_run(mongo_server, tmp_path: Path) 
             }
             with serve(app) as base, httpx.Client(base_url=base, timeout=60) as http:
                 ready = Readiness.model_validate(http.get("/health/readiness").json())
-                assert (ready.status, ready.down) == ("ready", [])
+                assert (ready.status, ready.state, ready.down) == ("healthy", "ready", [])
 
                 refused = http.post("/backfill/start", json=body)
                 assert refused.status_code == 401

@@ -42,8 +42,19 @@ TABLES = {
     "backfill_jobs",
     "lineage_records",
     "confirmed_missing",
+    "mutation_audit",
+    "idempotency_keys",
     "positions",
     "daily_pnl",
+    # the platform services' records (service_models.py)
+    "api_write_audit",
+    "strategy_configs",
+    "strategy_config_versions",
+    "strategy_parameters",
+    "strategy_lifecycle_events",
+    "ledger_adjustments",
+    "ledger_exchange_days",
+    "ledger_exchange_positions",
 }
 UTC = dt.UTC
 TOKYO = dt.timezone(dt.timedelta(hours=9))

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal, cast
+
+from sqlalchemy import JSON, Boolean, Column, Date, Float, Integer, String
 
 from api.params import ParamError
 from dm_resources.contracts import CANDLE_FLOAT_FIELDS
 from dm_resources.intervals import INTERVAL_MS, VALID_INTERVALS, WEEK_MS
+from dm_resources.metadata.models import POSITION_SIDES as POSITION_SIDES  # the table's vocabularies, re-exported
+from dm_resources.metadata.models import POSITION_STATUSES as POSITION_STATUSES
+from dm_resources.metadata.models import ExactDecimal, UTCDateTime
+from dm_resources.metadata.platform import AUTO_FILLED, INTERNAL, TABLES
 
 FieldType = Literal["str", "symbol", "int", "float", "decimal", "datetime", "date", "bool", "json", "list"]
 Database = Literal["mongodb", "mysql"]
@@ -28,6 +34,8 @@ SCOPE_POSITIONS = "positions:write"
 SCOPE_PNL = "pnl:write"
 SCOPE_KLINES = "klines:write"
 SCOPES: tuple[str, ...] = (SCOPE_READ, SCOPE_POSITIONS, SCOPE_PNL, SCOPE_KLINES)
+# In ``Dataset.narrowing``: a time range with both bounds (a field of type datetime or date).
+RANGE = "<time range>"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,12 @@ class Dataset:
     interval: str | None = None  # klines_{interval}
     step_ms: int = 60_000  # typical spacing of rows, sizes the first read window
     extra_eq: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # fixed store equality (interval)
+    # What an update or delete filter must name (any one alternative): fields fixed by equality
+    # or $in, and RANGE for both bounds on a time field (filters.check_mutation_filter).
+    narrowing: tuple[tuple[str, ...], ...] = ()
+    # Other database names clients address it by (checked, never used to pick the store): the
+    # trade engine's generic upsert names positions' database "mongodb".
+    database_names: tuple[str, ...] = ()
 
     @property
     def writable(self) -> bool:
@@ -80,55 +94,45 @@ class Dataset:
         return list(self.fields)
 
 
-POSITION_FIELDS = _fields(
-    _f("position_id", "str"),
-    _f("strategy_id", "str"),
-    _f("exchange", "str"),
-    _f("symbol", "symbol", required=True),
-    _f("position_side", "str", required=True),
-    _f("entry_price", "decimal"),
-    _f("quantity", "decimal"),
-    _f("entry_time", "datetime"),
-    _f("stop_loss", "decimal"),
-    _f("take_profit", "decimal"),
-    _f("status", "str"),
-    _f("metadata", "json"),
-    _f("exchange_position_id", "str"),
-    _f("entry_order_id", "str"),
-    _f("entry_trade_ids", "list"),
-    _f("commission_asset", "str"),
-    _f("commission_total", "decimal"),
-    _f("avg_price", "decimal"),
-    _f("unrealized_pnl", "decimal"),
-    _f("realized_pnl", "decimal"),
-    _f("total_cost", "decimal"),
-    _f("total_value", "decimal"),
-    _f("last_update", "datetime"),
-    _f("created_at", "datetime"),
-    _f("updated_at", "datetime"),
-    _f("closed_at", "datetime"),
-    _f("final_realized_pnl", "decimal"),
-    _f("exit_price", "decimal"),
-    _f("exit_time", "datetime"),
-    _f("exit_order_id", "str"),
-    _f("exit_trade_ids", "list"),
-    _f("pnl", "decimal"),
-    _f("pnl_pct", "decimal"),
-    _f("pnl_after_fees", "decimal"),
-    _f("duration_seconds", "float"),
-    _f("close_reason", "str"),
-    _f("final_commission", "decimal"),
+_SQL_TYPES: tuple[tuple[type[Any], FieldType], ...] = (
+    (ExactDecimal, "decimal"),
+    (UTCDateTime, "datetime"),
+    (Date, "date"),
+    (Boolean, "bool"),
+    (Integer, "int"),  # BigInteger is an Integer
+    (Float, "float"),  # Double is a Float
+    (String, "str"),
+    (JSON, "json"),
 )
-# Values a position may take in these fields (the table's CHECK and the engine's vocabulary).
-POSITION_STATUSES = ("open", "closed")
-POSITION_SIDES = ("LONG", "SHORT", "BOTH")
 
-DAILY_PNL_FIELDS = _fields(
-    _f("date", "date", required=True),
-    _f("daily_pnl", "decimal", required=True),
-    _f("created_at", "datetime"),
-    _f("updated_at", "datetime"),
-)
+
+def _api_type(column: Column[Any]) -> FieldType:
+    declared = column.info.get("api")
+    if declared is not None:
+        return cast(FieldType, declared)
+    for sql_type, api_type in _SQL_TYPES:
+        if isinstance(column.type, sql_type):
+            return api_type
+    raise TypeError(f"{column.table.name}.{column.name}: no API type for {column.type!r}")  # pragma: no cover
+
+
+def table_fields(table: str) -> dict[str, FieldSpec]:
+    """A platform table's public columns as typed fields, in column order.
+
+    The table (``dm_resources/metadata/models.py``) is the one definition of the row: a
+    field is required on insert when its column is NOT NULL and the store does not fill it.
+    """
+    return _fields(
+        *(
+            FieldSpec(c.name, _api_type(c), required=not c.nullable and c.name not in AUTO_FILLED[table])
+            for c in TABLES[table].columns
+            if c.name not in INTERNAL
+        )
+    )
+
+
+POSITION_FIELDS = table_fields("positions")
+DAILY_PNL_FIELDS = table_fields("daily_pnl")
 
 # Extractor kline records, public name → our ``klines`` field (docs/DATA_MODEL.md). What the
 # candles need is required (a kline without its volumes would build a candle of NaNs).
@@ -286,6 +290,8 @@ PLATFORM: dict[str, Dataset] = {
         "The trade engine's positions (one open position per symbol and position_side)",
         write_scope=SCOPE_POSITIONS,
         store="positions",
+        narrowing=(("position_id",), ("symbol", "status"), ("symbol", RANGE)),
+        database_names=("mongodb",),
     ),
     "daily_pnl": Dataset(
         "daily_pnl",
@@ -295,6 +301,8 @@ PLATFORM: dict[str, Dataset] = {
         "The trade engine's PnL per UTC day (one row per date)",
         write_scope=SCOPE_PNL,
         store="daily_pnl",
+        narrowing=(("date",), (RANGE,)),
+        database_names=("mongodb",),
     ),
 }
 
@@ -355,7 +363,7 @@ def resolve(collection: str, database: str | None = None, *, where: str = "path"
             status=404 if where == "path" else 422,
             where=where,
         )
-    if database is not None and database != ds.database:
+    if database is not None and database != ds.database and database not in ds.database_names:
         if database not in DATABASES:
             msg = f"unknown database {database[:32]!r}; one of {', '.join(DATABASES)}"
         else:

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from api.contract.datasets import Dataset, FieldSpec
-from api.params import ParamError
+from api.contract.datasets import RANGE, Dataset, FieldSpec
+from api.params import MAX_EPOCH_MS, ParamError
 from dm_resources.contracts import SYMBOL_RE
 from dm_resources.metadata.platform import Cond
 
@@ -33,12 +33,21 @@ MAX_BATCH_RECORDS = 5000  # records per /data/insert request (extractors send �
 MAX_BATCH_OPERATIONS = 1000  # operations per /batch request
 MAX_IN_VALUES = 500
 MAX_FILTER_FIELDS = 32
+# Updates and deletes: rows one call may touch unless it says more with max_rows, and the most it may say.
+DEFAULT_MAX_ROWS = 100
+MAX_ROWS_LIMIT = 10_000
 MAX_STR = 255
+MAX_JSON_CHARS = 65_536  # a json/list field (a position's metadata) as serialized JSON
+MAX_DECIMAL_CHARS = 64  # 34 digits, a sign, a point and an exponent fit; checked before the regex
+MAX_TIME_CHARS = 64
 MAX_DECIMAL_DIGITS = 34  # what Decimal128 holds exactly
 DECIMAL_MIN_EXP, DECIMAL_MAX_EXP = -6176, 6111  # Decimal128's exponent range (beyond it: Overflow, a 500)
-_DECIMAL_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_EPOCH_MIN, _EPOCH_MAX = 0, 253_402_300_799_999
+# Linear: after the integer digits only a literal "." can continue the mantissa, so no digit can be
+# matched two ways (``\d+\.?\d*`` backtracks quadratically on "1111…1x").
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_EPOCH_DIGITS_RE = re.compile(r"[0-9]{1,16}")
+_EPOCH_MIN, _EPOCH_MAX = 0, MAX_EPOCH_MS
 
 
 class ValueProblem(ValueError):
@@ -57,7 +66,9 @@ def to_decimal(value: Any) -> Decimal:
         text = repr(value)
     elif isinstance(value, str):
         text = value.strip()
-        if not _DECIMAL_RE.match(text):
+        if len(text) > MAX_DECIMAL_CHARS:
+            raise ValueProblem(f"{value[:40]!r}… is longer than {MAX_DECIMAL_CHARS} characters")
+        if not _DECIMAL_RE.fullmatch(text):
             raise ValueProblem(f"{value[:40]!r} is not a decimal number")
     else:
         raise ValueProblem(f"expected a decimal string, got {type(value).__name__}")
@@ -79,23 +90,28 @@ def to_datetime(value: Any) -> dt.datetime:
         raise ValueProblem("expected ISO-8601 or epoch milliseconds, got a boolean")
     if isinstance(value, int):
         if not _EPOCH_MIN <= value <= _EPOCH_MAX:
-            raise ValueProblem(f"{value} is outside epoch ms 0 .. {_EPOCH_MAX}")
+            raise ValueProblem(f"{str(value)[:40]} is outside epoch ms 0 .. {_EPOCH_MAX} (1970 .. 9998)")
         return dt.datetime.fromtimestamp(value / 1000, tz=dt.UTC)
     if not isinstance(value, str):
         raise ValueProblem(f"expected an ISO-8601 string or epoch milliseconds, got {type(value).__name__}")
     text = value.strip()
-    if text.isdigit():
+    if len(text) > MAX_TIME_CHARS:
+        raise ValueProblem(f"{value[:40]!r}… is longer than {MAX_TIME_CHARS} characters")
+    if _EPOCH_DIGITS_RE.fullmatch(text):  # ASCII digits only: "²".isdigit() is true, int("²") fails
         return to_datetime(int(text))
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueProblem(f"{value[:40]!r} is not ISO-8601 (2026-03-10T00:00:00Z)") from None
+        raise ValueProblem(f"{value[:40]!r} is not ISO-8601 (2026-03-10T00:00:00Z) nor epoch milliseconds") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     try:
-        return parsed.astimezone(dt.UTC)
+        utc = parsed.astimezone(dt.UTC)
     except OverflowError:  # an offset that moves it past year 1 or 9999 in UTC
-        raise ValueProblem(f"{value[:40]!r} is outside years 1..9999 in UTC") from None
+        raise ValueProblem(f"{value[:40]!r} is outside years 1970..9998 in UTC") from None
+    if not _EPOCH_MIN <= epoch_ms(utc) <= _EPOCH_MAX:
+        raise ValueProblem(f"{value[:40]!r} is outside years 1970..9998 in UTC")
+    return utc
 
 
 def epoch_ms(value: dt.datetime) -> int:
@@ -124,6 +140,7 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueProblem(f"expected a string, got {type(value).__name__}")
         if len(value) > MAX_STR:
             raise ValueProblem(f"longer than {MAX_STR} characters")
+        _check_text(value)
         if t == "symbol" and not SYMBOL_RE.match(value):
             raise ValueProblem(f"{value[:40]!r} is not an upper-case symbol such as BTCUSDT")
         return value
@@ -148,7 +165,7 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if t == "datetime":
         return to_datetime(value)
     if t == "date":
-        if not isinstance(value, str) or not _DATE_RE.match(value):
+        if not isinstance(value, str) or not _DATE_RE.fullmatch(value):
             raise ValueProblem(f"expected a date YYYY-MM-DD, got {str(value)[:40]!r}")
         try:
             return dt.date.fromisoformat(value)
@@ -162,23 +179,45 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueProblem(f"expected an object, got {type(value).__name__}")
         _check_finite(value)
+        _check_json_size(value)
         return value
     if t == "list":
         if not isinstance(value, list):
             raise ValueProblem(f"expected an array, got {type(value).__name__}")
         _check_finite(value)
+        _check_json_size(value)
         return value
     raise AssertionError(f"unknown field type {t}")  # pragma: no cover
 
 
+def _check_json_size(value: Any) -> None:
+    size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    if size > MAX_JSON_CHARS:
+        raise ValueProblem(f"{size} bytes of JSON, more than the limit of {MAX_JSON_CHARS}")
+
+
+def _check_text(value: str) -> None:
+    """A string a UTF-8 store and a JSON response can carry: a lone surrogate (``"\\ud800"``) cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueProblem(f"contains a lone surrogate ({value[exc.start]!r} at {exc.start}), not UTF-8 text") from None
+
+
 def _check_finite(value: Any, depth: int = 0) -> None:
-    """NaN/Infinity (which Python's json writes and reads) are not JSON: MariaDB's JSON check refuses them."""
+    """NaN/Infinity (which Python's json writes and reads) are not JSON: MariaDB's JSON check refuses them.
+
+    Strings (keys too) must be UTF-8 text.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueProblem(f"{value!r} is not a JSON number")
+    if isinstance(value, str):
+        _check_text(value)
     if depth > 32:
         raise ValueProblem("nested deeper than 32 levels")
     if isinstance(value, dict):
-        for v in value.values():
+        for k, v in value.items():
+            _check_text(str(k))
             _check_finite(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
@@ -346,3 +385,59 @@ def check_update_data(ds: Dataset, data: Any, param: str = "data") -> dict[str, 
         return check_record(ds, dict(data))
     except ValueProblem as exc:
         raise ParamError(param, str(exc)) from None
+
+
+# --- mass mutations -------------------------------------------------------------------------------
+
+
+def _bounded_range(ds: Dataset, conds: list[Cond]) -> bool:
+    """Whether some time field is bounded on both sides (or fixed) by ``conds``."""
+    for name, spec in ds.fields.items():
+        if spec.type not in ("datetime", "date"):
+            continue
+        ops = {c.op for c in conds if c.field == name and c.value is not None}
+        if ops & {"eq", "in"} or (ops & {"gt", "gte"} and ops & {"lt", "lte"}):
+            return True
+    return False
+
+
+def _describe(alternative: tuple[str, ...]) -> str:
+    names = [("a time range (both bounds on a time field)" if n == RANGE else n) for n in alternative]
+    return " with ".join(names)
+
+
+def check_mutation_filter(ds: Dataset, conds: list[Cond], verb: str, param: str = "filter") -> None:
+    """An update or delete must name its rows by a key (``Dataset.narrowing``); negations alone never do.
+
+    ``{"position_id": {"$ne": null}}`` deleted every position: a filter of only ``$ne`` matches
+    nearly every row, and one on non-key fields (``strategy_id``) may match thousands.
+    """
+    if not ds.narrowing:
+        return
+    if conds and all(c.op == "ne" for c in conds):
+        raise ParamError(
+            param,
+            f"a {verb} whose filter is only negations ($ne) matches nearly every row: refused; "
+            f"name the rows by {'; or '.join(_describe(a) for a in ds.narrowing)}",
+            where="body",
+        )
+    fixed = {c.field for c in conds if c.op in ("eq", "in") and c.value is not None}
+    for alternative in ds.narrowing:
+        if all((_bounded_range(ds, conds) if n == RANGE else n in fixed) for n in alternative):
+            return
+    raise ParamError(
+        param,
+        f"a {verb} of {ds.name!r} must narrow its rows by a key: "
+        f"{'; or '.join(_describe(a) for a in ds.narrowing)} (equality or $in); "
+        f"this filter names {', '.join(sorted({c.field for c in conds})) or 'nothing'}",
+        where="body",
+    )
+
+
+def check_max_rows(value: Any, param: str = "max_rows") -> int:
+    """The most rows an update or delete may touch: ``DEFAULT_MAX_ROWS`` unless the call says, at most the limit."""
+    if value is None:
+        return DEFAULT_MAX_ROWS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_LIMIT:
+        raise ParamError(param, f"must be an integer 1..{MAX_ROWS_LIMIT}, got {str(value)[:40]}", where="body")
+    return value

@@ -11,6 +11,11 @@ klines already use, with:
 * prices and volumes as ``Decimal128`` built from the decimal strings (no digit lost);
 * ``source: "extractor"`` — the candle assets read every closed 1m kline whatever its
   source, so an extractor's minutes need no REST request (``dm_assets/candles/build.py``);
+* **closed klines only**: ``close_time`` must be in the past. A kline still open (or in the
+  future) would take the minute's ``_id`` with partial values;
+* **the exchange's kline wins**: an extractor's record never replaces a stored kline (a
+  duplicate ``_id`` is counted, not written), and the websocket kline that arrives later
+  replaces the extractor's (``ingest_service/writer.py``). The exchange is the better source;
 * ``close_time`` recomputed as ``open + interval − 1 ms`` (Binance's convention): the
   record's own ``close_time`` is checked to fall inside the bucket, not trusted blindly.
 
@@ -27,15 +32,40 @@ from bson.decimal128 import Decimal128
 
 from api.contract.datasets import KLINE_FIELDS, Dataset, klines_interval
 from api.contract.filters import ValueProblem, check_record, epoch_ms, iso_z
+from dm_resources.contracts import KLINE_SOURCE_EXTRACTOR, now_ms
 from dm_resources.intervals import bucket_start, close_time
 
-SOURCE = "extractor"
+SOURCE = KLINE_SOURCE_EXTRACTOR
+_EXPONENT_BIAS = 6176
+_SIGN_BIT = 1 << 63
+_LOW_64 = (1 << 64) - 1
+
+
+def to_decimal128(value: Decimal) -> Decimal128:
+    """``Decimal128(value)``, bit for bit (a test compares them), packed directly: bson's route is ~2x slower.
+
+    A batch of 5,000 klines has 40,000 decimals: their conversion was a third of the insert's CPU.
+    """
+    sign, digits, exponent = value.as_tuple()
+    if isinstance(exponent, int) and -_EXPONENT_BIAS <= exponent <= 6111 and len(digits) <= 34:
+        coefficient = int("".join(map(str, digits)))
+        high = ((exponent + _EXPONENT_BIAS) << 49) | (coefficient >> 64)
+        if sign:
+            high |= _SIGN_BIT
+        # bson builds a Decimal128 from its (high, low) bit words; its stubs list only the decimal tuple.
+        return Decimal128((high, coefficient & _LOW_64))  # type: ignore[arg-type]
+    return Decimal128(value)
+
+
 _DECIMALS = [s for s in KLINE_FIELDS.values() if s.type == "decimal"]
 _REQUIRED = [s.name for s in KLINE_FIELDS.values() if s.required]
 
 
-def to_document(ds: Dataset, record: Any) -> dict[str, Any]:
-    """One extractor record → one ``klines`` document, or :class:`ValueProblem` saying what is wrong."""
+def to_document(ds: Dataset, record: Any, now: int | None = None) -> dict[str, Any]:
+    """One extractor record → one ``klines`` document, or :class:`ValueProblem` saying what is wrong.
+
+    ``now`` (epoch ms, default the clock) is what "closed" is measured against.
+    """
     assert ds.interval is not None
     rec = check_record(ds, record)
     missing = [n for n in _REQUIRED if rec.get(n) is None]
@@ -53,6 +83,11 @@ def to_document(ds: Dataset, record: Any) -> dict[str, Any]:
     close_ms = close_time(open_ms, interval)
     if rec.get("close_time") is not None and not open_ms <= epoch_ms(rec["close_time"]) <= close_ms:
         raise ValueProblem(f"close_time {iso_z(rec['close_time'])} is outside the bucket of open_time")
+    if close_ms >= (now if now is not None else now_ms()):
+        raise ValueProblem(
+            f"the {interval} kline opening {iso_z(open_ms)} has not closed (it closes at {iso_z(close_ms)}): "
+            "only closed klines are accepted"
+        )
     o, h, low, c = rec["open_price"], rec["high_price"], rec["low_price"], rec["close_price"]
     if min(o, h, low, c) < 0 or rec["volume"] < 0:
         raise ValueProblem("prices and volume cannot be negative")
@@ -70,7 +105,7 @@ def to_document(ds: Dataset, record: Any) -> dict[str, Any]:
     }
     for spec in _DECIMALS:
         value = rec.get(spec.name)
-        doc[spec.store_name] = Decimal128(value) if value is not None else None
+        doc[spec.store_name] = to_decimal128(value) if value is not None else None
     doc["trades"] = trades
     doc["event_time"] = None
     doc["source"] = SOURCE

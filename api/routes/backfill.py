@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.backfills import BACKFILL_ASSETS, backfill_status, ensure_symbol_partitions, plan_partitions, run_status
 from api.deps import AppState, State, read_access, require_write_token
+from api.errors import UpstreamError
 from api.models import (
     BackfillJobList,
     BackfillJobRecord,
@@ -30,15 +31,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/backfill", tags=["backfill"])
 
 STATUSES = ("queued", "requested", "running", "success", "failure", "canceled", "partial")
-
-
-class UpstreamError(Exception):
-    """Dagster is unreachable (503) or refused the request (502)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _pairs(req: BackfillRequest, st: AppState) -> list[str]:

@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api import candle_reads
+from api.contract.filters import iso_z
 from api.deps import AppState, State, known_pair, read_access
 from api.models import (
     Candle,
@@ -51,6 +53,7 @@ from api.routes.common import (
     json_response,
     next_link,
 )
+from dm_resources.contracts import now_ms
 
 router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_access)])
 
@@ -81,6 +84,7 @@ def serve(
     after_id = parse_after(after)
     store = st.mongo
     if fmt == "ndjson":
+        check_stream_span(lo, hi, step_ms)
         stream = iter_ndjson(store, src, lo, hi, limit=limit or 0)
         return StreamingResponse(stream, media_type=NDJSON)
     n = limit or DEFAULT_LIMIT
@@ -99,6 +103,45 @@ def serve(
     return json_response(dumps({**header, "count": len(rows), "rows": rows, "next": nxt}))
 
 
+class SdkCandle(Candle):
+    timestamp: str = Field(description="open_time as ISO-8601 UTC")
+
+
+class SdkPagination(BaseModel):
+    limit: int
+    offset: int
+    returned: int
+    has_more: bool
+
+
+class SdkCandlesPage(BaseModel):
+    """The data-manager SDK's candle page (``offset`` or ``sort_order`` given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pair: str
+    period: str
+    data: list[SdkCandle]
+    pagination: SdkPagination
+    sort_order: Literal["asc", "desc"]
+
+
+# A raw stream covers at most this many rows at the series' typical spacing: a range, not all history.
+MAX_STREAM_ROWS = 1_000_000
+
+
+def check_stream_span(lo: int | None, hi: int | None, step_ms: int) -> None:
+    """``format=ndjson`` streams ``[start, end)`` whole: the range must be given and bounded (422 naming the cap)."""
+    cap_ms = MAX_STREAM_ROWS * step_ms
+    if lo is None or (hi if hi is not None else now_ms()) - lo > cap_ms:
+        days = cap_ms / 86_400_000
+        raise ParamError(
+            "start",
+            f"format=ndjson streams at most {MAX_STREAM_ROWS} rows' worth of this series: give start and end "
+            f"at most {days:g} days apart, and stream the next range after it",
+        )
+
+
 CandleFormat = Annotated[
     Literal["json", "ndjson", "arrow", "csv"],
     Query(
@@ -115,7 +158,7 @@ _BULK: dict[str, tuple[Callable[..., Any], str]] = {
 
 @router.get(
     "/candles",
-    response_model=CandlesPage,
+    response_model=CandlesPage | SdkCandlesPage,
     responses={
         **ERRORS,
         200: {
@@ -138,6 +181,16 @@ async def candles(
     end: End = None,
     limit: Limit = None,
     format: CandleFormat = "json",
+    offset: Annotated[
+        int | None,
+        Query(
+            ge=0, le=MAX_SDK_OFFSET, description="candles to skip (the data-manager SDK's paging; selects its shape)"
+        ),
+    ] = None,
+    sort_order: Annotated[
+        Literal["asc", "desc"] | None,
+        Query(description="asc or desc (the data-manager SDK's parameter; selects its shape)"),
+    ] = None,
 ) -> Response:
     """Candles in ascending ``open_time``.
 
@@ -145,7 +198,18 @@ async def candles(
     hot cache that is dropped as soon as the candle assets write this dataset. With ``start``: a
     page forward from it and a ``next`` link while more rows exist. ``format=ndjson`` streams
     the whole range, one candle per line; ``arrow`` and ``csv`` stream it columnar.
+
+    With ``offset`` or ``sort_order`` (what the data-manager SDK the TA bot uses sends) the answer
+    is the SDK's shape: ``data[]`` rows with an ISO-8601 ``timestamp`` beside the candle's fields,
+    ``offset`` candles skipped (from the newest without ``start``, from ``start`` with it), in
+    ``sort_order`` (default ``asc``), and ``pagination``.
     """
+    if offset is not None or sort_order is not None:
+        if format != "json":
+            raise ParamError("format", "offset and sort_order page JSON answers; streams take start and end")
+        return await run_in_threadpool(
+            _candles_sdk, st, pair, period, start, end, limit, offset or 0, sort_order or "asc"
+        )
     if format == "json" and start is None and end is None and st.api.cache_enabled and st.hot.notified:
         # A hit needs no thread, no store and no validation beyond the key: only a validated
         # (pair, period) was ever stored under it.
@@ -162,6 +226,45 @@ async def candles(
 
 def _no_probe(_newest: int | None) -> bool:
     return False
+
+
+MAX_SDK_OFFSET = 50_000
+
+
+def _candles_sdk(
+    st: AppState,
+    pair: str,
+    period: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    offset: int,
+    sort_order: str,
+) -> Response:
+    """The data-manager SDK's candle page (TA-02): ``data[]`` with ``timestamp``, ``offset``, ``sort_order``."""
+    sym = known_pair(pair, st)
+    check_period(period)
+    lo, hi = parse_range(start, end)
+    n = limit or DEFAULT_LIMIT
+    cs = st.candles
+    if lo is None:  # the newest offset + n candles, of which the newest `offset` are skipped
+        rows = candle_reads.read_latest(cs, sym, period, CANDLE_FIELDS, offset + n, hi)
+        rows = rows[: max(0, len(rows) - offset)]
+        more = len(rows) == n and bool(rows) and cs.first_time(sym, period) not in (None, rows[0]["open_time"])
+    else:
+        page, more = candle_reads.read_page(cs, sym, period, CANDLE_FIELDS, lo, hi, offset + n)
+        rows = page[offset:]
+    if sort_order == "desc":
+        rows.reverse()
+    data = [{"timestamp": iso_z(r["open_time"]), **r} for r in rows]
+    body = {
+        "pair": sym,
+        "period": period,
+        "data": data,
+        "pagination": {"limit": n, "offset": offset, "returned": len(data), "has_more": bool(more)},
+        "sort_order": sort_order,
+    }
+    return json_response(dumps(body))
 
 
 def _candles(

@@ -36,8 +36,12 @@ READINESS_TIMEOUT_S = 3.0
 
 
 @router.get("/health/liveness", response_model=Liveness)
-def liveness() -> Liveness:
-    """The process serves requests; says nothing about the stores (see readiness)."""
+async def liveness() -> Liveness:
+    """The process serves requests; says nothing about the stores (see readiness).
+
+    ``async`` so that it is answered on the event loop itself, with no thread-pool hop: a
+    liveness probe must not queue behind the pool's work.
+    """
     return Liveness(status="ok")
 
 
@@ -143,8 +147,10 @@ def readiness(st: State, response: Response) -> Readiness:
     degraded = [c.name for c in checks if not c.ok and c.name not in REQUIRED]
     if down:
         response.status_code = 503
-    status = "not_ready" if down else "degraded" if degraded else "ready"
-    return Readiness(status=status, down=down, degraded=degraded, checks=checks)
+    state = "not_ready" if down else "degraded" if degraded else "ready"
+    return Readiness(
+        status="unhealthy" if down else "healthy", state=state, down=down, degraded=degraded, checks=checks
+    )
 
 
 class StoreStatus(BaseModel):

@@ -13,16 +13,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, Field
 
 from api.contract.datasets import POSITION_SIDES
-from api.contract.service import decimal_str
-from api.deps import State, read_access
+from api.contract.rows import DailyPnl, Dec, Position
+from api.deps import State, private_read
 from api.models import ErrorResponse
 from api.params import ParamError, normalise_pair
 from dm_resources.metadata.platform import Cond, PlatformTables
 
-router = APIRouter(tags=["positions"], dependencies=[Depends(read_access)])
+router = APIRouter(tags=["positions"], dependencies=[Depends(private_read)])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     404: {"model": ErrorResponse},
@@ -30,63 +30,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse},
 }
 MAX_ROWS = 1000
-# Exact decimal strings without DECIMAL(38, 18)'s padding zeros.
-Dec = Annotated[Decimal, PlainSerializer(decimal_str, return_type=str, when_used="json")]
 MAX_DAYS = 3660
-
-
-class Position(BaseModel):
-    """One position; fields the engine has not sent yet are null."""
-
-    position_id: str
-    strategy_id: str | None = None
-    exchange: str | None = None
-    symbol: str
-    position_side: str
-    status: Literal["open", "closed"]
-    entry_price: Dec | None = None
-    quantity: Dec | None = None
-    entry_time: dt.datetime | None = None
-    stop_loss: Dec | None = None
-    take_profit: Dec | None = None
-    metadata: dict[str, Any] | None = None
-    exchange_position_id: str | None = None
-    entry_order_id: str | None = None
-    entry_trade_ids: list[Any] | None = None
-    commission_asset: str | None = None
-    commission_total: Dec | None = None
-    avg_price: Dec | None = None
-    unrealized_pnl: Dec | None = None
-    realized_pnl: Dec | None = None
-    total_cost: Dec | None = None
-    total_value: Dec | None = None
-    last_update: dt.datetime | None = None
-    created_at: dt.datetime
-    updated_at: dt.datetime | None = None
-    closed_at: dt.datetime | None = None
-    final_realized_pnl: Dec | None = None
-    exit_price: Dec | None = None
-    exit_time: dt.datetime | None = None
-    exit_order_id: str | None = None
-    exit_trade_ids: list[Any] | None = None
-    pnl: Dec | None = None
-    pnl_pct: Dec | None = None
-    pnl_after_fees: Dec | None = None
-    duration_seconds: float | None = None
-    close_reason: str | None = None
-    final_commission: Dec | None = None
 
 
 class PositionList(BaseModel):
     count: int
     has_more: bool
     positions: list[Position]
-
-
-class DailyPnl(BaseModel):
-    date: dt.date
-    daily_pnl: Dec
-    updated_at: dt.datetime | None = None
 
 
 class DailyPnlList(BaseModel):
@@ -157,7 +107,7 @@ async def position_history(
 ) -> PositionList:
     """Closed positions, most recently closed first."""
     conds = [*_conds(symbol, strategy_id, None), Cond("status", "eq", "closed")]
-    lo, hi = _aware(from_), _aware(to)
+    lo, hi = _aware(from_, "from"), _aware(to, "to")
     if lo is not None and hi is not None and lo >= hi:
         raise ParamError("from", "from must be before to")
     if lo is not None:
@@ -180,10 +130,14 @@ async def position(st: State, position_id: str) -> Position:
     return Position.model_validate(rows[0])
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
+def _aware(value: dt.datetime | None, param: str) -> dt.datetime | None:
+    """UTC; an offset that moves the time past year 1 or 9999 (``0001-01-01T00:00:00+01:00``) is a 422."""
     if value is None:
         return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    try:
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ParamError(param, f"{value.isoformat()} is outside years 1..9999 in UTC") from None
 
 
 @router.get("/pnl/daily", response_model=DailyPnlList, responses=ERRORS)

@@ -277,11 +277,21 @@ class ExactDecimal(TypeDecorator[Decimal]):
 
 
 Money = ExactDecimal()
-POSITION_STATUSES = ("open", "closed")
+# superseded: a row the ledger corrected away (POST /api/v1/ledger/positions/supersede); it holds no slot.
+POSITION_STATUSES = ("open", "closed", "superseded")
+POSITION_SIDES = ("LONG", "SHORT", "BOTH")
+# ``Column.info["api"]``: the public type where the column type alone does not say it
+# (api/contract/datasets.py derives the API's fields from these tables).
+SYMBOL_INFO: dict[str, Any] = {"api": "symbol"}
+LIST_INFO: dict[str, Any] = {"api": "list"}
 
 
 class Position(Base):
     """A trading position the trade engine persists through ``/api/v1/mysql/positions``.
+
+    This class is the one definition of a position row: the API's typed fields
+    (``api/contract/datasets.py``) and its response model (``api/contract/rows.py``) are
+    derived from these columns.
 
     ``open_slot`` is 1 while the position is open and NULL once it is closed; the unique key
     ``(symbol, position_side, open_slot)`` therefore allows any number of closed positions
@@ -305,7 +315,7 @@ class Position(Base):
     position_id: Mapped[str] = mapped_column(String(64))
     strategy_id: Mapped[str | None] = mapped_column(String(128))
     exchange: Mapped[str | None] = mapped_column(String(32))
-    symbol: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(32), info=SYMBOL_INFO)
     position_side: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     open_slot: Mapped[int | None] = mapped_column(Integer)
@@ -317,7 +327,7 @@ class Position(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     exchange_position_id: Mapped[str | None] = mapped_column(String(128))
     entry_order_id: Mapped[str | None] = mapped_column(String(128))
-    entry_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    entry_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON, info=LIST_INFO)
     commission_asset: Mapped[str | None] = mapped_column(String(16))
     commission_total: Mapped[Any] = mapped_column(Money, nullable=True)
     avg_price: Mapped[Any] = mapped_column(Money, nullable=True)
@@ -333,17 +343,28 @@ class Position(Base):
     exit_price: Mapped[Any] = mapped_column(Money, nullable=True)
     exit_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     exit_order_id: Mapped[str | None] = mapped_column(String(128))
-    exit_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    exit_trade_ids: Mapped[list[Any] | None] = mapped_column(JSON, info=LIST_INFO)
     pnl: Mapped[Any] = mapped_column(Money, nullable=True)
     pnl_pct: Mapped[Any] = mapped_column(Money, nullable=True)
     pnl_after_fees: Mapped[Any] = mapped_column(Money, nullable=True)
     duration_seconds: Mapped[float | None] = mapped_column(Double)
     close_reason: Mapped[str | None] = mapped_column(String(255))
     final_commission: Mapped[Any] = mapped_column(Money, nullable=True)
+    # Fields the trade engine sends beside the above (its MySQL copy dropped them; kept here).
+    entry_commission: Mapped[Any] = mapped_column(Money, nullable=True)
+    fee_status: Mapped[str | None] = mapped_column(String(32))
+    closed_by_strategy_id: Mapped[str | None] = mapped_column(String(128))
+    stop_loss_order_id: Mapped[str | None] = mapped_column(String(128))
+    take_profit_order_id: Mapped[str | None] = mapped_column(String(128))
+    # True once a ledger correction made the row's PnL unknowable (a superseded phantom row).
+    pnl_unknown: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class DailyPnl(Base):
-    """The trade engine's realised PnL per UTC day; the unique ``date`` makes its upsert atomic."""
+    """The trade engine's realised PnL per UTC day; the unique ``date`` makes its upsert atomic.
+
+    The one definition of a daily-PnL row, as :class:`Position` is of a position.
+    """
 
     __tablename__ = "daily_pnl"
     __table_args__ = (UniqueConstraint("date"), MYSQL_TABLE_ARGS)
@@ -353,3 +374,67 @@ class DailyPnl(Base):
     daily_pnl: Mapped[Any] = mapped_column(Money)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+IDEMPOTENCY_STATES = ("in_flight", "done")
+
+
+class IdempotencyKey(Base):
+    """One write request's ``Idempotency-Key`` and its answer (``dm_resources/metadata/idempotency.py``).
+
+    ``(caller, key)`` is unique: a caller's key names one request. ``state`` is ``in_flight``
+    from the claim until the write's own transaction sets ``done`` with the answer, so a
+    stored answer and the write it describes commit together or not at all. ``lease_until``
+    bounds how long an in-flight claim blocks a repeat (a crashed request frees its key);
+    ``owner`` tells the claim's holder from a later one that took the key over.
+    Server-side receipts (writes sent without a key) use ``caller = "~receipt"``.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("caller", "key"),
+        Index(None, "expires_at"),
+        CheckConstraint(_in("state", IDEMPOTENCY_STATES), name="state"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    caller: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    request: Mapped[str] = mapped_column(String(255))  # "PUT /api/v1/mysql/positions", for operators
+    state: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str | None] = mapped_column(Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class MutationAudit(Base):
+    """Who deleted what: one row per delete through the platform API, written in the delete's transaction.
+
+    ``actor`` names the caller without its secret (a service name, ``DM_API_TOKEN``, or a
+    token's digest prefix); ``filter`` is the request's filter as sent (JSON text, bounded).
+    """
+
+    __tablename__ = "mutation_audit"
+    __table_args__ = (
+        Index(None, "dataset", "created_at"),
+        Index(None, "created_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(64))
+    filter: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+# The platform services' other records (config versions, lifecycle, ledger, write audit) live in
+# their own module; importing it here registers them on Base.metadata for Alembic and the tests.
+from dm_resources.metadata import service_models as _service_models  # noqa: E402, F401

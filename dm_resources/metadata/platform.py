@@ -17,8 +17,18 @@ Why it looks like this:
 * **``modified_count`` means "changed"**, as in MongoDB: rows whose stored values already
   equal the new ones are matched but not modified (the engine treats ``modified_count > 0``
   as a successful close).
-* **Per-record outcomes for inserts**: each record is its own short transaction, so one bad
-  record never loses the good ones (the API's documented partial-batch semantics).
+* **Per-record outcomes for inserts**: each record runs in a savepoint of the request's one
+  transaction, so one bad record never loses the good ones (the API's documented
+  partial-batch semantics) while the whole request still commits once — together with its
+  ``Idempotency-Key`` answer or server receipt (``idempotency.py``).
+* **Every method can run inside a caller's transaction** (``conn=``): that is how a write and
+  its idempotency answer commit together. Without ``conn`` each call is its own transaction.
+* **A retried write never makes a second row.** A position sent without ``position_id`` gets
+  one derived from the request's ``Idempotency-Key`` (and the record's place in the request),
+  or, without a key, from the record's content: a repeat of the same logical write derives the
+  same id and is a duplicate. An upsert inserts only a row its own filter matches: when the
+  data contradicts the filter (``status: closed`` for a filter on ``status: open``), finding no
+  row means the change already happened — a replayed close — and nothing is inserted.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
@@ -42,6 +53,11 @@ TABLES: dict[str, Table] = {"positions": POSITIONS, "daily_pnl": DAILY_PNL}
 INTERNAL = frozenset({"id", "open_slot"})
 # The natural key a record is identified by in responses (``upserted_id``) and duplicates.
 NATURAL_KEY = {"positions": "position_id", "daily_pnl": "date"}
+# NOT NULL columns this module fills when a record leaves them out (``_new_row``): not required on insert.
+AUTO_FILLED: dict[str, frozenset[str]] = {
+    "positions": frozenset({"position_id", "status", "created_at"}),
+    "daily_pnl": frozenset({"created_at"}),
+}
 CONFLICT_RETRIES = 3
 
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
@@ -73,6 +89,30 @@ class UpdateOutcome:
 
 class ConflictError(ValueError):
     """A write that would break a unique key (a second open position for a symbol and side)."""
+
+
+class TooManyRows(ValueError):
+    """An update or delete matched more rows than its ``max_rows``: refused, nothing changed."""
+
+    def __init__(self, matched: int, max_rows: int) -> None:
+        super().__init__(
+            f"the filter matches more than max_rows={max_rows} rows; nothing was changed: "
+            "narrow the filter, or raise max_rows if that many rows are meant"
+        )
+        self.matched = matched
+        self.max_rows = max_rows
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a delete, as its audit row records it (never a secret) and the filter as it was sent."""
+
+    name: str = "internal"
+    filter: str = ""
+
+
+MUTATION_AUDIT: Table = models.MutationAudit.__table__  # type: ignore[assignment]  # declared FromClause, is a Table
+MAX_AUDIT_FILTER_CHARS = 4000
 
 
 def utcnow() -> dt.datetime:
@@ -114,11 +154,25 @@ def _with_bookkeeping(table: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _new_row(table: str, values: Mapping[str, Any]) -> dict[str, Any]:
+# uuid5 namespace of derived position ids (fixed: the same request must derive the same id forever).
+POSITION_ID_NAMESPACE = uuid.UUID("6f1c7a52-3d4b-5e0f-9a7c-2b8d4e6f1a30")
+
+
+def derive_position_id(values: Mapping[str, Any], seed: str | None = None) -> str:
+    """The id of a position sent without one: from ``seed`` (the request's key and the record's place), else content.
+
+    Deterministic, so the retry of a logical write can never become a second row.
+    """
+    basis = seed if seed is not None else orjson.dumps(dict(values), default=str, option=orjson.OPT_SORT_KEYS).decode()
+    return uuid.uuid5(POSITION_ID_NAMESPACE, basis).hex
+
+
+def _new_row(table: str, values: Mapping[str, Any], seed: str | None = None) -> dict[str, Any]:
     row = _with_bookkeeping(table, dict(values))
     row.setdefault("created_at", utcnow())
     if table == "positions":
-        row.setdefault("position_id", uuid.uuid4().hex)
+        if row.get("position_id") is None:
+            row["position_id"] = derive_position_id(values, seed)
         row.setdefault("status", "open")
         row["open_slot"] = 1 if row["status"] == "open" else None
     return row
@@ -141,41 +195,54 @@ class PlatformTables:
 
     # -- inserts ---------------------------------------------------------------------------
 
-    def insert(self, table: str, records: Sequence[Mapping[str, Any]]) -> InsertOutcome:
-        """Insert each record in its own transaction; an existing natural key is a duplicate."""
+    def insert(
+        self,
+        table: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        conn: Connection | None = None,
+        id_seed: str | None = None,
+    ) -> InsertOutcome:
+        """Insert each record in a savepoint of one transaction; an existing natural key is a duplicate.
+
+        ``id_seed`` (the request's idempotency seed) derives the ids of records sent without one.
+        """
+        if conn is None:
+            return self.store._write(lambda c: self.insert(table, records, conn=c, id_seed=id_seed))
         tbl = TABLES[table]
         key = NATURAL_KEY[table]
         out = InsertOutcome()
         for index, record in enumerate(records):
-            row = _new_row(table, record)
+            row = _new_row(table, record, f"{id_seed}:{index}" if id_seed is not None else None)
             missing = _missing_required(table, row)
             if missing:
                 out.errors.append({"index": index, "reason": f"missing required field(s): {', '.join(missing)}"})
                 continue
-
-            def run(conn: Connection, row: dict[str, Any] = row) -> bool:
-                exists = conn.execute(select(tbl.c.id).where(tbl.c[key] == row[key])).first()
-                if exists is not None:
-                    return False
-                conn.execute(insert(tbl).values(row))
-                return True
-
+            if self._exists(table, key, row[key], conn):
+                out.duplicates += 1
+                continue
             try:
-                if self.store._write(run):
-                    out.inserted += 1
-                else:
-                    out.duplicates += 1
+                with conn.begin_nested():
+                    conn.execute(insert(tbl).values(row))
+                out.inserted += 1
             except IntegrityError:
-                if self._exists(table, key, row[key]):  # lost a race to a concurrent insert of this record
+                if self._exists(table, key, row[key], conn, latest=True):  # lost a race to a concurrent insert
                     out.duplicates += 1
                 else:
                     out.errors.append({"index": index, "reason": self._conflict_reason(table, row)})
         return out
 
-    def _exists(self, table: str, key: str, value: Any) -> bool:
+    def _exists(self, table: str, key: str, value: Any, conn: Connection, *, latest: bool = False) -> bool:
+        """Whether a row with this natural key exists; ``latest`` reads past this transaction's snapshot.
+
+        After a unique-key error the competing row was committed by another transaction, which a
+        REPEATABLE READ snapshot (MySQL's default) does not show: a locking read does.
+        """
         tbl = TABLES[table]
-        with self.store._read() as conn:
-            return conn.execute(select(tbl.c.id).where(tbl.c[key] == value)).first() is not None
+        stmt = select(tbl.c.id).where(tbl.c[key] == value)
+        if latest and conn.dialect.name in ("mysql", "mariadb", "postgresql"):
+            stmt = stmt.with_for_update(read=True)
+        return conn.execute(stmt).first() is not None
 
     @staticmethod
     def _conflict_reason(table: str, row: Mapping[str, Any]) -> str:
@@ -221,46 +288,113 @@ class PlatformTables:
 
     # -- updates ---------------------------------------------------------------------------
 
-    def update(self, table: str, conds: Sequence[Cond], values: Mapping[str, Any], *, upsert: bool) -> UpdateOutcome:
+    def update(
+        self,
+        table: str,
+        conds: Sequence[Cond],
+        values: Mapping[str, Any],
+        *,
+        upsert: bool,
+        conn: Connection | None = None,
+        id_seed: str | None = None,
+        max_rows: int | None = None,
+    ) -> UpdateOutcome:
         """Set ``values`` on every row matching ``conds``; with ``upsert``, insert ``eq`` conds + values if none.
 
-        Retried from the start when the insert loses a race on a unique key: the retry then
+        More than ``max_rows`` matching rows is :class:`TooManyRows`, before anything changes.
+        Retried from its savepoint when the insert loses a race on a unique key: the retry then
         finds the row the winner inserted and updates it, so concurrent upserts end with one row.
         """
-        tbl = TABLES[table]
-        new_values = _with_bookkeeping(table, dict(values))
-        if table == "positions" and "status" in new_values and new_values["status"] == "open":
-            new_values["open_slot"] = 1
-
-        def run(conn: Connection) -> UpdateOutcome:
-            stmt = select(tbl).where(_where(tbl, conds))
-            if conn.dialect.name in ("mysql", "mariadb", "postgresql"):
-                stmt = stmt.with_for_update()
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
-            if rows:
-                changed = [r["id"] for r in rows if _differs(r, new_values)]
-                if changed:
-                    conn.execute(update(tbl).where(tbl.c.id.in_(changed)).values(new_values))
-                return UpdateOutcome(matched=len(rows), modified=len(changed))
-            if not upsert:
-                return UpdateOutcome()
-            seed = {c.field: c.value for c in conds if c.op == "eq"}
-            row = _new_row(table, {**seed, **values})
-            missing = _missing_required(table, row)
-            if missing:
-                raise ValueError(f"upsert would insert a {table} row without {', '.join(missing)}")
-            conn.execute(insert(tbl).values(row))
-            key = NATURAL_KEY[table]
-            return UpdateOutcome(upserted=1, upserted_id=row.get(key))
-
+        if conn is None:
+            return self.store._write(
+                lambda c: self.update(table, conds, values, upsert=upsert, conn=c, id_seed=id_seed, max_rows=max_rows)
+            )
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return self.store._write(run)
+                with conn.begin_nested():
+                    return self._update_once(conn, table, conds, values, upsert, id_seed, max_rows)
             except IntegrityError as exc:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise ConflictError(self._conflict_reason(table, {**values})) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def delete(self, table: str, conds: Sequence[Cond]) -> int:
+    def _update_once(
+        self,
+        conn: Connection,
+        table: str,
+        conds: Sequence[Cond],
+        values: Mapping[str, Any],
+        upsert: bool,
+        id_seed: str | None,
+        max_rows: int | None,
+    ) -> UpdateOutcome:
         tbl = TABLES[table]
-        return int(self.store._write(lambda conn: conn.execute(delete(tbl).where(_where(tbl, conds))).rowcount))
+        new_values = _with_bookkeeping(table, dict(values))
+        stmt = select(tbl).where(_where(tbl, conds)).order_by(tbl.c.id)
+        if max_rows is not None:
+            stmt = stmt.limit(max_rows + 1)
+        if conn.dialect.name in ("mysql", "mariadb", "postgresql"):
+            stmt = stmt.with_for_update()
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        if max_rows is not None and len(rows) > max_rows:
+            raise TooManyRows(len(rows), max_rows)
+        if rows:
+            changed = [r["id"] for r in rows if _differs(r, new_values)]
+            if changed:
+                conn.execute(update(tbl).where(tbl.c.id.in_(changed)).values(new_values))
+            return UpdateOutcome(matched=len(rows), modified=len(changed))
+        if not upsert:
+            return UpdateOutcome()
+        seed = {c.field: c.value for c in conds if c.op == "eq"}
+        contradicted = [f for f, v in seed.items() if f in values and values[f] != v]
+        if contradicted:
+            # The row this upsert would insert does not match its own filter: nothing matching means
+            # the change was made already (a replayed close), never a reason for a new row.
+            return UpdateOutcome()
+        row = _new_row(table, {**seed, **values}, id_seed)
+        missing = _missing_required(table, row)
+        if missing:
+            raise ValueError(f"upsert would insert a {table} row without {', '.join(missing)}")
+        conn.execute(insert(tbl).values(row))
+        key = NATURAL_KEY[table]
+        return UpdateOutcome(upserted=1, upserted_id=row.get(key))
+
+    def delete(
+        self,
+        table: str,
+        conds: Sequence[Cond],
+        *,
+        conn: Connection | None = None,
+        max_rows: int | None = None,
+        actor: Actor | None = None,
+    ) -> int:
+        """Delete the rows matching ``conds`` (at most ``max_rows``, else :class:`TooManyRows`), and audit it.
+
+        The audit row (who, dataset, filter, count) is written in the same transaction: a delete
+        that commits is always recorded, one that rolls back never is.
+        """
+        if conn is None:
+            return self.store._write(lambda c: self.delete(table, conds, conn=c, max_rows=max_rows, actor=actor))
+        tbl = TABLES[table]
+        stmt = select(tbl.c.id).where(_where(tbl, conds)).order_by(tbl.c.id)
+        if max_rows is not None:
+            stmt = stmt.limit(max_rows + 1)
+        if conn.dialect.name in ("mysql", "mariadb", "postgresql"):
+            stmt = stmt.with_for_update()
+        ids = [r.id for r in conn.execute(stmt)]
+        if max_rows is not None and len(ids) > max_rows:
+            raise TooManyRows(len(ids), max_rows)
+        count = int(conn.execute(delete(tbl).where(tbl.c.id.in_(ids))).rowcount) if ids else 0
+        who = actor or Actor()
+        shown = who.filter or orjson.dumps([[c.field, c.op, c.value] for c in conds], default=str).decode()
+        conn.execute(
+            insert(MUTATION_AUDIT).values(
+                created_at=utcnow(),
+                actor=who.name[:128],
+                operation="delete",
+                dataset=table,
+                filter=shown[:MAX_AUDIT_FILTER_CHARS],
+                count=count,
+            )
+        )
+        return count
