@@ -13,7 +13,7 @@ server's interpreter lock). Then, side by side in one run:
 * ``ratio``: under-load p50/p99 over idle p50/p99 (the issue asks for at most 2×).
 
     .venv/bin/python bench/bench_liveness.py --seconds 10 --workers 2
-    .venv/bin/python bench/bench_liveness.py --attacks largest_body --gc off   # one cause at a time
+    .venv/bin/python bench/bench_liveness.py --attacks largest_body   # one kind of request at a time
 
 Also printed: what one largest body costs the server's CPU (``json.loads`` is one C call that
 holds the interpreter lock for its whole duration; the records' validation is Python, which
@@ -47,8 +47,7 @@ TOKEN = "bench-token-0123456789"
 M1 = 60_000
 T0 = 1_735_689_600_000  # 2025-01-01
 MAX_BODY = 4 * 1024 * 1024
-SERVER = "import gc, sys; sys.setswitchinterval({switch}); import api.app; {gc}; from uvicorn.main import main; main()"
-GC_MODES = {"default": "pass", "freeze": "gc.freeze()", "off": "gc.disable()"}
+SERVER = "import sys; sys.setswitchinterval({switch}); from uvicorn.main import main; main()"
 
 
 def kline(i: int, pad: str) -> dict[str, Any]:
@@ -140,7 +139,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2, help="clients sending the adversarial requests")
-    ap.add_argument("--gc", choices=sorted(GC_MODES), default="default", help="the server's garbage collector")
     ap.add_argument(
         "--attacks",
         default="largest_body,long_string,long_query",
