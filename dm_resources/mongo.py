@@ -133,6 +133,13 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             ("symbol", "snapshot_time"),
             description="Top-N order book every 10 s, rebuilt by Dagster from REST snapshots and depth diffs",
         ),
+        CollectionSpec(
+            "orderbook_checkpoints",
+            "day_start",
+            ("symbol", "day_start"),
+            description="Order-book replay state per symbol and day (the next run continues from it) and the last "
+            "run's outcome: invalid spans with their reasons",
+        ),
     )
 }
 

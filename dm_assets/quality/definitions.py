@@ -2,6 +2,7 @@
 
 from dagster import Definitions
 
+from dm_assets.policy import with_domain_policy
 from dm_assets.quality.assets import QUALITY_ASSETS
 
-defs = Definitions(assets=QUALITY_ASSETS)
+defs = with_domain_policy(Definitions(assets=QUALITY_ASSETS), layer="quality", kinds={"mysql", "pandas"})

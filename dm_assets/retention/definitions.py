@@ -2,6 +2,13 @@
 
 from dagster import Definitions
 
-from dm_assets.retention.assets import RETENTION_ASSETS, retention_job, retention_schedule
+from dm_assets.policy import with_domain_policy
+from dm_assets.retention.assets import RETENTION_ASSETS
+from dm_assets.retention.jobs import retention_job
+from dm_assets.retention.schedules import retention_schedule
 
-defs = Definitions(assets=RETENTION_ASSETS, jobs=[retention_job], schedules=[retention_schedule])
+defs = with_domain_policy(
+    Definitions(assets=RETENTION_ASSETS, jobs=[retention_job], schedules=[retention_schedule]),
+    layer="maintenance",
+    kinds={"mongodb"},
+)
