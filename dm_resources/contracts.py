@@ -68,6 +68,7 @@ def analytics_asset_path(kind: str) -> list[str]:
     """Asset path of one analytics kind (``["analytics", "volatility"]``)."""
     return [ANALYTICS_GROUP, kind]
 
+
 #: What one backfill partition materializes: 1m candles to the health score, and the day's
 #: settled funding history from REST.
 BACKFILL_ASSET_PATHS: tuple[list[str], ...] = (

@@ -115,6 +115,7 @@ def test_inside_a_lost_interval_the_answer_is_a_404_naming_the_span_and_its_reas
     assert body["invalid"]["status"] == "healed" and body["invalid"]["reason"].startswith("continuity break")
     bids, asks = market.truth_at(body["snapshot_time"])
     assert body["bids"] == [[str(p), str(q)] for p, q in bids]
+    assert body["asks"] == [[str(p), str(q)] for p, q in asks]
 
 
 def test_a_past_days_unrecoverable_span_is_named_so(http: httpx.Client, market: BookMarket) -> None:

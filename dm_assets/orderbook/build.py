@@ -287,8 +287,9 @@ def build_orderbook_day(
     out.history_start = replay.s.window_start if replay.s.window_start > start else None
     out.diffs_read, out.replay, out.checkpoint_mismatch = counted.n, plan.replay, mismatch
     docs = [top_document(symbol, t) for t in tops]
-    res = store.sync_range("orderbook_snapshots", symbol, plan.rows_from, end, docs)
-    out.documents, out.upserted, out.modified = len(docs), res.upserted, res.modified
+    # The run owns its rows' range: a stored row the current data no longer proves is deleted.
+    res = store.sync_range("orderbook_snapshots", symbol, plan.rows_from, end, docs, prune=True)
+    out.documents, out.upserted, out.modified, out.deleted = len(docs), res.upserted, res.modified, res.deleted
     assert replay.checkpoint is not None  # run() always keeps one when checkpoint_at is given
     checkpoint.save(
         store,

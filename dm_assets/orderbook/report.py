@@ -57,6 +57,7 @@ class BookDay:
     documents: int = 0
     upserted: int = 0
     modified: int = 0
+    deleted: int = 0  # stored rows the current data no longer proves
     diffs_read: int = 0
     replay: str = "full"  # or "resumed from checkpoint u=…"
     checkpoint_mismatch: str | None = None
@@ -192,6 +193,7 @@ class BookDay:
             "documents": self.documents,
             "upserted": self.upserted,
             "modified": self.modified,
+            "deleted": self.deleted,
             "snapshot_taken": self.snapshot_taken,
             "snapshot_error": self.snapshot_error,
             **{k: v for k, v in s.items() if k not in ("invalid_intervals", "unusable_snapshots")},
