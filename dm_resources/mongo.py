@@ -137,8 +137,15 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             "orderbook_checkpoints",
             "day_start",
             ("symbol", "day_start"),
-            description="Order-book replay state per symbol and day (the next run continues from it) and the last "
-            "run's outcome: invalid spans with their reasons",
+            description="Order-book replay state per symbol and day while the day can still change (the next run "
+            "continues from it)",
+        ),
+        CollectionSpec(
+            "orderbook_days",
+            "day_start",
+            ("symbol", "day_start"),
+            description="The last order-book rebuild's outcome per symbol and day: the spans without a valid book "
+            "with their reasons and status, how far it is proven, whether the day is final",
         ),
     )
 }

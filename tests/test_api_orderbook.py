@@ -86,6 +86,13 @@ def test_book_at_a_time_is_the_newest_proven_book_at_or_before_it(http: httpx.Cl
     assert r.status_code == 200 and len(r.json()["bids"]) == 5 and r.json()["snapshot_time"] == g
 
 
+def mongo_rows_before(http: httpx.Client, at: int) -> int:
+    """The newest stored row at or before ``at`` (served with allow_stale)."""
+    r = http.get("/data/orderbook", params={"pair": SYMBOL, "at": at, "allow_stale": "true"})
+    assert r.status_code == 200, r.text
+    return int(r.json()["snapshot_time"])
+
+
 def _iso(ms: int) -> str:
     import datetime as dt
 
@@ -105,6 +112,12 @@ def test_inside_a_lost_interval_the_answer_is_a_404_naming_the_span_and_its_reas
     msg = err["msg"]
     assert f"from {_iso(gap_start)} to {_iso(resynced)}" in msg, msg
     assert "continuity break: pu" in msg and "healed span" in msg and "allow_stale=true" in msg
+    # Just inside the span, a proven row less than one step older exists: it is still no book of `at`.
+    just_in = gap_start + 1
+    row = mongo_rows_before(http, just_in)
+    assert just_in - row < 10_000
+    r = http.get("/data/orderbook", params={"pair": SYMBOL, "at": just_in})
+    assert r.status_code == 404 and "continuity break" in r.text
     # allow_stale: the last valid book before the span, with its age and the span it precedes.
     r = http.get("/data/orderbook", params={"pair": SYMBOL, "at": at, "allow_stale": "true"})
     assert r.status_code == 200, r.text
@@ -164,3 +177,17 @@ def test_malformed_parameters_are_422_and_an_unknown_pair_404(http: httpx.Client
     assert r.status_code == 422
     r = http.get("/data/orderbook", params={"pair": "NOPE1", "at": START})
     assert r.status_code == 404
+
+
+def test_dm_client_raises_not_found_inside_a_gap_and_returns_the_stale_book_only_when_asked(
+    http: httpx.Client, market: BookMarket
+) -> None:
+    from dm_client import DMClient
+    from dm_client.errors import NotFound
+
+    at = (market.events[599].diff.event_time + market.events[800].diff.event_time) // 2
+    with DMClient(str(http.base_url), retries=0) as client:
+        with pytest.raises(NotFound, match="continuity break"):
+            client.orderbook(SYMBOL, at=at)
+        book = client.orderbook(SYMBOL, at=at, depth=3, allow_stale=True)
+    assert book["stale"] is True and book["age_ms"] >= 10_000 and len(book["bids"]) == 3

@@ -78,8 +78,8 @@ def test_day_rebuild_matches_the_truth_counts_the_break_and_is_idempotent(
     assert spread["values"]["imbalance_source"] == "orderbook"
     assert spread["values"]["book_snapshots"] == len(in_window) > 0
     again = build.build_orderbook_day(mongo_store, SYMBOL, DAY, now=NOW)
-    assert (again.upserted, again.modified) == (0, 0) and again.replay.startswith("resumed")
-    assert again.stats == first.stats  # the continuation from the checkpoint reaches the same verdict
+    assert (again.upserted, again.modified, again.deleted) == (0, 0, 0)
+    assert again.stats == first.stats and again.replay == "full"  # a final day keeps no checkpoint
 
 
 def test_asset_reports_the_break_in_its_check_audit_logs_and_health(

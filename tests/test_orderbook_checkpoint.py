@@ -104,17 +104,18 @@ def test_a_checkpoint_that_does_not_match_the_stored_diffs_means_a_full_replay_a
         load_settings(mongo_url=mongo_store.url, mongo_db=mongo_store.db_name, metadata_url=sqlite_metadata_url)
     )
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [SYMBOL])
-    tags = {"dm/as_of": str(END + 3_600_000)}  # a past day: no REST snapshot is taken
+    now = market.events[-1].diff.event_time + 200  # still the current day
     result = materialize(
         [orderbook_snapshots],
         instance=instance,
         partition_key=partition_key(DAY, SYMBOL),
         resources=res.as_dict(),
-        tags=tags,
+        tags={"dm/as_of": str(now)},
+        run_config={"ops": {"orderbook__orderbook_snapshots": {"config": {"take_snapshot": False}}}},
     )
     detail = result.asset_materializations_for_node("orderbook__orderbook_snapshots")[0].metadata["detail"].value
     assert detail["replay"] == "full" and "a diff missing after it" in detail["checkpoint_mismatch"]
-    full = build.build_orderbook_day(twin, SYMBOL, DAY, now=END + 3_600_000, use_checkpoint=False)
+    full = build.build_orderbook_day(twin, SYMBOL, DAY, now=now, use_checkpoint=False)
     assert _rows(mongo_store) == _rows(twin) and detail["breaks"] == full.stats.breaks == 1
     meta = MetadataStore(sqlite_metadata_url)
     try:
@@ -129,7 +130,7 @@ def test_a_checkpoint_that_does_not_match_the_stored_diffs_means_a_full_replay_a
     # A checkpoint whose own diff is no longer stored as it was is refused too.
     state_u = checkpoint.load(mongo_store, SYMBOL, DAY).state.position[1]  # type: ignore[union-attr,index]
     mongo_store.collection("depth_updates").update_one({"_id": f"{SYMBOL}:{state_u}"}, {"$inc": {"event_time": 1}})
-    again = build.build_orderbook_day(mongo_store, SYMBOL, DAY, now=END + 3_600_000)
+    again = build.build_orderbook_day(mongo_store, SYMBOL, DAY, now=now + 1_000)
     assert again.replay == "full" and "no longer stored as it was" in (again.checkpoint_mismatch or "")
 
 

@@ -96,7 +96,8 @@ def test_a_past_day_is_healed_while_a_snapshot_can_and_labelled_unrecoverable_wh
         again = orderbook_heal_sensor(ctx)
     assert isinstance(again, SensorResult)
     assert DAY not in {str(r.partition_key) for r in again.run_requests or []}
-    assert checkpoint.load(mongo_store, LOST, DAY) is not None
+    # A final day keeps its outcome, not its checkpoint: nothing continues it.
+    assert checkpoint.load(mongo_store, LOST, DAY) is None and checkpoint.summaries(mongo_store, LOST, START, END)
 
 
 def test_heal_decisions_for_a_day_never_rebuilt_depend_on_stored_snapshots() -> None:

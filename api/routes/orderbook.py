@@ -2,10 +2,11 @@
 
 The rows come from the ``orderbook_snapshots`` asset, which stores a book only where it is
 *proven* (see dm_assets/orderbook/book.py), one every 10 s. The book at ``at`` is the newest
-row at or before ``at`` when it is less than one step (10 s) older: nothing changed unseen in
-between. Otherwise there is no valid book at ``at``, and serving the last one as if it were
+row at or before ``at`` when it is less than one step (10 s) older and ``at`` is in no span
+without a valid book (a break between that row and ``at`` makes it no book of ``at``).
+Otherwise there is no valid book at ``at``, and serving the last one as if it were
 current is how a careless client trades on a book minutes old: the answer is a 404 that names
-why, read from the last rebuild's outcome (``orderbook_checkpoints.summary``):
+why, read from the last rebuild's outcome (``orderbook_days``):
 
 * inside a span without a valid book: its start, end, reason (a continuity break, a crossed
   book, waiting for a snapshot's diffs) and status (``open``: the next snapshot can end it;
@@ -38,7 +39,7 @@ router = APIRouter(prefix="/data", tags=["data"], dependencies=[Depends(read_acc
 CADENCE_MS = 10_000  # dm_assets.orderbook.book.DEFAULT_CADENCE_MS
 MAX_AGE_MS = 15 * MINUTE_MS  # how far back allow_stale looks for the last valid book
 FUTURE_SLACK_MS = 1_000  # clients' clocks run a little ahead
-CHECKPOINTS = "orderbook_checkpoints"
+DAYS = "orderbook_days"
 FIELDS = ("snapshot_time", "last_update_id", "last_event_time", "bids", "asks", "mid", "spread_bps", "imbalance")
 
 
@@ -108,14 +109,14 @@ def shape(pair: str, at: int, row: dict[str, Any], depth: int, span: dict[str, A
 
 def _summary(st: State, sym: str, t: int) -> dict[str, Any] | None:
     day = dt.datetime.fromtimestamp(t / 1000, tz=dt.UTC).date().isoformat()
-    doc = st.mongo.collection(CHECKPOINTS).find_one({"_id": f"{sym}:{day}"}, {"_id": 0, "summary": 1})
+    doc = st.mongo.collection(DAYS).find_one({"_id": f"{sym}:{day}"}, {"_id": 0, "summary": 1})
     return (doc or {}).get("summary")
 
 
 def _history_start_after(st: State, sym: str, t: int) -> int | None:
     """The symbol's first order book, when it starts after ``t`` (within a week: the days' summaries are small)."""
     lo = t - t % DAY_MS
-    docs = st.mongo.read_range(CHECKPOINTS, sym, lo, lo + 8 * DAY_MS, projection={"_id": 0, "summary": 1})
+    docs = st.mongo.read_range(DAYS, sym, lo, lo + 8 * DAY_MS, projection={"_id": 0, "summary": 1})
     for doc in docs:
         start = (doc.get("summary") or {}).get("history_start")
         if start is not None and start > t:
@@ -125,10 +126,17 @@ def _history_start_after(st: State, sym: str, t: int) -> int | None:
     return None
 
 
-def explain(st: State, sym: str, t: int) -> tuple[str, dict[str, Any] | None]:
-    """Why there is no valid book at ``t``: the message and the span ``t`` falls in (or raise before history)."""
-    summary = _summary(st, sym, t)
-    before = (summary or {}).get("history_start") if summary else _history_start_after(st, sym, t)
+def _span_at(summary: dict[str, Any] | None, t: int) -> dict[str, Any] | None:
+    """The span without a valid book that ``t`` falls in, per the last rebuild of its day."""
+    for s in (summary or {}).get("spans") or []:
+        if s["start"] <= t < s["end"]:
+            return dict(s)
+    return None
+
+
+def explain(st: State, sym: str, t: int, summary: dict[str, Any] | None, span: dict[str, Any] | None) -> str:
+    """Why there is no valid book at ``t`` (or raise: ``t`` is before the symbol's first order book)."""
+    before = summary.get("history_start") if summary else _history_start_after(st, sym, t)
     if before is not None and t < int(before):
         raise ParamError(
             "at",
@@ -136,23 +144,20 @@ def explain(st: State, sym: str, t: int) -> tuple[str, dict[str, Any] | None]:
             "(its first depth snapshot)",
             status=404,
         )
+    if span is not None:
+        return (
+            f"no valid order book for {sym} at {_iso(t)}: {span['status']} span without a book from "
+            f"{_iso(span['start'])} to {_iso(span['end'])}: {span['reason']}"
+        )
     if summary is None:
-        return f"no order book was rebuilt for {sym} on {_iso(t)[:10]}", None
+        return f"no order book was rebuilt for {sym} on {_iso(t)[:10]}"
     hi, as_of = int(summary["window"][1]), int(summary["as_of"])
-    for s in summary.get("spans") or []:
-        if s["start"] <= t < s["end"]:
-            return (
-                f"no valid order book for {sym} at {_iso(t)}: {s['status']} span without a book from "
-                f"{_iso(s['start'])} to {_iso(s['end'])}: {s['reason']}",
-                s,
-            )
     if t >= hi:
         return (
             f"the order book of {sym} is not proven at {_iso(t)} yet: the last rebuild (run at {_iso(as_of)}) "
-            f"judged it up to {_iso(hi)}; it is rebuilt every 5 minutes",
-            None,
+            f"judged it up to {_iso(hi)}; it is rebuilt every 5 minutes"
         )
-    return f"no proven book row at or within 10 s before {_iso(t)} (rows are every 10 s after a sync)", None
+    return f"no proven book row at or within 10 s before {_iso(t)} (rows are every 10 s after a sync)"
 
 
 def _last_valid(st: State, sym: str, before: int, proj: dict[str, int]) -> dict[str, Any] | None:
@@ -184,17 +189,19 @@ def orderbook(
     if t > now + FUTURE_SLACK_MS:
         raise ParamError("at", f"{_iso(t)} is in the future (now is {_iso(now)}): there is no book there yet")
     proj = {f: 1 for f in FIELDS} | {"_id": 0}
-    fresh = st.mongo.read_range("orderbook_snapshots", sym, t - CADENCE_MS + 1, t + 1, projection=proj)
-    if fresh:
-        return Response(content=dumps(shape(sym, t, fresh[-1], depth)), media_type="application/json")
-    why, span = explain(st, sym, t)
+    summary = _summary(st, sym, t)
+    span = _span_at(summary, t)
+    if span is None:  # a row less than a step old is the book at `at` unless a break fell in between
+        fresh = st.mongo.read_range("orderbook_snapshots", sym, t - CADENCE_MS + 1, t + 1, projection=proj)
+        if fresh:
+            return Response(content=dumps(shape(sym, t, fresh[-1], depth)), media_type="application/json")
+    why = explain(st, sym, t, summary, span)
     if not allow_stale:
         raise ParamError("at", f"{why}; pass allow_stale=true for the last valid book before it", status=404)
     last = _last_valid(st, sym, min(t, int(span["start"])) if span else t, proj)
     if last is None:
-        raise ParamError(
-            "at", f"{why}; and no valid book within {MAX_AGE_MS // MINUTE_MS} minutes before it", status=404
-        )
+        window = f"{MAX_AGE_MS // MINUTE_MS} minutes"
+        raise ParamError("at", f"{why}; and no valid book within {window} before it", status=404)
     body = shape(sym, t, last, depth, span)
     body["stale"] = True
     return Response(content=dumps(body), media_type="application/json")

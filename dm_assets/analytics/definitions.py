@@ -10,6 +10,7 @@ from dm_assets.analytics.assets import ANALYTICS_ASSETS
 from dm_assets.analytics.jobs import analytics_job
 from dm_assets.analytics.schedules import analytics_schedule
 from dm_assets.policy import with_domain_policy
+from dm_resources.contracts import ANALYTICS_GROUP
 
 ASSETS = [*ANALYTICS_ASSETS]
 JOBS = [analytics_job]
@@ -18,6 +19,6 @@ SENSORS: list = []
 
 defs = with_domain_policy(
     Definitions(assets=ASSETS, jobs=JOBS, schedules=SCHEDULES, sensors=SENSORS),
-    layer="analytics",
+    layer=ANALYTICS_GROUP,
     kinds={"mongodb", "pandas"},
 )

@@ -8,6 +8,7 @@ from dm_assets.catalog.assets import build_lineage_asset, datasets
 from dm_assets.catalog.jobs import catalog_job
 from dm_assets.catalog.schedules import catalog_schedule
 from dm_assets.policy import with_domain_policy
+from dm_resources.contracts import CATALOG_GROUP
 
 
 def asset_specs(defs: Definitions) -> Sequence[AssetSpec]:
@@ -30,6 +31,6 @@ def catalog_defs(described: Definitions) -> Definitions:
     lineage = build_lineage_asset(lambda: asset_specs(described))
     return with_domain_policy(
         Definitions(assets=[datasets, lineage], jobs=[catalog_job], schedules=[catalog_schedule]),
-        layer="catalog",
+        layer=CATALOG_GROUP,
         kinds={"mysql"},
     )

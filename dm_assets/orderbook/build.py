@@ -286,21 +286,41 @@ def build_orderbook_day(
     # The window starts after midnight only on the symbol's first day: its book history starts there.
     out.history_start = replay.s.window_start if replay.s.window_start > start else None
     out.diffs_read, out.replay, out.checkpoint_mismatch = counted.n, plan.replay, mismatch
-    docs = [top_document(symbol, t) for t in tops]
+    _write(store, out, tops, replay, plan.rows_from, now, cadence_ms, depth, run_id)
+    return out
+
+
+def _write(
+    store: MongoStore,
+    out: BookDay,
+    tops: list[TopOfBook],
+    replay: Replay,
+    rows_from: int,
+    now: int,
+    cadence_ms: int,
+    depth: int,
+    run_id: str | None,
+) -> None:
+    """The rows, the day's outcome, then the checkpoint: a crash in between leaves the older
+    checkpoint, from which the next run rewrites the same rows and outcome."""
+    start, end = day_bounds_ms(out.day)
+    docs = [top_document(out.symbol, t) for t in tops]
     # The run owns its rows' range: a stored row the current data no longer proves is deleted.
-    res = store.sync_range("orderbook_snapshots", symbol, plan.rows_from, end, docs, prune=True)
+    res = store.sync_range("orderbook_snapshots", out.symbol, rows_from, end, docs, prune=True)
     out.documents, out.upserted, out.modified, out.deleted = len(docs), res.upserted, res.modified, res.deleted
+    checkpoint.save_summary(store, out.symbol, out.day, start, out.summary(now), now)
+    if out.final:  # nothing will continue it: a re-run of a final day replays it in full
+        checkpoint.drop(store, out.symbol, out.day)
+        return
     assert replay.checkpoint is not None  # run() always keeps one when checkpoint_at is given
     checkpoint.save(
         store,
-        symbol,
-        day,
+        out.symbol,
+        out.day,
         start,
         state=replay.checkpoint,
         cadence_ms=cadence_ms,
         depth=depth,
         as_of=now,
-        summary=out.summary(now),
         run_id=run_id,
     )
-    return out

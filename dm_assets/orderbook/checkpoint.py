@@ -8,10 +8,15 @@ full replay, never data. The metadata database keeps the small relational facts 
 health) that people query; a blob per symbol every five minutes does not belong there.
 
 One document per symbol × day (``_id`` ``SYM:YYYY-MM-DD``), replaced by every run of that
-partition. Beside the state it carries the run's outcome for the whole window (``summary``:
-the invalid and unproven spans with their reasons and status, how far the book is proven,
-whether the day is final), which the API reads to explain an instant without a book and the
-sensor reads to decide whether a past day can still be healed.
+partition while the day can still change, and deleted by the run that finds the day final:
+nothing later continues it (a re-run of a final day replays it in full), so the collection
+holds about one book per symbol, not one per symbol × day of history.
+
+Beside it, ``orderbook_days`` keeps each day's outcome (a small document: the spans without a
+valid book with their reasons and status, how far the book is proven, whether the day is
+final), which the API reads to explain an instant without a book and the sensor reads to
+decide whether a past day can still be healed. Written before the checkpoint: a crash in
+between leaves the older checkpoint, from which the next run computes the same outcome again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     from dm_resources.mongo import MongoStore
 
 COLLECTION = "orderbook_checkpoints"
+DAYS = "orderbook_days"
 # Bumped when the stored state's meaning changes: an older checkpoint is then ignored (full replay).
 VERSION = 1
 _STATS_LISTS = ("invalid_intervals", "unusable")
@@ -160,11 +166,9 @@ def save(
     cadence_ms: int,
     depth: int,
     as_of: int,
-    summary: Mapping[str, Any],
     run_id: str | None = None,
 ) -> None:
-    """Replace the checkpoint of ``symbol`` × ``day`` (after the run's rows are written: a crash in
-    between leaves the older checkpoint, from which the next run rewrites the same rows)."""
+    """Replace the checkpoint of ``symbol`` × ``day``."""
     store.upsert(
         COLLECTION,
         [
@@ -179,15 +183,35 @@ def save(
                 "as_of": as_of,
                 "run_id": run_id,
                 "state": state_to_document(state),
+            }
+        ],
+    )
+
+
+def drop(store: MongoStore, symbol: str, day: str) -> None:
+    """Delete the checkpoint of a day that can no longer change."""
+    store.collection(COLLECTION).delete_one({"_id": checkpoint_id(symbol, day)})
+
+
+def save_summary(
+    store: MongoStore, symbol: str, day: str, day_start: int, summary: Mapping[str, Any], as_of: int
+) -> None:
+    """Replace the outcome of ``symbol`` × ``day`` (``orderbook_days``)."""
+    store.upsert(
+        DAYS,
+        [
+            {
+                "_id": checkpoint_id(symbol, day),
+                "symbol": symbol,
+                "day": day,
+                "day_start": day_start,
+                "as_of": as_of,
                 "summary": dict(summary),
             }
         ],
     )
 
 
-SUMMARY_PROJECTION = {"_id": 0, "day": 1, "day_start": 1, "as_of": 1, "summary": 1}
-
-
 def summaries(store: MongoStore, symbol: str, lo_ms: int, hi_ms: int) -> list[dict[str, Any]]:
-    """The run summaries of the days starting in ``[lo_ms, hi_ms)`` (no book levels read)."""
-    return store.read_range(COLLECTION, symbol, lo_ms, hi_ms, projection=SUMMARY_PROJECTION)
+    """The outcomes of the days starting in ``[lo_ms, hi_ms)``."""
+    return store.read_range(DAYS, symbol, lo_ms, hi_ms, projection={"_id": 0})

@@ -8,6 +8,7 @@ from dm_assets.orderbook.jobs import orderbook_job
 from dm_assets.orderbook.schedules import orderbook_schedule
 from dm_assets.orderbook.sensors import orderbook_heal_sensor
 from dm_assets.policy import with_domain_policy
+from dm_resources.contracts import ORDERBOOK_GROUP
 
 defs = with_domain_policy(
     Definitions(
@@ -16,6 +17,6 @@ defs = with_domain_policy(
         schedules=[orderbook_schedule],
         sensors=[orderbook_heal_sensor],
     ),
-    layer="orderbook",
+    layer=ORDERBOOK_GROUP,
     kinds={"mongodb"},
 )
