@@ -121,6 +121,10 @@ def _verdict(meta: Any, store: Any, symbol: str, today: str, runs: list[str]) ->
     row = rows[0] if rows else None
     if row is not None:
         _say(f"  {symbol} check {CHECK}: {'PASSED' if row.passed else 'FAILED ' + row.severity} — {row.message}")
+    start = (doc.get("summary") or {}).get("history_start")
+    if start is not None and row is not None and row.passed:
+        first = _iso(int(start))
+        _say(f"  {symbol}'s book starts at its first sync, {first}: the diffs before had no snapshot to start from")
     if health is not None:
         _say(
             f"  {symbol} book health {health.day}: score {health.score} (completeness {health.completeness:.2f}, "

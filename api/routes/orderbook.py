@@ -181,7 +181,12 @@ def orderbook(
         ),
     ] = False,
 ) -> Response:
-    """The rebuilt order book (top N levels, exact decimal strings) valid at `at`; see the module docstring."""
+    """The rebuilt order book (top N levels, exact decimal strings) valid at `at`.
+
+    No valid book at `at` (inside a span without one, or after what the last rebuild proved) is a
+    404 naming the span and its reason; `allow_stale=true` returns the last valid book before it
+    with `stale: true`, `age_ms` and the span instead.
+    """
     sym = known_pair(pair, st)
     now = now_ms()
     t = parse_time(at, "at")

@@ -160,8 +160,7 @@ def full_plan(store: MongoStore, symbol: str, start: int, hi: int) -> Plan:
 def resume_plan(store: MongoStore, symbol: str, start: int, hi: int, cp: checkpoint.Checkpoint) -> Plan | str:
     """Continue from ``cp``, or say why it does not match the stored diffs."""
     st = cp.state
-    if st.position is None:
-        return "the checkpoint holds no diff yet"
+    assert st.position is not None  # a checkpoint taken before any diff is not continued (see _choose_plan)
     pos_e, pos_u = st.position
     stored = store.collection("depth_updates").find_one(
         {"_id": f"{symbol}:{pos_u}"}, {"event_time": 1, "prev_final_update_id": 1}
@@ -227,7 +226,8 @@ def _choose_plan(
     start, hi = window
     cp = checkpoint.load(store, symbol, day) if use_checkpoint else None
     mismatch = None
-    if cp is not None and cp.fits(cadence_ms, depth) is None:
+    # A checkpoint of other settings, or taken before any diff, is simply not continued (no mismatch).
+    if cp is not None and cp.fits(cadence_ms, depth) is None and cp.state.position is not None:
         plan = resume_plan(store, symbol, start, hi, cp)
         if isinstance(plan, Plan):
             assert plan.state is not None
