@@ -198,7 +198,7 @@ def _break(gql: Any, store: Any, meta: Any, feed: LiveDepthFeed, victim: str, to
 def _recovery(gql: Any, store: Any, meta: Any, victim: str, today: str, api: str | None) -> None:
     """The next rebuild starts from the snapshot taken after the break: the book is valid again."""
     _say("waiting for the diffs after that run's snapshot, then the next rebuild re-syncs ...")
-    time.sleep(3)
+    time.sleep(20)  # the re-sync, and a 10 s row after it that the next diffs prove
     runs = _rebuild(gql, [victim], today, "recovery")
     healed = _verdict(meta, store, victim, today, runs)
     span = next((s for s in healed["summary"].get("spans", []) if "continuity break" in s["reason"]), None)

@@ -3,7 +3,8 @@
 No Dagster import here (the API and the ingest service import this module), so asset
 keys are plain paths; ``dm_assets`` turns them into ``AssetKey``s.
 
-* The candle intervals we build and serve, and the asset paths that hold them.
+* The candle intervals we build and serve, and the asset paths that hold them; every asset
+  group name and path (the Dagster domains and the API's catalog use these, never literals).
 * The names of the partition dimensions and of the dynamic ``symbols`` partitions (the API
   adds symbols to them through GraphQL, Dagster reads them).
 * The pseudo-symbol under which cross-symbol analytics (correlation) are stored.
