@@ -34,6 +34,7 @@ import urllib.request
 import warnings
 from typing import Any
 
+from deploy.demo_orderbook import orderbook_demo
 from deploy.demo_platform import show_platform
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if exchange is not None:
             _integrity_demo(gql, store, meta, exchange, settings.symbols[0], today, api_port)
+            orderbook_demo(gql, store, meta, exchange, settings, env, start_ms + int(args.minutes * 60_000), api_port)
         show_platform(settings)
 
         say("=" * 70)

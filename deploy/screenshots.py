@@ -44,6 +44,7 @@ def main(base: str, out: Path) -> None:
             ("dagster-checks.png", "/assets/candles/candles_1m?view=checks"),
             ("dagster-automation.png", "/automation"),
             ("dagster-health.png", "/assets/quality/health_scores"),
+            ("dagster-orderbook.png", "/assets/orderbook/orderbook_snapshots?view=checks"),
         ]
         for name, path in shots:
             page.goto(base + path, wait_until="load")
@@ -51,15 +52,20 @@ def main(base: str, out: Path) -> None:
             _dismiss(page)
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / name))
-        # The bad print's trail: no_bad_prints failed (ERROR, blocking) and passed after the repair run.
-        page.goto(base + "/assets/candles/candles_1m?view=checks", wait_until="load")
-        page.wait_for_timeout(4000)
-        _dismiss(page)
-        history = page.get_by_text("Execution history")
-        if history.count():
-            history.first.click()
-            page.wait_for_timeout(3000)
-            page.screenshot(path=str(out / "dagster-check-history.png"))
+        # The bad print's trail: no_bad_prints failed (ERROR, blocking) and passed after the repair run;
+        # the order book's: orderbook_continuity passed, failed on the lost diff, the book re-synced.
+        for name, path in (
+            ("dagster-check-history.png", "/assets/candles/candles_1m?view=checks"),
+            ("dagster-orderbook-check-history.png", "/assets/orderbook/orderbook_snapshots?view=checks"),
+        ):
+            page.goto(base + path, wait_until="load")
+            page.wait_for_timeout(4000)
+            _dismiss(page)
+            history = page.get_by_text("Execution history")
+            if history.count():
+                history.first.click()
+                page.wait_for_timeout(3000)
+                page.screenshot(path=str(out / name))
         browser.close()
 
 

@@ -159,6 +159,11 @@ class _Calls:
         return Call("GET", path, _clean({"pair": pair, "start": _ts(start), "end": _ts(end), "limit": limit}))
 
     @staticmethod
+    def orderbook(pair: str, at: Any, depth: int | None, allow_stale: bool) -> Call[dict[str, Any]]:
+        params = {"pair": pair, "at": _ts(at), "depth": depth, "allow_stale": "true" if allow_stale else None}
+        return Call("GET", "/data/orderbook", _clean(params))
+
+    @staticmethod
     def analytics(kind: str, pair: str | None, period: str | None, limit: int | None) -> Call[dict[str, Any]]:
         return Call("GET", f"/analysis/{seg(kind)}", _clean({"pair": pair, "period": period, "limit": limit}))
 
@@ -390,6 +395,19 @@ class DMClient(_Base):
     def funding(self, pair: str, start: Any = None, end: Any = None, limit: int | None = None) -> dict[str, Any]:
         return self.run(_Calls.series("/data/funding", pair, start, end, limit))
 
+    def orderbook(
+        self, pair: str, at: Any = None, depth: int | None = None, allow_stale: bool = False
+    ) -> dict[str, Any]:
+        """The order book valid at ``at`` (default now): top ``depth`` levels as exact decimal strings.
+
+        When no valid book exists at ``at`` (a continuity break, the wait for a snapshot, the live
+        edge not rebuilt yet) this raises :class:`~dm_client.errors.NotFound` whose message names the
+        span without a book and its reason; it never hands back an old book as current.
+        ``allow_stale=True`` returns the last valid book before ``at`` instead, with ``stale: true``,
+        its ``age_ms`` and the ``invalid`` span: check both before acting on it.
+        """
+        return self.run(_Calls.orderbook(pair, at, depth, allow_stale))
+
     def analytics(
         self, kind: str, pair: str | None = None, period: str | None = None, limit: int | None = None
     ) -> dict[str, Any]:
@@ -566,6 +584,19 @@ class AsyncDMClient(_Base):
 
     async def funding(self, pair: str, start: Any = None, end: Any = None, limit: int | None = None) -> dict[str, Any]:
         return await self.run(_Calls.series("/data/funding", pair, start, end, limit))
+
+    async def orderbook(
+        self, pair: str, at: Any = None, depth: int | None = None, allow_stale: bool = False
+    ) -> dict[str, Any]:
+        """The order book valid at ``at`` (default now): top ``depth`` levels as exact decimal strings.
+
+        When no valid book exists at ``at`` (a continuity break, the wait for a snapshot, the live
+        edge not rebuilt yet) this raises :class:`~dm_client.errors.NotFound` whose message names the
+        span without a book and its reason; it never hands back an old book as current.
+        ``allow_stale=True`` returns the last valid book before ``at`` instead, with ``stale: true``,
+        its ``age_ms`` and the ``invalid`` span: check both before acting on it.
+        """
+        return await self.run(_Calls.orderbook(pair, at, depth, allow_stale))
 
     async def analytics(
         self, kind: str, pair: str | None = None, period: str | None = None, limit: int | None = None

@@ -3,7 +3,8 @@
 No Dagster import here (the API and the ingest service import this module), so asset
 keys are plain paths; ``dm_assets`` turns them into ``AssetKey``s.
 
-* The candle intervals we build and serve, and the asset paths that hold them.
+* The candle intervals we build and serve, and the asset paths that hold them; every asset
+  group name and path (the Dagster domains and the API's catalog use these, never literals).
 * The names of the partition dimensions and of the dynamic ``symbols`` partitions (the API
   adds symbols to them through GraphQL, Dagster reads them).
 * The pseudo-symbol under which cross-symbol analytics (correlation) are stored.
@@ -33,6 +34,14 @@ CANDLE_FLOAT_FIELDS: tuple[str, ...] = CANDLE_PRICE_FIELDS + CANDLE_VOLUME_FIELD
 CANDLES_GROUP = "candles"
 QUALITY_GROUP = "quality"
 
+# -- asset groups (the first part of every asset path) -------------------------------------
+RAW_GROUP = "raw"
+ANALYTICS_GROUP = "analytics"
+ORDERBOOK_GROUP = "orderbook"
+FUNDING_GROUP = "funding"
+CATALOG_GROUP = "catalog"
+MAINTENANCE_GROUP = "maintenance"
+
 
 def candle_asset_path(interval: str) -> list[str]:
     """Asset path of the candles of ``interval`` (``["candles", "candles_1m"]``)."""
@@ -44,8 +53,23 @@ def candle_asset_path(interval: str) -> list[str]:
 CANDLE_ASSET_PATHS: tuple[list[str], ...] = tuple(candle_asset_path(iv) for iv in CANDLE_INTERVALS)
 AUDIT_RESULTS_PATH: list[str] = [QUALITY_GROUP, "audit_results"]
 HEALTH_SCORES_PATH: list[str] = [QUALITY_GROUP, "health_scores"]
-FUNDING_HISTORY_PATH: list[str] = ["funding", "funding_history"]
-ORDERBOOK_SNAPSHOTS_PATH: list[str] = ["orderbook", "orderbook_snapshots"]
+FUNDING_HISTORY_PATH: list[str] = [FUNDING_GROUP, "funding_history"]
+ORDERBOOK_SNAPSHOTS_PATH: list[str] = [ORDERBOOK_GROUP, "orderbook_snapshots"]
+CATALOG_DATASETS_PATH: list[str] = [CATALOG_GROUP, "datasets"]
+CATALOG_LINEAGE_PATH: list[str] = [CATALOG_GROUP, "lineage"]
+RETENTION_PATH: list[str] = [MAINTENANCE_GROUP, "retention"]
+
+
+def raw_asset_path(collection: str) -> list[str]:
+    """Asset path of a raw MongoDB collection the ingest service writes (``["raw", "klines"]``)."""
+    return [RAW_GROUP, collection]
+
+
+def analytics_asset_path(kind: str) -> list[str]:
+    """Asset path of one analytics kind (``["analytics", "volatility"]``)."""
+    return [ANALYTICS_GROUP, kind]
+
+
 #: What one backfill partition materializes: 1m candles to the health score, and the day's
 #: settled funding history from REST.
 BACKFILL_ASSET_PATHS: tuple[list[str], ...] = (

@@ -7,7 +7,8 @@ event types, and internal consistency a consumer can check:
   whose trade time falls in ``[open, open + 60 s)`` (o/h/l/c, volumes, trade count,
   first/last trade id), computed with ``Decimal`` so no digit is invented or lost;
 * depth updates chain (``pu`` = previous ``u``, ``U`` = previous ``u`` + 1) and every
-  bookTicker ``u`` is a fresh order-book update id inside that chain;
+  bookTicker ``u`` is a fresh order-book update id inside that chain (``market`` path: the
+  book's own id at that tick, with its best levels);
 * mark price updates announce the next funding time of the symbol's own interval
   (8h, 4h or 1h — never assumed to be 8h).
 
@@ -15,7 +16,9 @@ Prices come from one of two paths. ``market`` (the CLI default, what ``make demo
 each minute's trades are :func:`ingest_service.pricepath.minute_trades` of the shared
 :class:`~ingest_service.pricepath.Market`'s kline for that minute, so the closed websocket
 klines equal, value for value, what the simulated REST exchange serves for the same
-minutes, and the demo's candles tell one story wherever the sources meet. ``walk``: an
+minutes, and the demo's candles tell one story wherever the sources meet; its depth diffs and
+book tickers are :class:`~ingest_service.bookpath.BookPath`'s, whose book the simulated exchange
+serves as its REST depth snapshot, so a book rebuilt from the session syncs. ``walk``: an
 independent per-trade random walk (the class default; tests of the event shapes use it).
 
     python -m ingest_service.generator session.jsonl --symbols BTCUSDT,ETHUSDT --minutes 5
@@ -37,6 +40,7 @@ import numpy as np
 import orjson
 
 from dm_resources.intervals import DAY_MS, MINUTE_MS
+from ingest_service.bookpath import TICK_MS, BookPath
 from ingest_service.pricepath import PRICE_DECIMALS, Market, PlannedTrade, minute_trades
 
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -164,6 +168,9 @@ class SessionGenerator:
         self.end_ms = start_ms + int(minutes * MINUTE_MS)
         self.rates = rates or Rates()
         self.market = market
+        self.book = BookPath(market) if market is not None else None
+        if market is not None and self.rates.depth_interval_ms != TICK_MS:
+            raise ValueError(f"the market path's book ticks every {TICK_MS} ms; depth_interval_ms must match")
         if market is not None:
             for sym in self.symbols:
                 _, cols = market.minutes(sym.name, start_ms, start_ms + MINUTE_MS)
@@ -203,10 +210,16 @@ class SessionGenerator:
             n_trades = _poisson(rng, r.trades_per_s * dt)
             for i in range(n_trades):
                 yield self._trade(sym, t + (i * self.TICK_MS) // max(1, n_trades))
-        for _ in range(_poisson(rng, r.book_tickers_per_s * dt)):
-            yield self._book_ticker(sym, t + rng.randint(0, self.TICK_MS - 1))
-        if rel % r.depth_interval_ms == 0:
-            yield self._depth(sym, t + rng.randint(0, 3))
+        if self.book is not None:  # the book path: a diff and the book's best levels every tick
+            if rel % r.depth_interval_ms == 0:
+                k = t // TICK_MS
+                yield _env(f"{sym.name.lower()}@depth@250ms", self.book.depth_update(sym.name, k))
+                yield _env(f"{sym.name.lower()}@bookTicker", self.book.book_ticker(sym.name, k))
+        else:
+            for _ in range(_poisson(rng, r.book_tickers_per_s * dt)):
+                yield self._book_ticker(sym, t + rng.randint(0, self.TICK_MS - 1))
+            if rel % r.depth_interval_ms == 0:
+                yield self._depth(sym, t + rng.randint(0, 3))
         if rel % r.kline_interval_ms == 0 and rel % MINUTE_MS != 0:
             yield self._kline(sym, t + rng.randint(0, 3), closed=False)
         if rel % r.ticker_interval_ms == 0:

@@ -108,6 +108,10 @@ class Market:
             "taker_buy_quote_volume": taker * vwap,
         }
 
+    def reference_price(self, symbol: str) -> int:
+        """The symbol's price in cents on the reference day (2026-01-01): its usual level, for scales."""
+        return int(self._anchor_cache(symbol)[_REFERENCE_DAY])
+
     def minutes(self, symbol: str, start_ms: int, end_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Open times and columns of the generated minutes in ``[start_ms, end_ms)`` (within the horizon)."""
         start = max(bucket_start(start_ms, "1m"), GENESIS_MS)

@@ -124,6 +124,21 @@ def diff_document(symbol: str, d: Diff) -> dict[str, Any]:
     }
 
 
+def snapshot_document(symbol: str, snap: Snapshot) -> dict[str, Any]:
+    """The ``depth_snapshots`` document the asset stores for ``snap`` (``_id`` = ``SYM:lastUpdateId``)."""
+    return {
+        "_id": f"{symbol}:{snap.last_update_id}",
+        "symbol": symbol,
+        "snapshot_time": snap.time,
+        "transaction_time": snap.time - 3,
+        "last_update_id": snap.last_update_id,
+        "limit": 1000,
+        "fetched_at": snap.time,
+        "bids": [[Decimal128(p), Decimal128(q)] for p, q in snap.bids],
+        "asks": [[Decimal128(p), Decimal128(q)] for p, q in snap.asks],
+    }
+
+
 def depth_body(snap: Snapshot) -> dict[str, Any]:
     """``GET /fapi/v1/depth`` body for ``snap`` (decimal strings, like Binance)."""
     return {

@@ -46,6 +46,7 @@ from dm_resources.intervals import (
     close_time,
     next_bucket_start,
 )
+from ingest_service.bookpath import BookPath
 from ingest_service.pricepath import (  # noqa: F401  (re-exported: tests import them from here)
     _COLUMNS,
     GENESIS_MS,
@@ -168,8 +169,10 @@ class FakeExchange:
         self._weight_used = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        # Order book snapshots served by /fapi/v1/depth (tests set them: set_depth).
+        # /fapi/v1/depth serves the body a test set (set_depth), else the market's own book at the
+        # exchange's now: the book the generated session's depth diffs lead to (ingest_service.bookpath).
         self.depth_books: dict[str, dict[str, Any]] = {}
+        self.book = BookPath(self.market)
         # Funding schedule per symbol: [(from_ms, interval_ms), ...]; default 8h since genesis.
         self.funding_schedule: dict[str, list[tuple[int, int]]] = {}
         self.funding_limit = 500  # requests per 5 minutes, shared with /fapi/v1/fundingInfo
@@ -527,11 +530,11 @@ class FakeExchange:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         if params.get("limit", "500") not in {"5", "10", "20", "50", "100", "500", "1000"}:
             return 400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}
-        with self._lock:
-            body = self.depth_books.get(symbol)
-        if body is None:
-            return 400, {"code": -1121, "msg": "No depth set for this symbol in the fake exchange."}
         limit = int(params.get("limit", "500"))
+        with self._lock:  # the book path caches its last tick: one request at a time
+            body = self.depth_books.get(symbol)
+            if body is None:
+                return 200, self.book.snapshot(symbol, self.now_ms, limit)
         return 200, {**body, "bids": body["bids"][:limit], "asks": body["asks"][:limit]}
 
     def _funding_rate(self, params: dict[str, str]) -> tuple[int, Any]:

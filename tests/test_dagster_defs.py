@@ -63,6 +63,8 @@ def _spec_snapshot(defs: Definitions) -> dict[str, dict]:
             "deps": sorted(p.to_user_string() for p in node.parent_keys),
             "checks": sorted(c.name for c in node.check_keys),
             "has_description": bool(node.description),
+            # Shared policy (dm_assets/policy.py): every asset of a domain carries its layer tag.
+            "tags": {k: v for k, v in sorted(node.tags.items()) if not k.startswith("dagster/kind/")},
         }
     return snap
 

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 from dagster import DagsterInstance, materialize
 
-from dm_assets.orderbook import build
-from dm_assets.orderbook.assets import ORDERBOOK_KEY, orderbook_requests, orderbook_snapshots
+from dm_assets.orderbook import build, report
+from dm_assets.orderbook.assets import ORDERBOOK_KEY, orderbook_snapshots
 from dm_assets.orderbook.book import BookStats
+from dm_assets.orderbook.schedules import orderbook_requests
 from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME, day_bounds_ms, partition_key
 from dm_resources.binance import BinanceClient
 from dm_resources.metadata.store import MetadataStore
@@ -77,7 +78,8 @@ def test_day_rebuild_matches_the_truth_counts_the_break_and_is_idempotent(
     assert spread["values"]["imbalance_source"] == "orderbook"
     assert spread["values"]["book_snapshots"] == len(in_window) > 0
     again = build.build_orderbook_day(mongo_store, SYMBOL, DAY, now=NOW)
-    assert (again.upserted, again.modified, again.documents) == (0, 0, first.documents)
+    assert (again.upserted, again.modified, again.deleted) == (0, 0, 0)
+    assert again.stats == first.stats and again.replay == "full"  # a final day keeps no checkpoint
 
 
 def test_asset_reports_the_break_in_its_check_audit_logs_and_health(
@@ -106,10 +108,10 @@ def test_asset_reports_the_break_in_its_check_audit_logs_and_health(
     assert checks[0].metadata["breaks"].value == 1
     meta = MetadataStore(sqlite_metadata_url)
     try:
-        audit = meta.audit_logs(SYMBOL, check_name=build.CHECK_NAME)
+        audit = meta.audit_logs(SYMBOL, check_name=report.CHECK_NAME)
         assert len(audit) == 1 and not audit[0].passed and audit[0].partition_key == f"{DAY}|{SYMBOL}"
         assert audit[0].details["breaks"] == 1 and audit[0].severity in {"WARN", "ERROR"}
-        health = meta.health(symbol=SYMBOL, interval=build.HEALTH_INTERVAL)
+        health = meta.health(symbol=SYMBOL, interval=report.HEALTH_INTERVAL)
         assert len(health) == 1 and health[0].score < 100 and health[0].consistency == 90.0
         # ... and the API serves it as the pair's "book" health.
         import httpx
@@ -127,21 +129,21 @@ def test_asset_reports_the_break_in_its_check_audit_logs_and_health(
 
 
 def test_health_and_check_pass_only_when_nothing_was_found() -> None:
-    clean = build.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=END - START))
+    clean = report.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=END - START))
     assert clean.passed and clean.health()["score"] == 100.0 and clean.severity == "INFO"
-    broken = build.BookDay(SYMBOL, DAY, (START, END), BookStats(breaks=2, invalid_ms=60_000))
+    broken = report.BookDay(SYMBOL, DAY, (START, END), BookStats(breaks=2, invalid_ms=60_000))
     assert not broken.passed and broken.severity == "WARN"
     assert broken.health()["consistency"] == 80.0 and broken.health()["score"] < 100
-    dark = build.BookDay(SYMBOL, DAY, (START, END), BookStats(invalid_ms=86_400_000 // 10))
+    dark = report.BookDay(SYMBOL, DAY, (START, END), BookStats(invalid_ms=86_400_000 // 10))
     assert dark.severity == "ERROR" and dark.health()["completeness"] == 90.0
-    crossed = build.BookDay(SYMBOL, DAY, (START, END), BookStats(crossed=1))
+    crossed = report.BookDay(SYMBOL, DAY, (START, END), BookStats(crossed=1))
     assert not crossed.passed
     # Diffs stopped at 06:00 (ingest down): never disproven, never proven either. It fails.
-    stopped = build.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=6 * 3_600_000, unproven_ms=18 * 3_600_000))
+    stopped = report.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=6 * 3_600_000, unproven_ms=18 * 3_600_000))
     assert not stopped.passed and stopped.severity == "ERROR" and stopped.health()["freshness"] == 0.0
-    live_edge = build.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=END - START - 30_000, unproven_ms=30_000))
+    live_edge = report.BookDay(SYMBOL, DAY, (START, END), BookStats(valid_ms=END - START - 30_000, unproven_ms=30_000))
     assert live_edge.passed
-    nothing = build.BookDay(SYMBOL, DAY, (START, END), BookStats(invalid_ms=END - START))
+    nothing = report.BookDay(SYMBOL, DAY, (START, END), BookStats(invalid_ms=END - START))
     assert nothing.severity == "ERROR" and nothing.health()["score"] == 30.0  # only "no incidents" left
 
 
@@ -162,7 +164,7 @@ def test_schedule_evaluates_against_the_instance(instance: DagsterInstance) -> N
 
     from dagster import SkipReason, build_schedule_context
 
-    from dm_assets.orderbook.assets import orderbook_schedule
+    from dm_assets.orderbook.schedules import orderbook_schedule
 
     when = dt.datetime(2026, 3, 10, 12, 5, tzinfo=dt.UTC)
     assert isinstance(orderbook_schedule(build_schedule_context(instance, scheduled_execution_time=when)), SkipReason)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from dm_assets.orderbook.book import Diff, OrderBook, Snapshot, TopOfBook, reconstruct
+from dm_assets.orderbook.book import Diff, OrderBook, Replay, Snapshot, TopOfBook, reconstruct
 from tests.book_sim import BookMarket
 
 D = Decimal
@@ -140,3 +140,53 @@ def test_bad_arguments_are_refused() -> None:
         reconstruct([], [], 0, 10, cadence_ms=0)
     with pytest.raises(ValueError):
         OrderBook(1, [(D("1"), D("-1"))])
+
+
+def test_a_snapshot_older_than_the_buffered_diffs_is_passed_with_its_reason_and_the_next_used() -> None:
+    m = BookMarket(seed=8)
+    events = m.run(300)
+    stored = [e.diff for e in events[50:]]  # the buffered diffs start at event 50
+    old, good = m.snapshot_after(20), m.snapshot_after(120)
+    tops, stats = reconstruct([old, good], stored, events[50].diff.event_time, events[-1].diff.event_time)
+    assert stats.snapshots_used == 1 and stats.syncs == 1
+    ((last_id, time, why),) = stats.unusable
+    assert (last_id, time) == (old.last_update_id, old.time)
+    assert why.startswith("older than the stored diffs") and f"< U {events[50].diff.first_id}" in why
+    _check_against_truth(m, tops)
+
+
+def test_a_snapshot_whose_last_update_id_falls_between_two_events_is_passed_with_its_reason() -> None:
+    # Futures ids are not consecutive: U of an event may exceed the previous u by more than one.
+    d1 = Diff(100, 110, 99, 1_000, ((D("99"), D("1")),), ())
+    d2 = Diff(115, 120, 110, 2_000, ((D("98"), D("2")),), ())
+    d3 = Diff(121, 125, 120, 21_000, (), ((D("102"), D("1")),))
+    d4 = Diff(126, 130, 125, 32_000, (), ())
+    between = Snapshot(112, 1_500, ((D("99"), D("1")),), ((D("101"), D("1")),))
+    usable = Snapshot(122, 20_000, ((D("99"), D("1")), (D("98"), D("2"))), ((D("101"), D("1")),))
+    tops, stats = reconstruct([between, usable], [d1, d2, d3, d4], 0, 40_000)
+    ((last_id, _, why),) = stats.unusable
+    assert last_id == 112 and "falls between two stored events (u 110 and U 115)" in why
+    assert stats.snapshots_used == 1 and stats.syncs == 1 and stats.breaks == 0
+    assert [t.time for t in tops] == [30_000] and tops[0].asks[0] == (D("101"), D("1"))
+
+
+def test_a_replay_stopped_at_any_diff_and_continued_from_its_state_equals_one_replay() -> None:
+    m = BookMarket(seed=9)
+    events = m.run(900)
+    lost = set(range(400, 410))
+    stored = [e.diff for i, e in enumerate(events) if i not in lost]
+    snaps = [m.snapshot_after(10), m.snapshot_after(300), m.snapshot_after(600)]
+    start, end = events[0].diff.event_time, events[-1].diff.event_time
+    whole = Replay(start, end)
+    expected = whole.run(snaps, stored)
+    expected_stats = whole.finish()
+    for cut in (0, 5, 350, 395, 420, 605, 880):
+        at = stored[cut].event_time
+        first = Replay(start, end)
+        head = first.run(snaps, [d for d in stored if d.event_time <= at], checkpoint_at=at)
+        assert first.checkpoint is not None
+        # Only what a continuation is given: diffs after the checkpoint, snapshots not yet passed.
+        rest = Replay(start, end, state=first.checkpoint)
+        tail = rest.run(snaps, [d for d in stored if d.event_time > at])
+        assert head + tail == expected, f"rows differ when cut after {at}"
+        assert rest.finish() == expected_stats, f"stats differ when cut after {at}"

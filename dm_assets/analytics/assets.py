@@ -36,25 +36,31 @@ from dagster import (
 from pydantic import Field
 
 from dm_assets.analytics import build
-from dm_assets.candles.assets import candles_key
 from dm_assets.partitions import SYMBOL_DIM, SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME
 from dm_assets.raw.assets import raw_key
 from dm_resources.candle_store import bump_analytics_versions
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import (
+    ANALYTICS_GROUP,
+    FUNDING_HISTORY_PATH,
+    ORDERBOOK_SNAPSHOTS_PATH,
+    analytics_asset_path,
+    candle_asset_path,
+    now_ms,
+)
 from dm_resources.resources import MongoResource
 
-ANALYTICS_GROUP = "analytics"
-ANALYTICS_PREFIX = "analytics"
 SYMBOL_OP = "symbol_analytics"
 CORRELATION_OP = "analytics__correlation"
-_TAGS = {"dm/layer": "analytics"}
-_KINDS = {"mongodb", "pandas"}
 # Each partition is small (a few thousand candles and quotes): several per run amortise run start-up.
 _BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=25)
 
 
 def analytics_key(kind: str) -> AssetKey:
-    return AssetKey([ANALYTICS_PREFIX, kind])
+    return AssetKey(analytics_asset_path(kind))
+
+
+def candles_key(interval: str) -> AssetKey:
+    return AssetKey(candle_asset_path(interval))
 
 
 def _candle_deps() -> list[AssetDep]:
@@ -109,7 +115,7 @@ _DEPS: dict[str, list[AssetDep]] = {
         AssetDep(raw_key("depth_updates")),
         # The rebuilt book, every date of the symbol (see _candle_deps).
         AssetDep(
-            AssetKey(["orderbook", "orderbook_snapshots"]),
+            AssetKey(ORDERBOOK_SNAPSHOTS_PATH),
             partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL_DIM),
         ),
     ],
@@ -118,7 +124,7 @@ _DEPS: dict[str, list[AssetDep]] = {
         AssetDep(raw_key("mark_prices")),
         # Settled history from REST, every date of the symbol (see _candle_deps).
         AssetDep(
-            AssetKey(["funding", "funding_history"]),
+            AssetKey(FUNDING_HISTORY_PATH),
             partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL_DIM),
         ),
     ],
@@ -130,8 +136,6 @@ SYMBOL_SPECS = [
         deps=_DEPS[kind],
         description=DESCRIPTIONS[kind],
         group_name=ANALYTICS_GROUP,
-        kinds=_KINDS,
-        tags=_TAGS,
         metadata={"collection": "analytics", "kind": kind},
         skippable=True,
     )
@@ -205,8 +209,6 @@ def symbol_analytics(
     key=analytics_key("correlation"),
     deps=[AssetDep(candles_key(iv)) for iv in build.CANDLE_INTERVALS],
     group_name=ANALYTICS_GROUP,
-    kinds=_KINDS,
-    tags=_TAGS,
     metadata={"collection": "analytics", "kind": "correlation"},
     description=DESCRIPTIONS["correlation"],
 )

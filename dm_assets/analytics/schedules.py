@@ -9,22 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import (
-    AssetSelection,
-    RunRequest,
-    define_asset_job,
-)
+from dagster import RunRequest
 
-from dm_assets.analytics.assets import ANALYTICS_GROUP, SYMBOL_KEYS, analytics_key, run_config
+from dm_assets.analytics.assets import SYMBOL_KEYS, analytics_key, run_config
+from dm_assets.analytics.jobs import analytics_job
 from dm_assets.schedules import per_symbol_schedule
-
-analytics_job = define_asset_job(
-    "analytics_job",
-    selection=AssetSelection.groups(ANALYTICS_GROUP),
-    description="Market analytics (volatility, volume, trend, spread, funding per symbol; correlation across "
-    "symbols) as of the run's as_of_ms, into MongoDB `analytics`.",
-    tags={"dm/job": "analytics"},
-)
 
 
 def analytics_requests(symbols: list[str], as_of: dt.datetime) -> list[RunRequest]:

@@ -20,6 +20,7 @@ from dagster import (
 
 from dm_assets.candles import audit, build, checks
 from dm_assets.candles.checks import CheckResult
+from dm_assets.clock import run_time_ms
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
 from dm_assets.raw.assets import raw_key
 from dm_resources.contracts import CANDLE_INTERVALS, CANDLES_GROUP, HIGHER_CANDLE_INTERVALS, candle_asset_path
@@ -170,7 +171,7 @@ def candles_1m(
     builds = []
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
-        b = build.build_1m_day(store, meta, client, symbol, day, run_id=context.run.run_id)
+        b = build.build_1m_day(store, meta, client, symbol, day, run_id=context.run.run_id, now=run_time_ms(context))
         context.log.info(f"{pk}: {b.as_metadata()}")
         builds.append(b)
     return MaterializeResult(metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, "1m", builds))
@@ -199,7 +200,7 @@ def _higher_asset(interval: str) -> AssetsDefinition:
         builds = []
         for pk in context.partition_keys:
             day, symbol = split_key(pk)
-            builds.append(build.build_higher_day(store, meta, symbol, day, interval))
+            builds.append(build.build_higher_day(store, meta, symbol, day, interval, now=run_time_ms(context)))
         return MaterializeResult(
             metadata=_merge(builds), check_results=_run_checks(context, mongo, metadata, interval, builds)
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
-from dm_assets.quality.assets import QUALITY_GROUP
+from dm_resources.contracts import CANDLES_GROUP, QUALITY_GROUP
 
-CANDLES_AND_QUALITY = AssetSelection.groups("candles", QUALITY_GROUP)
+CANDLES_AND_QUALITY = AssetSelection.groups(CANDLES_GROUP, QUALITY_GROUP)
 
 candles_job = define_asset_job(
     "candles_job",

@@ -20,16 +20,22 @@ from dagster import (
 from pydantic import Field
 
 from dm_assets.analytics.assets import ANALYTICS_KEYS
-from dm_assets.candles.assets import INTERVALS, candles_key
 from dm_assets.catalog import build
 from dm_assets.partitions import SYMBOLS_PARTITIONS_NAME
-from dm_assets.raw.assets import raw_key
+from dm_resources.contracts import (
+    CANDLE_ASSET_PATHS,
+    CATALOG_DATASETS_PATH,
+    CATALOG_GROUP,
+    CATALOG_LINEAGE_PATH,
+    HEALTH_SCORES_PATH,
+    ORDERBOOK_SNAPSHOTS_PATH,
+    raw_asset_path,
+)
 from dm_resources.mongo import RAW_COLLECTIONS
 from dm_resources.resources import MetadataResource, MongoResource
 from dm_resources.settings import get_settings
 
-CATALOG_GROUP = "catalog"
-_TAGS = {"dm/layer": "catalog"}
+CATALOG_DATASETS_KEY = AssetKey(CATALOG_DATASETS_PATH)
 
 
 class CatalogConfig(Config):
@@ -48,17 +54,15 @@ class CatalogConfig(Config):
 
 
 @asset(
-    key=AssetKey([CATALOG_GROUP, "datasets"]),
+    key=CATALOG_DATASETS_KEY,
     deps=[
-        *(raw_key(n) for n in RAW_COLLECTIONS),
-        *(candles_key(iv) for iv in INTERVALS),
+        *(AssetKey(raw_asset_path(n)) for n in RAW_COLLECTIONS),
+        *(AssetKey(p) for p in CANDLE_ASSET_PATHS),
         *ANALYTICS_KEYS,
-        AssetKey(["quality", "health_scores"]),
-        AssetKey(["orderbook", "orderbook_snapshots"]),
+        AssetKey(HEALTH_SCORES_PATH),
+        AssetKey(ORDERBOOK_SNAPSHOTS_PATH),
     ],
     group_name=CATALOG_GROUP,
-    kinds={"mysql"},
-    tags=_TAGS,
     description=(
         "Discovers every dataset (kind × symbol × interval) in MongoDB and records its description, schema "
         "(sampled field types with declared meanings), row count, first and last time, freshness and latest "
@@ -100,10 +104,8 @@ def build_lineage_asset(described: Callable[[], Sequence[AssetSpec]]) -> AssetsD
     """
 
     @asset(
-        key=AssetKey([CATALOG_GROUP, "lineage"]),
+        key=AssetKey(CATALOG_LINEAGE_PATH),
         group_name=CATALOG_GROUP,
-        kinds={"mysql"},
-        tags=_TAGS,
         description=(
             "Replaces `lineage_records` in the metadata store with every upstream → downstream edge of this code "
             "location's asset graph, each with the transformation in words (the downstream asset's first sentence)."

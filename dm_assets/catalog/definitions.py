@@ -5,7 +5,10 @@ from collections.abc import Sequence
 from dagster import AssetsDefinition, AssetSpec, Definitions
 
 from dm_assets.catalog.assets import build_lineage_asset, datasets
-from dm_assets.catalog.schedules import catalog_job, catalog_schedule
+from dm_assets.catalog.jobs import catalog_job
+from dm_assets.catalog.schedules import catalog_schedule
+from dm_assets.policy import with_domain_policy
+from dm_resources.contracts import CATALOG_GROUP
 
 
 def asset_specs(defs: Definitions) -> Sequence[AssetSpec]:
@@ -26,4 +29,8 @@ def asset_specs(defs: Definitions) -> Sequence[AssetSpec]:
 def catalog_defs(described: Definitions) -> Definitions:
     """The catalog over ``described`` (the merged data domains): its lineage is their asset graph."""
     lineage = build_lineage_asset(lambda: asset_specs(described))
-    return Definitions(assets=[datasets, lineage], jobs=[catalog_job], schedules=[catalog_schedule])
+    return with_domain_policy(
+        Definitions(assets=[datasets, lineage], jobs=[catalog_job], schedules=[catalog_schedule]),
+        layer=CATALOG_GROUP,
+        kinds={"mysql"},
+    )

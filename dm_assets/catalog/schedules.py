@@ -13,24 +13,16 @@ from __future__ import annotations
 import datetime as dt
 
 from dagster import (
-    AssetSelection,
     DefaultScheduleStatus,
     RunConfig,
     RunRequest,
     ScheduleEvaluationContext,
-    define_asset_job,
     schedule,
 )
 
-from dm_assets.catalog.assets import CATALOG_GROUP, CatalogConfig
+from dm_assets.catalog.assets import CatalogConfig
+from dm_assets.catalog.jobs import catalog_job
 from dm_assets.partitions import AUTOMATION_STATUS
-
-catalog_job = define_asset_job(
-    "catalog_job",
-    selection=AssetSelection.groups(CATALOG_GROUP),
-    description="Refreshes the dataset catalog and the lineage records in the metadata store.",
-    tags={"dm/job": "catalog"},
-)
 
 
 def catalog_request(when: dt.datetime) -> RunRequest:

@@ -7,10 +7,9 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 from dm_assets.candles.assets import BACKFILL_POLICY
 from dm_assets.funding import build
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
-from dm_resources.contracts import FUNDING_HISTORY_PATH
+from dm_resources.contracts import FUNDING_GROUP, FUNDING_HISTORY_PATH
 from dm_resources.resources import BinanceResource, MongoResource
 
-FUNDING_GROUP = "funding"
 FUNDING_HISTORY_KEY = AssetKey(FUNDING_HISTORY_PATH)
 
 
@@ -18,9 +17,7 @@ FUNDING_HISTORY_KEY = AssetKey(FUNDING_HISTORY_PATH)
     key=FUNDING_HISTORY_KEY,
     partitions_def=DATE_SYMBOL_PARTITIONS,
     group_name=FUNDING_GROUP,
-    kinds={"mongodb"},
     backfill_policy=BACKFILL_POLICY,
-    tags={"dm/layer": "funding"},
     description=(
         "Settled funding rates of one UTC day of one symbol from Binance REST (`GET /fapi/v1/fundingRate`, "
         "paged by time, within its 500 requests / 5 min budget) into MongoDB `funding_rates` (source rest), "

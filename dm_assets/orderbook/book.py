@@ -23,9 +23,17 @@ Why it looks like this (the bugs other libraries report, each avoided and tested
   that follows ``g`` continues the chain (its ``pu`` equals the last applied ``u``). A
   break discovered later can therefore never invalidate something already emitted. The
   cost: the newest grid points wait for the next event.
-* **Snapshot too old for the stored diffs**: if the first stored event after a snapshot
-  has ``U > L``, the events in between are not in the store: the snapshot is unusable and
-  the next one is tried (counted as ``snapshots_unusable``).
+* **Unusable snapshots**: a snapshot older than the stored diffs (the first stored event
+  after it has ``U > L``: the events in between are not in the store), or one whose ``L``
+  falls between two stored events (no event has ``U <= L <= u``), cannot start a book: the
+  next one is tried, and each is listed with its reason (``BookStats.unusable``).
+* **A snapshot awaiting its diffs** (taken at the live edge, no stored diff reaches its ``L``
+  yet) ends the invalid span at its own time: from there the book is unproven, not broken;
+  the next run proves it.
+* **Resumable**: :class:`Replay` carries its whole state from one diff to the next
+  (:class:`ReplayState`); a run may stop at a diff, store that state as a checkpoint, and a
+  later run continue from it over the later diffs with exactly the result a replay from the
+  day's first snapshot gives.
 
 Prices and quantities are :class:`decimal.Decimal` (from Decimal128 or strings): the book
 is exchange data, not a computation, so no digit is lost. Sides are ``SortedDict``s, so
@@ -34,8 +42,8 @@ best prices and the top N are O(log n) / O(N) per read rather than a sort per gr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -124,6 +132,15 @@ class OrderBook:
         """A *fresh* book holding only the snapshot's levels (never merged into an old book)."""
         return cls(snap.last_update_id, snap.bids, snap.asks)
 
+    def copy(self) -> OrderBook:
+        out = OrderBook(self.last_update_id)
+        out.bids, out.asks = self.bids.copy(), self.asks.copy()
+        return out
+
+    def levels(self) -> tuple[list[Level], list[Level]]:
+        """Every level: bids highest first, asks lowest first."""
+        return self.top(max(len(self.bids), len(self.asks)))
+
     @staticmethod
     def _set(side: SortedDict, levels: Iterable[Level]) -> None:
         for price, qty in levels:
@@ -174,12 +191,13 @@ class TopOfBook:
 
 @dataclass
 class BookStats:
-    """What happened while rebuilding; every counter is about the window ``[start, end)`` or its warm-up.
+    """What happened while rebuilding; every counter is about the window or its warm-up.
 
     ``invalid_ms`` is the time inside the window with no valid book (before the first sync,
     and from each break to the re-sync); ``invalid_intervals`` lists those spans with the
     reason. ``unproven_ms`` is the live edge: after the last event whose successor has not
-    arrived yet (not an error; the next run proves it).
+    arrived yet, or after a snapshot that no stored diff reaches yet (not an error; the next
+    run proves it). ``unusable`` lists each snapshot that could not start a book, and why.
     """
 
     events: int = 0
@@ -191,22 +209,274 @@ class BookStats:
     breaks: int = 0  # pu != previous u
     crossed: int = 0  # book crossed after an update: treated as a break
     snapshots_used: int = 0
-    snapshots_unusable: int = 0  # first stored event after it has U > L: diffs missing in between
+    snapshots_unusable: int = 0
     emitted: int = 0
     invalid_ms: int = 0
     unproven_ms: int = 0
     valid_ms: int = 0
     invalid_intervals: list[tuple[int, int, str]] = field(default_factory=list)
+    unusable: list[tuple[int, int, str]] = field(default_factory=list)  # (lastUpdateId, time, why)
+    pending_snapshot: tuple[int, int] | None = None  # (lastUpdateId, time) awaiting its diffs at the end
+
+    def copy(self) -> BookStats:
+        return replace(self, invalid_intervals=list(self.invalid_intervals), unusable=list(self.unusable))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "invalid_intervals"}
+        lists = ("invalid_intervals", "unusable", "pending_snapshot")
+        out = {k: v for k, v in self.__dict__.items() if k not in lists}
         out["invalid_intervals"] = [{"start": a, "end": b, "reason": r} for a, b, r in self.invalid_intervals]
+        out["unusable_snapshots"] = [{"last_update_id": u, "time": t, "reason": r} for u, t, r in self.unusable]
+        if self.pending_snapshot is not None:
+            out["pending_snapshot"] = {"last_update_id": self.pending_snapshot[0], "time": self.pending_snapshot[1]}
         return out
 
 
 def _grid_from(t: int, cadence: int) -> int:
     """First grid time >= t."""
     return -(-t // cadence) * cadence
+
+
+NO_SYNC_YET = "no snapshot synced yet"
+
+
+@dataclass
+class ReplayState:
+    """Everything a replay carries from one diff to the next; stored, it is a checkpoint.
+
+    ``position`` is the ``(event_time, u)`` of the last diff consumed: a continuation reads
+    the diffs after it in the store's ``(event_time, u)`` order. Snapshots at or before
+    ``snap_after`` (``(lastUpdateId, time)``) were used or passed, and those with a
+    ``lastUpdateId`` below ``prev_u`` can never start a book again (every later event has
+    ``U > prev_u``): a continuation considers only the others. ``window_start`` moves to the
+    first sync when the replay ``begins_at_first_sync`` (a symbol's first day: there is no
+    book to judge before its first snapshot).
+    """
+
+    window_start: int
+    begun: bool
+    book: OrderBook | None
+    prev_u: int
+    last_e: int
+    invalid_since: int | None
+    invalid_reason: str
+    next_grid: int
+    position: tuple[int, int] | None
+    snap_after: tuple[int, int] | None
+    stats: BookStats
+
+    def copy(self) -> ReplayState:
+        return replace(self, book=self.book.copy() if self.book is not None else None, stats=self.stats.copy())
+
+
+def _snap_key(s: Snapshot) -> tuple[int, int]:
+    return (s.last_update_id, s.time)
+
+
+class Replay:
+    """Binance's procedure over stored snapshots and diffs, emitting the proven top-``depth`` book every ``cadence_ms``.
+
+    ``run`` may be called once; ``finish`` closes the accounting at ``end_ms`` (what is still
+    invalid, or unproven, at the end of the window). ``checkpoint_at`` makes ``run`` keep a
+    copy of the state after the last diff with ``event_time <= checkpoint_at``.
+    """
+
+    def __init__(
+        self,
+        start_ms: int,
+        end_ms: int,
+        *,
+        cadence_ms: int = DEFAULT_CADENCE_MS,
+        depth: int = DEFAULT_DEPTH,
+        load: Callable[[Snapshot], Snapshot] | None = None,
+        begins_at_first_sync: bool = False,
+        state: ReplayState | None = None,
+    ) -> None:
+        if cadence_ms <= 0 or depth <= 0:
+            raise ValueError("cadence_ms and depth must be positive")
+        if end_ms <= start_ms:
+            raise ValueError("end_ms must be after start_ms")
+        self.end_ms, self.cadence_ms, self.depth, self.load = end_ms, cadence_ms, depth, load
+        self.s = (
+            state.copy()
+            if state is not None
+            else ReplayState(
+                window_start=start_ms,
+                begun=not begins_at_first_sync,
+                book=None,
+                prev_u=-1,
+                last_e=start_ms,
+                invalid_since=start_ms,
+                invalid_reason=NO_SYNC_YET,
+                next_grid=_grid_from(start_ms, cadence_ms),
+                position=None,
+                snap_after=None,
+                stats=BookStats(),
+            )
+        )
+        self.out: list[TopOfBook] = []
+        self.checkpoint: ReplayState | None = None
+        self._snaps: list[Snapshot] = []
+        self._si = 0
+
+    @property
+    def stats(self) -> BookStats:
+        return self.s.stats
+
+    def state(self) -> ReplayState:
+        """A copy of the state now, with the snapshots passed so far folded into ``snap_after``."""
+        st = self.s.copy()
+        if self._si > 0:
+            st.snap_after = _snap_key(self._snaps[self._si - 1])
+        return st
+
+    # -- driving -----------------------------------------------------------------------------
+    def run(
+        self, snapshots: Iterable[Snapshot], diffs: Iterable[Diff], *, checkpoint_at: int | None = None
+    ) -> list[TopOfBook]:
+        """Consume ``diffs`` (ascending ``(event_time, u)``, once: a cursor works) against ``snapshots``."""
+        after, floor = self.s.snap_after, self.s.prev_u
+        self._snaps = sorted(
+            (s for s in snapshots if (after is None or _snap_key(s) > after) and s.last_update_id >= floor),
+            key=_snap_key,
+        )
+        self._si = 0
+        for d in diffs:
+            if checkpoint_at is not None and self.checkpoint is None and d.event_time > checkpoint_at:
+                self.checkpoint = self.state()
+            self._consume(d)
+        if checkpoint_at is not None and self.checkpoint is None:
+            self.checkpoint = self.state()
+        return self.out
+
+    def finish(self) -> BookStats:
+        """Close the window: what is invalid or unproven at ``end_ms``. Call once, after ``run``."""
+        s, st = self.s, self.s.stats
+        if not s.begun:  # never synced on a first day: judged from its first snapshot on
+            first = self._snaps[0].time if self._snaps else s.window_start
+            s.window_start = min(max(s.window_start, first), self.end_ms)
+            s.invalid_since, s.begun = s.window_start, True
+        pending = self._snaps[self._si] if s.book is None and self._si < len(self._snaps) else None
+        if s.book is None and pending is not None and pending.time < self.end_ms:
+            # Taken at the live edge: no stored diff reaches its lastUpdateId yet. Broken until it, unproven after.
+            self._close_invalid(pending.time)
+            st.pending_snapshot = _snap_key(pending)
+            st.unproven_ms = self.end_ms - max(pending.time, s.window_start)
+        elif s.book is None:
+            self._close_invalid(self.end_ms)
+        elif s.last_e < self.end_ms:
+            st.unproven_ms = self.end_ms - max(s.last_e, s.window_start)
+        return st
+
+    # -- one diff ----------------------------------------------------------------------------
+    def _consume(self, d: Diff) -> None:
+        self.stats.events += 1
+        while self._step(d):  # a break: the same event may start the re-sync
+            pass
+        self.s.position = (d.event_time, d.final_id)
+
+    def _step(self, d: Diff) -> bool:
+        """Apply ``d``; True when it broke the chain and must be offered again as a sync point."""
+        s, st = self.s, self.s.stats
+        if s.book is None:
+            self._sync(d)
+            return False
+        if d.final_id <= s.prev_u:
+            st.stale_ignored += 1
+            return False
+        if d.prev_final_id != s.prev_u:
+            st.breaks += 1
+            self._invalidate(s.last_e, f"continuity break: pu {d.prev_final_id} != previous u {s.prev_u}")
+            return True
+        self._emit_until(d.event_time, s.book)
+        s.book.apply(d)
+        st.applied += 1
+        if s.book.crossed:
+            st.crossed += 1
+            self._invalidate(d.event_time, "book crossed after an update")
+            s.prev_u = d.final_id
+            return False
+        s.prev_u, s.last_e = d.final_id, d.event_time
+        return False
+
+    def _sync(self, d: Diff) -> None:
+        """Start a book at ``d`` from the first snapshot it can continue: ``U <= L <= u`` (or ``pu == L``)."""
+        s, st, snaps = self.s, self.s.stats, self._snaps
+        while self._si < len(snaps) and d.prev_final_id != snaps[self._si].last_update_id < d.first_id:
+            self._pass_unusable(snaps[self._si], d)
+            self._si += 1
+        if self._si >= len(snaps) or snaps[self._si].last_update_id > d.final_id:
+            st.dropped_before_sync += 1  # before the next snapshot (u < L), or no snapshot at all
+            return
+        head = snaps[self._si]
+        self._si += 1
+        s.book = OrderBook.from_snapshot(self.load(head) if self.load is not None else head)
+        s.book.apply(d)
+        st.snapshots_used += 1
+        st.syncs += 1
+        st.resyncs += 1 if st.syncs > 1 else 0
+        st.applied += 1
+        if s.book.crossed:
+            st.crossed += 1
+            self._invalidate(d.event_time, "book crossed right after a sync")
+            s.prev_u = d.final_id
+            return
+        self._close_invalid(d.event_time)
+        s.prev_u, s.last_e = d.final_id, d.event_time
+
+    def _pass_unusable(self, snap: Snapshot, d: Diff) -> None:
+        """A snapshot ``d`` has moved past. One taken before the book's last id predates it (silent)."""
+        s = self.s
+        if snap.last_update_id < s.prev_u:
+            return
+        before = s.position[1] if s.position is not None else None
+        if before is not None and before < snap.last_update_id:
+            why = (
+                f"lastUpdateId {snap.last_update_id} falls between two stored events (u {before} and U "
+                f"{d.first_id}): no event has U <= lastUpdateId <= u"
+            )
+        else:
+            why = (
+                f"older than the stored diffs: lastUpdateId {snap.last_update_id} < U {d.first_id} of the first "
+                "stored diff after it (the diffs in between are not stored)"
+            )
+        s.stats.snapshots_unusable += 1
+        s.stats.unusable.append((snap.last_update_id, snap.time, why))
+        if not s.begun:  # the first snapshot of a first day: the book is judged from it, usable or not
+            s.window_start = min(max(s.window_start, snap.time), self.end_ms)
+            s.begun, s.invalid_since = True, s.window_start
+
+    # -- accounting --------------------------------------------------------------------------
+    def _invalidate(self, at: int, reason: str) -> None:
+        self.s.book, self.s.invalid_since, self.s.invalid_reason = None, at, reason
+
+    def _close_invalid(self, until: int) -> None:
+        s = self.s
+        if s.invalid_since is None:
+            return
+        if not s.begun:  # the symbol's first sync: its book history starts here
+            s.window_start = min(max(s.window_start, until), self.end_ms)
+            s.begun, s.invalid_since = True, None
+            return
+        a, b = max(s.invalid_since, s.window_start), min(until, self.end_ms)
+        if b > a:
+            s.stats.invalid_intervals.append((a, b, s.invalid_reason))
+            s.stats.invalid_ms += b - a
+        s.invalid_since = None
+
+    def _emit_until(self, t: int, book: OrderBook) -> None:
+        """Emit grid points in [last_e, t): the event at ``t`` has just proven the book held until then."""
+        s = self.s
+        if s.next_grid < s.last_e:
+            s.next_grid = _grid_from(s.last_e, self.cadence_ms)
+        while s.next_grid < t and s.next_grid < self.end_ms:
+            if s.next_grid >= s.window_start:
+                bids, asks = book.top(self.depth)
+                self.out.append(TopOfBook(s.next_grid, book.last_update_id, s.last_e, tuple(bids), tuple(asks)))
+                s.stats.emitted += 1
+            s.next_grid += self.cadence_ms
+        a, b = max(s.last_e, s.window_start), min(t, self.end_ms)
+        if b > a:
+            s.stats.valid_ms += b - a
 
 
 def reconstruct(
@@ -229,108 +499,6 @@ def reconstruct(
     ascending ``u`` (the store's ``(symbol, event_time, final_update_id)`` order is); it is
     consumed once, so a cursor works.
     """
-    if cadence_ms <= 0 or depth <= 0:
-        raise ValueError("cadence_ms and depth must be positive")
-    if end_ms <= start_ms:
-        raise ValueError("end_ms must be after start_ms")
-    snaps = sorted(snapshots, key=lambda s: (s.last_update_id, s.time))
-    stats = BookStats()
-    out: list[TopOfBook] = []
-    book: OrderBook | None = None
-    si = 0
-    prev_u = -1
-    last_e = start_ms  # time of the last applied event
-    invalid_since: int | None = start_ms  # no book from here (None while the book is valid)
-    invalid_reason = "no snapshot synced yet"
-    next_grid = _grid_from(start_ms, cadence_ms)
-
-    def close_invalid(until: int) -> None:
-        nonlocal invalid_since
-        if invalid_since is None:
-            return
-        a, b = max(invalid_since, start_ms), min(until, end_ms)
-        if b > a:
-            stats.invalid_intervals.append((a, b, invalid_reason))
-            stats.invalid_ms += b - a
-        invalid_since = None
-
-    def emit_until(t: int, book: OrderBook) -> None:
-        """Emit grid points in [last_e, t): the event at ``t`` has just proven the book held until then."""
-        nonlocal next_grid
-        if next_grid < last_e:
-            next_grid = _grid_from(last_e, cadence_ms)
-        while next_grid < t and next_grid < end_ms:
-            if next_grid >= start_ms:
-                bids, asks = book.top(depth)
-                out.append(TopOfBook(next_grid, book.last_update_id, last_e, tuple(bids), tuple(asks)))
-            next_grid += cadence_ms
-        a, b = max(last_e, start_ms), min(t, end_ms)
-        if b > a:
-            stats.valid_ms += b - a
-
-    def invalidate(at: int, reason: str) -> None:
-        nonlocal book, invalid_since, invalid_reason
-        book = None
-        invalid_since = at
-        invalid_reason = reason
-
-    pending: Iterator[Diff] = iter(diffs)
-    redo: Diff | None = None
-    while True:
-        if redo is not None:
-            d, redo = redo, None
-        else:
-            nxt = next(pending, None)
-            if nxt is None:
-                break
-            d = nxt
-            stats.events += 1
-        if book is None:
-            # Find a snapshot this event can start from: U <= L <= u (or pu == L).
-            while si < len(snaps) and d.prev_final_id != snaps[si].last_update_id < d.first_id:
-                # Too old: the events between L and U are not stored (or the snapshot predates the break).
-                if snaps[si].last_update_id >= prev_u:
-                    stats.snapshots_unusable += 1
-                si += 1
-            if si >= len(snaps) or snaps[si].last_update_id > d.final_id:
-                stats.dropped_before_sync += 1  # before the next snapshot (u < L), or no snapshot at all
-                continue
-            snap = load(snaps[si]) if load is not None else snaps[si]
-            si += 1
-            book = OrderBook.from_snapshot(snap)
-            book.apply(d)
-            stats.snapshots_used += 1
-            stats.syncs += 1
-            stats.resyncs += 1 if stats.syncs > 1 else 0
-            stats.applied += 1
-            if book.crossed:
-                stats.crossed += 1
-                invalidate(d.event_time, "book crossed right after a sync")
-                prev_u = d.final_id
-                continue
-            close_invalid(d.event_time)
-            prev_u, last_e = d.final_id, d.event_time
-            continue
-        if d.final_id <= prev_u:
-            stats.stale_ignored += 1
-            continue
-        if d.prev_final_id != prev_u:
-            stats.breaks += 1
-            invalidate(last_e, f"continuity break: pu {d.prev_final_id} != previous u {prev_u}")
-            redo = d  # this event may itself start the re-sync
-            continue
-        emit_until(d.event_time, book)
-        book.apply(d)
-        stats.applied += 1
-        if book.crossed:
-            stats.crossed += 1
-            invalidate(d.event_time, "book crossed after an update")
-            prev_u = d.final_id
-            continue
-        prev_u, last_e = d.final_id, d.event_time
-    stats.emitted = len(out)
-    if book is None:
-        close_invalid(end_ms)
-    elif last_e < end_ms:
-        stats.unproven_ms = end_ms - max(last_e, start_ms)
-    return out, stats
+    replay = Replay(start_ms, end_ms, cadence_ms=cadence_ms, depth=depth, load=load)
+    tops = replay.run(snapshots, diffs)
+    return tops, replay.finish()

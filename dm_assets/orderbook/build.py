@@ -1,4 +1,4 @@
-"""Store glue for the order book: REST snapshots in, proven top-N snapshots, audit rows and health out.
+"""Store glue for the order book: REST snapshots in, proven top-N rows, a checkpoint and the day's verdict out.
 
 Why a Dagster asset over the *stored* diffs (and not a component beside the ingest service):
 
@@ -13,63 +13,74 @@ Why a Dagster asset over the *stored* diffs (and not a component beside the inge
   ``depth_snapshots``; the schedule runs it every 5 minutes, which bounds how long a break
   stays unrepaired (the book is valid again at the first stored diff covering that snapshot).
   Past days are rebuilt from the snapshots stored while they were live.
-* Cost: the live day is replayed from its first snapshot on every run (O(diffs so far)). A
-  checkpoint of the book at the last proven event would make it incremental; not needed at
-  the embedded stack's volumes, and the rebuild is the simpler thing to trust.
+* Cost: a run costs what changed since the last one. It continues from the checkpoint the
+  previous run stored (:mod:`dm_assets.orderbook.checkpoint`): the replay's whole state after
+  the last diff at least ``SETTLE_MS`` old, so diffs still arriving at the live edge are never
+  baked into it. The checkpoint is checked against the stored diffs first (the diff it stopped
+  at is still stored; a valid book's next diff continues it); when it does not match, the run
+  replays the day from its first snapshot and says so in an audit row. Either path gives the
+  same rows and the same verdict (tested side by side).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from bson.decimal128 import Decimal128
 
+from dm_assets.orderbook import checkpoint
 from dm_assets.orderbook.book import (
     DEFAULT_CADENCE_MS,
     DEFAULT_DEPTH,
-    BookStats,
     Diff,
+    Replay,
+    ReplayState,
     Snapshot,
     TopOfBook,
-    reconstruct,
 )
+from dm_assets.orderbook.report import BookDay
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.contracts import now_ms
-from dm_resources.intervals import HOUR_MS, MINUTE_MS
+from dm_resources.intervals import DAY_MS, HOUR_MS, MINUTE_MS
 
 if TYPE_CHECKING:
     from dm_resources.binance import BinanceClient
-    from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn, Severity
     from dm_resources.mongo import MongoStore
 
 SNAPSHOT_LIMIT = 1000
 # A day starts from the newest snapshot taken up to this long before midnight.
 WARMUP_MS = 2 * HOUR_MS
+# No snapshot of the symbol in this long before the day: the day is its first (the book is
+# judged from its first sync on, as a listing is judged from its first trade).
+FIRST_DAY_PROBE_MS = DAY_MS
 # The event containing a snapshot's lastUpdateId may carry an event time a little before the
 # snapshot's own E: read diffs from this much earlier.
 DIFF_MARGIN_MS = 10_000
 # Diffs read past the window's end, so its last grid points can be proven by the next event.
 TAIL_MS = MINUTE_MS
-# Health: each incident (break, crossed book, unusable snapshot) costs this much consistency.
-INCIDENT_PENALTY = 10.0
-# Health weights: the candle health's (completeness 0.5, freshness 0.2, consistency 0.3).
-WEIGHTS = (0.5, 0.2, 0.3)
-# Severity: more than this share of the window without a book is an ERROR, less a WARN.
-ERROR_INVALID_SHARE = 0.05
-# The live edge: diffs still arriving (ingest lag) leave the newest moments unproven.
-UNPROVEN_GRACE_MS = 2 * MINUTE_MS
-HEALTH_INTERVAL = "book"
-CHECK_NAME = "orderbook_continuity"
+# Checkpoints stay this far behind the run's time: ingest lag cannot leave a diff out of one.
+SETTLE_MS = 2 * MINUTE_MS
+# A day is final (its diffs, tail included, are all stored) this long after it ends.
+FINAL_AFTER_MS = TAIL_MS + SETTLE_MS
+DIFF_PROJECTION = {
+    "_id": 0,
+    "first_update_id": 1,
+    "final_update_id": 1,
+    "prev_final_update_id": 1,
+    "event_time": 1,
+    "bids": 1,
+    "asks": 1,
+}
 
 
-def take_snapshot(client: BinanceClient, store: MongoStore, symbol: str, *, limit: int = SNAPSHOT_LIMIT) -> int:
-    """Fetch the book now and store it in ``depth_snapshots``; returns its ``lastUpdateId``."""
+def take_snapshot(client: BinanceClient, store: MongoStore, symbol: str, *, limit: int = SNAPSHOT_LIMIT) -> Snapshot:
+    """Fetch the book now and store it in ``depth_snapshots``; returns its header (``lastUpdateId``, time)."""
     snap = client.fetch_depth(symbol, limit=limit)
     store.insert_idempotent("depth_snapshots", [snap.to_document(fetched_at=now_ms())])
-    return snap.last_update_id
+    return Snapshot(snap.last_update_id, snap.event_time)
 
 
 def snapshot_headers(store: MongoStore, symbol: str, lo: int, hi: int) -> list[Snapshot]:
@@ -90,19 +101,15 @@ def snapshot_loader(store: MongoStore, symbol: str) -> Callable[[Snapshot], Snap
     return load
 
 
-def _f(x: Any) -> float:
-    return float(x)
-
-
 def top_document(symbol: str, top: TopOfBook) -> dict[str, Any]:
     """One ``orderbook_snapshots`` document: exact levels plus the floats analytics read."""
     bid, ask = top.bids[0][0] if top.bids else None, top.asks[0][0] if top.asks else None
     mid = spread = None
     if bid is not None and ask is not None:
-        mid = (_f(bid) + _f(ask)) / 2
-        spread = (_f(ask) - _f(bid)) / mid * 1e4
-    bq = sum(_f(q) for _, q in top.bids)
-    aq = sum(_f(q) for _, q in top.asks)
+        mid = (float(bid) + float(ask)) / 2
+        spread = (float(ask) - float(bid)) / mid * 1e4
+    bq = sum(float(q) for _, q in top.bids)
+    aq = sum(float(q) for _, q in top.asks)
     return {
         "_id": f"{symbol}:{top.time}",
         "symbol": symbol,
@@ -121,128 +128,117 @@ def top_document(symbol: str, top: TopOfBook) -> dict[str, Any]:
 
 
 @dataclass
-class BookDay:
-    """One partition's rebuild: what was written and what the replay saw."""
+class Plan:
+    """Where a run starts: from nothing (the day's first snapshot) or from a stored checkpoint."""
 
-    symbol: str
-    day: str
-    window: tuple[int, int]
-    stats: BookStats = field(default_factory=BookStats)
-    documents: int = 0
-    upserted: int = 0
-    modified: int = 0
-    snapshot_taken: int | None = None
-    snapshot_error: str | None = None
+    snapshots: list[Snapshot]
+    read_from: int  # event time of the first diff to read
+    rows_from: int  # rows before this are final (written by an earlier run)
+    state: ReplayState | None = None
+    after: tuple[int, int] | None = None  # skip diffs at or before this (event_time, u)
+    begins_at_first_sync: bool = False
+    replay: str = "full"
 
-    @property
-    def window_ms(self) -> int:
-        return max(0, self.window[1] - self.window[0])
 
-    @property
-    def incidents(self) -> int:
-        s = self.stats
-        return s.breaks + s.crossed + s.snapshots_unusable
+def _with_warmup(headers: list[Snapshot], start: int) -> list[Snapshot]:
+    """The newest snapshot at or before the day's start (the warm-up) and every one after it."""
+    before = [h for h in headers if h.time <= start]
+    return before[-1:] + [h for h in headers if h.time > start]
 
-    @property
-    def dark_ms(self) -> int:
-        """Time without a proven book: invalid spans plus an unproven tail longer than the grace.
 
-        The tail counts too: if the diffs stop (ingest down), the last book is never disproven
-        but not proven either, and a day with no diffs at all must not pass.
-        """
-        return self.stats.invalid_ms + max(0, self.stats.unproven_ms - UNPROVEN_GRACE_MS)
+def full_plan(store: MongoStore, symbol: str, start: int, hi: int) -> Plan:
+    """Replay the day from its first usable snapshot (the newest up to ``WARMUP_MS`` before midnight)."""
+    headers = snapshot_headers(store, symbol, start - WARMUP_MS, hi)
+    used = _with_warmup(headers, start)
+    first_day = not (used and used[0].time <= start) and not store.read_range(
+        "depth_snapshots", symbol, start - FIRST_DAY_PROBE_MS, start, limit=1, projection={"_id": 1}
+    )
+    read_from = min(start, used[0].time - DIFF_MARGIN_MS) if used else start
+    return Plan(used, read_from, start, begins_at_first_sync=first_day)
 
-    @property
-    def passed(self) -> bool:
-        """Only when nothing was found: no break, no crossed book, no unusable snapshot, no time without a book."""
-        return self.incidents == 0 and self.dark_ms == 0
 
-    @property
-    def severity(self) -> Severity:
-        if self.passed:
-            return "INFO"
-        share = self.dark_ms / self.window_ms if self.window_ms else 1.0
-        return "ERROR" if share > ERROR_INVALID_SHARE else "WARN"
+def resume_plan(store: MongoStore, symbol: str, start: int, hi: int, cp: checkpoint.Checkpoint) -> Plan | str:
+    """Continue from ``cp``, or say why it does not match the stored diffs."""
+    st = cp.state
+    assert st.position is not None  # a checkpoint taken before any diff is not continued (see _choose_plan)
+    pos_e, pos_u = st.position
+    stored = store.collection("depth_updates").find_one(
+        {"_id": f"{symbol}:{pos_u}"}, {"event_time": 1, "prev_final_update_id": 1}
+    )
+    if stored is None or int(stored["event_time"]) != pos_e:
+        return f"the diff the checkpoint stopped at (u {pos_u}, event time {pos_e}) is no longer stored as it was"
+    # Snapshots that can still start a book were taken after the book's last id and after the last one passed.
+    lo = start - WARMUP_MS
+    if st.prev_u >= 0 or st.snap_after is not None:
+        lo = max(lo, max(st.last_e, st.snap_after[1] if st.snap_after else st.last_e) - DIFF_MARGIN_MS)
+    used = _with_warmup(snapshot_headers(store, symbol, lo, hi), start)
+    return Plan(used, pos_e, st.next_grid, state=st, after=st.position, replay=f"resumed from checkpoint u {st.prev_u}")
 
-    def message(self) -> str:
-        s = self.stats
-        if self.window_ms == 0:
-            return f"{self.day} {self.symbol}: the day has not started"
+
+def read_diffs(store: MongoStore, symbol: str, lo: int, hi: int, after: tuple[int, int] | None) -> Iterator[Diff]:
+    """Stored diffs with ``lo <= event_time < hi`` in ``(event_time, u)`` order, after ``after`` if given."""
+    for doc in store.iter_range("depth_updates", symbol, lo, hi, projection=DIFF_PROJECTION):
+        d = Diff.from_document(doc)
+        if after is not None and (d.event_time, d.final_id) <= after:
+            continue
+        yield d
+
+
+def continuation_mismatch(state: ReplayState, diffs: Iterator[Diff]) -> tuple[str | None, Iterator[Diff]]:
+    """Peek at the first diff after a checkpoint that holds a book: it must continue the book's last id."""
+    first = next(diffs, None)
+    if first is None:
+        return None, iter(())
+    rest = chain([first], diffs)
+    if state.book is not None and first.final_id > state.prev_u and first.prev_final_id != state.prev_u:
         return (
-            f"{self.day} {self.symbol}: {s.breaks} continuity break(s), {s.resyncs} re-sync(s), "
-            f"{s.crossed} crossed book(s), {s.snapshots_unusable} unusable snapshot(s), "
-            f"{s.invalid_ms / 1000:.0f} s of {self.window_ms / 1000:.0f} s without a valid book, "
-            f"{s.unproven_ms / 1000:.0f} s unproven at the end; "
-            f"{self.documents} top-of-book snapshots"
+            f"checkpoint at u {state.prev_u} does not match the stored diffs: the next stored diff has pu "
+            f"{first.prev_final_id} (a diff missing after it)",
+            rest,
         )
-
-    def health(self) -> dict[str, float]:
-        """0–100 scores: completeness = share of the window with a book; consistency loses 10 per incident."""
-        if self.window_ms == 0:
-            return {"completeness": 0.0, "freshness": 0.0, "consistency": 0.0, "score": 0.0}
-        completeness = 100.0 * max(0.0, 1 - self.stats.invalid_ms / self.window_ms)
-        late = max(0, self.stats.unproven_ms - MINUTE_MS)
-        # Never a valid book: nothing is fresh. Otherwise the unproven tail beyond a minute costs.
-        freshness = 0.0 if self.stats.valid_ms == 0 else 100.0 * max(0.0, 1 - late / (10 * MINUTE_MS))
-        consistency = max(0.0, 100.0 - INCIDENT_PENALTY * self.incidents)
-        w = WEIGHTS
-        score = w[0] * completeness + w[1] * freshness + w[2] * consistency
-        return {
-            "completeness": round(completeness, 4),
-            "freshness": round(freshness, 4),
-            "consistency": round(consistency, 4),
-            "score": round(score, 4),
-        }
-
-    def as_metadata(self) -> dict[str, Any]:
-        s = self.stats.to_dict()
-        s["invalid_intervals"] = s["invalid_intervals"][:20]
-        return {
-            "symbol": self.symbol,
-            "day": self.day,
-            "documents": self.documents,
-            "upserted": self.upserted,
-            "modified": self.modified,
-            "snapshot_taken": self.snapshot_taken,
-            "snapshot_error": self.snapshot_error,
-            **{k: v for k, v in s.items() if k != "invalid_intervals"},
-            "invalid_intervals": s["invalid_intervals"],
-        }
-
-    def audit_row(self, asset_key: str, run_id: str | None = None) -> AuditLogIn:
-        from dm_resources.metadata.schemas import AuditLogIn
-
-        details = self.as_metadata()
-        return AuditLogIn(
-            check_name=CHECK_NAME,
-            severity=self.severity,
-            passed=self.passed,
-            message=self.message(),
-            details=details,
-            asset_key=asset_key,
-            partition_key=f"{self.day}|{self.symbol}",
-            symbol=self.symbol,
-            interval=HEALTH_INTERVAL,
-            run_id=run_id,
-        )
-
-    def health_row(self, run_id: str | None = None) -> HealthMetricIn:
-        from dm_resources.metadata.schemas import HealthMetricIn
-
-        h = self.health()
-        return HealthMetricIn(
-            symbol=self.symbol,
-            interval=HEALTH_INTERVAL,
-            day=dt.date.fromisoformat(self.day),
-            details={"source": CHECK_NAME, **{k: v for k, v in self.as_metadata().items() if k != "invalid_intervals"}},
-            run_id=run_id,
-            **h,
-        )
+    return None, rest
 
 
-def _diffs(docs: Iterator[Mapping[str, Any]]) -> Iterator[Diff]:
-    for d in docs:
-        yield Diff.from_document(d)
+class _Counted:
+    """Counts what the replay consumes (how many diffs a run read: its cost)."""
+
+    def __init__(self, it: Iterator[Diff]) -> None:
+        self.it, self.n = it, 0
+
+    def __iter__(self) -> Iterator[Diff]:
+        for d in self.it:
+            self.n += 1
+            yield d
+
+
+def _choose_plan(
+    store: MongoStore,
+    symbol: str,
+    day: str,
+    window: tuple[int, int],
+    diff_hi: int,
+    cadence_ms: int,
+    depth: int,
+    *,
+    use_checkpoint: bool,
+) -> tuple[Plan, Iterator[Diff], str | None]:
+    """The plan, its diffs, and why a stored checkpoint was refused (None when it was used or there was none)."""
+    start, hi = window
+    cp = checkpoint.load(store, symbol, day) if use_checkpoint else None
+    mismatch = None
+    # A checkpoint of other settings, or taken before any diff, is simply not continued (no mismatch).
+    if cp is not None and cp.fits(cadence_ms, depth) is None and cp.state.position is not None:
+        plan = resume_plan(store, symbol, start, hi, cp)
+        if isinstance(plan, Plan):
+            assert plan.state is not None
+            after = read_diffs(store, symbol, plan.read_from, diff_hi, plan.after)
+            mismatch, diffs = continuation_mismatch(plan.state, after)
+            if mismatch is None:
+                return plan, diffs, None
+        else:
+            mismatch = plan
+    plan = full_plan(store, symbol, start, hi)
+    return plan, read_diffs(store, symbol, plan.read_from, diff_hi, None), mismatch
 
 
 def build_orderbook_day(
@@ -253,43 +249,78 @@ def build_orderbook_day(
     now: int | None = None,
     cadence_ms: int = DEFAULT_CADENCE_MS,
     depth: int = DEFAULT_DEPTH,
+    use_checkpoint: bool = True,
+    run_id: str | None = None,
+    own_snapshot: Snapshot | None = None,
 ) -> BookDay:
-    """Rebuild one UTC day of one symbol and make ``orderbook_snapshots`` of that day equal the result."""
+    """Bring ``orderbook_snapshots`` of one UTC day of one symbol up to ``now``; store the checkpoint and verdict.
+
+    ``own_snapshot`` is the snapshot this run took (after ``now``, the run's instant): it is a
+    candidate even though it is newer than the window, so that on a symbol's first day the
+    book's history starts at it rather than the day being judged dark for want of one.
+    """
     now = now_ms() if now is None else now
     start, end = day_bounds_ms(day)
     hi = min(end, now)
-    out = BookDay(symbol, day, (start, max(start, hi)))
+    out = BookDay(symbol, day, (start, max(start, hi)), final=now >= end + FINAL_AFTER_MS)
     if hi <= start:
         return out
-    headers = snapshot_headers(store, symbol, start - WARMUP_MS, hi)
-    before = [h for h in headers if h.time <= start]
-    used = before[-1:] + [h for h in headers if h.time > start]
-    read_from = min(start, used[0].time - DIFF_MARGIN_MS) if used else start
-    cursor = store.iter_range(
-        "depth_updates",
-        symbol,
-        read_from,
-        min(end + TAIL_MS, now + 1),
-        projection={
-            "_id": 0,
-            "first_update_id": 1,
-            "final_update_id": 1,
-            "prev_final_update_id": 1,
-            "event_time": 1,
-            "bids": 1,
-            "asks": 1,
-        },
+    plan, diffs, mismatch = _choose_plan(
+        store, symbol, day, (start, hi), min(end + TAIL_MS, now + 1), cadence_ms, depth, use_checkpoint=use_checkpoint
     )
-    tops, out.stats = reconstruct(
-        used,
-        _diffs(cursor),
+    if own_snapshot is not None and own_snapshot.time >= hi:
+        plan.snapshots.append(own_snapshot)
+    replay = Replay(
         start,
         hi,
         cadence_ms=cadence_ms,
         depth=depth,
         load=snapshot_loader(store, symbol),
+        begins_at_first_sync=plan.begins_at_first_sync,
+        state=plan.state,
     )
-    docs = [top_document(symbol, t) for t in tops]
-    res = store.sync_range("orderbook_snapshots", symbol, start, end, docs)
-    out.documents, out.upserted, out.modified = len(docs), res.upserted, res.modified
+    counted = _Counted(diffs)
+    tops = replay.run(plan.snapshots, counted, checkpoint_at=now - SETTLE_MS)
+    out.stats = replay.finish()
+    out.window = (replay.s.window_start, hi)
+    # The window starts after midnight only on the symbol's first day: its book history starts there.
+    out.history_start = replay.s.window_start if replay.s.window_start > start else None
+    out.diffs_read, out.replay, out.checkpoint_mismatch = counted.n, plan.replay, mismatch
+    _write(store, out, tops, replay, plan.rows_from, now, cadence_ms, depth, run_id)
     return out
+
+
+def _write(
+    store: MongoStore,
+    out: BookDay,
+    tops: list[TopOfBook],
+    replay: Replay,
+    rows_from: int,
+    now: int,
+    cadence_ms: int,
+    depth: int,
+    run_id: str | None,
+) -> None:
+    """The rows, the day's outcome, then the checkpoint: a crash in between leaves the older
+    checkpoint, from which the next run rewrites the same rows and outcome."""
+    start, end = day_bounds_ms(out.day)
+    docs = [top_document(out.symbol, t) for t in tops]
+    # The run owns its rows' range: a stored row the current data no longer proves is deleted.
+    res = store.sync_range("orderbook_snapshots", out.symbol, rows_from, end, docs, prune=True)
+    out.documents, out.upserted, out.modified, out.deleted = len(docs), res.upserted, res.modified, res.deleted
+    checkpoint.save_summary(store, out.symbol, out.day, start, out.summary(now), now)
+    if out.final:  # nothing will continue it: a re-run of a final day replays it in full
+        checkpoint.drop(store, out.symbol, out.day)
+        return
+    assert replay.checkpoint is not None  # run() always keeps one when checkpoint_at is given
+    checkpoint.save(
+        store,
+        out.symbol,
+        out.day,
+        start,
+        state=replay.checkpoint,
+        cadence_ms=cadence_ms,
+        depth=depth,
+        as_of=now,
+        run_id=run_id,
+    )

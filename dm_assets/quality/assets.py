@@ -1,24 +1,36 @@
-"""Audit results and health scores per date × symbol, written to the metadata store (MySQL)."""
+"""Audit results and health scores per date × symbol, written to the metadata store (MySQL).
+
+Thin glue over the candle domain's audit (``dm_assets/candles/audit.py``). Both assets judge a
+partition as of the run's time (:func:`dm_assets.clock.run_time_ms`), the instant the candle
+assets of the same run built it against: a minute that closed after that instant is not a gap
+for the audit when it was not yet due for the build.
+"""
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from dm_assets.candles.assets import BACKFILL_POLICY
+from dm_assets.clock import run_time_ms
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
-from dm_resources.contracts import CANDLE_ASSET_PATHS, CANDLE_INTERVALS
+from dm_resources.contracts import (
+    AUDIT_RESULTS_PATH,
+    CANDLE_ASSET_PATHS,
+    CANDLE_INTERVALS,
+    HEALTH_SCORES_PATH,
+    QUALITY_GROUP,
+)
 from dm_resources.resources import MetadataResource, MongoResource
 
-QUALITY_GROUP = "quality"
+AUDIT_RESULTS_KEY = AssetKey(AUDIT_RESULTS_PATH)
+HEALTH_SCORES_KEY = AssetKey(HEALTH_SCORES_PATH)
 _CANDLE_DEPS = [AssetKey(path) for path in CANDLE_ASSET_PATHS]
 
 
 @asset(
-    key=AssetKey([QUALITY_GROUP, "audit_results"]),
+    key=AUDIT_RESULTS_KEY,
     partitions_def=DATE_SYMBOL_PARTITIONS,
     backfill_policy=BACKFILL_POLICY,
     deps=_CANDLE_DEPS,
     group_name=QUALITY_GROUP,
-    kinds={"mysql", "pandas"},
-    tags={"dm/layer": "quality"},
     description=(
         "Runs every candle check (gaps, duplicates, OHLC sanity, bad prints, source agreement) for each interval "
         "of the partition and appends the results with a severity to `audit_logs` in the metadata store."
@@ -30,11 +42,12 @@ def audit_results(
     from dm_assets.candles import audit
 
     store, meta = mongo.get_store(), metadata.get_store()
+    now = run_time_ms(context)
     rows = []
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
         for interval in CANDLE_INTERVALS:
-            for outcome in audit.check_partition(store, meta, symbol, day, interval):
+            for outcome in audit.check_partition(store, meta, symbol, day, interval, now=now):
                 rows.append(
                     audit.to_audit_log(
                         outcome, symbol=symbol, interval=interval, partition_key=str(pk), run_id=context.run.run_id
@@ -63,13 +76,11 @@ def audit_results(
 
 
 @asset(
-    key=AssetKey([QUALITY_GROUP, "health_scores"]),
+    key=HEALTH_SCORES_KEY,
     partitions_def=DATE_SYMBOL_PARTITIONS,
     backfill_policy=BACKFILL_POLICY,
-    deps=[AssetKey([QUALITY_GROUP, "audit_results"]), *_CANDLE_DEPS],
+    deps=[AUDIT_RESULTS_KEY, *_CANDLE_DEPS],
     group_name=QUALITY_GROUP,
-    kinds={"mysql", "pandas"},
-    tags={"dm/layer": "quality"},
     description=(
         "Health score 0–100 per symbol, interval and day from completeness, freshness and consistency, the "
         "last computed from the check outcomes (weights in dm_assets/candles/health.py), upserted into "
@@ -82,11 +93,12 @@ def health_scores(
     from dm_assets.candles import audit
 
     store, meta = mongo.get_store(), metadata.get_store()
+    now = run_time_ms(context)
     rows = []
     for pk in context.partition_keys:
         day, symbol = split_key(pk)
         for interval in CANDLE_INTERVALS:
-            rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=context.run.run_id))
+            rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=context.run.run_id, now=now))
     meta.upsert_health(rows)
     table = "\n".join(
         f"| {r.day} | {r.symbol} | {r.interval} | {r.completeness:.2f} | {r.freshness:.2f} | "

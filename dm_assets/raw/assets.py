@@ -11,10 +11,8 @@ import datetime as dt
 
 from dagster import AssetKey, AssetSpec, FreshnessPolicy
 
+from dm_resources.contracts import RAW_GROUP, raw_asset_path
 from dm_resources.mongo import COLLECTIONS, RAW_COLLECTIONS
-
-RAW_GROUP = "raw"
-RAW_PREFIX = "raw"
 
 # Live streams arrive several times a second; ten minutes of silence means the bus
 # or the ingest service is down. Funding rates change once per funding interval.
@@ -23,7 +21,7 @@ FUNDING_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=9
 
 
 def raw_key(collection: str) -> AssetKey:
-    return AssetKey([RAW_PREFIX, collection])
+    return AssetKey(raw_asset_path(collection))
 
 
 RAW_ASSET_SPECS: list[AssetSpec] = [
@@ -32,14 +30,12 @@ RAW_ASSET_SPECS: list[AssetSpec] = [
         description=f"{COLLECTIONS[name].description}. Written by the ingest service "
         f"(NATS JetStream → MongoDB `{name}`); observed, not materialized, by Dagster.",
         group_name=RAW_GROUP,
-        kinds={"mongodb"},
         metadata={
             "collection": name,
             "time_field": COLLECTIONS[name].time_field,
             "index": ", ".join(COLLECTIONS[name].key),
         },
         freshness_policy=FUNDING_FRESHNESS if name == "funding_rates" else RAW_FRESHNESS,
-        tags={"dm/layer": "raw"},
     )
     for name in RAW_COLLECTIONS
 ]

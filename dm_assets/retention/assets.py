@@ -1,6 +1,5 @@
 """``maintenance/retention``: the daily retention run (see plan.py for why a job and not a TTL index)."""
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from dagster import (
@@ -8,22 +7,21 @@ from dagster import (
     AssetKey,
     Config,
     DagsterInstance,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
-    ScheduleDefinition,
     asset,
-    define_asset_job,
 )
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from pydantic import Field
 
-from dm_assets.partitions import AUTOMATION_STATUS, DATE_SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME, partition_key
+from dm_assets.clock import run_time_ms
+from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME, partition_key
 from dm_assets.retention import plan
+from dm_resources.contracts import MAINTENANCE_GROUP, RETENTION_PATH
 from dm_resources.resources import MongoResource
 from dm_resources.settings import get_settings
 
-RETENTION_KEY = AssetKey(["maintenance", "retention"])
+RETENTION_KEY = AssetKey(RETENTION_PATH)
 
 
 class RetentionConfig(Config):
@@ -46,9 +44,7 @@ def partition_status(instance: DagsterInstance, symbols_known: set[str]) -> plan
 
 @asset(
     key=RETENTION_KEY,
-    group_name="maintenance",
-    kinds={"mongodb"},
-    tags={"dm/layer": "maintenance"},
+    group_name=MAINTENANCE_GROUP,
     description=(
         "Deletes whole UTC days older than each collection's retention (DM_RETENTION_*_DAYS) from agg_trades, "
         "depth_updates, depth_snapshots, book_tickers, tickers, mark_prices and analytics, except days whose "
@@ -63,7 +59,7 @@ def retention(context: AssetExecutionContext, config: RetentionConfig, mongo: Mo
         mongo.get_store(),
         plan.policies(settings),
         symbols | set(settings.symbols),
-        int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        run_time_ms(context),
         settings.partition_start,
         partition_status(context.instance, symbols),
         dry_run=config.dry_run,
@@ -79,17 +75,5 @@ def retention(context: AssetExecutionContext, config: RetentionConfig, mongo: Mo
         }
     )
 
-
-retention_job = define_asset_job(
-    "retention_job", selection=[RETENTION_KEY], description="Daily retention of the high-volume collections."
-)
-retention_schedule = ScheduleDefinition(
-    name="retention_schedule",
-    job=retention_job,
-    cron_schedule="17 3 * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus(AUTOMATION_STATUS),
-    description="Daily at 03:17 UTC: delete raw and analytics days past their retention (never pending ones).",
-)
 
 RETENTION_ASSETS = [retention]
