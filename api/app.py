@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -21,9 +21,11 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api.deps import ApiSettings, AppState, AuthError
+from api.l2 import L2Cache
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
 from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
+from api.strategy_runtime import RateLimited, enforce_strategy, record_strategy
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -71,6 +73,16 @@ def create_app(
     st.hot.revalidate_s = st.api.cache_revalidate_s
     metrics = ApiMetrics()
     st.metrics = metrics
+    if st.settings.redis_url:
+        st.l2 = L2Cache(
+            st.settings.redis_url,
+            prefix=f"dm:l2:{st.settings.mongo_db}:",
+            timeout_s=st.api.l2_timeout_ms / 1000,
+            retry_s=st.api.l2_retry_s,
+            wait_s=st.api.l2_wait_s,
+        )
+        st.owned.append(st.l2)
+    record_strategy(st)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +97,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(enforce_strategy)],
     )
     _serve_docs_offline(app)
     app.state.dm = st
@@ -101,6 +114,12 @@ def create_app(
         resp = _error(exc.status, ["header", "Authorization"], exc.message, "auth")
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        resp = _error(429, ["header", "Authorization"], f"{exc.who}: rate limit {exc.limit} exceeded", "rate_limited")
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
         return resp
 
     @app.exception_handler(backfill.UpstreamError)

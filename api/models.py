@@ -173,8 +173,24 @@ class Liveness(_Model):
     status: Literal["ok"]
 
 
+class LastReload(_Model):
+    result: Literal["ok", "invalid", "unreadable", "builtin"]
+    at: float = Field(description="epoch seconds of the last read of the strategy file")
+    error: str | None = Field(default=None, description="why the file was not applied (the old strategy stays)")
+
+
+class StrategyStatus(_Model):
+    version: str = Field(description="the strategy file's `version`; `builtin` without a file")
+    digest: str = Field(description="SHA-256 prefix of the applied file's bytes")
+    source: str
+    loaded_at: float = Field(description="epoch seconds this process applied it")
+    last_reload: LastReload
+    pid: int | None = Field(default=None, description="the worker process that answered")
+    strategy: dict[str, Any] | None = Field(default=None, description="the whole active strategy")
+
+
 class DependencyCheck(_Model):
-    name: Literal["mongodb", "metadata", "dagster"]
+    name: Literal["mongodb", "metadata", "dagster", "cache"]
     ok: bool
     latency_ms: float
     error: str | None = None
@@ -189,6 +205,7 @@ class Readiness(_Model):
         default_factory=list, description="optional dependencies that are down (Dagster: backfill routes answer 503)"
     )
     checks: list[DependencyCheck]
+    strategy: StrategyStatus | None = Field(default=None, description="the active strategy and the last reload")
 
 
 class HealthSummaryItem(_Model):

@@ -53,7 +53,7 @@ def cached_latest(
     shape: Any = None,
 ) -> Response:
     """Latest results through the hot cache (dropped when a newer ``window_end`` lands); pages uncached."""
-    cacheable = st.api.cache_enabled and start is None and end is None
+    cacheable = start is None and end is None
     src = Source("analytics", symbol, (("kind", kind), ("interval", period)), ANALYTICS_FIELDS)
     key = ("analysis", src, limit, tuple(header.get("pairs") or ()))
 
@@ -67,7 +67,7 @@ def cached_latest(
     if not cacheable:
         return json_response(body()[0])
     probe = lambda newest: has_newer(st.mongo, src, newest)  # noqa: E731
-    return cached(st, key, f"analytics:{symbol}:{kind}:{period}", body, probe)
+    return cached(st, key, f"analytics:{symbol}:{kind}:{period}", body, probe, dataset="analytics")
 
 
 def _kind_route(kind: str, default_period: str, summary: str) -> None:
