@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from api.deps import AppState
 
 
+# Probes and scrapes carry no token: a rate limit on them would take healthy pods out of service.
+UNLIMITED = frozenset({"/health/liveness", "/health/readiness", "/metrics"})
+
+
 class RateLimited(Exception):
     """A token (or an anonymous client) spent its rate; answered 429 with ``Retry-After``."""
 
@@ -133,7 +137,8 @@ async def enforce_strategy(request: Request) -> None:
     st: AppState = request.app.state.dm
     strategy = st.strategy
     rl = strategy.rate_limits
-    if rl.default is not None or rl.anonymous is not None or rl.tokens:
+    limited = rl.default is not None or rl.anonymous is not None or rl.tokens
+    if limited and request.url.path not in UNLIMITED:
         token = _bearer(request)
         tid = token_id(token) if token else None
         items = rl.items_for(tid)
