@@ -133,6 +133,13 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             ("symbol", "snapshot_time"),
             description="Top-N order book every 10 s, rebuilt by Dagster from REST snapshots and depth diffs",
         ),
+        CollectionSpec(
+            "pattern_series",
+            "start",
+            ("symbol", "interval", "start"),
+            description="Dense close series for the pattern search (GET /analysis/similar), one document per "
+            "chunk of 43,200 bars, written by Dagster (analytics/pattern_series)",
+        ),
     )
 }
 

@@ -6,16 +6,38 @@ new ones; the API passes them through rather than dropping what it does not know
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api.deps import AppState, State, read_access
-from api.models import AnalyticsPage
-from api.params import MAX_LIMIT, check_analytics_period, check_known, parse_pairs, parse_range
+from api.models import AnalyticsPage, ErrorResponse, SimilarPage
+from api.params import (
+    MAX_LIMIT,
+    ParamError,
+    check_analytics_period,
+    check_known,
+    check_period,
+    parse_pairs,
+    parse_range,
+)
 from api.queries import Source, dumps, has_newer, read_latest, read_page
 from api.routes.common import ERRORS, End, KnownPair, Start, cached, json_response, next_link
-from dm_resources.contracts import CORRELATION_SYMBOL, duration_ms
+from dm_assets.analytics.pattern_series import PATTERN_INTERVALS, load_series
+from dm_assets.analytics.patterns import (
+    K_MAX,
+    K_MIN,
+    MAX_SYMBOLS,
+    WINDOW_MAX,
+    WINDOW_MIN,
+    DenseSeries,
+    HistoryTooShort,
+    QueryIncomplete,
+    search,
+)
+from dm_assets.analytics.patterns import summary as pattern_summary
+from dm_resources.contracts import CORRELATION_SYMBOL, duration_ms, now_ms
 
 router = APIRouter(prefix="/analysis", tags=["analysis"], dependencies=[Depends(read_access)])
 
@@ -170,3 +192,80 @@ def correlation(
     header = {"pair": CORRELATION_SYMBOL, "kind": "correlation", "period": period, "pairs": wanted}
     resp = cached_latest(request, st, CORRELATION_SYMBOL, "correlation", period, start, end, limit, header, shape=shape)
     return resp
+
+
+# --- pattern search ----------------------------------------------------------------------------------------
+
+# Searches are CPU-bound (FFT over up to 20 × 525,600 bars): at most two at once per process, so
+# they cannot take every thread from the cheap reads.
+_SEARCHES = threading.BoundedSemaphore(2)
+_SEARCH_WAIT_S = 30.0
+
+
+@router.get(
+    "/similar",
+    response_model=SimilarPage,
+    responses={**ERRORS, 503: {"model": ErrorResponse, "description": "too many searches in progress"}},
+)
+def similar(
+    st: State,
+    pair: KnownPair,
+    period: Annotated[str, Query(description=f"candle interval: {', '.join(PATTERN_INTERVALS)}", max_length=8)] = "1h",
+    window: Annotated[
+        int, Query(ge=WINDOW_MIN, le=WINDOW_MAX, description="bars in the latest window, the shape searched for")
+    ] = 60,
+    k: Annotated[int, Query(ge=K_MIN, le=K_MAX, description="matches to return")] = 5,
+    symbols: Annotated[
+        str | None,
+        Query(
+            description=f"comma-separated symbols to search (at most {MAX_SYMBOLS}); default: the pair's own history",
+            max_length=2000,
+        ),
+    ] = None,
+) -> Response:
+    """The k past windows whose shape is closest to the pair's latest `window` bars, and what followed each.
+
+    Shape is the z-normalized close path (level and scale removed), compared by MASS over each
+    symbol's history (a year of 1m and 5m, two of 15m, five of 1h and 4h, ten of 1d). Matches
+    end before the latest window starts and do not overlap each other; windows with a missing or
+    flagged bar are never matches. Each gives the return over the next `window` bars and their max
+    drawdown. Fewer than two windows of the pair's history, or a latest window with missing bars, is
+    a 422 that says so.
+    """
+    check_period(period, PATTERN_INTERVALS)
+    wanted = parse_pairs(symbols, "symbols", max_pairs=MAX_SYMBOLS) or [pair]
+    for p in wanted:
+        if not st.pair_known(p):
+            check_known(p, st.known_symbols(), "symbols")
+    if not _SEARCHES.acquire(timeout=_SEARCH_WAIT_S):
+        raise ParamError("window", "too many pattern searches in progress; retry shortly", status=503)
+    try:
+        store = st.mongo
+        end = now_ms() + duration_ms(period)
+        series: dict[str, DenseSeries] = {}
+        source = {"precomputed_bars": 0, "candle_bars": 0}
+        for sym in dict.fromkeys([pair, *wanted]):
+            s, src = load_series(store, sym, period, end)
+            series[sym] = s
+            for key, n in src.items():
+                source[key] += n
+        try:
+            res = search(series[pair], {s: series[s] for s in wanted}, window, k)
+        except (HistoryTooShort, QueryIncomplete) as exc:
+            raise ParamError("window", f"{exc} ({period})") from None
+    finally:
+        _SEARCHES.release()
+    q = res.query
+    body = {
+        "pair": pair,
+        "period": period,
+        "window": window,
+        "k": k,
+        "symbols": wanted,
+        "query": {"start": q.end - window * q.step, "end": q.end, "bars": q.n},
+        "matches": [mt.to_dict() for mt in res.matches],
+        "summary": pattern_summary(res.matches),
+        "searched": res.searched,
+        "source": source,
+    }
+    return json_response(dumps(body))
