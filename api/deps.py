@@ -76,6 +76,7 @@ class ApiSettings(BaseSettings):
     strategy_poll_s: float = Field(default=1.0, gt=0, description="how often each process checks the strategy file")
     l2_timeout_ms: int = Field(default=50, ge=1, le=5000, description="per Redis command; then the store answers")
     l2_retry_s: float = Field(default=0.5, gt=0, description="first pause of L2 after a failure (doubles up to 5 s)")
+    pattern_warmup: bool = Field(default=True, description="compile the pattern search's kernels at start-up")
     l2_wait_s: float = Field(default=0.5, ge=0, description="wait for another worker's fill before reading the store")
 
 
@@ -169,6 +170,8 @@ class AppState:
         _ = self.mongo, self.meta, self.candles
         self.ensure_watcher()
         self.start_strategy()
+        if self.api.pattern_warmup:
+            threading.Thread(target=_warm_up_search, name="pattern-search-warm-up", daemon=True).start()
 
     def _lazy(self, attr: str, build: Callable[[], T]) -> T:
         value = getattr(self, attr)
@@ -248,6 +251,13 @@ class AppState:
             if obj_close is not None:
                 obj_close()
         self.owned.clear()
+
+
+def _warm_up_search() -> None:
+    from dm_assets.analytics.patterns import warm_up
+
+    with contextlib.suppress(Exception):  # a failed warm-up only makes the first search slower
+        warm_up()
 
 
 def state(request: Request) -> AppState:

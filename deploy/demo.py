@@ -34,6 +34,7 @@ import urllib.request
 import warnings
 from typing import Any
 
+from deploy.demo_patterns import show_similarity
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH
 from dm_resources.dagster_client import DagsterGraphQL
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 code, body = _get(base + path)
                 say(f"GET {path} -> {code}: {body[:300]}")
+            show_similarity(gql, base, settings.symbols, say)
 
         if exchange is not None:
             _integrity_demo(gql, store, meta, exchange, settings.symbols[0], today, api_port)

@@ -91,6 +91,12 @@ def mass_profile(query: np.ndarray, series: np.ndarray) -> np.ndarray:
     return prof
 
 
+def warm_up() -> None:
+    """Compile stumpy's numba kernels now (about 3 s once per process) instead of in the first request."""
+    t = np.sin(np.arange(64.0))
+    mass_profile(t[:16].copy(), t)
+
+
 def brute_force_profile(query: np.ndarray, series: np.ndarray, block: int = 65_536) -> np.ndarray:
     """The same distances by z-normalizing every window and subtracting (the anchor; O(n·m) memory per block).
 
