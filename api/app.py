@@ -43,6 +43,8 @@ backfills started through Dagster.
 * Raw prices and quantities are decimal strings (no digit lost); candles and analytics are floats.
 * Writes need `Authorization: Bearer <token>`: `DM_API_TOKEN` (every scope) or a scoped token
   from `DM_API_TOKENS` (`positions:write`, `pnl:write`, `klines:write`, `read`).
+* `GET /analysis/similar` finds the past windows shaped most like a pair's latest bars and what followed them.
+* `GET /health/strategy` shows the operators' live strategy (cache levels, limits, rate limits) this worker applies.
 * `/api/v1/...` is the trading services' contract (positions, daily PnL, extractor klines,
   market data by allow-list); `/positions` and `/pnl/daily` are its typed reads.
 """

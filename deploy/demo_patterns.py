@@ -19,8 +19,11 @@ def show_similarity(gql: Any, base: str, symbols: Sequence[str], say: Callable[[
     say("-" * 70)
     as_of = int(time.time() * 1000)
     config = {"ops": {PATTERN_OP: {"config": {"as_of_ms": as_of}}}}
-    for s in symbols:
-        run = gql.launch_run("pattern_series_job", partition_key=s, run_config=config, tags={"dm/origin": "api"})
+    runs = {
+        s: gql.launch_run("pattern_series_job", partition_key=s, run_config=config, tags={"dm/origin": "api"})
+        for s in symbols
+    }
+    for s, run in runs.items():
         say(f"pattern_series run for {s} ({run[:8]}): {gql.wait_for_run(run, timeout=600)}")
     pair = symbols[0]
     bars = _bars_today(base, pair)

@@ -204,3 +204,10 @@ def test_builtin_strategy_follows_the_cache_settings() -> None:
     on = builtin(enabled=True, ttl_s=5, notified_ttl_s=60)
     assert on.cache_for("candles").l1_ttl_s == 60 and on.cache_for("trades").l1_ttl_s == 5
     assert isinstance(on, Strategy)
+
+
+def test_the_documented_example_is_a_valid_strategy() -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "strategy.example.yaml"
+    s = parse_strategy(path.read_bytes(), path.name)
+    assert s.rate_limits.items_for("0123456789ab")[0].amount == 1000
+    assert s.rate_limits.items_for(None)[0].amount == 50 and s.rate_limits.items_for("ffffffffffff")[0].amount == 200
