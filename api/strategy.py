@@ -121,7 +121,7 @@ class Strategy(_Strict):
     """The whole file. ``version`` is the operator's label, shown in /metrics and /health."""
 
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:+-]+$")
-    cache: dict[str, DatasetCache] = Field(default_factory=dict)
+    cache: dict[str, DatasetCache] = Field(default_factory=dict, validate_default=True)
     limits: Limits = Field(default_factory=Limits)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
 

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,7 @@ def stats(rows: list[tuple[float, float, int]], wall: float | None = None) -> di
     out: dict[str, Any] = {
         "requests": len(rows),
         "failed": sum(1 for r in rows if r[2] != 200),
+        "statuses": {str(k): v for k, v in sorted(Counter(r[2] for r in rows).items())},
         "p50_ms": round(pct(lat, 50), 2) if lat else None,
         "p99_ms": round(pct(lat, 99), 2) if lat else None,
     }
@@ -339,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for p in reversed(procs):
             p.stop()
-        subprocess.run(["rm", "-rf", str(tmp)], check=False, cwd=ROOT)
+        if os.environ.get("DM_BENCH_KEEP"):
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False, cwd=ROOT)
     print(json.dumps(result, indent=2))
     return 0
 

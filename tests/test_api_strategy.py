@@ -71,6 +71,8 @@ def test_a_valid_file_parses_and_names_every_dataset() -> None:
     assert s.version == "2026.03.1" and s.limits.page_max == 1000
     assert s.cache_for("candles").level == "l1" and s.cache_for("candles").l1_ttl_s == 30
     assert s.cache_for("analytics").level == "l1+l2" and s.cache_for("trades").level == "l1"  # defaults
+    bare = parse_strategy(b"version: v0\n", "strategy.yaml")  # every dataset keeps its default
+    assert bare.cache_for("candles").level == "l1+l2" and bare.cache_for("depth").level == "l1"
     toml = parse_strategy(b'version = "t1"\n[cache.analytics]\nlevel = "l2"\n', "strategy.toml")
     assert toml.cache_for("analytics").l2 and not toml.cache_for("analytics").l1
 
