@@ -213,3 +213,11 @@ def test_the_documented_example_is_a_valid_strategy() -> None:
     s = parse_strategy(path.read_bytes(), path.name)
     assert s.rate_limits.items_for("0123456789ab")[0].amount == 1000
     assert s.rate_limits.items_for(None)[0].amount == 50 and s.rate_limits.items_for("ffffffffffff")[0].amount == 200
+
+
+def test_the_kubernetes_strategy_configmap_is_valid() -> None:
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "api.yaml"
+    cm = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["metadata"]["name"] == "dm-api-strategy")
+    assert parse_strategy(cm["data"]["strategy.yaml"].encode(), "strategy.yaml").version == "1"
