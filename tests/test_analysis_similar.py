@@ -263,6 +263,8 @@ def test_similar_route_answers_and_refuses_bad_parameters(
         many = ",".join(f"S{i:02d}USDT" for i in range(21))
         assert "at most 20" in refused({"symbols": many}, 422, "symbols")
         refused({"symbols": "NOPEUSDT"}, 404, "symbols")
+        five = "BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT,BNBUSDT"
+        assert "list at most 4 symbols for 1m" in refused({"period": "1m", "symbols": five}, 422, "symbols")
         assert "fewer than two windows" in refused({"window": 301}, 422, "window")
         short = refused({"pair": "SOLUSDT", "window": 16}, 422, "window")
         assert "SOLUSDT has 30 bars" in short and "1h" in short

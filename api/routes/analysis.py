@@ -28,12 +28,14 @@ from dm_assets.analytics.pattern_series import PATTERN_INTERVALS, load_series
 from dm_assets.analytics.patterns import (
     K_MAX,
     K_MIN,
+    MAX_BARS,
     MAX_SYMBOLS,
     WINDOW_MAX,
     WINDOW_MIN,
     DenseSeries,
     HistoryTooShort,
     QueryIncomplete,
+    history_bars,
     search,
 )
 from dm_assets.analytics.patterns import summary as pattern_summary
@@ -196,9 +198,9 @@ def correlation(
 
 # --- pattern search ----------------------------------------------------------------------------------------
 
-# Searches are CPU-bound (FFT over up to 20 × 525,600 bars): at most two at once per process, so
-# they cannot take every thread from the cheap reads.
-_SEARCHES = threading.BoundedSemaphore(2)
+# Searches are CPU- and memory-bound (up to MAX_BARS bars, ~170 MB at the peak): one at a time per
+# process, so they cannot take the threads or the memory of the cheap reads.
+_SEARCHES = threading.BoundedSemaphore(1)
 _SEARCH_WAIT_S = 30.0
 
 
@@ -230,10 +232,17 @@ def similar(
     end before the latest window starts and do not overlap each other; windows with a missing or
     flagged bar are never matches. Each gives the return over the next `window` bars and their max
     drawdown. Fewer than two windows of the pair's history, or a latest window with missing bars, is
-    a 422 that says so.
+    a 422 that says so; so is a search over more than 2,200,000 bars (at most 4 symbols of 1m).
     """
     check_period(period, PATTERN_INTERVALS)
     wanted = parse_pairs(symbols, "symbols", max_pairs=MAX_SYMBOLS) or [pair]
+    per_symbol = history_bars(period, duration_ms(period))
+    if len(wanted) * per_symbol > MAX_BARS:
+        raise ParamError(
+            "symbols",
+            f"{len(wanted)} symbols × {per_symbol:,} bars of {period} history exceed one search's budget of "
+            f"{MAX_BARS:,} bars; list at most {MAX_BARS // per_symbol} symbols for {period}",
+        )
     for p in wanted:
         if not st.pair_known(p):
             check_known(p, st.known_symbols(), "symbols")

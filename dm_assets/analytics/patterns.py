@@ -35,8 +35,17 @@ MAX_SYMBOLS = 20
 HISTORY_DAYS: dict[str, int] = {"1m": 365, "5m": 365, "15m": 730, "1h": 1825, "4h": 1825, "1d": 3650}
 
 
+# Bars one search may compare across all its symbols: a search holds about ten float64 arrays of
+# that length at its peak (≈ 170 MB at the limit), so 20 symbols of 1h fit, and 4 of a year of 1m.
+MAX_BARS = 2_200_000
+
+
 def history_ms(interval: str) -> int:
     return HISTORY_DAYS[interval] * DAY_MS
+
+
+def history_bars(interval: str, step_ms: int) -> int:
+    return history_ms(interval) // step_ms
 
 
 @dataclass(frozen=True)
