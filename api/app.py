@@ -25,7 +25,7 @@ from api.l2 import L2Cache
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.params import ParamError
 from api.routes import analysis, backfill, catalog, data, health, orderbook, platform, positions
-from api.strategy_runtime import RateLimited, enforce_strategy, record_strategy
+from api.strategy_runtime import RateLimited, RateLimiter, enforce_strategy, record_strategy
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -84,6 +84,9 @@ def create_app(
             wait_s=st.api.l2_wait_s,
         )
         st.owned.append(st.l2)
+        st.limiter = RateLimiter(
+            st.settings.redis_url, prefix=f"dm:rl:{st.settings.mongo_db}", timeout_s=st.api.l2_timeout_ms / 1000
+        )
     record_strategy(st)
 
     @asynccontextmanager

@@ -2,20 +2,24 @@
 
 One app-wide dependency (:func:`enforce_strategy`) reads the active strategy on every request, so a
 reloaded file takes effect on the next request of every process without touching the routes.
-Rate limits use the ``limits`` library (fixed windows in memory, per process): with N workers a
-token's pod-wide rate is at most N × its limit, which the strategy's documentation says.
+Rate limits use the ``limits`` library (fixed windows). With ``DM_REDIS_URL`` the windows live in
+Redis, so a token's rate holds across every worker and pod; without it (or while Redis fails) they
+are counted in each worker's memory, where N workers allow up to N × the rate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from limits import RateLimitItem
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
+from limits.errors import StorageError
 
 from api.contract.filters import MAX_BATCH_OPERATIONS, MAX_BATCH_RECORDS
 from api.params import MAX_LIMIT, ParamError
@@ -24,6 +28,8 @@ from api.strategy import ReloadResult, Strategy, token_id
 if TYPE_CHECKING:
     from api.deps import AppState
 
+
+log = logging.getLogger(__name__)
 
 # Probes and scrapes carry no token: a rate limit on them would take healthy pods out of service.
 UNLIMITED = frozenset({"/health/liveness", "/health/readiness", "/metrics"})
@@ -39,19 +45,64 @@ class RateLimited(Exception):
         self.retry_after_s = retry_after_s
 
 
+def _async_uri(url: str) -> str:
+    """``limits``' name for a redis-py asyncio connection to the same server."""
+    for plain, aio in (
+        ("rediss://", "async+rediss://"),
+        ("redis://", "async+redis://"),
+        ("unix://", "async+redis+unix://"),
+    ):
+        if url.startswith(plain):
+            return aio + url[len(plain) :]
+    raise ValueError(f"not a Redis URL: {url.split('@')[-1]}")
+
+
 class RateLimiter:
-    def __init__(self) -> None:
-        self.storage = MemoryStorage()
-        self.limiter = FixedWindowRateLimiter(self.storage)
+    """Fixed-window counters per token: shared in Redis when configured, else (and while it fails) in memory."""
+
+    def __init__(
+        self, redis_url: str | None = None, *, prefix: str = "dm:rl", timeout_s: float = 0.05, retry_s: float = 1.0
+    ) -> None:
+        self.memory = FixedWindowRateLimiter(MemoryStorage())
+        self.shared: FixedWindowRateLimiter | None = None
+        if redis_url:
+            storage = RedisStorage(
+                _async_uri(redis_url),
+                implementation="redispy",
+                key_prefix=prefix,
+                wrap_exceptions=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            )
+            self.shared = FixedWindowRateLimiter(storage)
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self._shared_down_until = 0.0
+        self.fallbacks = 0
+
+    async def _check(self, limiter: FixedWindowRateLimiter, item: RateLimitItem, key: str) -> float | None:
+        """None when the hit is allowed, else the seconds until the window resets."""
+        if await asyncio.wait_for(limiter.hit(item, "dm", key), self.timeout_s * 4):
+            return None
+        stats = await asyncio.wait_for(limiter.get_window_stats(item, "dm", key), self.timeout_s * 4)
+        return stats.reset_time - time.time()
 
     async def hit(self, items: list[RateLimitItem], who: str, key: str) -> None:
         for item in items:
-            if not await self.limiter.hit(item, "dm", key):
-                stats = await self.limiter.get_window_stats(item, "dm", key)
-                raise RateLimited(who, item, max(1, math.ceil(stats.reset_time - time.time())))
-
-    async def reset(self) -> None:
-        await self.storage.reset()
+            wait: float | None
+            if self.shared is not None and time.monotonic() >= self._shared_down_until:
+                try:
+                    wait = await self._check(self.shared, item, key)
+                except (StorageError, TimeoutError, OSError) as exc:
+                    # Redis unavailable: count in memory for a while rather than refuse or stall requests
+                    self._shared_down_until = time.monotonic() + self.retry_s
+                    self.fallbacks += 1
+                    log.warning("rate limits counted per worker while Redis fails: %s", type(exc).__name__)
+                    wait = await self._check(self.memory, item, key)
+            else:
+                wait = await self._check(self.memory, item, key)
+            if wait is not None:
+                raise RateLimited(who, item, max(1, math.ceil(wait)))
 
 
 def on_reload_result(st: AppState, res: ReloadResult) -> None:

@@ -221,3 +221,34 @@ def test_the_kubernetes_strategy_configmap_is_valid() -> None:
     path = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "api.yaml"
     cm = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["metadata"]["name"] == "dm-api-strategy")
     assert parse_strategy(cm["data"]["strategy.yaml"].encode(), "strategy.yaml").version == "1"
+
+
+def test_with_redis_a_tokens_rate_holds_across_workers_and_survives_redis_going_away(
+    mongo_store: MongoStore, settings_for: Any, tmp_path: Path, own_redis: Any
+) -> None:
+    path = tmp_path / "strategy.yaml"
+    path.write_text('version: r1\nrate_limits: {default: "3/minute"}\n')
+    api = ApiSettings(strategy_file=str(path), strategy_poll_s=3600.0, l2_retry_s=0.2)
+    settings = settings_for(own_redis.url)
+    a = create_app(settings, mongo=mongo_store, api_settings=api)
+    b = create_app(settings, mongo=mongo_store, api_settings=api)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serve(a) as ua, serve(b) as ub, httpx.Client(timeout=30) as c:
+        codes = [c.get(f"{u}/health/strategy", headers=auth).status_code for u in (ua, ub, ua, ub)]
+        assert codes == [200, 200, 200, 429]  # one count for the token, whichever worker answers
+        own_redis.stop()
+        # Redis gone: each worker counts in its own memory again; no request fails for it
+        assert c.get(f"{ua}/health/strategy", headers=auth).status_code == 200
+        assert a.state.dm.limiter.fallbacks == 1
+
+
+def test_without_redis_each_worker_counts_its_own(mongo_store: MongoStore, settings_for: Any, tmp_path: Path) -> None:
+    path = tmp_path / "strategy.yaml"
+    path.write_text('version: r1\nrate_limits: {default: "2/minute"}\n')
+    api = ApiSettings(strategy_file=str(path), strategy_poll_s=3600.0)
+    a = create_app(settings_for(None), mongo=mongo_store, api_settings=api)
+    b = create_app(settings_for(None), mongo=mongo_store, api_settings=api)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serve(a) as ua, serve(b) as ub, httpx.Client(timeout=30) as c:
+        codes = [c.get(f"{u}/health/strategy", headers=auth).status_code for u in (ua, ub, ua, ub, ua)]
+        assert codes == [200, 200, 200, 200, 429]
