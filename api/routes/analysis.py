@@ -206,6 +206,7 @@ _SEARCH_WAIT_S = 30.0
 
 @router.get(
     "/similar",
+    summary="Past windows shaped like the latest one, and what followed them",
     response_model=SimilarPage,
     responses={**ERRORS, 503: {"model": ErrorResponse, "description": "too many searches in progress"}},
 )

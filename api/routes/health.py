@@ -167,7 +167,7 @@ def strategy_status(st: AppState, *, full: bool = False) -> StrategyStatus:
     )
 
 
-@router.get("/health/strategy", response_model=StrategyStatus)
+@router.get("/health/strategy", response_model=StrategyStatus, summary="The live strategy this worker applies")
 async def strategy(st: State) -> StrategyStatus:
     """The strategy this worker applies (cache levels and TTLs, limits, rate limits), its version and last reload.
 
