@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -22,6 +22,7 @@ from api import errors
 from api.bounds import RequestBounds
 from api.deps import ApiSettings, AppState
 from api.identity import WriteAuditMiddleware
+from api.l2 import L2Cache
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import (
     analysis,
@@ -38,6 +39,7 @@ from api.routes import (
     trading,
 )
 from api.routes import config as config_routes
+from api.strategy_runtime import RateLimiter, enforce_strategy, record_strategy
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -55,6 +57,8 @@ backfills started through Dagster.
 * Raw prices and quantities are decimal strings (no digit lost); candles and analytics are floats.
 * Writes need `Authorization: Bearer <token>`: `DM_API_TOKEN` (every scope) or a scoped token
   from `DM_API_TOKENS` (`positions:write`, `pnl:write`, `klines:write`, `read`).
+* `GET /analysis/similar` finds the past windows shaped most like a pair's latest bars and what followed them.
+* `GET /health/strategy` shows the operators' live strategy (cache levels, limits, rate limits) this worker applies.
 * `/api/v1/...` is the trading services' contract (positions, daily PnL, extractor klines,
   market data by allow-list); `/positions` and `/pnl/daily` are its typed reads.
 """
@@ -81,6 +85,19 @@ def create_app(
     st.hot.revalidate_s = st.api.cache_revalidate_s
     metrics = ApiMetrics()
     st.metrics = metrics
+    if st.settings.redis_url:
+        st.l2 = L2Cache(
+            st.settings.redis_url,
+            prefix=f"dm:l2:{st.settings.mongo_db}:",
+            timeout_s=st.api.l2_timeout_ms / 1000,
+            retry_s=st.api.l2_retry_s,
+            wait_s=st.api.l2_wait_s,
+        )
+        st.owned.append(st.l2)
+        st.limiter = RateLimiter(
+            st.settings.redis_url, prefix=f"dm:rl:{st.settings.mongo_db}", timeout_s=st.api.l2_timeout_ms / 1000
+        )
+    record_strategy(st)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +112,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(enforce_strategy)],
     )
     _serve_docs_offline(app)
     app.state.dm = st

@@ -36,6 +36,7 @@ class _Entry(Generic[V]):
     created: float
     checked: float
     tag: str | None = None
+    ttl_s: float | None = None  # None: the cache's ttl_s
 
 
 class HotCache(Generic[V]):
@@ -96,7 +97,7 @@ class HotCache(Generic[V]):
         now = self._clock()
         with self._lock:
             entry = self._data.get(key)
-            if entry is None or now - entry.created > self.ttl_s:
+            if entry is None or now - entry.created > (entry.ttl_s if entry.ttl_s is not None else self.ttl_s):
                 if entry is not None:
                     del self._data[key]
                 self.misses += 1
@@ -136,13 +137,22 @@ class HotCache(Generic[V]):
                 lock = self._fill_locks[key] = threading.Lock()
             return lock
 
-    def put(self, key: Hashable, value: V, newest: int | None, *, tag: str | None = None, generation: int = 0) -> None:
+    def put(
+        self,
+        key: Hashable,
+        value: V,
+        newest: int | None,
+        *,
+        tag: str | None = None,
+        generation: int = 0,
+        ttl_s: float | None = None,
+    ) -> None:
         """Store ``value``; with a ``tag``, only if no invalidation of it happened since ``generation`` was read."""
         now = self._clock()
         with self._lock:
             if tag is not None and self._gen.get(tag, 0) != generation:
                 return
-            self._data[key] = _Entry(value, newest, now, now, tag)
+            self._data[key] = _Entry(value, newest, now, now, tag, ttl_s)
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
@@ -214,6 +224,16 @@ class VersionWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         cache.watcher = self
+
+    def version(self, tag: str) -> int | None:
+        """The dataset's version as last read (0: never bumped), or None while the versions cannot be read.
+
+        The L2 cache keys its entries by it: a version read before a store read is never newer than
+        the data that read returns.
+        """
+        if not self.healthy:
+            return None
+        return self._seen.get(tag, 0)
 
     def poll_once(self) -> list[str]:
         """Read versions changed since the last poll (with overlap for clock skew); invalidate; return the tags."""

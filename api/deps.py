@@ -23,8 +23,11 @@ from api.contract.auth import SCOPE_BACKFILL, TokenRegistry, parse_tokens
 from api.contract.auth import authorize as authorize_token
 from api.contract.datasets import SCOPE_READ
 from api.errors import AuthError
+from api.l2 import L2Cache
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
+from api.strategy import Strategy, StrategyHolder, StrategyWatcher, builtin
+from api.strategy_runtime import RateLimiter, on_reload_result
 from dm_resources.candle_store import CandleStore
 from dm_resources.dagster_client import DagsterGraphQL
 from dm_resources.metadata.store import MetadataStore
@@ -77,6 +80,14 @@ class ApiSettings(BaseSettings):
     idempotency_lease_s: float = Field(
         default=60.0, gt=0, description="how long a request's claim on its key blocks a repeat (409) if it dies"
     )
+    strategy_file: str | None = Field(
+        default=None, description="the live strategy file (YAML or TOML, api/strategy.py); none: the built-in one"
+    )
+    strategy_poll_s: float = Field(default=1.0, gt=0, description="how often each process checks the strategy file")
+    l2_timeout_ms: int = Field(default=50, ge=1, le=5000, description="per Redis command; then the store answers")
+    l2_retry_s: float = Field(default=0.5, gt=0, description="first pause of L2 after a failure (doubles up to 5 s)")
+    pattern_warmup: bool = Field(default=True, description="compile the pattern search's kernels at start-up")
+    l2_wait_s: float = Field(default=0.5, ge=0, description="wait for another worker's fill before reading the store")
 
 
 @dataclass
@@ -94,6 +105,41 @@ class AppState:
     _symbols: ValueCache[frozenset[str]] | None = None
     _probed: dict[str, tuple[bool, float]] = field(default_factory=dict)
     _tokens: TokenRegistry | None = None
+    strategy_holder: StrategyHolder | None = None
+    l2: L2Cache | None = None
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    _strategy_watcher: StrategyWatcher | None = None
+
+    @property
+    def strategy(self) -> Strategy:
+        """The active strategy (swapped whole on reload); built-in from the DM_API_CACHE_* settings without a file."""
+        if self.strategy_holder is None:
+            self.strategy_holder = StrategyHolder(
+                builtin(
+                    enabled=self.api.cache_enabled,
+                    ttl_s=self.api.cache_ttl_s,
+                    notified_ttl_s=self.api.cache_notified_ttl_s if self.api.cache_notify else self.api.cache_ttl_s,
+                )
+            )
+        return self.strategy_holder.strategy
+
+    def version(self, tag: str) -> int | None:
+        """The dataset's version for L2 keys, or None when it is unknown (no watcher, or it cannot read)."""
+        w = self._watcher
+        return w.version(tag) if w is not None else None
+
+    def start_strategy(self) -> None:
+        """Load the strategy file and start polling it (the lifespan calls this; idempotent)."""
+        _ = self.strategy
+        path = self.api.strategy_file
+        if not path or self._strategy_watcher is not None:
+            return
+        assert self.strategy_holder is not None
+        w = StrategyWatcher(
+            self.strategy_holder, path, poll_s=self.api.strategy_poll_s, on_result=lambda r: on_reload_result(self, r)
+        )
+        self._strategy_watcher = w.start()
+        self.owned.append(w)
 
     @property
     def tokens(self) -> TokenRegistry:
@@ -136,6 +182,9 @@ class AppState:
         """
         _ = self.mongo, self.meta, self.candles
         self.ensure_watcher()
+        self.start_strategy()
+        if self.api.pattern_warmup:
+            threading.Thread(target=_warm_up_search, name="pattern-search-warm-up", daemon=True).start()
 
     def _lazy(self, attr: str, build: Callable[[], T]) -> T:
         value = getattr(self, attr)
@@ -215,6 +264,13 @@ class AppState:
             if obj_close is not None:
                 obj_close()
         self.owned.clear()
+
+
+def _warm_up_search() -> None:
+    from dm_assets.analytics.patterns import warm_up
+
+    with contextlib.suppress(Exception):  # a failed warm-up only makes the first search slower
+        warm_up()
 
 
 def state(request: Request) -> AppState:

@@ -7,11 +7,13 @@ Each app gets its own registry so several apps (tests) in one process do not col
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+CACHE_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -41,6 +43,47 @@ class ApiMetrics:
             ["service", "route", "decision", "passed"],
             registry=self.registry,
         )
+        # Per level: hit, miss, error (L2 failed within its timeout), skipped (L2 circuit open).
+        self.cache_lookups = Counter(
+            "dm_api_cache_lookups_total",
+            "Cache lookups by level and result",
+            ["level", "result"],
+            registry=self.registry,
+        )
+        self.cache_latency = Histogram(
+            "dm_api_cache_lookup_seconds",
+            "Cache lookup time by level",
+            ["level"],
+            buckets=CACHE_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_reads = Counter(
+            "dm_api_cache_store_reads_total",
+            "Reads the cache sent to the store (misses of every level) by dataset",
+            ["dataset"],
+            registry=self.registry,
+        )
+        self.l2_up = Gauge(
+            "dm_api_cache_l2_up", "1 while the L2 cache answers (absent without DM_REDIS_URL)", registry=self.registry
+        )
+        self.strategy = Info("dm_api_strategy", "The active strategy file's version and digest", registry=self.registry)
+        self.strategy_reloads = Counter(
+            "dm_api_strategy_reloads_total", "Strategy file reads by result", ["result"], registry=self.registry
+        )
+        self.strategy_last_ok = Gauge(
+            "dm_api_strategy_last_reload_ok", "1 when the last strategy file read was applied", registry=self.registry
+        )
+        self.strategy_last_at = Gauge(
+            "dm_api_strategy_last_reload_timestamp_seconds",
+            "When the strategy file was last read",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "dm_api_rate_limited_total", "Requests refused by the per-token rate limits", registry=self.registry
+        )
+        # Each uvicorn worker has its own registry: the pid tells the scrapes of a multi-worker pod apart.
+        self.process = Info("dm_api_process", "The API worker process", registry=self.registry)
+        self.process.info({"pid": str(os.getpid())})
 
 
 class MetricsMiddleware:

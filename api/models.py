@@ -166,6 +166,43 @@ class AnalyticsPage(Page[AnalyticsResult]):
     pairs: list[str] | None = Field(default=None, description="correlation only: the pairs kept")
 
 
+class SimilarMatch(_Model):
+    symbol: str
+    start: int = Field(description="open time of the match's first bar, epoch ms UTC")
+    end: int = Field(description="open time of the bar after its last (exclusive)")
+    distance: float = Field(description="z-normalized Euclidean distance to the query window (0 = same shape)")
+    forward_return: float | None = Field(description="close `window` bars after the match's last close, over it, − 1")
+    max_drawdown: float | None = Field(description="largest peak-to-trough fall of the closes over those bars (≤ 0)")
+
+
+class SimilarQuery(_Model):
+    start: int = Field(description="open time of the latest window's first bar")
+    end: int = Field(description="open time of the bar after the latest window (its last closed bar + 1 period)")
+    bars: int = Field(description="bars of the pair's history searched")
+
+
+class SimilarSummary(_Model):
+    matches: int
+    median_return: float | None
+    share_up: float | None = Field(description="share of matches whose forward return is positive")
+    median_max_drawdown: float | None
+
+
+class SimilarPage(_Model):
+    pair: str
+    period: str
+    window: int
+    k: int
+    symbols: list[str] = Field(description="symbols searched (the pair itself unless `symbols` was given)")
+    query: SimilarQuery
+    matches: list[SimilarMatch] = Field(description="best first; none overlaps the query window or another")
+    summary: SimilarSummary
+    searched: dict[str, int] = Field(description="windows compared per symbol (0: history too short)")
+    source: dict[str, int] = Field(
+        description="bars read from the precomputed series (analytics/pattern_series) and from the candles"
+    )
+
+
 # --- health --------------------------------------------------------------------------------------------
 
 
@@ -173,8 +210,24 @@ class Liveness(_Model):
     status: Literal["ok"]
 
 
+class LastReload(_Model):
+    result: Literal["ok", "invalid", "unreadable", "builtin"]
+    at: float = Field(description="epoch seconds of the last read of the strategy file")
+    error: str | None = Field(default=None, description="why the file was not applied (the old strategy stays)")
+
+
+class StrategyStatus(_Model):
+    version: str = Field(description="the strategy file's `version`; `builtin` without a file")
+    digest: str = Field(description="SHA-256 prefix of the applied file's bytes")
+    source: str
+    loaded_at: float = Field(description="epoch seconds this process applied it")
+    last_reload: LastReload
+    pid: int | None = Field(default=None, description="the worker process that answered")
+    strategy: dict[str, Any] | None = Field(default=None, description="the whole active strategy")
+
+
 class DependencyCheck(_Model):
-    name: Literal["mongodb", "metadata", "dagster"]
+    name: Literal["mongodb", "metadata", "dagster", "cache"]
     ok: bool
     latency_ms: float
     error: str | None = None
@@ -196,6 +249,7 @@ class Readiness(_Model):
         default_factory=list, description="optional dependencies that are down (Dagster: backfill routes answer 503)"
     )
     checks: list[DependencyCheck]
+    strategy: StrategyStatus | None = Field(default=None, description="the active strategy and the last reload")
 
 
 class HealthSummaryItem(_Model):

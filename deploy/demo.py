@@ -35,6 +35,7 @@ import warnings
 from typing import Any
 
 from deploy.demo_orderbook import orderbook_demo
+from deploy.demo_patterns import show_similarity
 from deploy.demo_platform import show_platform
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH
@@ -355,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 code, body = _get(base + path)
                 say(f"GET {path} -> {code}: {body[:300]}")
+            show_similarity(gql, base, settings.symbols, say)
 
         if exchange is not None:
             _integrity_demo(gql, store, meta, exchange, settings.symbols[0], today, api_port)

@@ -147,6 +147,13 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             description="The last order-book rebuild's outcome per symbol and day: the spans without a valid book "
             "with their reasons and status, how far it is proven, whether the day is final",
         ),
+        CollectionSpec(
+            "pattern_series",
+            "start",
+            ("symbol", "interval", "start"),
+            description="Dense close series for the pattern search (GET /analysis/similar), one document per "
+            "chunk of 43,200 bars, written by Dagster (analytics/pattern_series)",
+        ),
     )
 }
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     partition_start: dt.date = dt.date(2026, 1, 1)
     api_token: str | None = None
     dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
+    # The API's L2 cache shared by its workers (redis://, rediss://, unix://; Redis, Valkey or
+    # DragonflyDB). None: each worker caches on its own, as without it.
+    redis_url: str | None = None
     # Sensors and schedules start RUNNING by default; benchmarks and some tests turn them off
     # so that only what they launch runs.
     automation: bool = True
@@ -132,6 +135,15 @@ class Settings(BaseSettings):
     def _subject(cls, v: str) -> str:
         if not v or any(c.isspace() for c in v) or ".." in v or v.startswith(".") or v.endswith("."):
             raise ValueError("must be a NATS subject such as binance.futures.websocket.data")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://host:port/db, rediss:// or unix:// URL (Redis, Valkey or DragonflyDB)")
         return v
 
     @field_validator("mongo_url")

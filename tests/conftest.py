@@ -15,18 +15,21 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance
 
+from dm_resources.candle_store import CandleStore
 from dm_resources.embedded import ManagedProcess, free_port, start_nats, start_secantus
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
-from dm_resources.settings import load_settings
+from dm_resources.settings import Settings, load_settings
 from tests.fake_exchange import FakeExchange
 
 
@@ -197,3 +200,111 @@ def resources(mongo_store: MongoStore, sqlite_metadata_url: str, exchange: FakeE
             binance_rest_url=exchange.url,
         )
     )
+
+
+# --- Redis: the machine's server for L2 cache tests, and one a test may kill ---------------------------
+
+REDIS_URL = os.environ.get("DM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis (CI runs one on 6379); tests keep apart by key prefix (each has its own Mongo db)."""
+    return REDIS_URL
+
+
+class RedisServer:
+    """A ``redis-server`` of this test's own on a free port, nothing kept on disk, to stop and start again."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: ManagedProcess | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = ManagedProcess("redis", args, self.log_dir / "redis.log").start()
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {self.proc.tail()}") from None
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- an API over a few hourly BTCUSDT candles (cache and strategy tests) ---------------------------------
+
+HOUR = 3_600_000
+
+
+def hour_candles(start: int, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "symbol": "BTCUSDT",
+            "interval": "1h",
+            "open_time": start + i * HOUR,
+            "close_time": start + (i + 1) * HOUR - 1,
+            "open": 100.0 + i,
+            "high": 102.0 + i,
+            "low": 99.0 + i,
+            "close": 101.0 + i,
+            "volume": 5.0,
+            "quote_volume": 500.0,
+            "taker_buy_volume": 2.0,
+            "taker_buy_quote_volume": 200.0,
+            "trades": 9,
+            "source": "kline",
+        }
+        for i in range(n)
+    ]
+
+
+def put_hour_candles(store: MongoStore, docs: list[dict[str, Any]]) -> None:
+    CandleStore(store).sync_range("BTCUSDT", "1h", docs[0]["open_time"], docs[-1]["open_time"] + 1, docs)
+
+
+@pytest.fixture
+def start_ms() -> int:
+    now = int(time.time() * 1000)
+    return now - now % HOUR - 48 * HOUR
+
+
+@pytest.fixture
+def settings_for(mongo_store: MongoStore, mongo_url: str, tmp_path: Path, start_ms: int) -> Iterator[Any]:
+    put_hour_candles(mongo_store, hour_candles(start_ms, 10))
+    meta = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}")
+    meta.migrate()
+
+    def build(redis_url: str | None) -> Settings:
+        return load_settings(
+            mongo_url=mongo_url,
+            mongo_db=mongo_store.db.name,
+            metadata_url=str(meta.url),
+            symbols=["BTCUSDT"],
+            redis_url=redis_url,
+            dagster_graphql_url=f"http://127.0.0.1:{free_port()}/graphql",
+        )
+
+    yield build
+    meta.close()

@@ -146,6 +146,7 @@ def test_catalog_lists_every_dataset_with_schema_and_lineage(
         "analytics/volume",
         "analytics/trend",
         "analytics/correlation",
+        "analytics/pattern_series",
         "catalog/datasets",
     }
     edge = next(e for e in view.downstream if e.downstream == "candles/candles_5m")

@@ -6,16 +6,40 @@ new ones; the API passes them through rather than dropping what it does not know
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api.deps import AppState, State, read_access
-from api.models import AnalyticsPage
-from api.params import MAX_LIMIT, check_analytics_period, check_known, parse_pairs, parse_range
+from api.models import AnalyticsPage, ErrorResponse, SimilarPage
+from api.params import (
+    MAX_LIMIT,
+    ParamError,
+    check_analytics_period,
+    check_known,
+    check_period,
+    parse_pairs,
+    parse_range,
+)
 from api.queries import Source, dumps, has_newer, read_latest, read_page
 from api.routes.common import ERRORS, End, KnownPair, Start, cached, json_response, next_link
-from dm_resources.contracts import CORRELATION_SYMBOL, duration_ms
+from dm_assets.analytics.pattern_series import PATTERN_INTERVALS, load_series
+from dm_assets.analytics.patterns import (
+    K_MAX,
+    K_MIN,
+    MAX_BARS,
+    MAX_SYMBOLS,
+    WINDOW_MAX,
+    WINDOW_MIN,
+    DenseSeries,
+    HistoryTooShort,
+    QueryIncomplete,
+    history_bars,
+    search,
+)
+from dm_assets.analytics.patterns import summary as pattern_summary
+from dm_resources.contracts import CORRELATION_SYMBOL, duration_ms, now_ms
 
 router = APIRouter(prefix="/analysis", tags=["analysis"], dependencies=[Depends(read_access)])
 
@@ -53,7 +77,7 @@ def cached_latest(
     shape: Any = None,
 ) -> Response:
     """Latest results through the hot cache (dropped when a newer ``window_end`` lands); pages uncached."""
-    cacheable = st.api.cache_enabled and start is None and end is None
+    cacheable = start is None and end is None
     src = Source("analytics", symbol, (("kind", kind), ("interval", period)), ANALYTICS_FIELDS)
     key = ("analysis", src, limit, tuple(header.get("pairs") or ()))
 
@@ -67,7 +91,7 @@ def cached_latest(
     if not cacheable:
         return json_response(body()[0])
     probe = lambda newest: has_newer(st.mongo, src, newest)  # noqa: E731
-    return cached(st, key, f"analytics:{symbol}:{kind}:{period}", body, probe)
+    return cached(st, key, f"analytics:{symbol}:{kind}:{period}", body, probe, dataset="analytics")
 
 
 def _kind_route(kind: str, default_period: str, summary: str) -> None:
@@ -170,3 +194,88 @@ def correlation(
     header = {"pair": CORRELATION_SYMBOL, "kind": "correlation", "period": period, "pairs": wanted}
     resp = cached_latest(request, st, CORRELATION_SYMBOL, "correlation", period, start, end, limit, header, shape=shape)
     return resp
+
+
+# --- pattern search ----------------------------------------------------------------------------------------
+
+# Searches are CPU- and memory-bound (up to MAX_BARS bars, ~170 MB at the peak): one at a time per
+# process, so they cannot take the threads or the memory of the cheap reads.
+_SEARCHES = threading.BoundedSemaphore(1)
+_SEARCH_WAIT_S = 30.0
+
+
+@router.get(
+    "/similar",
+    summary="Past windows shaped like the latest one, and what followed them",
+    response_model=SimilarPage,
+    responses={**ERRORS, 503: {"model": ErrorResponse, "description": "too many searches in progress"}},
+)
+def similar(
+    st: State,
+    pair: KnownPair,
+    period: Annotated[str, Query(description=f"candle interval: {', '.join(PATTERN_INTERVALS)}", max_length=8)] = "1h",
+    window: Annotated[
+        int, Query(ge=WINDOW_MIN, le=WINDOW_MAX, description="bars in the latest window, the shape searched for")
+    ] = 60,
+    k: Annotated[int, Query(ge=K_MIN, le=K_MAX, description="matches to return")] = 5,
+    symbols: Annotated[
+        str | None,
+        Query(
+            description=f"comma-separated symbols to search (at most {MAX_SYMBOLS}); default: the pair's own history",
+            max_length=2000,
+        ),
+    ] = None,
+) -> Response:
+    """The k past windows whose shape is closest to the pair's latest `window` bars, and what followed each.
+
+    Shape is the z-normalized close path (level and scale removed), compared by MASS over each
+    symbol's history (a year of 1m and 5m, two of 15m, five of 1h and 4h, ten of 1d). Matches
+    end before the latest window starts and do not overlap each other; windows with a missing or
+    flagged bar are never matches. Each gives the return over the next `window` bars and their max
+    drawdown. Fewer than two windows of the pair's history, or a latest window with missing bars, is
+    a 422 that says so; so is a search over more than 2,200,000 bars (at most 4 symbols of 1m).
+    """
+    check_period(period, PATTERN_INTERVALS)
+    wanted = parse_pairs(symbols, "symbols", max_pairs=MAX_SYMBOLS) or [pair]
+    per_symbol = history_bars(period, duration_ms(period))
+    if len(wanted) * per_symbol > MAX_BARS:
+        raise ParamError(
+            "symbols",
+            f"{len(wanted)} symbols × {per_symbol:,} bars of {period} history exceed one search's budget of "
+            f"{MAX_BARS:,} bars; list at most {MAX_BARS // per_symbol} symbols for {period}",
+        )
+    for p in wanted:
+        if not st.pair_known(p):
+            check_known(p, st.known_symbols(), "symbols")
+    if not _SEARCHES.acquire(timeout=_SEARCH_WAIT_S):
+        raise ParamError("window", "too many pattern searches in progress; retry shortly", status=503)
+    try:
+        store = st.mongo
+        end = now_ms() + duration_ms(period)
+        series: dict[str, DenseSeries] = {}
+        source = {"precomputed_bars": 0, "candle_bars": 0}
+        for sym in dict.fromkeys([pair, *wanted]):
+            s, src = load_series(store, sym, period, end)
+            series[sym] = s
+            for key, n in src.items():
+                source[key] += n
+        try:
+            res = search(series[pair], {s: series[s] for s in wanted}, window, k)
+        except (HistoryTooShort, QueryIncomplete) as exc:
+            raise ParamError("window", f"{exc} ({period})") from None
+    finally:
+        _SEARCHES.release()
+    q = res.query
+    body = {
+        "pair": pair,
+        "period": period,
+        "window": window,
+        "k": k,
+        "symbols": wanted,
+        "query": {"start": q.end - window * q.step, "end": q.end, "bars": q.n},
+        "matches": [mt.to_dict() for mt in res.matches],
+        "summary": pattern_summary(res.matches),
+        "searched": res.searched,
+        "source": source,
+    }
+    return json_response(dumps(body))

@@ -3,12 +3,14 @@ paging links and the one cached-read path. Route modules import this, never each
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request, Response
 
 from api.deps import AppState, State, known_pair
+from api.l2 import L2Cache
 from api.models import ErrorResponse
 from api.params import DEFAULT_LIMIT, MAX_LIMIT
 from api.queries import Source
@@ -85,22 +87,79 @@ def cached(
     tag: str | None,
     fill: Callable[[], tuple[bytes, int | None]],
     probe: Callable[[int | None], bool],
+    dataset: str,
 ) -> Response:
-    """The one hot-cache read path: a hit, or one request per key fills while the others wait.
+    """The one cached read path: L1 (this process) → L2 (shared, Redis) → store, as the strategy says.
 
     Entries with a ``tag`` (a dataset the Dagster assets announce in ``dataset_versions``) are
-    dropped by notification; untagged ones (raw collections, written by the ingest service)
-    are revalidated with ``probe(newest)``, a cheap bounded store read.
+    dropped from L1 by notification and keyed in L2 by the dataset's version; untagged ones (raw
+    collections, written by the ingest service) live in L1 only and are revalidated with
+    ``probe(newest)``, a cheap bounded store read. On a miss one request per key fills while the
+    others wait (and, through L2, one process per key while the others wait for its entry).
     """
+    policy = st.strategy.cache_for(dataset)
+    if policy.level == "off":
+        return json_response(fill()[0])
     st.ensure_watcher()
-    hit = st.hot.get(key, probe)
-    if st.metrics is not None:
-        st.metrics.cache.labels("hit" if hit is not None else "miss").inc()
-    if hit is None:
-        with st.hot.fill_lock(key):
+    m = st.metrics
+    if policy.l1:
+        hit = _l1_get(st, key, probe)
+        if m is not None:
+            m.cache.labels("hit" if hit is not None else "miss").inc()
+        if hit is not None:
+            return json_response(hit)
+    l2 = st.l2 if policy.l2 and tag is not None else None
+    with st.hot.fill_lock(key):
+        if policy.l1:
             hit = st.hot.get(key, probe)  # filled while this request waited
-            if hit is None:
-                gen = st.hot.generation(tag)
-                hit, newest = fill()
-                st.hot.put(key, hit, newest, tag=tag, generation=gen)
-    return json_response(hit)
+            if hit is not None:
+                return json_response(hit)
+        gen = st.hot.generation(tag)
+        version = st.version(tag) if l2 is not None and tag is not None else None
+        if l2 is not None and tag is not None and version is not None:
+            got = _l2_get(st, l2, tag, version, key)
+            if got is None and not l2.claim(tag, version, key):
+                got = l2.wait(tag, version, key)
+            if got is not None:
+                if policy.l1:
+                    st.hot.put(key, got[0], got[1], tag=tag, generation=gen, ttl_s=policy.l1_ttl_s)
+                return json_response(got[0])
+        body, newest = fill()
+        if m is not None:
+            m.store_reads.labels(dataset).inc()
+        if l2 is not None and tag is not None and version is not None:
+            l2.set(tag, version, key, body, newest, policy.l2_ttl_s)
+        if policy.l1:
+            st.hot.put(key, body, newest, tag=tag, generation=gen, ttl_s=policy.l1_ttl_s)
+    return json_response(body)
+
+
+def _l1_get(st: AppState, key: Hashable, probe: Callable[[int | None], bool]) -> bytes | None:
+    started = time.perf_counter()
+    hit = st.hot.get(key, probe)
+    m = st.metrics
+    if m is not None:
+        m.cache_latency.labels("l1").observe(time.perf_counter() - started)
+        m.cache_lookups.labels("l1", "hit" if hit is not None else "miss").inc()
+    return hit
+
+
+def _l2_get(st: AppState, l2: L2Cache, tag: str, version: int, key: Hashable) -> tuple[bytes, int | None] | None:
+    started = time.perf_counter()
+    errors, skipped = l2.errors, l2.skipped
+    got = l2.get(tag, version, key)
+    m = st.metrics
+    if m is not None:
+        m.cache_latency.labels("l2").observe(time.perf_counter() - started)
+        result = (
+            "hit"
+            if got is not None
+            else "error"
+            if l2.errors != errors
+            else "skipped"
+            if l2.skipped != skipped
+            else "miss"
+        )
+        m.cache_lookups.labels("l2", result).inc()
+        m.l2_up.set(1 if l2.up else 0)
+    return got

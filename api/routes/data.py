@@ -95,9 +95,11 @@ def serve(
             body = dumps({**header, "count": len(rows), "rows": rows, "next": None})
             return body, (int(rows[-1][src.time_field]) if rows else None)
 
-        if not (st.api.cache_enabled and hi is None):
+        if hi is not None:
             return json_response(latest_body()[0])
-        return cached(st, (route, src, hi, n), None, latest_body, lambda newest: has_newer(store, src, newest))
+        return cached(
+            st, (route, src, hi, n), None, latest_body, lambda newest: has_newer(store, src, newest), dataset=route
+        )
     rows, more = read_page(store, src, lo, hi, n, after_id, step_ms=step_ms)
     nxt = next_link(request, src, rows, more)
     return json_response(dumps({**header, "count": len(rows), "rows": rows, "next": nxt}))
@@ -210,7 +212,7 @@ async def candles(
         return await run_in_threadpool(
             _candles_sdk, st, pair, period, start, end, limit, offset or 0, sort_order or "asc"
         )
-    if format == "json" and start is None and end is None and st.api.cache_enabled and st.hot.notified:
+    if format == "json" and start is None and end is None and st.hot.notified and st.strategy.cache_for("candles").l1:
         # A hit needs no thread, no store and no validation beyond the key: only a validated
         # (pair, period) was ever stored under it.
         with contextlib.suppress(ParamError):
@@ -220,6 +222,7 @@ async def candles(
             if hit is not None:
                 if st.metrics is not None:
                     st.metrics.cache.labels("hit").inc()
+                    st.metrics.cache_lookups.labels("l1", "hit").inc()
                 return Response(content=hit, media_type="application/json")
     return await run_in_threadpool(_candles, st, request, pair, period, start, end, limit, format)
 
@@ -297,7 +300,7 @@ def _candles(
         body = dumps({**header, "count": len(rows), "rows": rows, "next": None})
         return body, (int(rows[-1]["open_time"]) if rows else None)
 
-    if not (st.api.cache_enabled and hi is None):
+    if hi is not None:
         return Response(content=latest_body()[0], media_type="application/json")
     tag = f"candles:{sym}:{period}"
 
@@ -305,7 +308,7 @@ def _candles(
         last = cs.last_time(sym, period)
         return last is not None and (newest is None or last > newest)
 
-    return cached(st, ("candles", src, n), tag, latest_body, probe)
+    return cached(st, ("candles", src, n), tag, latest_body, probe, dataset="candles")
 
 
 @router.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from api.models import (
     Liveness,
     PairHealth,
     Readiness,
+    StrategyStatus,
 )
 from api.params import CANDLE_PERIODS, check_period, parse_range
 from api.routes.common import ERRORS, End, KnownPair, Start
@@ -139,7 +141,10 @@ def readiness(st: State, response: Response) -> Readiness:
         "metadata": lambda: _meta_ready(st),
         "dagster": dagster.ping,
     }
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    l2 = st.l2
+    if l2 is not None:  # the shared cache only degrades: reads fall through to the store
+        probes["cache"] = l2.ping
+    with ThreadPoolExecutor(max_workers=len(probes)) as pool:
         futures = {name: pool.submit(_probe, name, fn) for name, fn in probes.items()}
         checks = [f.result() for f in futures.values()]
     dagster.session.close()
@@ -148,9 +153,39 @@ def readiness(st: State, response: Response) -> Readiness:
     if down:
         response.status_code = 503
     state = "not_ready" if down else "degraded" if degraded else "ready"
+    if l2 is not None and st.metrics is not None:
+        st.metrics.l2_up.set(1 if l2.up else 0)
     return Readiness(
-        status="unhealthy" if down else "healthy", state=state, down=down, degraded=degraded, checks=checks
+        status="unhealthy" if down else "healthy",
+        state=state,
+        down=down,
+        degraded=degraded,
+        checks=checks,
+        strategy=strategy_status(st),
     )
+
+
+def strategy_status(st: AppState, *, full: bool = False) -> StrategyStatus:
+    _ = st.strategy
+    assert st.strategy_holder is not None
+    h = st.strategy_holder
+    return StrategyStatus.model_validate(
+        {
+            **h.status(),
+            "pid": os.getpid(),
+            "strategy": h.strategy.model_dump(mode="json") if full else None,
+        }
+    )
+
+
+@router.get("/health/strategy", response_model=StrategyStatus, summary="The live strategy this worker applies")
+async def strategy(st: State) -> StrategyStatus:
+    """The strategy this worker applies (cache levels and TTLs, limits, rate limits), its version and last reload.
+
+    Rate limits name tokens by id (SHA-256 prefix), never by the token. ``pid`` tells the workers of
+    one pod apart; each reloads the file on its own within ``DM_API_STRATEGY_POLL_S``.
+    """
+    return strategy_status(st, full=True)
 
 
 class StoreStatus(BaseModel):

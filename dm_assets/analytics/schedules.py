@@ -12,8 +12,11 @@ import datetime as dt
 from dagster import RunRequest
 
 from dm_assets.analytics.assets import SYMBOL_KEYS, analytics_key, run_config
-from dm_assets.analytics.jobs import analytics_job
+from dm_assets.analytics.jobs import analytics_job, pattern_series_job
+from dm_assets.analytics.pattern_assets import PATTERN_OP
 from dm_assets.schedules import per_symbol_schedule
+
+ANALYTICS_CRON = "*/15 * * * *"
 
 
 def analytics_requests(symbols: list[str], as_of: dt.datetime) -> list[RunRequest]:
@@ -45,7 +48,31 @@ def analytics_requests(symbols: list[str], as_of: dt.datetime) -> list[RunReques
 analytics_schedule = per_symbol_schedule(
     "analytics_schedule",
     analytics_job,
-    "*/15 * * * *",
+    ANALYTICS_CRON,
     "Every 15 minutes: analytics as of the tick for every symbol partition, then correlation.",
     analytics_requests,
+)
+
+
+def pattern_requests(symbols: list[str], as_of: dt.datetime) -> list[RunRequest]:
+    """One run per symbol: its pattern-search series as of the tick."""
+    ms = int(as_of.timestamp() * 1000)
+    tick = as_of.astimezone(dt.UTC).strftime("%Y%m%dT%H%M")
+    return [
+        RunRequest(
+            run_key=f"pattern_series:{s}:{tick}",
+            partition_key=s,
+            run_config={"ops": {PATTERN_OP: {"config": {"as_of_ms": ms}}}},
+            tags={"dm/origin": "schedule"},
+        )
+        for s in symbols
+    ]
+
+
+pattern_series_schedule = per_symbol_schedule(
+    "pattern_series_schedule",
+    pattern_series_job,
+    ANALYTICS_CRON,
+    "On the analytics cadence: each symbol's pattern-search series as of the tick.",
+    pattern_requests,
 )

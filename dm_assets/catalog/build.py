@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from bson import Binary, Decimal128, ObjectId
 
 from dm_assets.analytics import build as analytics_build
+from dm_assets.analytics.pattern_series import COLLECTION as PATTERN_COLLECTION
+from dm_assets.analytics.pattern_series import PATTERN_INTERVALS
 from dm_assets.catalog.fields import FIELD_DESCRIPTIONS, describe
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import CANDLE_INTERVALS, CORRELATION_SYMBOL, now_ms
@@ -96,6 +98,9 @@ def candidates(symbols: Iterable[str]) -> list[DatasetRef]:
                 refs.append(DatasetRef(name, symbol, None, name))
         refs.extend(DatasetRef("candles", symbol, iv, "candles", {"interval": iv}) for iv in PROBED_INTERVALS)
         refs.extend(DatasetRef(name, symbol, None, name) for name in ORDERBOOK_COLLECTIONS)
+        refs.extend(
+            DatasetRef(PATTERN_COLLECTION, symbol, iv, PATTERN_COLLECTION, {"interval": iv}) for iv in PATTERN_INTERVALS
+        )
     for symbol in [*syms, CORRELATION_SYMBOL]:
         for kind, iv in analytics_build.DATASETS:
             if (kind == "correlation") == (symbol == CORRELATION_SYMBOL):

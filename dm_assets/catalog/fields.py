@@ -134,6 +134,16 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "values": "named results of the computation (None where undefined)",
         "computed_at": "when the document was computed (UTC)",
     },
+    "pattern_series": {
+        "interval": "candle interval of the series",
+        "start": "open time of the chunk's first bar, epoch ms UTC (chunks of 43,200 bars, aligned)",
+        "step": "bar length in ms",
+        "n": "bars in the chunk",
+        "covered_end": "end of the candles the chunk was built from (exclusive, epoch ms UTC)",
+        "closes": "little-endian float64 closes, NaN where the bar is missing or flagged",
+        "digest": "hash of the closes: unchanged chunks are not rewritten",
+        "built_at": "when the chunk was written (UTC)",
+    },
 }
 
 
