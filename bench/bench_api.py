@@ -40,7 +40,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.candle_reads import iter_arrow, iter_ndjson
-from dm_resources.candle_store import BUCKETS, Bucket, CandleStore
+from dm_resources.candle_store import BUCKETS, CandleStore, decode_bucket
 from dm_resources.embedded import ManagedProcess, _http_ok, free_port, start_api, start_secantus, wait_until
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -182,7 +182,7 @@ def direct_buckets(store: MongoStore, start: int, end: int) -> dict[str, Any]:
     rows = 0
     for batch in raw:
         for doc in bson.decode_all(batch):
-            rows += Bucket.from_document(doc).n
+            rows += decode_bucket(doc).n
     wall = time.perf_counter() - t0
     return {
         "rows": rows,

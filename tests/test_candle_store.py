@@ -18,6 +18,8 @@ from dm_resources.candle_store import (
     CandleStore,
     bucket_bounds,
     bucket_id,
+    decode_bucket,
+    encode_bucket,
     main,
     migrate,
 )
@@ -163,11 +165,11 @@ def test_lost_race_is_retried_not_lost(mongo_store: MongoStore) -> None:
     """A writer whose bucket changed between its read and its replace re-reads and merges."""
     cs = CandleStore(mongo_store)
     cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0)])
-    stale = Bucket.from_document(mongo_store.db[BUCKETS].find_one({}))
+    stale = decode_bucket(mongo_store.db[BUCKETS].find_one({}))
     cs.sync_range("BTCUSDT", "1m", D0 + MIN, D0 + 2 * MIN, [candle(D0 + MIN)])  # another writer, v → 2
     # the stale writer's replace (v=1 filter) matches nothing ...
     merged, _, _ = stale.merge(Bucket.from_rows("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 2 * MIN)]))
-    res = mongo_store.db[BUCKETS].replace_one({"_id": merged.id, "v": stale.v}, merged.to_document(stale.v + 1))
+    res = mongo_store.db[BUCKETS].replace_one({"_id": merged.id, "v": stale.v}, encode_bucket(merged, stale.v + 1))
     assert res.matched_count == 0
     # ... and the store's own write path retries on top of the current bucket
     cs.sync_range("BTCUSDT", "1m", D0 + 2 * MIN, D0 + 3 * MIN, [candle(D0 + 2 * MIN)])
