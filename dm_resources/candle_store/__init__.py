@@ -17,7 +17,8 @@ One job per module, as Arctic keeps them apart:
 * ``codec`` — a bucket as a MongoDB document and back, with its encoding version;
 * ``store`` — ``CandleStore``: reads and optimistic-concurrency writes over a ``MongoStore``;
 * ``versions`` — the dataset version counters the API cache watches;
-* ``migrate`` and ``cli`` — the legacy migration and ``python -m dm_resources.candle_store``.
+* ``migrations`` and ``cli`` — the migrations (legacy per-candle documents; old bucket encodings)
+  and ``python -m dm_resources.candle_store``.
 """
 
 from dm_resources.candle_store.bucket import (
@@ -26,10 +27,11 @@ from dm_resources.candle_store.bucket import (
     NUMERIC_COLUMNS,
     ROW_FIELDS,
     Bucket,
+    Coded,
     normalize_fields,
 )
 from dm_resources.candle_store.cli import main
-from dm_resources.candle_store.codec import ENCODING, decode_bucket, encode_bucket
+from dm_resources.candle_store.codec import ENCODING, READABLE_ENCODINGS, decode_bucket, decode_span, encode_bucket
 from dm_resources.candle_store.layout import (
     FLOOR_MS,
     FUTURE_SLACK_MS,
@@ -39,7 +41,7 @@ from dm_resources.candle_store.layout import (
     bucket_id,
     step_ms,
 )
-from dm_resources.candle_store.migrate import LEGACY, MigrationReport, migrate
+from dm_resources.candle_store.migrations import LEGACY, MigrationReport, ReencodeReport, migrate, reencode
 from dm_resources.candle_store.store import BUCKETS, CandleStore, ConcurrentWriteError
 from dm_resources.candle_store.versions import VERSIONS, bump_analytics_versions
 
@@ -53,20 +55,25 @@ __all__ = [
     "INT_COLUMNS",
     "LEGACY",
     "NUMERIC_COLUMNS",
+    "READABLE_ENCODINGS",
     "ROW_FIELDS",
     "VERSIONS",
     "YEAR_BUCKET_INTERVALS",
     "Bucket",
     "CandleStore",
+    "Coded",
     "ConcurrentWriteError",
     "MigrationReport",
+    "ReencodeReport",
     "bucket_bounds",
     "bucket_id",
     "bump_analytics_versions",
     "decode_bucket",
+    "decode_span",
     "encode_bucket",
     "main",
     "migrate",
     "normalize_fields",
+    "reencode",
     "step_ms",
 ]

@@ -2,6 +2,8 @@
 
 The in-memory form is independent of how a bucket is stored (``codec``) and where (``store``):
 merging a partial day, trimming to a range and rendering rows or a frame happen here.
+``source`` and ``flags`` stay dictionary-encoded (:class:`Coded`) from the document to the
+response: a bulk read of ten years never builds a Python string or tuple per candle.
 """
 
 from __future__ import annotations
@@ -41,6 +43,56 @@ def _flag_key(value: Any) -> tuple[str, ...]:
 
 
 @dataclass
+class Coded:
+    """A dictionary-encoded per-candle column: each distinct value once, one code per candle."""
+
+    values: list[Any]  # hashable: str for source, tuple[str, ...] for flags
+    codes: np.ndarray  # uint16 indexes into ``values``
+
+    @classmethod
+    def of(cls, items: Sequence[Any]) -> Coded:
+        index: dict[Any, int] = {}
+        codes = np.fromiter((index.setdefault(v, len(index)) for v in items), dtype=np.intp, count=len(items))
+        return cls(list(index), codes.astype(np.uint16))  # a bucket holds at most 1,440 candles
+
+    @classmethod
+    def empty(cls) -> Coded:
+        return cls([], np.empty(0, dtype=np.uint16))
+
+    def __len__(self) -> int:
+        return int(self.codes.size)
+
+    def tolist(self) -> list[Any]:
+        values = self.values
+        return [values[c] for c in self.codes.tolist()]
+
+    def take(self, idx: np.ndarray) -> Coded:
+        return Coded(self.values, self.codes[idx])
+
+    @classmethod
+    def join(cls, parts: Sequence[Coded]) -> Coded:
+        """``parts`` one after another on one value table, so that equal values have equal codes."""
+        index: dict[Any, int] = {}
+        codes = []
+        for p in parts:
+            remap = np.array([index.setdefault(v, len(index)) for v in p.values], dtype=np.uint16)
+            codes.append(remap[p.codes] if p.codes.size else p.codes)
+        return cls(list(index), np.concatenate(codes) if codes else np.empty(0, dtype=np.uint16))
+
+    def compacted(self) -> Coded:
+        """Only the values some candle uses, in first-use order: what gets stored."""
+        if not self.codes.size:
+            return Coded.empty()
+        used, first = np.unique(self.codes, return_index=True)
+        order = used[np.argsort(first)]
+        if order.size == len(self.values) and np.array_equal(order, np.arange(order.size)):
+            return self
+        remap = np.zeros(len(self.values), dtype=np.uint16)
+        remap[order] = np.arange(order.size, dtype=np.uint16)
+        return Coded([self.values[i] for i in order.tolist()], remap[self.codes])
+
+
+@dataclass
 class Bucket:
     """One bucket's candles as numpy columns, sorted by open_time, unique open times."""
 
@@ -49,8 +101,8 @@ class Bucket:
     start: int
     end: int
     cols: dict[str, np.ndarray]
-    source: list[str]
-    flags: list[tuple[str, ...]]
+    source: Coded
+    flags: Coded  # values: sorted tuples of flag names, () when clean
     v: int = 0
 
     @property
@@ -64,7 +116,7 @@ class Bucket:
     @classmethod
     def empty(cls, symbol: str, interval: str, start: int, end: int) -> Bucket:
         cols = {c: np.empty(0, dtype=np.int64 if c in INT_COLUMNS else np.float64) for c in NUMERIC_COLUMNS}
-        return cls(symbol, interval, start, end, cols, [], [])
+        return cls(symbol, interval, start, end, cols, Coded.empty(), Coded.empty())
 
     @classmethod
     def from_rows(cls, symbol: str, interval: str, start: int, end: int, rows: Sequence[Mapping[str, Any]]) -> Bucket:
@@ -76,8 +128,8 @@ class Bucket:
         for c in FLOAT_COLUMNS:
             cols[c] = np.fromiter((_float(r.get(c)) for r in rows), dtype=np.float64, count=len(rows))
         cols["trades"] = np.fromiter((int(r.get("trades") or 0) for r in rows), dtype=np.int64, count=len(rows))
-        source = [str(r.get("source") or "") for r in rows]
-        flags = [_flag_key(r.get("flags")) for r in rows]
+        source = Coded.of([str(r.get("source") or "") for r in rows])
+        flags = Coded.of([_flag_key(r.get("flags")) for r in rows])
         return cls(symbol, interval, start, end, cols, source, flags)._normalized()
 
     @classmethod
@@ -88,9 +140,20 @@ class Bucket:
         for c in FLOAT_COLUMNS:
             cols[c] = df[c].to_numpy(dtype=np.float64) if c in df else np.full(len(df), np.nan)
         cols["trades"] = df["trades"].to_numpy(dtype=np.int64) if "trades" in df else np.zeros(len(df), np.int64)
-        source = [str(s or "") for s in df["source"].tolist()] if "source" in df else [""] * len(df)
-        flags: list[tuple[str, ...]] = [_flag_key(f) for f in df["flags"].tolist()] if "flags" in df else [()] * len(df)
+        source = Coded.of([str(s or "") for s in df["source"].tolist()] if "source" in df else [""] * len(df))
+        flags = Coded.of([_flag_key(f) for f in df["flags"].tolist()] if "flags" in df else [()] * len(df))
         return cls(symbol, interval, start, end, cols, source, flags)._normalized()
+
+    @classmethod
+    def concat(cls, parts: Sequence[Bucket]) -> Bucket:
+        """Consecutive buckets of one dataset (ascending, not overlapping) as one span: bulk reads batch them."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        cols = {c: np.concatenate([p.cols[c] for p in parts]) for c in NUMERIC_COLUMNS}
+        source = Coded.join([p.source for p in parts])
+        flags = Coded.join([p.flags for p in parts])
+        return cls(first.symbol, first.interval, first.start, parts[-1].end, cols, source, flags)
 
     def _normalized(self) -> Bucket:
         """Sorted, deduplicated (the last row of an open_time wins), inside ``[start, end)``, aligned."""
@@ -107,22 +170,15 @@ class Bucket:
         if idx.size == ot.size and np.all(np.diff(ot) > 0):
             return self
         self.cols = {c: a[idx] for c, a in self.cols.items()}
-        self.source = [self.source[i] for i in idx.tolist()]
-        self.flags = [self.flags[i] for i in idx.tolist()]
+        self.source = self.source.take(idx)
+        self.flags = self.flags.take(idx)
         return self
 
     def take(self, mask: np.ndarray) -> Bucket:
         idx = np.flatnonzero(mask)
         cols = {c: a[idx] for c, a in self.cols.items()}
         return Bucket(
-            self.symbol,
-            self.interval,
-            self.start,
-            self.end,
-            cols,
-            [self.source[i] for i in idx.tolist()],
-            [self.flags[i] for i in idx.tolist()],
-            self.v,
+            self.symbol, self.interval, self.start, self.end, cols, self.source.take(idx), self.flags.take(idx), self.v
         )
 
     def merge(self, new: Bucket, *, replace_range: tuple[int, int] | None = None) -> tuple[Bucket, int, int]:
@@ -141,20 +197,19 @@ class Bucket:
         present = np.isin(new_ot, old_ot)
         added = int((~present).sum())
         changed = 0
+        source, flags = Coded.join([old.source, new.source]), Coded.join([old.flags, new.flags])
         if present.any():
             pos = np.searchsorted(old_ot, new_ot[present])
             diff = np.zeros(int(present.sum()), dtype=bool)
             for c in NUMERIC_COLUMNS:
                 a, b = old.cols[c][pos], new.cols[c][present]
                 diff |= ~((a == b) | (np.isnan(a) & np.isnan(b)) if a.dtype.kind == "f" else (a == b))
-            new_idx = np.flatnonzero(present).tolist()
-            for j, (i_old, i_new) in enumerate(zip(pos.tolist(), new_idx, strict=True)):
-                if old.source[i_old] != new.source[i_new] or old.flags[i_old] != new.flags[i_new]:
-                    diff[j] = True
+            new_pos = old.n + np.flatnonzero(present)  # on the merged value tables, equal values have equal codes
+            diff |= source.codes[pos] != source.codes[new_pos]
+            diff |= flags.codes[pos] != flags.codes[new_pos]
             changed = int(diff.sum())
         dropped = self.n - old.n
         cols = {c: np.concatenate([old.cols[c], new.cols[c]]) for c in NUMERIC_COLUMNS}
-        source, flags = old.source + new.source, old.flags + new.flags
         merged = Bucket(self.symbol, self.interval, self.start, self.end, cols, source, flags, self.v)._normalized()
         return merged, added, changed + dropped
 
@@ -165,8 +220,8 @@ class Bucket:
         for c in FLOAT_COLUMNS:
             data[c] = self.cols[c]
         data["trades"] = self.cols["trades"]
-        data["source"] = self.source
-        data["flags"] = [list(f) for f in self.flags]
+        data["source"] = self.source.tolist()
+        data["flags"] = [list(f) for f in self.flags.tolist()]  # one list per row: callers may edit them
         return pd.DataFrame(data)
 
     def rows(self, fields: Sequence[str] = ROW_FIELDS) -> list[dict[str, Any]]:
@@ -186,9 +241,9 @@ class Bucket:
             elif f in self.cols:
                 columns.append(self.cols[f].tolist())
             elif f == "source":
-                columns.append(self.source)
+                columns.append(self.source.tolist())
             elif f == "flags":
-                columns.append([list(x) for x in self.flags])
+                columns.append([list(f) for f in self.flags.tolist()])
             else:
                 raise KeyError(f"unknown candle field {f!r}")
         names = tuple(fields)

@@ -11,27 +11,48 @@ the API's hot cache watches that small collection instead of probing candles per
 from __future__ import annotations
 
 import datetime as dt
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import bson
 import numpy as np
 import pandas as pd
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
-from tenacity import wait_none
+from tenacity import wait_random_exponential
 
 from dm_resources.candle_store.bucket import Bucket, normalize_fields
-from dm_resources.candle_store.codec import decode_bucket, encode_bucket
+from dm_resources.candle_store.codec import decode_bucket, decode_span, encode_bucket
 from dm_resources.candle_store.layout import FLOOR_MS, FUTURE_SLACK_MS, bucket_bounds, bucket_starts, step_ms
 from dm_resources.candle_store.versions import bump_candle_version, versions_since
 from dm_resources.contracts import now_ms
 from dm_resources.intervals import DAY_MS
-from dm_resources.mongo import CANDLE_BUCKETS, DATASET_VERSIONS, LAYER_INDEXES, MongoStore, WriteResult, mongo_retry
+from dm_resources.mongo import (
+    CANDLE_BUCKETS,
+    DATASET_VERSIONS,
+    LAYER_INDEXES,
+    TRANSIENT_ERRORS,
+    MongoStore,
+    WriteResult,
+    mongo_retry,
+)
 
 BUCKETS = CANDLE_BUCKETS
 
 _INDEXED: set[tuple[int, str]] = set()
+# Between lost races of one bucket: random in [0, min(1 s, 10 ms × 2^attempt)] ("full jitter").
+WRITE_BACKOFF = wait_random_exponential(multiplier=0.01, max=1.0)
+
+
+@dataclass
+class _WriteAttempt:
+    """What the attempts of one bucket write learned: whether a write may have landed unseen."""
+
+    maybe_written: bool = False
+    lost_answer: bool = False
 
 
 class ConcurrentWriteError(RuntimeError):
@@ -47,7 +68,7 @@ class CandleStore:
     """
 
     store: MongoStore
-    max_retries: int = 8
+    max_retries: int = 12
     _indexed: bool = field(default=False, repr=False)
 
     @property
@@ -99,17 +120,24 @@ class CandleStore:
         if ot.size and (ot.min() < start or ot.max() >= end):  # else dropped or written outside the range
             bad = int(ot.min()) if ot.min() < start else int(ot.max())
             raise ValueError(f"{symbol} {interval}: open_time {bad} is outside the write's range [{start}, {end})")
+        if ot.size and ot.min() < FLOOR_MS:  # reads never look below the floor: it would be stored unseen
+            raise ValueError(f"{symbol} {interval}: open_time {int(ot.min())} is before {FLOOR_MS} (2010-01-01)")
         self.ensure_indexes()
         result = WriteResult()
         groups = self._group(symbol, interval, start, end, frame, rows)
-        for b_start, b_end, new in groups:
-            lo, hi = max(start, b_start), min(end, b_end)
-            added, changed = self._merge_write(new, replace_range=(lo, hi) if replace else None)
-            result.upserted += added
-            result.modified += changed
-        if result.upserted or result.modified:
-            newest = max((int(g[2].cols["open_time"][-1]) for g in groups if g[2].n), default=None)
-            self.bump_version(symbol, interval, newest)
+        written: list[Bucket] = []
+        try:
+            for b_start, b_end, new in groups:
+                lo, hi = max(start, b_start), min(end, b_end)
+                added, changed, maybe = self._write_bucket(new, replace_range=(lo, hi) if replace else None)
+                result.upserted += added
+                result.modified += changed
+                if added or changed or maybe:
+                    written.append(new)
+        finally:  # a later bucket's failure must not hide the buckets already written from the cache
+            if written:
+                newest = max((int(b.cols["open_time"][-1]) for b in written if b.n), default=None)
+                self.bump_version(symbol, interval, newest)
         return result
 
     def write_day(
@@ -143,12 +171,22 @@ class CandleStore:
             out.append((b_start, b_end, new))
         return out
 
-    @mongo_retry(on=(ConcurrentWriteError,), attempts="max_retries", wait=wait_none())
-    def _merge_write(self, new: Bucket, *, replace_range: tuple[int, int] | None) -> tuple[int, int]:
+    def _write_bucket(self, new: Bucket, *, replace_range: tuple[int, int] | None) -> tuple[int, int, bool]:
+        """(candles added, candles changed, whether a write may have landed although both are 0)."""
+        attempt = _WriteAttempt()
+        added, changed = self._merge_write(new, replace_range=replace_range, attempt=attempt)
+        return added, changed, attempt.maybe_written
+
+    @mongo_retry(on=(ConcurrentWriteError, *TRANSIENT_ERRORS), attempts="max_retries", wait=WRITE_BACKOFF)
+    def _merge_write(
+        self, new: Bucket, *, replace_range: tuple[int, int] | None, attempt: _WriteAttempt
+    ) -> tuple[int, int]:
         """Read-merge-replace one bucket under optimistic concurrency on its ``v`` counter.
 
         A lost race (the bucket changed between the read and the replace, or another writer
-        created it first) is a ``ConcurrentWriteError``: the decorator re-reads and merges again.
+        created it first) is a ``ConcurrentWriteError``, and a dropped connection a transient
+        error: the decorator waits (exponential backoff with full jitter, so writers that
+        collided spread out instead of colliding again) and re-reads and merges again.
         """
         doc = self.coll.find_one({"_id": new.id})
         old = decode_bucket(doc) if doc else Bucket.empty(new.symbol, new.interval, new.start, new.end)
@@ -158,13 +196,19 @@ class CandleStore:
         body = encode_bucket(merged, old.v + 1)
         lost = f"{new.id}: changed by other writers {self.max_retries} times in a row"
         try:
+            attempt.maybe_written = True  # until the server answers: a lost answer may hide a write
             if doc is None:
                 self.coll.insert_one(body)
                 return added, changed
             res = self.coll.replace_one({"_id": new.id, "v": old.v}, body)
         except DuplicateKeyError as exc:  # another writer created it first: merge into theirs
+            attempt.maybe_written = attempt.lost_answer
             raise ConcurrentWriteError(lost) from exc
+        except TRANSIENT_ERRORS:
+            attempt.lost_answer = True
+            raise
         if res.matched_count != 1:
+            attempt.maybe_written = attempt.lost_answer
             raise ConcurrentWriteError(lost)
         return added, changed
 
@@ -216,13 +260,44 @@ class CandleStore:
         Order comes from the index (MongoDB: ``sort`` served by it; SecantusDB: its forward IXSCAN,
         see ``iter_documents``); ``test_candle_store`` writes buckets out of order and reads them back.
         """
-        lo = start if start is not None else FLOOR_MS
-        hi = end if end is not None else None
         for doc in self.iter_documents(symbol, interval, start, end):
-            b = decode_bucket(doc)
-            ot = b.cols["open_time"]
-            if b.n and (ot[0] < lo or (hi is not None and ot[-1] >= hi)):
-                b = b.take((ot >= lo) & (ot < hi if hi is not None else True))
+            b = _trimmed(decode_bucket(doc), start, end)
+            if b.n:
+                yield b
+
+    def iter_spans(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        rows: int = 1 << 16,
+        batch_size: int = 64,
+    ) -> Iterator[Bucket]:
+        """The bulk read: consecutive buckets decoded together, as spans of at least ``rows`` candles.
+
+        Same candles as :meth:`iter_buckets`, fewer and larger pieces: a span decodes its day
+        buckets as one array (``codec.decode_span``), and a helper thread fetches the next batch
+        of documents from the server while this one decodes, so the server's work and ours overlap.
+        """
+        opts = self.coll.codec_options
+        pending: list[Mapping[str, Any]] = []
+        count = 0
+        batches = self.iter_documents(symbol, interval, start, end, raw=True, batch_size=batch_size)
+        for batch in read_ahead(batches):
+            for doc in bson.decode_all(batch, opts):
+                if not doc.get("n"):
+                    continue
+                pending.append(doc)
+                count += int(doc["n"])
+                if count >= rows:
+                    b = _trimmed(decode_span(pending), start, end)
+                    pending, count = [], 0
+                    if b.n:
+                        yield b
+        if pending:
+            b = _trimmed(decode_span(pending), start, end)
             if b.n:
                 yield b
 
@@ -249,7 +324,7 @@ class CandleStore:
 
     def read_frame(self, symbol: str, interval: str, start: int | None = None, end: int | None = None) -> pd.DataFrame:
         """The candle frame (``open_time``, ``close_time``, OHLC, volumes, trades, source, flags), sorted."""
-        frames = [b.frame() for b in self.iter_buckets(symbol, interval, start, end)]
+        frames = [b.frame() for b in self.iter_spans(symbol, interval, start, end)]
         if not frames:
             return Bucket.empty(symbol, interval, 0, 0).frame()
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -328,6 +403,65 @@ class CandleStore:
     def versions_since(self, since_ms: int) -> list[dict[str, Any]]:
         """Dataset version rows updated at or after ``since_ms`` (bounded read on the updated_at index)."""
         return versions_since(self.store.db, since_ms)
+
+
+def _trimmed(b: Bucket, start: int | None, end: int | None) -> Bucket:
+    """``b`` without the candles outside ``[start, end)``."""
+    lo = start if start is not None else FLOOR_MS
+    ot = b.cols["open_time"]
+    if b.n and (ot[0] < lo or (end is not None and ot[-1] >= end)):
+        return b.take((ot >= lo) & (ot < end if end is not None else True))
+    return b
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a helper thread up to ``depth`` ahead of the caller.
+
+    The helper owns ``items`` (a cursor is used by one thread at a time) and closes it when
+    it ends, fails, or when the caller stops early (a client that disconnects mid-stream);
+    the caller then waits for at most the one fetch in flight.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the caller, raised there
+            put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    helper = threading.Thread(target=produce, name="candle-read-ahead", daemon=True)
+    helper.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        helper.join()
 
 
 _SECANTUS: dict[int, bool] = {}
