@@ -141,10 +141,21 @@ def _per_value(col: Coded, render: Callable[[Any], bytes]) -> list[bytes]:
 
 
 def _dictionary_column(col: Coded, values: list[Any], type_: Any) -> Any:
-    """A plain Arrow column from the codes: Arrow's ``take`` expands the value table in C++."""
+    """A plain Arrow column from the codes, built in C++ (measured per 65,536 candles).
+
+    One value (the usual day: one source, no flags): a repeat, or empty lists as bare offsets
+    (``pa.repeat`` of a list scalar is 100× slower). Otherwise the dictionary decoded by Arrow,
+    twice as fast as ``take``.
+    """
     import pyarrow as pa
 
-    return pa.array(values, type=type_).take(pa.array(col.codes))
+    n = len(col)
+    if len(values) == 1 and not pa.types.is_list(type_):
+        return pa.repeat(pa.scalar(values[0], type=type_), n)
+    if values == [[]]:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], type=type_.value_type))
+    dictionary = pa.array(values, type=type_)
+    return pa.DictionaryArray.from_arrays(pa.array(col.codes), dictionary).dictionary_decode()
 
 
 def _record_batch(b: Bucket, fields: Sequence[str], schema: Any) -> Any:

@@ -284,6 +284,41 @@ def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mon
         assert body == b"".join(orjson.dumps({k: r[k] for k in ROW_FIELDS}) + b"\n" for r in expect)
 
 
+@pytest.mark.parametrize("fmt", ["arrow", "csv"])
+def test_columnar_streams_span_days_with_every_mix_of_sources_and_flags(mongo_store: MongoStore, fmt: str) -> None:
+    """Spans join days whose value tables differ: one source, many, clean, flagged, empty flag lists."""
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.ipc as ipc
+
+    from api.candle_reads import iter_arrow, iter_csv
+
+    cs = CandleStore(mongo_store)
+    days = [minutes(D0 + d * DAY, 30) for d in range(4)]
+    days[1][3]["source"], days[1][4]["source"] = "rest", "archive"
+    days[2][7]["flags"], days[2][8]["flags"] = ["bad_print"], ["ohlc", "verified"]
+    days[3] = minutes(D0 + 3 * DAY, 30, flags=["provisional"])  # one value, not the empty list
+    for d, rows in enumerate(days):
+        cs.sync_range("BTCUSDT", "1m", D0 + d * DAY, D0 + (d + 1) * DAY, rows)
+    expect = [{k: r[k] for k in ROW_FIELDS if k not in ("symbol", "interval")} for rows in days for r in rows]
+    fields = [f for f in ROW_FIELDS if f not in ("symbol", "interval")]
+    render = iter_arrow if fmt == "arrow" else iter_csv
+    body = b"".join(bytes(c) for c in render(cs, "BTCUSDT", "1m", fields, D0 + 2 * MIN, D0 + 4 * DAY))
+    if fmt == "arrow":
+        got = ipc.open_stream(io.BytesIO(body)).read_all().to_pylist()
+    else:
+        got = pacsv.read_csv(io.BytesIO(body)).to_pylist()
+        for r in got:
+            r["flags"] = r["flags"].split("|") if r.get("flags") else []
+    assert got == expect[2:]
+    one_a_day = b"".join(bytes(c) for c in iter_arrow(cs, "BTCUSDT", "1m", fields, None, None, limit=31))
+    assert [r["open_time"] for r in ipc.open_stream(io.BytesIO(one_a_day)).read_all().to_pylist()][-2:] == [
+        D0 + 29 * MIN,
+        D0 + DAY,
+    ]
+
+
 def test_buckets_written_out_of_order_read_back_ascending(mongo_store: MongoStore) -> None:
     cs = CandleStore(mongo_store)
     days = [5, 1, 9, 0, 3, 7, 2]
