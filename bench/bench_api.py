@@ -310,10 +310,12 @@ def bulk_reads(
 
     The Arrow body is also served from memory by the bytes-only app (``bytes_app.py``): the cost
     of moving those bytes over HTTP with Python at both ends, measured in the same run. Then
-    ``rounds`` more interleaved rounds of store read, API Arrow and bytes-only route, so that a
-    background hiccup on the shared machine hits all three alike; medians and ratios of medians.
+    ``rounds`` more interleaved rounds of store read, API Arrow and bytes-only route (and, with
+    ``compare_v1``, the same two reads of the encoding-1 copy), so that a background hiccup on the
+    shared machine hits all of them alike; medians and ratios of medians.
     """
     bulk: dict[str, Any] = {"direct_store_read": direct_buckets(store, start, end)}
+    old: dict[str, Any] = {"copy": copy_as_encoding_1(store, start, end)} if compare_v1 else {}
     body = tmp / "arrow_body.bin"
     for fmt in ("ndjson", "arrow", "csv"):
         bulk[f"api_{fmt}"] = stream(base, fmt, start, end, keep=body if fmt == "arrow" else None)
@@ -324,18 +326,30 @@ def bulk_reads(
         bytes_base = f"http://127.0.0.1:{port}"
         bulk["bytes_only_route_same_arrow_body"] = stream(bytes_base, "arrow", start, end, path="/bytes")
         walls: dict[str, list[float]] = {"direct_store_read": [], "api_arrow": [], "bytes_only_route": []}
+        if compare_v1:
+            walls.update({"encoding_1_direct_store_read": [], "encoding_1_api_arrow": []})
         for _ in range(rounds):
             walls["direct_store_read"].append(direct_buckets(store, start, end)["wall_s"])
             walls["api_arrow"].append(stream(base, "arrow", start, end)["wall_s"])
             walls["bytes_only_route"].append(stream(bytes_base, "arrow", start, end, path="/bytes")["wall_s"])
+            if compare_v1:
+                walls["encoding_1_direct_store_read"].append(direct_buckets(store, start, end, OLD_SYMBOL)["wall_s"])
+                walls["encoding_1_api_arrow"].append(stream(base, "arrow", start, end, OLD_SYMBOL)["wall_s"])
         if rounds:
-            med = {k: statistics.median(v) for k, v in walls.items()}
+            med = {k: round(statistics.median(v), 3) for k, v in walls.items()}
             bulk["arrow_rounds"] = {
                 "walls_s": walls,
                 "median_s": med,
                 "api_arrow_vs_direct_store_read": round(med["api_arrow"] / med["direct_store_read"], 2),
                 "api_arrow_vs_bytes_only_route": round(med["api_arrow"] / med["bytes_only_route"], 2),
             }
+            if compare_v1:
+                bulk["arrow_rounds"]["encoding_1_over_2_api_arrow"] = round(
+                    med["encoding_1_api_arrow"] / med["api_arrow"], 2
+                )
+                bulk["arrow_rounds"]["encoding_1_over_2_store_read"] = round(
+                    med["encoding_1_direct_store_read"] / med["direct_store_read"], 2
+                )
     finally:
         anchor.stop()
         body.unlink()
@@ -347,7 +361,6 @@ def bulk_reads(
     )
     bulk["ndjson_over_arrow"] = round(bulk["api_ndjson"]["wall_s"] / bulk["api_arrow"]["wall_s"], 2)
     if compare_v1:
-        old: dict[str, Any] = {"copy": copy_as_encoding_1(store, start, end)}
         old["direct_store_read"] = direct_buckets(store, start, end, OLD_SYMBOL)
         old["api_arrow"] = stream(base, "arrow", start, end, OLD_SYMBOL)
         t0 = time.perf_counter()
