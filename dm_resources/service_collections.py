@@ -65,7 +65,7 @@ class ServiceDocs:
         """Insert documents with deterministic ``_id``s; ones already stored are duplicates, not failures."""
         if not docs:
             return WriteResult()
-        return MongoStore._insert_once(self.coll(name), docs)
+        return self.store._insert_once(self.coll(name), docs)
 
     def find(
         self,

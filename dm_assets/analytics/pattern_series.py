@@ -57,9 +57,9 @@ def candles_series(store: MongoStore, symbol: str, interval: str, start: int, en
     out = np.full(max(0, (end - start) // step), np.nan)
     for b in CandleStore(store).iter_buckets(symbol, interval, start, end):
         ot, close = b.cols["open_time"], b.cols["close"].copy()
-        if any(b.flags):
-            bad = np.fromiter((bool(set(f) & SUSPECT_FLAGS) for f in b.flags), dtype=bool, count=len(b.flags))
-            close[bad] = np.nan
+        suspect = np.array([bool(set(f) & SUSPECT_FLAGS) for f in b.flags.values], dtype=bool)
+        if suspect.any():
+            close[suspect[b.flags.codes]] = np.nan
         part = dense_closes(ot, close, start, end, step)
         hit = np.isfinite(part.closes)
         out[hit] = part.closes[hit]
