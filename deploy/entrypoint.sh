@@ -7,10 +7,14 @@ set -eu
 
 # Dagster's instance directory must be writable (compute logs, schedules' local state);
 # the root filesystem is read-only, so it lives under /tmp and gets the image's dagster.yaml
-# (PostgreSQL from DAGSTER_PG_URL) unless the deployment mounted its own.
+# (PostgreSQL from DAGSTER_PG_URL) unless the deployment mounted its own. Roles that share the
+# directory may start together: the copy lands under a name of its own and is renamed into place.
 mkdir -p "${DAGSTER_HOME:=/tmp/dagster_home}"
 app="${DM_APP_DIR:-/app}"
-[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp "$app/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+if [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
+  cp "$app/dagster.yaml" "$DAGSTER_HOME/.dagster.yaml.$$"
+  mv -f "$DAGSTER_HOME/.dagster.yaml.$$" "$DAGSTER_HOME/dagster.yaml"
+fi
 export DAGSTER_HOME
 # Listen on every interface in a container; tests running the script on a host bind loopback.
 host="${DM_BIND_HOST:-0.0.0.0}"
