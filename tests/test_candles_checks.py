@@ -51,6 +51,7 @@ def test_good_day_passes_every_check() -> None:
         checks.ohlc_sane(df, interval_ms=MINUTE_MS),
         checks.no_bad_prints(df, MINUTE_MS),
         checks.sources_agree(df),
+        checks.archive_files_accepted([], 1),
     ]
     assert [r.name for r in results] == list(checks.CHECKS)
     for r in results:
@@ -188,3 +189,13 @@ def test_check_result_severity_must_match_count() -> None:
         checks.CheckResult("no_gaps", "OK", 3, 10)
     with pytest.raises(ValueError):
         checks.CheckResult("no_gaps", "WARN", 0, 10)
+
+
+def test_a_refused_archive_file_fails_its_check_naming_the_file_and_the_reason() -> None:
+    r = checks.archive_files_accepted([{"file": "BTCUSDT-1m-2026-01.zip", "reason": "checksum mismatch"}], 2)
+    assert (r.passed, r.severity, r.count, r.blocking) == (False, "WARN", 1, False)
+    assert r.details["refused"] == [{"file": "BTCUSDT-1m-2026-01.zip", "reason": "checksum mismatch"}]
+    from dm_assets.candles import audit
+
+    assert "BTCUSDT-1m-2026-01.zip: checksum mismatch" in audit.message(r)
+    assert checks.archive_files_accepted([], 2).passed

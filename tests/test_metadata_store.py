@@ -44,6 +44,7 @@ TABLES = {
     "confirmed_missing",
     "positions",
     "daily_pnl",
+    "archive_files",
 }
 UTC = dt.UTC
 TOKYO = dt.timezone(dt.timedelta(hours=9))

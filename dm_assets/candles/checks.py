@@ -18,7 +18,7 @@ Every check has its final name here (``CHECKS``); the asset check specs use thes
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,15 +57,22 @@ CHECKS: dict[str, str] = {
         "confirmed the value (kept, flagged). Blocking."
     ),
     "sources_agree": (
-        "Where a minute exists from more than one source (websocket kline, REST kline, aggregated trades proven "
-        "complete) the versions agree within the documented tolerance. ERROR until repaired; WARN when kept. Blocking."
+        "Where a minute exists from more than one source (websocket kline, REST kline, archive file, aggregated "
+        "trades proven complete) the versions agree within the documented tolerance. ERROR until repaired; WARN "
+        "when kept. Blocking."
+    ),
+    "archive_files_accepted": (
+        "Every Binance archive file covering the day, when last fetched, was accepted whole (checksum, zip, rows, "
+        "symbol, period, time unit). A refused file names itself and the reason; nothing from it is stored and the "
+        "day's minutes come from REST, so WARN, not blocking; a later run fetches the file again."
     ),
 }
 # Failing these makes downstream (higher intervals, analytics, health) wrong.
 BLOCKING = frozenset({"no_duplicates", "ohlc_sane", "no_bad_prints", "sources_agree"})
-# sources_agree needs the raw sources, which only the 1m build reads.
+# sources_agree needs the raw sources, and archive files are 1m files: only the 1m build reads them.
+ONLY_1M = frozenset({"sources_agree", "archive_files_accepted"})
 CHECKS_BY_INTERVAL_1M = tuple(CHECKS)
-CHECKS_HIGHER = tuple(c for c in CHECKS if c != "sources_agree")
+CHECKS_HIGHER = tuple(c for c in CHECKS if c not in ONLY_1M)
 
 
 def check_names(interval: str) -> tuple[str, ...]:
@@ -312,3 +319,21 @@ def sources_agree(df: pd.DataFrame, disagreements: Iterable[dict[str, Any]] = ()
     mask = np.array([FLAG_DISAGREE in f for f in _flags(df)], dtype=bool)
     found = list(disagreements)
     return _finding("sources_agree", df, mask, {"compared": found[:MAX_ROWS]} if found else {})
+
+
+def archive_files_accepted(refused: Iterable[Mapping[str, Any]], consulted: int) -> CheckResult:
+    """Archive files covering the day whose last fetch was refused (``{"file", "reason"}`` each).
+
+    WARN: a refused file's rows were never stored (the minutes came from REST), so nothing stored
+    is wrong; the failure says the exchange's own published record could not be verified.
+    """
+    bad = [{"file": str(r.get("file")), "reason": str(r.get("reason"))} for r in refused]
+    if not bad:
+        return CheckResult("archive_files_accepted", "OK", 0, consulted)
+    return CheckResult(
+        "archive_files_accepted",
+        "WARN",
+        len(bad),
+        max(consulted, len(bad)),
+        details={"refused": bad[:MAX_ROWS]},
+    )

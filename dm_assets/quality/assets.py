@@ -3,8 +3,8 @@
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from dm_assets.candles.assets import BACKFILL_POLICY
-from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
-from dm_resources.contracts import CANDLE_ASSET_PATHS, CANDLE_INTERVALS
+from dm_assets.partitions import DATE_SYMBOL_PARTITIONS
+from dm_resources.contracts import CANDLE_ASSET_PATHS
 from dm_resources.resources import MetadataResource, MongoResource
 
 QUALITY_GROUP = "quality"
@@ -30,17 +30,7 @@ def audit_results(
     from dm_assets.candles import audit
 
     store, meta = mongo.get_store(), metadata.get_store()
-    rows = []
-    for pk in context.partition_keys:
-        day, symbol = split_key(pk)
-        for interval in CANDLE_INTERVALS:
-            for outcome in audit.check_partition(store, meta, symbol, day, interval):
-                rows.append(
-                    audit.to_audit_log(
-                        outcome, symbol=symbol, interval=interval, partition_key=str(pk), run_id=context.run.run_id
-                    )
-                )
-    written = meta.record_audit(rows)
+    rows, written = audit.partition_audit(store, meta, context.partition_keys, context.run.run_id)
     by_severity: dict[str, int] = {}
     for r in rows:
         if not r.passed:
@@ -82,12 +72,7 @@ def health_scores(
     from dm_assets.candles import audit
 
     store, meta = mongo.get_store(), metadata.get_store()
-    rows = []
-    for pk in context.partition_keys:
-        day, symbol = split_key(pk)
-        for interval in CANDLE_INTERVALS:
-            rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=context.run.run_id))
-    meta.upsert_health(rows)
+    rows = audit.partition_health(store, meta, context.partition_keys, context.run.run_id)
     table = "\n".join(
         f"| {r.day} | {r.symbol} | {r.interval} | {r.completeness:.2f} | {r.freshness:.2f} | "
         f"{r.consistency:.2f} | **{r.score:.2f}** | {_why(r.details)} |"
