@@ -406,7 +406,7 @@ class ArchiveClient:
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_exponential_jitter(initial=0.5, max=10),
+            wait=wait_exponential_jitter(multiplier=0.5, max=10),
             retry=retry_if_exception_type(_Transient),
             reraise=True,
         )

@@ -148,7 +148,7 @@ class ArchiveMirror:
         if fault == "other_month":
             times = times + (key.bounds_ms()[1] - key.bounds_ms()[0])
         if fault == "replaced":
-            cols = {**cols, "close": cols["close"] + 1}
+            cols = {**cols, "close": cols["close"] + np.maximum(1, cols["close"] // 1000)}  # +0.1 %
             cols["high"] = np.maximum(cols["high"], cols["close"])
         payload = kline_csv(times, cols, header=header, micros=micros)
         if fault == "malformed":

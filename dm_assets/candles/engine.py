@@ -51,7 +51,7 @@ from dm_resources.binance import LEAST_WEIGHT_PAGE, BinanceBanned, Kline
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import CANDLE_INTERVALS, candle_asset_path, now_ms
 from dm_resources.intervals import DAY_MS, MINUTE_MS
-from dm_resources.metadata.archive import archive_files, record_archive_files
+from dm_resources.metadata.archive import ArchiveFileRecord, archive_files, record_archive_files
 from dm_resources.metadata.schemas import AuditLogIn, HealthMetricIn
 
 if TYPE_CHECKING:
@@ -333,14 +333,13 @@ class Engine:
             return
         assert self.now is not None
         today = dt.datetime.fromtimestamp(self.now / 1000, tz=dt.UTC).date()
-        refused_before: dict[str, set[str]] = {}
-        for symbol in {d.symbol for d in days}:
+        before: dict[str, list[ArchiveFileRecord]] = {}
+        for symbol in sorted({d.symbol for d in days}):
             mine = [d for d in days if d.symbol == symbol]
-            lo, hi = mine[0].start, mine[-1].end
-            for rec in archive_files(self.meta, symbol, lo, hi, status="refused"):
+            for rec in archive_files(self.meta, symbol, mine[0].start, mine[-1].end):
                 for d in mine:
                     if rec.period_start < d.end and rec.period_end > d.start:
-                        refused_before.setdefault(f"{d.day}|{symbol}", set()).add(rec.name)
+                        before.setdefault(f"{d.day}|{symbol}", []).append(rec)
         wanted = []
         for d in days:
             day = dt.date.fromisoformat(d.day)
@@ -348,7 +347,22 @@ class Engine:
                 continue
             holes = np.setdiff1d(d.minutes, np.fromiter(self._covered(d), dtype=np.int64))
             holes = holes[~np.isin(holes, np.fromiter(d.confirmed, dtype=np.int64))] if d.confirmed else holes
-            if holes.size or f"{d.day}|{d.symbol}" in refused_before:
+            recs = before.get(f"{d.day}|{d.symbol}", [])
+            # Holes; a covering file refused when last fetched (a later run retries it); or stored archive
+            # candles whose file Binance has since re-published with another checksum.
+            retry = any(r.status == "refused" for r in recs)
+            replaced = (
+                not holes.size
+                and not retry
+                and not d.stored.empty
+                and bool((d.stored["source"] == compute.SOURCE_ARCHIVE).any())
+                and any(
+                    self.archive.republished(d.symbol, r.period, r.period_start, r.sha256)
+                    for r in recs
+                    if r.status == "accepted"
+                )
+            )
+            if holes.size or retry or replaced:
                 wanted.append((d.symbol, day))
         answers = self.archive.prefetch(wanted, today)
         for d in days:

@@ -73,6 +73,7 @@ class ArchiveBatch:
     outcomes: dict[ArchiveKey, ArchiveFile | Exception] = field(default_factory=dict)
     records_pending: list[ArchiveFileIn] = field(default_factory=list)
     _recorded: set[ArchiveKey] = field(default_factory=set)
+    _published: dict[ArchiveKey, str | None] = field(default_factory=dict)
 
     def _fetch_all(self, keys: Iterable[ArchiveKey]) -> None:
         todo = sorted({k for k in keys if k not in self.outcomes})
@@ -120,6 +121,22 @@ class ArchiveBatch:
                     ans.unavailable.append(str(res))
             out[(symbol, day)] = ans
         return out
+
+    def republished(self, symbol: str, period: str, period_start: int, sha256: str | None) -> bool:
+        """Whether a file we took before now has another published checksum (Binance replaced it).
+
+        One small ``.CHECKSUM`` request per file and run; a file that is gone or unreadable now is
+        not a replacement (the stored candles stay).
+        """
+        day = dt.datetime.fromtimestamp(period_start / 1000, tz=dt.UTC).date()
+        key = ArchiveKey.monthly(symbol, day) if period == "monthly" else ArchiveKey.daily(symbol, day)
+        if key not in self._published:
+            try:
+                self._published[key] = self.client.checksum(key)
+            except (ArchiveMissing, ArchiveRefused, ArchiveUnavailable):
+                self._published[key] = None
+        now = self._published[key]
+        return now is not None and sha256 is not None and now != sha256
 
     def _record(self, key: ArchiveKey, res: ArchiveFile | Exception) -> ArchiveFileIn | None:
         start, end = key.bounds_ms()
