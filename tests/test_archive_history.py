@@ -121,7 +121,9 @@ def test_missing_file_is_an_answer_not_a_refusal(mirror: ArchiveMirror) -> None:
 
 def test_both_formats_and_both_units_parse_to_the_same_rows(mirror: ArchiveMirror) -> None:
     times, cols = mirror.rows(DAILY_RECENT)
-    plain, header_used, unit = parse_zip(zip_bytes(DAILY_RECENT.member, kline_csv(times, cols, header=False)), DAILY_RECENT)
+    plain, header_used, unit = parse_zip(
+        zip_bytes(DAILY_RECENT.member, kline_csv(times, cols, header=False)), DAILY_RECENT
+    )
     assert (header_used, unit, len(plain)) == (False, "ms", 1440)
     with_header, header_used, _ = parse_zip(
         zip_bytes(DAILY_RECENT.member, kline_csv(times, cols, header=True)), DAILY_RECENT
@@ -162,9 +164,9 @@ def test_closed_days_come_from_the_archive_into_day_buckets_with_provenance(
         assert set(p.builds) == {"1m", "5m", "15m", "1h", "4h", "1d"}
         assert_equals_exchange(mongo_store, exchange, p.day)
     # One monthly file (no header) served both March days; April's day came from its daily file (header).
-    assert sorted(mirror.files_requested()) == sorted(
-        [f"/{MONTHLY.path}", f"/{DAILY_RECENT.path}"]
-    ), mirror.files_requested()
+    assert sorted(mirror.files_requested()) == sorted([f"/{MONTHLY.path}", f"/{DAILY_RECENT.path}"]), (
+        mirror.files_requested()
+    )
     assert exchange.requests_to("/fapi/v1/klines") == []  # no REST weight spent on closed days
     assert mongo_store.count("klines") == 0  # never per-minute raw documents
     files = {f.name: f for f in archive_files(meta, SYMBOL)}
