@@ -34,13 +34,21 @@ class MongoResource(ConfigurableResource):
 
     url: str | None = None
     database: str | None = None
+    # The store's own retries of transient errors; the candle step's RetryPolicy retries beyond them.
+    retry_attempts: int = 5
+    server_selection_timeout_ms: int = 5000
 
     _store: MongoStore | None = PrivateAttr(default=None)
 
     def get_store(self) -> MongoStore:
         if self._store is None:
             st = get_settings()
-            store = MongoStore(self.url or st.mongo_url, self.database or st.mongo_db)
+            store = MongoStore(
+                self.url or st.mongo_url,
+                self.database or st.mongo_db,
+                retry_attempts=self.retry_attempts,
+                server_selection_timeout_ms=self.server_selection_timeout_ms,
+            )
             store.ensure_indexes()  # kept only once this succeeded: a retried step must not skip it
             self._store = store
         return self._store

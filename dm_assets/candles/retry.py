@@ -27,7 +27,7 @@ def is_transient_store_error(exc: BaseException) -> bool:
     """True for store errors that a later attempt may not meet."""
     from dm_resources.metadata.engine import _is_transient
 
-    if isinstance(exc, TRANSIENT_ERRORS | ConcurrentWriteError):
+    if isinstance(exc, (*TRANSIENT_ERRORS, ConcurrentWriteError)):
         return True
     return _is_transient(exc)
 
