@@ -16,17 +16,22 @@ Bulk bodies:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from api.queries import FUTURE_SLACK_MS, dumps
-from dm_resources.candle_store import Bucket, CandleStore, bucket_bounds, step_ms
+from dm_resources.candle_store import Bucket, CandleStore, Coded, bucket_bounds, step_ms
 from dm_resources.contracts import now_ms
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 CSV_MEDIA_TYPE = "text/csv"
+# Candles per streamed chunk: columnar bodies ~6 MB, NDJSON ~2 MB.
+COLUMNAR_SPAN_ROWS = 1 << 16
+NDJSON_SPAN_ROWS = 1 << 13
+# The Arrow IPC stream's end: a continuation marker and a zero-length message.
+ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 
 def read_page(
@@ -61,8 +66,19 @@ def read_latest(
     return rows
 
 
-def _buckets(cs: CandleStore, symbol: str, interval: str, start: int | None, end: int | None) -> Iterator[Bucket]:
-    return cs.iter_buckets(symbol, interval, start, end)
+def _spans(
+    cs: CandleStore, symbol: str, interval: str, start: int | None, end: int | None, rows: int
+) -> Iterator[Bucket]:
+    """The range as spans of consecutive buckets (``CandleStore.iter_spans``).
+
+    Per-call costs (an Arrow batch, a thread hop and a socket write per chunk) are paid per span
+    instead of per day: ten years of 1m candles are 80 chunks, not 3,650.
+    """
+    return cs.iter_spans(symbol, interval, start, end, rows=rows)
+
+
+def _span_rows(rows: int, limit: int) -> int:
+    return min(rows, limit) if limit else rows
 
 
 def _limited(buckets: Iterator[Bucket], limit: int) -> Iterator[Bucket]:
@@ -87,11 +103,10 @@ def iter_ndjson(
     *,
     limit: int = 0,
 ) -> Iterator[bytes]:
-    """NDJSON, one chunk per bucket (a day of 1m candles is ~250 KB)."""
+    """NDJSON, one chunk per span of ~8,000 candles (~2 MB)."""
     template = b"{" + b",".join(dumps(f) + b":%s" for f in fields) + b"}"
-    for b in _limited(_buckets(cs, symbol, interval, start, end), limit):
-        if b.n:
-            yield ndjson_bucket(b, fields, template)
+    for b in _limited(_spans(cs, symbol, interval, start, end, _span_rows(NDJSON_SPAN_ROWS, limit)), limit):
+        yield ndjson_bucket(b, fields, template)
 
 
 def ndjson_bucket(b: Bucket, fields: Sequence[str], template: bytes) -> bytes:
@@ -111,14 +126,36 @@ def ndjson_bucket(b: Bucket, fields: Sequence[str], template: bytes) -> bytes:
         elif f in ("symbol", "interval"):
             cols.append([dumps(getattr(b, f))] * n)
         elif f == "source":
-            enc = {v: dumps(v) for v in set(b.source)}
-            cols.append([enc[v] for v in b.source])
+            cols.append(_per_value(b.source, dumps))
         elif f == "flags":
-            fenc = {v: dumps(list(v)) for v in set(b.flags)}
-            cols.append([fenc[v] for v in b.flags])
+            cols.append(_per_value(b.flags, lambda v: dumps(list(v))))
         else:
             raise KeyError(f)
     return b"\n".join([template % row for row in zip(*cols, strict=True)]) + b"\n"
+
+
+def _per_value(col: Coded, render: Callable[[Any], bytes]) -> list[bytes]:
+    """``render`` once per distinct value, then one list lookup per candle."""
+    table = [render(v) for v in col.values]
+    return [table[c] for c in col.codes.tolist()]
+
+
+def _dictionary_column(col: Coded, values: list[Any], type_: Any) -> Any:
+    """A plain Arrow column from the codes, built in C++ (measured per 65,536 candles).
+
+    One value (the usual day: one source, no flags): a repeat, or empty lists as bare offsets
+    (``pa.repeat`` of a list scalar is 100× slower). Otherwise the dictionary decoded by Arrow,
+    twice as fast as ``take``.
+    """
+    import pyarrow as pa
+
+    n = len(col)
+    if len(values) == 1 and not pa.types.is_list(type_):
+        return pa.repeat(pa.scalar(values[0], type=type_), n)
+    if values == [[]]:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], type=type_.value_type))
+    dictionary = pa.array(values, type=type_)
+    return pa.DictionaryArray.from_arrays(pa.array(col.codes), dictionary).dictionary_decode()
 
 
 def _record_batch(b: Bucket, fields: Sequence[str], schema: Any) -> Any:
@@ -131,11 +168,11 @@ def _record_batch(b: Bucket, fields: Sequence[str], schema: Any) -> Any:
         elif f in b.cols:
             arrays.append(pa.array(b.cols[f]))
         elif f == "source":
-            arrays.append(pa.array(b.source, type=pa.string()))
+            arrays.append(_dictionary_column(b.source, b.source.values, pa.string()))
         elif f == "flags":
-            arrays.append(pa.array([list(x) for x in b.flags], type=pa.list_(pa.string())))
+            arrays.append(_dictionary_column(b.flags, [list(x) for x in b.flags.values], pa.list_(pa.string())))
         elif f in ("symbol", "interval"):
-            arrays.append(pa.array([getattr(b, f)] * b.n, type=pa.string()))
+            arrays.append(pa.repeat(pa.scalar(getattr(b, f), type=pa.string()), b.n))
         else:
             raise KeyError(f)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -150,7 +187,7 @@ def arrow_schema(fields: Sequence[str]) -> Any:
 
 
 class _Sink:
-    """A write-only file object collecting what the Arrow writer emits, drained after each batch."""
+    """A write-only file object collecting what Arrow's CSV writer emits, drained after each batch."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -181,19 +218,17 @@ def iter_arrow(
     end: int | None,
     *,
     limit: int = 0,
-) -> Iterator[bytes]:
-    """Arrow IPC stream: the schema, then one record batch per bucket, then the end-of-stream marker."""
-    import pyarrow as pa
+) -> Iterator[bytes | memoryview]:
+    """Arrow IPC stream: the schema, one record batch per span of buckets, the end-of-stream marker.
 
+    Each message is serialized on its own (byte for byte what ``pa.ipc.new_stream`` writes) and
+    handed to the server as a view of Arrow's buffer, without a copy here.
+    """
     schema = arrow_schema(fields)
-    sink = _Sink()
-    writer = pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), schema)
-    yield sink.drain()
-    for b in _limited(_buckets(cs, symbol, interval, start, end), limit):
-        writer.write_batch(_record_batch(b, fields, schema))
-        yield sink.drain()
-    writer.close()
-    yield sink.drain()
+    yield schema.serialize().to_pybytes()
+    for b in _limited(_spans(cs, symbol, interval, start, end, _span_rows(COLUMNAR_SPAN_ROWS, limit)), limit):
+        yield memoryview(_record_batch(b, fields, schema).serialize())
+    yield ARROW_EOS
 
 
 def iter_csv(
@@ -216,11 +251,11 @@ def iter_csv(
     sink = _Sink()
     writer = pacsv.CSVWriter(pa.PythonFile(sink, mode="w"), out_schema)
     yield sink.drain()
-    for b in _limited(_buckets(cs, symbol, interval, start, end), limit):
+    for b in _limited(_spans(cs, symbol, interval, start, end, _span_rows(COLUMNAR_SPAN_ROWS, limit)), limit):
         batch = _record_batch(b, plain, schema)
         if "flags" in plain:
             i = plain.index("flags")
-            joined = pa.array(["|".join(x) for x in b.flags], type=pa.string())
+            joined = _dictionary_column(b.flags, ["|".join(x) for x in b.flags.values], pa.string())
             batch = batch.set_column(i, "flags", joined)
         writer.write_batch(batch)
         yield sink.drain()

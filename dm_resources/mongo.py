@@ -17,10 +17,11 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pymongo import ASCENDING, MongoClient, ReplaceOne
 from pymongo.collection import Collection
@@ -40,6 +41,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.wait import wait_base
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,26 @@ COLLECTIONS: dict[str, CollectionSpec] = {
     )
 }
 
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """An index of a collection that has its own access layer instead of a :class:`CollectionSpec`."""
+
+    collection: str
+    keys: tuple[str, ...]
+    unique: bool
+    name: str
+
+
+CANDLE_BUCKETS = "candle_buckets"
+DATASET_VERSIONS = "dataset_versions"
+# Collections read and written through their own layer (``dm_resources.candle_store``): declared here
+# so that ``MongoStore.ensure_indexes`` creates every index without importing that layer.
+LAYER_INDEXES: tuple[IndexSpec, ...] = (
+    IndexSpec(CANDLE_BUCKETS, ("symbol", "interval", "start"), unique=True, name="symbol_interval_start"),
+    IndexSpec(DATASET_VERSIONS, ("updated_at",), unique=False, name="updated_at"),
+)
+
 RAW_COLLECTIONS = ("agg_trades", "klines", "depth_updates", "book_tickers", "tickers", "mark_prices", "funding_rates")
 
 
@@ -162,14 +184,39 @@ class StoreWriteError(RuntimeError):
     """A write failed for a reason other than an already-present document."""
 
 
-def _retrying(attempts: int) -> Retrying:
-    return Retrying(
-        retry=retry_if_exception_type(TRANSIENT_ERRORS),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-        before_sleep=before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mongo_retry(
+    *,
+    on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
+    attempts: str = "retry_attempts",
+    wait: wait_base | None = None,
+) -> Callable[[F], F]:
+    """Retry a store method on ``on`` errors, up to the instance's ``attempts`` attribute, then re-raise.
+
+    One policy for every call that talks to the server (Arctic's ``@mongo_retry``): the attempt
+    count is read from the instance at call time, so a store built with ``retry_attempts=1``
+    fails fast. The default wait is exponential with jitter, so replicas that lost the server
+    together do not come back together.
+    """
+    waiting = wait if wait is not None else wait_exponential_jitter(multiplier=0.2, max=5.0)
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            retrying = Retrying(
+                retry=retry_if_exception_type(on),
+                stop=stop_after_attempt(max(1, int(getattr(self, attempts)))),
+                wait=waiting,
+                before_sleep=before_sleep_log(log, logging.WARNING),
+                reraise=True,
+            )
+            return retrying(fn, self, *args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
 
 
 class MongoStore:
@@ -218,19 +265,17 @@ class MongoStore:
             raise KeyError(f"unknown collection {name!r}; known: {sorted(COLLECTIONS)}")
         return self.db[name]
 
+    @mongo_retry()
     def ensure_indexes(self) -> None:
         """Create every collection's compound index; safe to call on every start."""
-        for attempt in _retrying(self.retry_attempts):
-            with attempt:
-                for spec in COLLECTIONS.values():
-                    self.db[spec.name].create_index(
-                        [(k, ASCENDING) for k in spec.key],
-                        unique=spec.unique,
-                        name="_".join(spec.key),
-                    )
-                from dm_resources.candle_store import CandleStore  # candles live in day buckets
-
-                CandleStore(self).ensure_indexes()
+        for spec in COLLECTIONS.values():
+            self.db[spec.name].create_index(
+                [(k, ASCENDING) for k in spec.key],
+                unique=spec.unique,
+                name="_".join(spec.key),
+            )
+        for ix in LAYER_INDEXES:
+            self.db[ix.collection].create_index([(k, ASCENDING) for k in ix.keys], unique=ix.unique, name=ix.name)
 
     # -- writes ------------------------------------------------------------------
     def insert_idempotent(self, name: str, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
@@ -244,14 +289,10 @@ class MongoStore:
         missing = [i for i, d in enumerate(docs) if "_id" not in d]
         if missing:
             raise ValueError(f"{name}: documents at {missing[:5]} have no deterministic _id")
-        coll = self.collection(name)
-        for attempt in _retrying(self.retry_attempts):
-            with attempt:
-                return self._insert_once(coll, docs)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._insert_once(self.collection(name), docs)
 
-    @staticmethod
-    def _insert_once(coll: Collection, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
+    @mongo_retry()
+    def _insert_once(self, coll: Collection, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
         try:
             res = coll.insert_many(list(docs), ordered=False)
             return WriteResult(inserted=len(res.inserted_ids))
@@ -271,13 +312,13 @@ class MongoStore:
         """Replace-or-insert by ``_id``; for derived data that a re-run may legitimately change."""
         if not docs:
             return WriteResult()
-        coll = self.collection(name)
         ops = [ReplaceOne({"_id": d["_id"]}, dict(d), upsert=True) for d in docs]
-        for attempt in _retrying(self.retry_attempts):
-            with attempt:
-                res = coll.bulk_write(ops, ordered=False)
-                return WriteResult(upserted=res.upserted_count, modified=res.modified_count)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._bulk_write(self.collection(name), ops)
+
+    @mongo_retry()
+    def _bulk_write(self, coll: Collection, ops: list[ReplaceOne]) -> WriteResult:
+        res = coll.bulk_write(ops, ordered=False)
+        return WriteResult(upserted=res.upserted_count, modified=res.modified_count)
 
     def sync_range(
         self,
@@ -357,13 +398,11 @@ class MongoStore:
             cursor = cursor.limit(limit)
         yield from cursor
 
+    @mongo_retry()
     def read_range(
         self, name: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None, **kw: Any
     ) -> list[dict[str, Any]]:
-        for attempt in _retrying(self.retry_attempts):
-            with attempt:
-                return list(self.iter_range(name, symbol, start_ms, end_ms, **kw))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return list(self.iter_range(name, symbol, start_ms, end_ms, **kw))
 
     def first_time(self, name: str, symbol: str, extra: Mapping[str, Any] | None = None) -> int | None:
         """Oldest time of a symbol. Note: on SecantusDB this reads every document of the symbol."""
@@ -403,18 +442,16 @@ class MongoStore:
                 return rows[-n:]
             window = min(window * 4, max_lookback_ms)
 
+    @mongo_retry()
     def count(self, name: str, symbol: str | None = None, extra: Mapping[str, Any] | None = None) -> int:
         flt: dict[str, Any] = {}
         if symbol is not None:
             flt["symbol"] = symbol
         if extra:
             flt.update(extra)
-        for attempt in _retrying(self.retry_attempts):
-            with attempt:
-                if not flt:
-                    return self.collection(name).estimated_document_count()
-                return self.collection(name).count_documents(flt)
-        raise AssertionError("unreachable")  # pragma: no cover
+        if not flt:
+            return self.collection(name).estimated_document_count()
+        return self.collection(name).count_documents(flt)
 
     def symbols(self, name: str) -> list[str]:
         """Distinct symbols present in a collection."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -12,15 +16,20 @@ import pytest
 
 from dm_resources.candle_store import (
     BUCKETS,
+    ENCODING,
     LEGACY,
     ROW_FIELDS,
     Bucket,
     CandleStore,
     bucket_bounds,
     bucket_id,
+    decode_bucket,
+    encode_bucket,
     main,
     migrate,
+    reencode,
 )
+from dm_resources.candle_store.codec import encode_bucket_v1
 from dm_resources.mongo import MongoStore
 
 MIN = 60_000
@@ -163,11 +172,11 @@ def test_lost_race_is_retried_not_lost(mongo_store: MongoStore) -> None:
     """A writer whose bucket changed between its read and its replace re-reads and merges."""
     cs = CandleStore(mongo_store)
     cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0)])
-    stale = Bucket.from_document(mongo_store.db[BUCKETS].find_one({}))
+    stale = decode_bucket(mongo_store.db[BUCKETS].find_one({}))
     cs.sync_range("BTCUSDT", "1m", D0 + MIN, D0 + 2 * MIN, [candle(D0 + MIN)])  # another writer, v → 2
     # the stale writer's replace (v=1 filter) matches nothing ...
     merged, _, _ = stale.merge(Bucket.from_rows("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 2 * MIN)]))
-    res = mongo_store.db[BUCKETS].replace_one({"_id": merged.id, "v": stale.v}, merged.to_document(stale.v + 1))
+    res = mongo_store.db[BUCKETS].replace_one({"_id": merged.id, "v": stale.v}, encode_bucket(merged, stale.v + 1))
     assert res.matched_count == 0
     # ... and the store's own write path retries on top of the current bucket
     cs.sync_range("BTCUSDT", "1m", D0 + 2 * MIN, D0 + 3 * MIN, [candle(D0 + 2 * MIN)])
@@ -248,8 +257,8 @@ def test_drop_legacy_after_a_partial_migration_keeps_what_was_not_migrated(mongo
 def test_unknown_layouts_intervals_and_fields_are_refused(mongo_store: MongoStore) -> None:
     cs = CandleStore(mongo_store)
     cs.sync_range("BTCUSDT", "1m", D0, D0 + MIN, [candle(D0)])
-    mongo_store.db[BUCKETS].update_one({}, {"$set": {"enc": 2}})  # a layout from a newer writer
-    with pytest.raises(ValueError, match="encoding 2"):
+    mongo_store.db[BUCKETS].update_one({}, {"$set": {"enc": 99}})  # a layout from a newer writer
+    with pytest.raises(ValueError, match="encoding 99"):
         cs.read_range("BTCUSDT", "1m")
     with pytest.raises(ValueError, match="unsupported candle interval '1w'"):
         cs.sync_range("BTCUSDT", "1w", D0, D0 + DAY, [{**candle(D0), "interval": "1w"}])
@@ -275,6 +284,41 @@ def test_ndjson_rendering_is_one_line_per_candle_even_with_braces_in_strings(mon
         assert body == b"".join(orjson.dumps({k: r[k] for k in ROW_FIELDS}) + b"\n" for r in expect)
 
 
+@pytest.mark.parametrize("fmt", ["arrow", "csv"])
+def test_columnar_streams_span_days_with_every_mix_of_sources_and_flags(mongo_store: MongoStore, fmt: str) -> None:
+    """Spans join days whose value tables differ: one source, many, clean, flagged, empty flag lists."""
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.ipc as ipc
+
+    from api.candle_reads import iter_arrow, iter_csv
+
+    cs = CandleStore(mongo_store)
+    days = [minutes(D0 + d * DAY, 30) for d in range(4)]
+    days[1][3]["source"], days[1][4]["source"] = "rest", "archive"
+    days[2][7]["flags"], days[2][8]["flags"] = ["bad_print"], ["ohlc", "verified"]
+    days[3] = minutes(D0 + 3 * DAY, 30, flags=["provisional"])  # one value, not the empty list
+    for d, rows in enumerate(days):
+        cs.sync_range("BTCUSDT", "1m", D0 + d * DAY, D0 + (d + 1) * DAY, rows)
+    expect = [{k: r[k] for k in ROW_FIELDS if k not in ("symbol", "interval")} for rows in days for r in rows]
+    fields = [f for f in ROW_FIELDS if f not in ("symbol", "interval")]
+    render = iter_arrow if fmt == "arrow" else iter_csv
+    body = b"".join(bytes(c) for c in render(cs, "BTCUSDT", "1m", fields, D0 + 2 * MIN, D0 + 4 * DAY))
+    if fmt == "arrow":
+        got = ipc.open_stream(io.BytesIO(body)).read_all().to_pylist()
+    else:
+        got = pacsv.read_csv(io.BytesIO(body)).to_pylist()
+        for r in got:
+            r["flags"] = r["flags"].split("|") if r.get("flags") else []
+    assert got == expect[2:]
+    one_a_day = b"".join(bytes(c) for c in iter_arrow(cs, "BTCUSDT", "1m", fields, None, None, limit=31))
+    assert [r["open_time"] for r in ipc.open_stream(io.BytesIO(one_a_day)).read_all().to_pylist()][-2:] == [
+        D0 + 29 * MIN,
+        D0 + DAY,
+    ]
+
+
 def test_buckets_written_out_of_order_read_back_ascending(mongo_store: MongoStore) -> None:
     cs = CandleStore(mongo_store)
     days = [5, 1, 9, 0, 3, 7, 2]
@@ -284,3 +328,199 @@ def test_buckets_written_out_of_order_read_back_ascending(mongo_store: MongoStor
     got = [r["open_time"] for r in cs.read_range("BTCUSDT", "1m", D0, D0 + 10 * DAY)]
     assert got == sorted(got) and len(got) == 2 * len(days)
     assert [b.start for b in cs.iter_buckets("BTCUSDT", "1m")] == [D0 + d * DAY for d in sorted(days)]
+
+
+# -- encodings, re-encoding, concurrent writers -------------------------------------------------
+def _age(mongo_store: MongoStore, *ids: str) -> None:
+    """Rewrite buckets in encoding 1, as a store written before the compressed layout holds them."""
+    coll = mongo_store.db[BUCKETS]
+    for doc in coll.find({"_id": {"$in": list(ids)}} if ids else {}):
+        coll.replace_one({"_id": doc["_id"]}, encode_bucket_v1(decode_bucket(doc), doc["v"]))
+
+
+def _snapshot(mongo_store: MongoStore) -> dict[str, tuple[int, int]]:
+    return {d["_id"]: (d["v"], d["updated_at"]) for d in mongo_store.db[BUCKETS].find({}, {"v": 1, "updated_at": 1})}
+
+
+def test_old_and_new_encodings_read_alike_and_reencode_converts_each_bucket_once(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    for d in range(4):
+        cs.sync_range("BTCUSDT", "1m", D0 + d * DAY, D0 + (d + 1) * DAY, minutes(D0 + d * DAY, 300))
+    cs.sync_range("BTCUSDT", "1d", D0, D0 + 2 * DAY, [candle(D0, "1d"), candle(D0 + DAY, "1d", px=200.0)])
+    expected = cs.read_range("BTCUSDT", "1m")
+    frame = cs.read_frame("BTCUSDT", "1m")
+    _age(mongo_store, "BTCUSDT:1m:2026-03-11", "BTCUSDT:1m:2026-03-12", "BTCUSDT:1d:2026")
+    encs = {d["_id"]: d["enc"] for d in mongo_store.db[BUCKETS].find({}, {"enc": 1})}
+    assert sorted(encs.values()) == [1, 1, 1, 2, 2]
+    # every reader sees the same candles, whichever layout each bucket is in
+    assert cs.read_range("BTCUSDT", "1m") == expected
+    assert cs.read_frame("BTCUSDT", "1m").equals(frame)
+    assert sum(b.n for b in cs.iter_spans("BTCUSDT", "1m", rows=500)) == 1200
+    assert cs.latest("BTCUSDT", "1m", 2, end=D0 + 10 * DAY) == expected[-2:]
+    versions = list(mongo_store.db["dataset_versions"].find({}))
+    before = _snapshot(mongo_store)
+
+    rep = reencode(mongo_store)
+    assert (rep.converted, rep.already_current, rep.complete) == (3, 2, True)
+    assert rep.per_dataset == {"BTCUSDT:1m": 2, "BTCUSDT:1d": 1}
+    assert rep.bytes_after * 3 < rep.bytes_before
+    assert {d["enc"] for d in mongo_store.db[BUCKETS].find({}, {"enc": 1})} == {ENCODING}
+    assert cs.read_range("BTCUSDT", "1m") == expected
+    assert [r["open"] for r in cs.read_range("BTCUSDT", "1d")] == [100.0, 200.0]
+    # the candles did not change: same write counters, same timestamps, no cache invalidated
+    assert _snapshot(mongo_store) == before
+    assert list(mongo_store.db["dataset_versions"].find({})) == versions
+
+    again = reencode(mongo_store)  # idempotent: nothing left
+    assert (again.converted, again.already_current, again.complete) == (0, 5, True)
+
+
+def test_reencode_stopped_at_any_point_resumes_where_it_stopped(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dm_resources.candle_store.migrations as migration
+
+    cs = CandleStore(mongo_store)
+    for d in range(5):
+        cs.sync_range("ETHUSDT", "1m", D0 + d * DAY, D0 + (d + 1) * DAY, minutes(D0 + d * DAY, 20, symbol="ETHUSDT"))
+    expected = cs.read_range("ETHUSDT", "1m")
+    _age(mongo_store)
+    real = migration.encode_bucket
+    calls = {"n": 0}
+
+    def dies_on_the_third(b: Bucket, v: int) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the operator's ^C, or the pod killed mid-run
+        return real(b, v)
+
+    monkeypatch.setattr(migration, "encode_bucket", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        reencode(mongo_store)
+    monkeypatch.setattr(migration, "encode_bucket", real)
+    assert sorted(d["enc"] for d in mongo_store.db[BUCKETS].find({}, {"enc": 1})) == [1, 1, 1, 2, 2]
+    assert cs.read_range("ETHUSDT", "1m") == expected  # half-converted stores serve every candle
+
+    # the CLI in slices: --limit 1, then the rest
+    main(["reencode", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--limit", "1"])
+    first = json.loads(capsys.readouterr().out)
+    assert (first["converted"], first["complete"]) == (1, False)
+    main(["reencode", "--mongo-url", mongo_store.url, "--db", mongo_store.db_name, "--symbol", "ETHUSDT"])
+    rest = json.loads(capsys.readouterr().out)
+    assert (rest["converted"], rest["already_current"], rest["complete"]) == (2, 3, True)
+    assert cs.read_range("ETHUSDT", "1m") == expected
+
+
+def test_reencode_never_overwrites_a_bucket_a_writer_changed_meanwhile(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dm_resources.candle_store.migrations as migration
+
+    cs = CandleStore(mongo_store)
+    cs.sync_range("BTCUSDT", "1m", D0, D0 + DAY, minutes(D0, 10))
+    _age(mongo_store)
+    real = migration.encode_bucket
+
+    def writer_slips_in(b: Bucket, v: int) -> dict[str, Any]:
+        CandleStore(mongo_store).sync_range("BTCUSDT", "1m", D0, D0 + DAY, [candle(D0 + 10 * MIN, px=7.0)])
+        return real(b, v)
+
+    monkeypatch.setattr(migration, "encode_bucket", writer_slips_in)
+    rep = reencode(mongo_store)
+    assert (rep.converted, rep.changed_meanwhile) == (0, 1)
+    got = cs.read_range("BTCUSDT", "1m")
+    assert len(got) == 11 and got[-1]["open"] == 7.0  # the writer's candle survived
+    assert mongo_store.db[BUCKETS].find_one({})["enc"] == ENCODING  # and the writer wrote the new layout
+
+
+def test_six_writers_of_one_year_bucket_all_land(mongo_store: MongoStore) -> None:
+    """Each writer owns different days of one 1d year bucket: every write must end stored."""
+    y0 = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    writers, days_each = 6, 25
+
+    def write(w: int) -> int:
+        cs = CandleStore(MongoStore(mongo_store.url, mongo_store.db_name))
+        try:
+            for i in range(days_each):
+                t = y0 + (i * writers + w) * DAY
+                cs.sync_range("BTCUSDT", "1d", t, t + DAY, [candle(t, "1d", px=float(w))])
+        finally:
+            cs.store.close()
+        return days_each
+
+    with ThreadPoolExecutor(writers) as pool:
+        assert sum(pool.map(write, range(writers))) == 150  # a ConcurrentWriteError would surface here
+    got = CandleStore(mongo_store).read_range("BTCUSDT", "1d")
+    assert len(got) == 150
+    assert all(r["open"] == float((r["open_time"] - y0) // DAY % writers) for r in got)
+
+
+def test_a_later_buckets_failure_still_bumps_the_version_for_the_buckets_written(mongo_store: MongoStore) -> None:
+    cs = CandleStore(mongo_store)
+    cs.sync_range("BTCUSDT", "1m", D0 + DAY, D0 + DAY + MIN, [candle(D0 + DAY)])
+    mongo_store.db[BUCKETS].update_one({"_id": "BTCUSDT:1m:2026-03-11"}, {"$set": {"enc": 99}})  # unreadable
+    v0 = mongo_store.db["dataset_versions"].find_one({"_id": "candles:BTCUSDT:1m"})["v"]
+    rows = [*minutes(D0 + DAY - 3 * MIN, 3), candle(D0 + DAY + MIN)]  # day 1 (written), then day 2 (fails)
+    with pytest.raises(ValueError, match="encoding 99"):
+        cs.sync_range("BTCUSDT", "1m", D0 + DAY - 3 * MIN, D0 + DAY + 2 * MIN, rows)
+    assert cs.count("BTCUSDT", "1m", D0, D0 + DAY) == 3  # day 1 was written ...
+    ver = mongo_store.db["dataset_versions"].find_one({"_id": "candles:BTCUSDT:1m"})
+    assert ver["v"] == v0 + 1 and ver["newest"] >= D0 + DAY - MIN  # ... and the cache was told
+
+
+def test_a_write_whose_answer_was_lost_still_counts_as_written(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stored the bucket but the connection dropped before it answered; the retry finds it done."""
+    from pymongo.errors import AutoReconnect
+
+    real = mongo_store.db[BUCKETS]
+
+    class DropsTheFirstAnswer:
+        dropped = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def insert_one(self, doc: dict[str, Any]) -> Any:
+            res = real.insert_one(doc)
+            if not DropsTheFirstAnswer.dropped:
+                DropsTheFirstAnswer.dropped = True
+                raise AutoReconnect("connection reset after the write")
+            return res
+
+    monkeypatch.setattr(CandleStore, "coll", property(lambda self: DropsTheFirstAnswer()))
+    res = CandleStore(mongo_store).sync_range("BTCUSDT", "1m", D0, D0 + DAY, minutes(D0, 3))
+    assert DropsTheFirstAnswer.dropped and res.upserted == 0  # the retry found the candles stored
+    assert mongo_store.db["dataset_versions"].find_one({"_id": "candles:BTCUSDT:1m"})["v"] == 1  # still told
+
+
+def test_candles_before_the_read_floor_are_refused_not_stored_unseen(mongo_store: MongoStore) -> None:
+    t = int(dt.datetime(2009, 12, 31, tzinfo=dt.UTC).timestamp() * 1000)
+    with pytest.raises(ValueError, match=r"before \d+ \(2010-01-01\)"):
+        CandleStore(mongo_store).sync_range("BTCUSDT", "1m", t, t + DAY, [candle(t)])
+    assert mongo_store.db[BUCKETS].count_documents({}) == 0
+
+
+def test_read_ahead_stops_its_helper_when_the_reader_stops_and_hands_over_errors() -> None:
+    from dm_resources.candle_store.store import read_ahead
+
+    closed = threading.Event()
+
+    def source() -> Iterator[int]:
+        try:
+            yield from range(1_000_000)
+        finally:
+            closed.set()
+
+    it = read_ahead(source())
+    assert [next(it), next(it)] == [0, 1]
+    it.close()  # a client that disconnects mid-stream
+    assert closed.is_set() and not any(t.name == "candle-read-ahead" for t in threading.enumerate())
+
+    def fails() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("server went away")
+
+    with pytest.raises(RuntimeError, match="server went away"):
+        list(read_ahead(fails()))

@@ -6,8 +6,10 @@ from decimal import Decimal
 
 import pytest
 from bson.decimal128 import Decimal128
+from pymongo.errors import AutoReconnect, OperationFailure
+from tenacity import wait_none
 
-from dm_resources.mongo import COLLECTIONS, MongoStore
+from dm_resources.mongo import COLLECTIONS, LAYER_INDEXES, MongoStore, mongo_retry
 
 
 def _trades(symbol: str, n: int, start: int = 1_700_000_000_000, step: int = 1000) -> list[dict]:
@@ -98,6 +100,39 @@ def test_indexes_created_idempotently(mongo_store: MongoStore) -> None:
         info = mongo_store.db[spec.name].index_information()
         assert "_".join(spec.key) in info
         assert bool(info["_".join(spec.key)].get("unique")) == spec.unique
+    for ix in LAYER_INDEXES:  # candle buckets and dataset versions, without importing their layer
+        info = mongo_store.db[ix.collection].index_information()
+        assert bool(info[ix.name].get("unique")) == ix.unique
+
+
+class _Flaky:
+    """Fails with ``errors`` in turn, then answers: how a server that drops connections looks."""
+
+    retry_attempts = 3
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    @mongo_retry(wait=wait_none())
+    def call(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def test_mongo_retry_retries_transient_errors_up_to_the_instances_attempts() -> None:
+    flaky = _Flaky(AutoReconnect("reset"), AutoReconnect("reset"))
+    assert flaky.call() == "ok" and flaky.calls == 3
+    gone = _Flaky(*(AutoReconnect(f"reset {i}") for i in range(3)))
+    with pytest.raises(AutoReconnect, match="reset 2"):  # the last error, not a tenacity wrapper
+        gone.call()
+    assert gone.calls == 3
+    refused = _Flaky(OperationFailure("not authorized"))  # not transient: raised at once
+    with pytest.raises(OperationFailure):
+        refused.call()
+    assert refused.calls == 1
 
 
 def test_ping_false_when_server_unreachable() -> None:
