@@ -17,7 +17,7 @@ import pandas as pd
 from dm_assets.candles import checks, health
 from dm_assets.candles.checks import CheckResult
 from dm_assets.candles.compute import candles_frame, interval_ms
-from dm_assets.candles.integrity import thresholds_for
+from dm_assets.candles.integrity import BadPrints, thresholds_for
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import CANDLE_INTERVALS, candle_asset_path
@@ -81,15 +81,19 @@ def check_frame(
     excused: set[int] | frozenset[int] = frozenset(),
     archive_refused: Sequence[Mapping[str, Any]] = (),
     archive_consulted: int = 0,
+    prints: BadPrints | None = None,
 ) -> list[CheckResult]:
-    """Every check of ``interval`` over one day's stored candles, in ``checks.check_names`` order."""
+    """Every check of ``interval`` over one day's stored candles, in ``checks.check_names`` order.
+
+    ``prints``: a bad-print detection already run on exactly this frame (the build's screening).
+    """
     th = thresholds_for(symbol)
     step = interval_ms(interval)
     out = [
         checks.no_gaps(df["open_time"].to_numpy(), step, start, end, now_ms=now, confirmed_missing=excused, th=th),
         checks.no_duplicates(df),
         checks.ohlc_sane(df, interval_ms=step),
-        checks.no_bad_prints(df, step, th),
+        checks.no_bad_prints(df, step, th, found=prints),
     ]
     if interval == "1m":
         out.append(checks.sources_agree(df))

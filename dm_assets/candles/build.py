@@ -200,17 +200,30 @@ def choose_versions(frames: list[pd.DataFrame]) -> pd.DataFrame:
     parts = [f for f in frames if f is not None and not f.empty]
     if not parts:
         return pd.DataFrame()
+    if len(parts) == 1:  # one source (a history day): nothing to choose between
+        only = parts[0]
+        ot = only["open_time"].to_numpy(dtype=np.int64)
+        if ot.size < 2 or bool(np.all(np.diff(ot) > 0)):
+            return only.reset_index(drop=True)
     allv = pd.concat(parts, ignore_index=True)
-    allv["_rank"] = [compute.source_rank(s) for s in allv["source"].tolist()]
+    ranks = {s: compute.source_rank(s) for s in pd.unique(allv["source"])}
+    allv["_rank"] = allv["source"].map(ranks).to_numpy(dtype=np.int64)
     allv = allv.sort_values(["open_time", "_rank"], kind="stable").drop_duplicates("open_time", keep="first")
     return allv.drop(columns="_rank").reset_index(drop=True)
 
 
 def screen(candles: pd.DataFrame, th: integrity.Thresholds) -> dict[int, set[str]]:
     """Findings per open time on an assembled day: impossible OHLC and bad prints."""
+    return screen_with_prints(candles, th)[0]
+
+
+def screen_with_prints(
+    candles: pd.DataFrame, th: integrity.Thresholds
+) -> tuple[dict[int, set[str]], integrity.BadPrints | None]:
+    """:func:`screen`, and the bad-print detection it ran (the 1m check reuses it for the same frame)."""
     found: dict[int, set[str]] = {}
     if candles.empty:
-        return found
+        return found, None
     ot = candles["open_time"].to_numpy(dtype=np.int64)
     rules = checks.ohlc_rules(candles)
     bad_ohlc = np.zeros(len(candles), dtype=bool)
@@ -221,7 +234,7 @@ def screen(candles: pd.DataFrame, th: integrity.Thresholds) -> dict[int, set[str
     prints = integrity.detect_bad_prints(candles, MINUTE_MS, th)
     for t in prints.flagged_times().tolist():
         found.setdefault(int(t), set()).add(FLAG_BAD_PRINT)
-    return found
+    return found, prints
 
 
 def _fetch_rest(

@@ -229,7 +229,8 @@ def candles_to_documents(df: pd.DataFrame, symbol: str, interval: str) -> list[d
     sources = df["source"].tolist() if "source" in df else [default_source] * len(df)
     flags = None
     if "flags" in df:
-        flags = [sorted(set(f)) if isinstance(f, list | tuple | set) else [] for f in df["flags"]]
+        seqs = (list, tuple, set)
+        flags = [sorted(set(f)) if isinstance(f, seqs) else [] for f in df["flags"]]
     docs: list[dict[str, Any]] = []
     for i, ot in enumerate(open_time.tolist()):
         doc: dict[str, Any] = {

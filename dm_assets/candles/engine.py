@@ -120,6 +120,7 @@ class _Day:
     todo: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     rest_rows: list[Kline] = field(default_factory=list)
     candles: pd.DataFrame | None = None  # the assembled 1m day
+    prints: integrity.BadPrints | None = None  # its bad-print screening (reused by the 1m check)
 
 
 def _slice(frame: pd.DataFrame, start: int, end: int) -> pd.DataFrame:
@@ -222,12 +223,16 @@ class Engine:
         outcomes: list[PartitionOutcome] = []
         audit_rows: list[AuditLogIn] = []
         health_rows: list[HealthMetricIn] = []
+        writes: dict[tuple[str, str], list[tuple[int, int, pd.DataFrame, DayBuild]]] = {}
         for d in days:
             out = PartitionOutcome(d.day, d.symbol, archive=d.archive)
             if build_1m:
                 events = self._assemble(d, banned=result.banned is not None)
                 audit_rows.extend(events)
-                self._write_1m(d)
+                if d.candles is not None and not d.candles.empty and d.minutes.size:
+                    last = int(d.minutes[-1]) + MINUTE_MS
+                    writes.setdefault((d.symbol, "1m"), []).append((d.start, last, d.candles, d.build))
+                    d.build.rows = len(d.candles)
                 out.builds["1m"] = d.build
             else:
                 d.candles = d.stored
@@ -238,6 +243,7 @@ class Engine:
                 if out.blocked:
                     continue  # a blocking 1m check failed: the day's derived candles would be wrong
                 frame, b = self._derive(d, iv)
+                writes.setdefault((d.symbol, iv), []).append((d.start, d.end, frame, b))
                 out.builds[iv] = b
                 self._quality(d, out, iv, frame)
             if self.record_quality:
@@ -256,6 +262,7 @@ class Engine:
             outcomes.append(out)
             if self.on_partition is not None:
                 self.on_partition(out)
+        self._flush(writes)
         if self.archive is not None:
             record_archive_files(self.meta, self.archive.records())
             result.archive_files += sum(len(d.archive.files) for d in days if d.archive)
@@ -513,7 +520,7 @@ class Engine:
             pairs += integrity.reconcile(archive, rest_known, (compute.SOURCE_ARCHIVE, compute.SOURCE_REST), th)
             stored_archive = _of_source(settled, compute.SOURCE_ARCHIVE)
             pairs += integrity.reconcile(archive, stored_archive, (compute.SOURCE_ARCHIVE, "stored archive"), th)
-        found = build.screen(candles, th)
+        found, d.prints = build.screen_with_prints(candles, th)
         for p in pairs:
             found.setdefault(p.open_time, set()).add(FLAG_DISAGREE)
         out.disagreements = [p.as_dict() for p in pairs]
@@ -545,6 +552,7 @@ class Engine:
                         trial_found = build.screen(trial, th).get(t, set())
                         if not trial_found:
                             candles = trial
+                            d.prints = None  # the frame changed since it was screened
                             self.store.upsert("klines", [docs_by_time[t]])  # the exchange's settled row overrules
                             found.pop(t, None)
                             out.repaired.append(t)
@@ -553,19 +561,23 @@ class Engine:
                             )
                             continue
                         candles = trial  # REST is the trusted source even when it is suspect too
+                        d.prints = None
                         found[t] = trial_found
                     verified_now.add(t)
                     out.kept.append(t)
                     events.append(build._event(d.symbol, d.day, t, "kept", before, row, d.prior[t], self.run_id))
 
-        flags_col: list[list[str]] = []
-        for t in candles["open_time"].tolist():
-            f = set(found.get(int(t), set()))
-            if f and (int(t) in verified_now or FLAG_VERIFIED in d.prior.get(int(t), set())):
+        flags_col: list[list[str]] = [[] for _ in range(len(candles))]
+        for t in sorted(found):  # most days: nothing found, nothing to do per minute
+            i = idx.get(t)
+            if i is None:
+                continue
+            f = set(found[t])
+            if f and (t in verified_now or FLAG_VERIFIED in d.prior.get(t, set())):
                 f.add(FLAG_VERIFIED)
-            flags_col.append(sorted(f))
-            if f - {FLAG_VERIFIED} and not (d.prior.get(int(t), set()) & set(FINDING_FLAGS)):
-                out.detected.append(int(t))
+            flags_col[i] = sorted(f)
+            if f - {FLAG_VERIFIED} and not (d.prior.get(t, set()) & set(FINDING_FLAGS)):
+                out.detected.append(t)
         candles["flags"] = flags_col
         by_time_dis = {p.open_time: p for p in pairs}
         for t in out.detected:
@@ -615,12 +627,19 @@ class Engine:
         d.candles = candles
         return events
 
-    def _write_1m(self, d: _Day) -> None:
-        if d.candles is None or d.candles.empty or not d.minutes.size:
-            return
-        last = int(d.minutes[-1]) + MINUTE_MS
-        res = CandleStore(self.store).sync_range(d.symbol, "1m", d.start, last, d.candles)
-        d.build.upserted, d.build.modified, d.build.rows = res.upserted, res.modified, len(d.candles)
+    def _flush(self, writes: dict[tuple[str, str], list[tuple[int, int, pd.DataFrame, DayBuild]]]) -> None:
+        """Every frame of the chunk into its buckets: one bulk write per symbol and interval.
+
+        1m merges into what is stored (minutes no source has any more are already in the frame);
+        a derived interval replaces the day whole (a bucket that is no longer complete must go).
+        """
+        cs = CandleStore(self.store)
+        for (symbol, interval), items in writes.items():
+            results = cs.sync_ranges(
+                symbol, interval, [(lo, hi, frame) for lo, hi, frame, _ in items], replace=interval != "1m"
+            )
+            for (_, _, _, b), res in zip(items, results, strict=True):
+                b.upserted, b.modified = res.upserted, res.modified
 
     # ------------------------------------------------------------------ derived intervals and quality
 
@@ -653,8 +672,7 @@ class Engine:
                 for name in f:
                     b.flagged[name] = b.flagged.get(name, 0) + 1
         frame = bars.assign(source=compute.SOURCE_DERIVED, flags=flags) if not bars.empty else bars.assign(flags=[])
-        res = CandleStore(self.store).sync_range(d.symbol, interval, d.start, d.end, frame, replace=True)
-        b.upserted, b.modified, b.rows = res.upserted, res.modified, len(frame)
+        b.rows = len(frame)
         b.by_source = {compute.SOURCE_DERIVED: len(frame)} if len(frame) else {}
         return frame, b
 
@@ -681,6 +699,7 @@ class Engine:
             excused=audit.excused_from(interval, d.confirmed, d.pending),
             archive_refused=refused,
             archive_consulted=consulted,
+            prints=d.prints if interval == "1m" else None,
         )
         out.checks[interval] = results
         if interval == "1m":
