@@ -230,6 +230,11 @@ def no_duplicates(df: pd.DataFrame, keys: Iterable[str] | None = None) -> CheckR
     key_cols = list(keys) if keys is not None else [k for k in ("symbol", "interval", "open_time") if k in df]
     if df.empty:
         return CheckResult("no_duplicates", "OK", 0, 0)
+    if key_cols == ["open_time"] or (keys is None and "open_time" in key_cols and len(df) > 1):
+        ot = df["open_time"].to_numpy(dtype=np.int64)
+        others = [k for k in key_cols if k != "open_time"]
+        if bool(np.all(np.diff(ot) > 0)) and all(df[k].nunique() <= 1 for k in others):
+            return CheckResult("no_duplicates", "OK", 0, len(df))  # strictly ascending: no key twice
     dup_mask = df.duplicated(key_cols, keep=False).to_numpy()
     surplus = int(df.duplicated(key_cols, keep="first").sum())
     if surplus == 0:

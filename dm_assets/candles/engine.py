@@ -224,8 +224,9 @@ class Engine:
         audit_rows: list[AuditLogIn] = []
         health_rows: list[HealthMetricIn] = []
         writes: dict[tuple[str, str], list[tuple[int, int, pd.DataFrame, DayBuild]]] = {}
+        by_day: dict[str, PartitionOutcome] = {}
         for d in days:
-            out = PartitionOutcome(d.day, d.symbol, archive=d.archive)
+            out = by_day[f"{d.day}|{d.symbol}"] = PartitionOutcome(d.day, d.symbol, archive=d.archive)
             if build_1m:
                 events = self._assemble(d, banned=result.banned is not None)
                 audit_rows.extend(events)
@@ -237,15 +238,18 @@ class Engine:
             else:
                 d.candles = d.stored
             self._quality(d, out, "1m", d.candles if d.candles is not None else d.stored)
-            for iv in self.intervals:
-                if iv == "1m":
-                    continue
-                if out.blocked:
-                    continue  # a blocking 1m check failed: the day's derived candles would be wrong
-                frame, b = self._derive(d, iv)
-                writes.setdefault((d.symbol, iv), []).append((d.start, d.end, frame, b))
-                out.builds[iv] = b
-                self._quality(d, out, iv, frame)
+        for iv in self.intervals:
+            if iv == "1m":
+                continue
+            for symbol in sorted({d.symbol for d in days}):
+                # A blocking 1m check failed: that day's derived candles would be wrong, so they wait.
+                mine = [d for d in days if d.symbol == symbol and not by_day[f"{d.day}|{symbol}"].blocked]
+                for d, (frame, b) in zip(mine, self._derive_many(mine, iv), strict=True):
+                    writes.setdefault((d.symbol, iv), []).append((d.start, d.end, frame, b))
+                    by_day[f"{d.day}|{symbol}"].builds[iv] = b
+                    self._quality(d, by_day[f"{d.day}|{symbol}"], iv, frame)
+        for d in days:
+            out = by_day[f"{d.day}|{d.symbol}"]
             if self.record_quality:
                 for iv, results in out.checks.items():
                     audit_rows.extend(
@@ -643,38 +647,52 @@ class Engine:
 
     # ------------------------------------------------------------------ derived intervals and quality
 
-    def _derive(self, d: _Day, interval: str) -> tuple[pd.DataFrame, DayBuild]:
-        """One higher interval of the day from the 1m frame in memory (see ``build.build_higher_day``)."""
+    def _derive_many(self, days: list[_Day], interval: str) -> list[tuple[pd.DataFrame, DayBuild]]:
+        """One higher interval of each day from its 1m frame in memory (see ``build.build_higher_day``).
+
+        One resample over the days together (a bucket never spans two UTC days, so this equals a
+        resample per day, at a fraction of the per-call cost), split back per day.
+        """
         assert self.now is not None
+        if not days:
+            return []
         step = compute.interval_ms(interval)
-        b = DayBuild(symbol=d.symbol, day=d.day, interval=interval, as_of=self.now)
-        one_m = d.candles if d.candles is not None else d.stored
-        bars, incomplete = compute.resample(
-            one_m if one_m is not None else pd.DataFrame(),
-            interval,
-            confirmed_missing=d.confirmed | d.pending,
-            now_ms=self.now,
-        )
-        b.expected = int(compute.buckets_in_day(interval))
-        b.missing = [int(t) for t in incomplete]
-        flags: list[list[str]] = []
-        if not bars.empty:
-            bucket_flags: dict[int, set[str]] = {}
-            if one_m is not None and "flags" in one_m:
-                for t, f in zip(one_m["open_time"].tolist(), one_m["flags"].tolist(), strict=True):
-                    if len(f):
-                        bucket_flags.setdefault(int(t) - int(t) % step, set()).update(f)
+        frames = [d.candles if d.candles is not None else d.stored for d in days]
+        parts = [f for f in frames if f is not None and not f.empty]
+        one_m = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
+        excused = set().union(*(d.confirmed | d.pending for d in days))
+        bars, incomplete = compute.resample(one_m, interval, confirmed_missing=excused, now_ms=self.now)
+        bucket_flags: dict[int, set[str]] = {}
+        if not one_m.empty and "flags" in one_m:
+            flagged = [i for i, f in enumerate(one_m["flags"].tolist()) if len(f)]  # usually none
+            ot = one_m["open_time"].to_numpy(dtype=np.int64)
+            for i in flagged:
+                t = int(ot[i])
+                bucket_flags.setdefault(t - t % step, set()).update(one_m["flags"].iat[i])
+        for d in days:
             for t in d.pending:
                 bucket_flags.setdefault(t - t % step, set()).add(integrity.FLAG_PROVISIONAL)
-            flags = [sorted(bucket_flags.get(int(t), set())) for t in bars["open_time"].tolist()]
+        bars_ot = bars["open_time"].to_numpy(dtype=np.int64) if not bars.empty else np.empty(0, np.int64)
+        out: list[tuple[pd.DataFrame, DayBuild]] = []
+        for d in days:
+            b = DayBuild(symbol=d.symbol, day=d.day, interval=interval, as_of=self.now)
+            b.expected = int(compute.buckets_in_day(interval))
+            b.missing = [int(t) for t in incomplete if d.start <= t < d.end]
+            lo, hi = np.searchsorted(bars_ot, [d.start, d.end])
+            day_bars = bars.iloc[int(lo) : int(hi)].reset_index(drop=True)
+            if bucket_flags:
+                flags = [sorted(bucket_flags.get(int(t), set())) for t in day_bars["open_time"].tolist()]
+            else:
+                flags = [[] for _ in range(len(day_bars))]
             b.provisional = sum(1 for f in flags if integrity.FLAG_PROVISIONAL in f)
             for f in flags:
                 for name in f:
                     b.flagged[name] = b.flagged.get(name, 0) + 1
-        frame = bars.assign(source=compute.SOURCE_DERIVED, flags=flags) if not bars.empty else bars.assign(flags=[])
-        b.rows = len(frame)
-        b.by_source = {compute.SOURCE_DERIVED: len(frame)} if len(frame) else {}
-        return frame, b
+            frame = day_bars.assign(source=compute.SOURCE_DERIVED, flags=flags)
+            b.rows = len(frame)
+            b.by_source = {compute.SOURCE_DERIVED: len(frame)} if len(frame) else {}
+            out.append((frame, b))
+        return out
 
     def _quality(self, d: _Day, out: PartitionOutcome, interval: str, frame: pd.DataFrame | None) -> None:
         """Checks once per partition and interval, on the frame just written; health from those outcomes."""
