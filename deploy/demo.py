@@ -34,6 +34,7 @@ import urllib.request
 import warnings
 from typing import Any
 
+from deploy.demo_history import load_history
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH
 from dm_resources.dagster_client import DagsterGraphQL
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  {s}: {len(rows)} 1m candles today, by source: {ranges}")
         for h in meta.latest_health_by_symbol().values():
             say(f"  health {h.symbol} {h.interval} {h.day}: score {h.score}")
+        load_history(gql, store, meta, settings.symbols, say)
 
         # -- analytics and catalog (what their schedules do every 15 / 10 minutes) -----------
         from dm_assets.analytics.assets import SYMBOL_KEYS, analytics_key
