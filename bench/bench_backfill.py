@@ -275,6 +275,7 @@ def main() -> None:
             "candles_1m_stored": _stored(store, symbols, api_days),
             "candles_1m_expected": len(api_days) * len(symbols) * 1440,
             "health_rows": len(MetadataStore(meta_url).health(day_from=dt.date.fromisoformat(api_days[0]))),
+            **_run_stats(home, job["runs"]),
         }
 
         # -- the UI/daemon path: the "Materialize…" dialog's backfill, split and launched by the daemon.
@@ -297,6 +298,7 @@ def main() -> None:
                 "rest_requests": len(rest),
                 "rest_weight": sum(_weight(int(p.get("limit", 500))) for p in rest),
                 "candles_1m_stored": _stored(store, symbols, ui_days),
+                **_run_stats(home, [r["runId"] for r in state.runs]),
             }
         store.close()
     finally:
@@ -305,6 +307,24 @@ def main() -> None:
         exchange.stop()
         mongo.stop()
     print(json.dumps(out, indent=2))
+
+
+def _run_stats(home: Path, run_ids: list[str]) -> dict[str, object]:
+    """Where a path's wall time went: queue + process start before the first step, and time in steps."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as inst:
+        starts, steps = [], {}
+        for rid in run_ids:
+            rec = inst.get_run_record_by_id(rid)
+            if rec is not None and rec.start_time:
+                starts.append(rec.start_time - rec.create_timestamp.timestamp())
+            for st in inst.get_run_step_stats(rid):
+                steps[st.step_key] = steps.get(st.step_key, 0.0) + (st.end_time or 0) - (st.start_time or 0)
+    return {
+        "run_created_to_started_s": [round(x, 1) for x in starts],
+        "seconds_in_steps": {k: round(v, 1) for k, v in sorted(steps.items())},
+    }
 
 
 def _stored(store: MongoStore, symbols: list[str], days: list[str]) -> int:

@@ -238,13 +238,14 @@ class Engine:
             else:
                 d.candles = d.stored
             self._quality(d, out, "1m", d.candles if d.candles is not None else d.stored)
-        for iv in self.intervals:
-            if iv == "1m":
-                continue
-            for symbol in sorted({d.symbol for d in days}):
-                # A blocking 1m check failed: that day's derived candles would be wrong, so they wait.
-                mine = [d for d in days if d.symbol == symbol and not by_day[f"{d.day}|{symbol}"].blocked]
-                for d, (frame, b) in zip(mine, self._derive_many(mine, iv), strict=True):
+        for symbol in sorted({d.symbol for d in days}):
+            # A blocking 1m check failed: that day's derived candles would be wrong, so they wait.
+            mine = [d for d in days if d.symbol == symbol and not by_day[f"{d.day}|{symbol}"].blocked]
+            one_m, flagged = self._one_minute(mine)
+            for iv in self.intervals:
+                if iv == "1m":
+                    continue
+                for d, (frame, b) in zip(mine, self._derive_many(mine, iv, one_m, flagged), strict=True):
                     writes.setdefault((d.symbol, iv), []).append((d.start, d.end, frame, b))
                     by_day[f"{d.day}|{symbol}"].builds[iv] = b
                     self._quality(d, by_day[f"{d.day}|{symbol}"], iv, frame)
@@ -647,7 +648,21 @@ class Engine:
 
     # ------------------------------------------------------------------ derived intervals and quality
 
-    def _derive_many(self, days: list[_Day], interval: str) -> list[tuple[pd.DataFrame, DayBuild]]:
+    @staticmethod
+    def _one_minute(days: list[_Day]) -> tuple[pd.DataFrame, list[tuple[int, list[str]]]]:
+        """The days' 1m frames as one, and its flagged minutes (usually none), for every derived interval."""
+        frames = [d.candles if d.candles is not None else d.stored for d in days]
+        parts = [f for f in frames if f is not None and not f.empty]
+        one_m = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
+        flagged: list[tuple[int, list[str]]] = []
+        if not one_m.empty and "flags" in one_m:
+            ot = one_m["open_time"].to_numpy(dtype=np.int64)
+            flagged = [(int(ot[i]), list(f)) for i, f in enumerate(one_m["flags"].tolist()) if len(f)]
+        return one_m, flagged
+
+    def _derive_many(
+        self, days: list[_Day], interval: str, one_m: pd.DataFrame, flagged: list[tuple[int, list[str]]]
+    ) -> list[tuple[pd.DataFrame, DayBuild]]:
         """One higher interval of each day from its 1m frame in memory (see ``build.build_higher_day``).
 
         One resample over the days together (a bucket never spans two UTC days, so this equals a
@@ -657,18 +672,11 @@ class Engine:
         if not days:
             return []
         step = compute.interval_ms(interval)
-        frames = [d.candles if d.candles is not None else d.stored for d in days]
-        parts = [f for f in frames if f is not None and not f.empty]
-        one_m = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
         excused = set().union(*(d.confirmed | d.pending for d in days))
         bars, incomplete = compute.resample(one_m, interval, confirmed_missing=excused, now_ms=self.now)
         bucket_flags: dict[int, set[str]] = {}
-        if not one_m.empty and "flags" in one_m:
-            flagged = [i for i, f in enumerate(one_m["flags"].tolist()) if len(f)]  # usually none
-            ot = one_m["open_time"].to_numpy(dtype=np.int64)
-            for i in flagged:
-                t = int(ot[i])
-                bucket_flags.setdefault(t - t % step, set()).update(one_m["flags"].iat[i])
+        for t, f in flagged:
+            bucket_flags.setdefault(t - t % step, set()).update(f)
         for d in days:
             for t in d.pending:
                 bucket_flags.setdefault(t - t % step, set()).add(integrity.FLAG_PROVISIONAL)
@@ -681,7 +689,8 @@ class Engine:
             lo, hi = np.searchsorted(bars_ot, [d.start, d.end])
             day_bars = bars.iloc[int(lo) : int(hi)].reset_index(drop=True)
             if bucket_flags:
-                flags = [sorted(bucket_flags.get(int(t), set())) for t in day_bars["open_time"].tolist()]
+                ordered = {b: sorted(f) for b, f in bucket_flags.items() if d.start <= b < d.end}
+                flags = [list(ordered[t]) if t in ordered else [] for t in day_bars["open_time"].tolist()]
             else:
                 flags = [[] for _ in range(len(day_bars))]
             b.provisional = sum(1 for f in flags if integrity.FLAG_PROVISIONAL in f)
