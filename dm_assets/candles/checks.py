@@ -310,7 +310,9 @@ def no_bad_prints(
     """
     if df.empty:
         return CheckResult("no_bad_prints", "OK", 0, 0)
-    d = df.sort_values("open_time", kind="stable").reset_index(drop=True)
+    ot = df["open_time"].to_numpy(dtype=np.int64)
+    d = df if ot.size < 2 or bool(np.all(np.diff(ot) > 0)) else df.sort_values("open_time", kind="stable")
+    d = d.reset_index(drop=True)
     if found is None or found.open_time.size != len(d) or not np.array_equal(found.open_time, d["open_time"]):
         found = detect_bad_prints(d, interval_ms, th)  # else: the build's screening of this very frame
     details: dict[str, Any] = {

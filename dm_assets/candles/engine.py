@@ -237,7 +237,9 @@ class Engine:
                 out.builds["1m"] = d.build
             else:
                 d.candles = d.stored
-            self._quality(d, out, "1m", d.candles if d.candles is not None else d.stored)
+        for symbol in sorted({d.symbol for d in days}):
+            mine = [d for d in days if d.symbol == symbol]
+            self._quality_many(mine, [by_day[f"{d.day}|{symbol}"] for d in mine], "1m", [d.candles for d in mine])
         for symbol in sorted({d.symbol for d in days}):
             # A blocking 1m check failed: that day's derived candles would be wrong, so they wait.
             mine = [d for d in days if d.symbol == symbol and not by_day[f"{d.day}|{symbol}"].blocked]
@@ -245,10 +247,12 @@ class Engine:
             for iv in self.intervals:
                 if iv == "1m":
                     continue
-                for d, (frame, b) in zip(mine, self._derive_many(mine, iv, one_m, flagged), strict=True):
+                derived = self._derive_many(mine, iv, one_m, flagged)
+                for d, (frame, b) in zip(mine, derived, strict=True):
                     writes.setdefault((d.symbol, iv), []).append((d.start, d.end, frame, b))
                     by_day[f"{d.day}|{symbol}"].builds[iv] = b
-                    self._quality(d, by_day[f"{d.day}|{symbol}"], iv, frame)
+                outs = [by_day[f"{d.day}|{symbol}"] for d in mine]
+                self._quality_many(mine, outs, iv, [frame for frame, _ in derived])
         for d in days:
             out = by_day[f"{d.day}|{d.symbol}"]
             if self.record_quality:
@@ -703,46 +707,55 @@ class Engine:
             out.append((frame, b))
         return out
 
-    def _quality(self, d: _Day, out: PartitionOutcome, interval: str, frame: pd.DataFrame | None) -> None:
-        """Checks once per partition and interval, on the frame just written; health from those outcomes."""
+    def _quality_many(
+        self,
+        days: list[_Day],
+        outs: list[PartitionOutcome],
+        interval: str,
+        frames: Sequence[pd.DataFrame | None],
+    ) -> None:
+        """Checks once per partition and interval, on the frames just built; health from those outcomes."""
         assert self.now is not None
-        if interval not in self.intervals:
+        if interval not in self.intervals or not days:
             return
-        df = frame if frame is not None and not frame.empty else compute.empty_candles().assign(flags=[])
-        if "flags" not in df:
-            df = df.assign(flags=[[] for _ in range(len(df))])
-        refused: list[dict[str, str]] = []
-        consulted = 0
-        if interval == "1m" and d.archive is not None:
-            refused = [{"file": r.file, "reason": r.reason} for r in d.archive.refused]
-            consulted = d.archive.consulted
-        results = audit.check_frame(
-            df,
-            d.symbol,
+        empty = compute.empty_candles().assign(flags=[])
+        dfs = []
+        for f in frames:
+            df = f if f is not None and not f.empty else empty
+            dfs.append(df if "flags" in df else df.assign(flags=[[] for _ in range(len(df))]))
+        archive = [
+            ([{"file": r.file, "reason": r.reason} for r in d.archive.refused], d.archive.consulted)
+            if interval == "1m" and d.archive is not None
+            else ([], 0)
+            for d in days
+        ]
+        results_by_day = audit.check_days(
+            dfs,
+            days[0].symbol,
             interval,
-            d.start,
-            d.end,
+            [(d.start, d.end) for d in days],
             now=self.now,
-            excused=audit.excused_from(interval, d.confirmed, d.pending),
-            archive_refused=refused,
-            archive_consulted=consulted,
-            prints=d.prints if interval == "1m" else None,
+            excused=[audit.excused_from(interval, d.confirmed, d.pending) for d in days],
+            archive=archive,
+            prints=[d.prints if interval == "1m" else None for d in days],
         )
-        out.checks[interval] = results
-        if interval == "1m":
-            out.blocked_by = [r.name for r in results if r.blocking and r.severity == "ERROR"]
-        h = health.day_health(df, d.start, self.now, compute.interval_ms(interval), results)
-        out.health[interval] = HealthMetricIn(
-            symbol=d.symbol,
-            interval=interval,
-            day=dt.date.fromisoformat(d.day),
-            completeness=round(100 * h.completeness, 4),
-            freshness=round(100 * h.freshness, 4),
-            consistency=round(100 * h.consistency, 4),
-            score=h.score,
-            details=h.details,
-            run_id=self.run_id,
-        )
+        step = compute.interval_ms(interval)
+        for d, out, df, results in zip(days, outs, dfs, results_by_day, strict=True):
+            out.checks[interval] = results
+            if interval == "1m":
+                out.blocked_by = [r.name for r in results if r.blocking and r.severity == "ERROR"]
+            h = health.day_health(df, d.start, self.now, step, results)
+            out.health[interval] = HealthMetricIn(
+                symbol=d.symbol,
+                interval=interval,
+                day=dt.date.fromisoformat(d.day),
+                completeness=round(100 * h.completeness, 4),
+                freshness=round(100 * h.freshness, 4),
+                consistency=round(100 * h.consistency, 4),
+                score=h.score,
+                details=h.details,
+                run_id=self.run_id,
+            )
 
 
 def _of_source(frame: pd.DataFrame, source: str) -> pd.DataFrame:
