@@ -41,6 +41,7 @@ def load_history(
     from dm_resources.metadata.archive import archive_files
     from tests.archive_mirror import ArchiveMirror
 
+    gql = DagsterGraphQL(gql.url, timeout=600)  # creating a run of many partitions takes a while on SQLite
     today = dt.datetime.now(dt.UTC).date()
     window = [(today - dt.timedelta(days=i)).isoformat() for i in range(days, 0, -1)]
     say("-" * 70)

@@ -322,6 +322,10 @@ class EmbeddedStack:
             path = self.var_dir / "dagster_home"
             path.mkdir(parents=True, exist_ok=True)
             (path / "dagster.yaml").write_text(instance_yaml())
+            # Event settings of the production instance (dagster.yaml): a run of many partitions is
+            # created with one planned event per asset, not per partition (slow on any storage).
+            self.env.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+            self.env.setdefault("DAGSTER_EVENT_BATCH_SIZE", "500")
             home = str(path)
             self.notes.append(f"Dagster    DAGSTER_HOME={home} (SQLite instance storage)")
         self.env["DAGSTER_HOME"] = home
