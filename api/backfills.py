@@ -25,6 +25,7 @@ them by ``BACKFILL_POLICY``); the tracking sensor mirrors them under their Dagst
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -198,8 +199,13 @@ def launch_runs(
 ) -> list[str]:
     """Launch one run per plan (into Dagster's run queue); returns the run ids in plan order."""
 
+    local = threading.local()
+
     def one(plan: RunPlan) -> str:
-        return gql.launch_run(ASSET_JOB, asset_selection=[list(a) for a in assets], tags={**tags, **plan.tags()})
+        if len(plans) > 1 and not hasattr(local, "gql"):  # a GraphQL client per thread: they hold a session
+            local.gql = DagsterGraphQL(gql.url, timeout=gql.timeout)
+        client = local.gql if len(plans) > 1 else gql
+        return client.launch_run(ASSET_JOB, asset_selection=[list(a) for a in assets], tags={**tags, **plan.tags()})
 
     if len(plans) <= 1:
         return [one(p) for p in plans]

@@ -108,6 +108,7 @@ def test_api_runs_and_the_ui_backfill_dialog_materialize_date_ranges_of_every_sy
                 symbols=SYMBOLS,
                 api_token=TOKEN,
                 dagster_graphql_url=gql.url,
+                backfill_partitions_per_run=2,  # 2 days × 2 symbols → a run per symbol, launched in parallel
             )
             app = create_app(settings, mongo=store, meta=meta)
             api_days = _days(2, back=1)
@@ -135,7 +136,7 @@ def test_api_runs_and_the_ui_backfill_dialog_materialize_date_ranges_of_every_sy
                 started = BackfillStarted.model_validate(resp.json())
                 want = [f"{d}|{s}" for d in api_days for s in SYMBOLS]
                 assert sorted(started.partitions) == sorted(want) and started.id.startswith("runs:")
-                assert len(started.runs) == 1  # 2 days × 2 symbols: one run carries all four partitions
+                assert len(started.runs) == 2  # at most 2 partitions per run: one run per symbol
                 row = meta.get_backfill_job(started.id)
                 assert row is not None and row.origin == "api" and row.dagster_run_ids == started.runs
                 view = None
@@ -145,11 +146,16 @@ def test_api_runs_and_the_ui_backfill_dialog_materialize_date_ranges_of_every_sy
                         break
                     time.sleep(1)
                 assert view is not None and view.status == "success", f"{view}\n{dagster.tail(60)}"
-                assert view.source == "dagster" and [r.run_id for r in view.live.runs] == started.runs  # type: ignore[union-attr]
-                tags = _tags(gql, started.runs)[started.runs[0]]
-                assert tags[SYMBOL_TAG] == MULTI_SYMBOL and tags["dm/backfill"] == started.id
-                assert tags["dagster/asset_partition_range_start"] == f"{api_days[0]}|BTCUSDT"
-                assert tags["dagster/asset_partition_range_end"] == f"{api_days[-1]}|ETHUSDT"
+                assert view.source == "dagster" and sorted(r.run_id for r in view.live.runs) == sorted(started.runs)  # type: ignore[union-attr]
+                run_tags = _tags(gql, started.runs)
+                ranges = sorted(
+                    (t[SYMBOL_TAG], t["dagster/asset_partition_range_start"], t["dagster/asset_partition_range_end"])
+                    for t in run_tags.values()
+                )
+                assert ranges == [
+                    (s, f"{api_days[0]}|{s}", f"{api_days[-1]}|{s}") for s in SYMBOLS
+                ]  # one symbol per run, tagged with it (the per-symbol run limit applies)
+                assert all(t["dm/backfill"] == started.id for t in run_tags.values())
                 stored = meta.get_backfill_job(started.id)
                 assert stored is not None and stored.status == "success"
 
