@@ -256,6 +256,7 @@ def run_dagster(
         lo = int(dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp() * 1000)
         hi = int(dt.datetime.fromisoformat(days[-1]).replace(tzinfo=dt.UTC).timestamp() * 1000) + 86_400_000
         stored = {iv: sum(CandleStore(store).count(s, iv, lo, hi) for s in symbols) for iv in ("1m", "1h", "1d")}
+        bucket_bytes = int(store.db.command("collStats", "candle_buckets").get("size", 0))
         store.close()
         meta = MetadataStore(meta_url)
         health_rows = len(meta.health(day_from=dt.date.fromisoformat(days[0]), day_to=dt.date.fromisoformat(days[-1])))
@@ -270,6 +271,7 @@ def run_dagster(
             "materialized_partitions": materialized,
             "check_evaluations_1m_sample": evaluations,
             "stored_candles": stored,
+            "bucket_bytes_per_partition": round(bucket_bytes / max(1, len(symbols) * len(days))),
             "health_rows": health_rows,
         }
     finally:

@@ -216,3 +216,35 @@ def test_sensor_and_schedule_runs_carry_the_symbol_tag(
     assert gaps.run_requests and all(
         r.tags[SYMBOL_TAG] == str(r.partition_key).split("|")[1] for r in gaps.run_requests
     )
+
+
+def test_production_instance_queues_through_the_tagging_coordinator_with_event_batching() -> None:
+    """dagster.yaml and the Helm values agree: our coordinator, the dm/symbol limit, event settings in env."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    instance = yaml.safe_load((root / "dagster.yaml").read_text())
+    coordinator = instance["run_coordinator"]
+    assert (coordinator["module"], coordinator["class"]) == (
+        "dm_resources.run_coordinator",
+        "SymbolTaggingRunCoordinator",
+    )
+    limit = {"key": SYMBOL_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert limit in coordinator["config"]["tag_concurrency_limits"]
+    helm = yaml.safe_load((root / "deploy" / "helm" / "dagster-values.yaml").read_text())
+    custom = helm["dagsterDaemon"]["runCoordinator"]
+    assert custom["type"] == "CustomRunCoordinator"
+    assert custom["config"]["customRunCoordinator"]["class"] == "SymbolTaggingRunCoordinator"
+    assert limit in custom["config"]["customRunCoordinator"]["config"]["tag_concurrency_limits"]
+    for role in ("dagsterWebserver", "dagsterDaemon"):  # they import our coordinator: our image
+        assert (
+            helm[role]["image"]["repository"]
+            == helm["dagster-user-deployments"]["deployments"][0]["image"]["repository"]
+        )
+        env = {e["name"]: e["value"] for e in helm[role]["env"]}
+        assert (
+            env["DAGSTER_EVENT_BATCH_SIZE"] == "500"
+            and env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] == "true"
+        )
+    config = next(yaml.safe_load_all((root / "deploy" / "k8s" / "config.yaml").read_text()))["data"]
+    assert config["DAGSTER_EVENT_BATCH_SIZE"] == "500"  # run pods take dm-config
