@@ -62,6 +62,11 @@ _EXACT_INT = float(2**53)  # every integer below this is exact in float64
 # decompression (what reads pay) costs the same at every level.
 _CODEC = b"zstd"
 _LEVEL = 3
+# One thread per call, in every thread: a bucket is ~100 KB, too small for Blosc's thread pool to
+# pay off, and the pool would compete with the store and the HTTP server for the same cores. Blosc
+# already works this way off the main thread (every API request); this makes the main thread
+# (Dagster steps, the CLI, benchmarks) behave the same.
+blosc.use_threads = False
 
 
 # -- encoding 2 ---------------------------------------------------------------------------------

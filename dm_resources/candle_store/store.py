@@ -1,8 +1,9 @@
 """``CandleStore``: the candle bucket layer over a ``MongoStore`` — the only reader and writer of buckets.
 
 Concurrent writers: a partition write *merges* into its bucket under optimistic concurrency
-(the bucket's ``v`` counter is part of the replace filter; a lost race re-reads and retries),
-so two runs of the same day, or two days of one 1d year bucket, never lose each other's candles.
+(the bucket's ``v`` counter is part of the replace filter; a lost race backs off with jitter,
+re-reads and retries), so two runs of the same day, or the day partitions of one 1d year
+bucket, never lose each other's candles.
 
 Every write also bumps the dataset's row in ``dataset_versions`` (``candles:SYMBOL:interval``):
 the API's hot cache watches that small collection instead of probing candles per request.
@@ -63,8 +64,8 @@ class ConcurrentWriteError(RuntimeError):
 class CandleStore:
     """The candle bucket layer over a :class:`~dm_resources.mongo.MongoStore`.
 
-    Call sites that used ``store.read_range("candles", symbol, start, end, extra={"interval": iv})``
-    use ``CandleStore(store).read_range(symbol, iv, start, end)`` and get the same rows.
+    ``read_range`` returns rows with the keys of one candle (``ROW_FIELDS``), whatever the bucket
+    layout underneath; ``iter_spans`` is the columnar bulk read.
     """
 
     store: MongoStore
