@@ -290,3 +290,29 @@ def test_a_replaced_file_is_fetched_again_and_reconciled_with_the_stored_copy(
     assert p.builds["1m"].disagreements and p.blocked_by == ["sources_agree"]
     (rec,) = archive_files(meta, SYMBOL)
     assert rec.fetches == 2 and rec.status == "accepted"
+
+
+def test_the_catalog_serves_the_provenance_of_archive_candles(
+    mongo_store: MongoStore, meta: MetadataStore, exchange: FakeExchange, mirror: ArchiveMirror
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from dm_resources.settings import load_settings
+
+    mirror.faults[ArchiveKey.daily(SYMBOL, dt.date(2026, 4, 1)).name] = "corrupt"
+    engine(mongo_store, meta, exchange, mirror).run([(DAY, SYMBOL), (RECENT, SYMBOL)])
+    settings = load_settings(mongo_url=mongo_store.url, mongo_db=mongo_store.db_name, symbols=[SYMBOL])
+    with TestClient(create_app(settings, mongo=mongo_store, meta=meta)) as http:
+        body = http.get(f"/catalog/provenance/candles:{SYMBOL}:1h").json()
+        files = {f["file"]: f for f in body["files"]}
+        march = files[MONTHLY.name]
+        assert march["status"] == "accepted" and len(march["sha256"]) == 64 and march["rows"] == 44_640
+        assert march["url"].endswith(MONTHLY.path) and march["fetched_at"]
+        refused = files[DAILY_RECENT.name]
+        assert refused["status"] == "refused" and "corrupt zip" in refused["reason"]
+        window = http.get(f"/catalog/provenance/candles:{SYMBOL}:1m", params={"start": RECENT, "end": "2026-04-02"})
+        assert [f["file"] for f in window.json()["files"]] == [DAILY_RECENT.name]
+        assert http.get(f"/catalog/provenance/analytics.volatility:{SYMBOL}:1h").status_code == 404
+        bad = http.get(f"/catalog/provenance/candles:{SYMBOL}:1m", params={"start": "2026-04-02", "end": RECENT})
+        assert bad.status_code == 422 and "start" in bad.text
