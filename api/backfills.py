@@ -1,21 +1,41 @@
 """Backfill planning and Dagster status mapping: plain functions, plus the GraphQL calls the client lacks.
 
-Backfills go *through Dagster* (GraphQL) so the runs show in the UI, respect the run queue
-and are mirrored into ``backfill_jobs`` by the tracking sensor. The row id is the Dagster
-backfill id — the tracking sensor looks rows up by that id, so an API-created row under
-any other id would be duplicated by the sensor.
+``POST /backfill/start`` launches its runs *directly* through Dagster's GraphQL API (``launchRun``
+with a partition range per run), not as a Dagster partition backfill:
+
+* **No 30 s wait.** A Dagster backfill is picked up by the backfill daemon, which sleeps 30 s
+  between iterations; a small backfill waited longer for it than it took to run. A launched run
+  goes straight into the run queue, dequeued within a second (``dequeue_interval_seconds: 1``).
+* **Many partitions per run.** The daemon splits a date × dynamic-symbol selection into ranges
+  that fix one dimension (10 days × 3 symbols: 3 runs; 1 day × 400 symbols: 400 runs). A run may
+  carry a rectangle of both: :func:`plan_runs` packs the request into rectangles of up to
+  ``DM_BACKFILL_PARTITIONS_PER_RUN`` partitions (one symbol's days when the range is long, several
+  symbols' days when it is short), so run start-up and Dagster's per-run work are paid rarely.
+* **Still Dagster's runs.** They obey the run queue (and the per-symbol limit: a one-symbol run
+  carries its ``dm/symbol``, a several-symbol run ``*``), show in the UI (filter Runs by the tag
+  ``dm/backfill=<id>``), and their materializations mark the partitions like any backfill's.
+  ``backfill_jobs`` holds one row per request (id ``runs:<uuid>``) listing the run ids; its status
+  comes from the runs (:func:`dm_resources.backfill_status.run_group_status`), live on
+  ``GET /backfill/jobs/{id}`` and kept in step by the tracking sensor.
+
+Backfills launched from the UI's "Materialize…" dialog stay Dagster backfills (the daemon splits
+them by ``BACKFILL_POLICY``); the tracking sensor mirrors them under their Dagster backfill id.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from api.params import ParamError
-from dm_resources.backfill_status import backfill_status, run_status
-from dm_resources.contracts import BACKFILL_ASSET_PATHS, SYMBOLS_PARTITIONS_NAME
+from dm_resources.backfill_status import backfill_status, run_group_status, run_status
+from dm_resources.contracts import BACKFILL_ASSET_PATHS, SYMBOL_DIM, SYMBOLS_PARTITIONS_NAME, candle_asset_path
 from dm_resources.dagster_client import DagsterAPIError, DagsterGraphQL
+from dm_resources.run_coordinator import MULTI_SYMBOL, RANGE_END_TAG, RANGE_START_TAG, SYMBOL_TAG
 
 BACKFILL_ASSETS: tuple[tuple[str, ...], ...] = tuple(tuple(p) for p in BACKFILL_ASSET_PATHS)
 
@@ -68,7 +88,129 @@ def plan_partitions(
 
 
 # The status mapping lives in dm_resources so the tracking sensor uses the very same function.
-__all__ = ["backfill_status", "run_status"]
+__all__ = ["backfill_status", "run_group_status", "run_status"]
+
+#: The tag grouping the runs of one ``POST /backfill/start`` (value: the job id).
+BACKFILL_TAG = "dm/backfill"
+ASSET_JOB = "__ASSET_JOB"  # Dagster's implicit job over every asset; a run selects its assets
+# A run shorter than this is worth widening with more symbols (when the request has them).
+MIN_PARTITIONS_PER_RUN = 100
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run: consecutive ``days`` × ``symbols`` (contiguous in Dagster's order of the symbol partitions)."""
+
+    days: tuple[str, ...]
+    symbols: tuple[str, ...]
+
+    @property
+    def partitions(self) -> int:
+        return len(self.days) * len(self.symbols)
+
+    def partition_keys(self) -> list[str]:
+        return [f"{d}|{s}" for d in self.days for s in self.symbols]
+
+    def tags(self) -> dict[str, str]:
+        """Dagster's range tags (a multi-partition range is the product of its two dimensions' ranges)."""
+        return {
+            RANGE_START_TAG: f"{self.days[0]}|{self.symbols[0]}",
+            RANGE_END_TAG: f"{self.days[-1]}|{self.symbols[-1]}",
+            SYMBOL_TAG: self.symbols[0] if len(self.symbols) == 1 else MULTI_SYMBOL,
+        }
+
+
+def _runs_of(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    return [tuple(items[i : i + size]) for i in range(0, len(items), max(1, size))]
+
+
+def plan_runs(
+    days: Sequence[str],
+    symbols: Sequence[str],
+    order: Sequence[str],
+    per_run: int,
+    *,
+    min_per_run: int = MIN_PARTITIONS_PER_RUN,
+) -> list[RunPlan]:
+    """Rectangles of at most ``per_run`` partitions covering ``days`` × ``symbols`` exactly.
+
+    ``order`` is Dagster's order of the symbol partitions: a run's symbol range must not take in a
+    symbol that was not asked for, so symbols are grouped where they are adjacent in it. A symbol's
+    days fill a run first (``per_run`` of them); when a symbol has fewer days than ``min_per_run``,
+    adjacent symbols share the run, ``per_run // len(days)`` at a time. ``per_run`` 0: one run per group.
+    """
+    wanted = set(symbols)
+    pos = {s: i for i, s in enumerate(order)}
+    missing = sorted(wanted - set(pos))
+    if missing:
+        raise ValueError(f"symbols not in Dagster's symbol partitions: {missing}")
+    ordered = sorted(wanted, key=lambda s: pos[s])
+    groups: list[list[str]] = []
+    for s in ordered:
+        if groups and pos[groups[-1][-1]] + 1 == pos[s]:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    limit = per_run if per_run > 0 else len(days) * len(ordered)
+    plans: list[RunPlan] = []
+    for group in groups:
+        if len(days) >= min(min_per_run, limit) or len(group) == 1:
+            for sym in group:
+                plans.extend(RunPlan(chunk, (sym,)) for chunk in _runs_of(list(days), min(limit, len(days))))
+            continue
+        width = max(1, limit // len(days))
+        plans.extend(RunPlan(tuple(days), chunk) for chunk in _runs_of(group, width))
+    return plans
+
+
+SYMBOL_ORDER = """
+query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { __typename
+  ... on AssetNode { partitionKeysByDimension { name partitionKeys } } } }
+"""
+
+
+def symbol_order(gql: DagsterGraphQL) -> list[str]:
+    """Dagster's order of the symbol partitions (the order a partition range follows)."""
+    node = _call(gql, SYMBOL_ORDER, {"path": candle_asset_path("1m")})["assetNodeOrError"]
+    if node.get("__typename") != "AssetNode":
+        raise DagsterAPIError(f"no candle asset in Dagster: {node.get('__typename')}")
+    for dim in node["partitionKeysByDimension"]:
+        if dim["name"] == SYMBOL_DIM:
+            return list(dim["partitionKeys"])
+    raise DagsterAPIError("the candle asset has no symbol dimension")
+
+
+RUNS_BY_TAG = """
+query($key: String!, $value: String!) { runsOrError(filter: {tags: [{key: $key, value: $value}]}, limit: 10000) {
+  __typename ... on Runs { results { runId status tags { key value } } } ... on PythonError { message } } }
+"""
+
+
+def group_runs(gql: DagsterGraphQL, job_id: str) -> list[dict[str, str]]:
+    """The runs one ``POST /backfill/start`` launched (by their ``dm/backfill`` tag), with statuses."""
+    res = _call(gql, RUNS_BY_TAG, {"key": BACKFILL_TAG, "value": job_id})["runsOrError"]
+    if res.get("__typename") != "Runs":
+        raise DagsterAPIError(f"runs of {job_id}: {res.get('message', res.get('__typename'))}")
+    return [{"runId": r["runId"], "status": r["status"]} for r in res["results"]]
+
+
+def launch_runs(
+    gql: DagsterGraphQL, plans: Sequence[RunPlan], assets: Sequence[Sequence[str]], tags: dict[str, str]
+) -> list[str]:
+    """Launch one run per plan (into Dagster's run queue); returns the run ids in plan order."""
+
+    local = threading.local()
+
+    def one(plan: RunPlan) -> str:
+        if len(plans) > 1 and not hasattr(local, "gql"):  # a GraphQL client per thread: they hold a session
+            local.gql = DagsterGraphQL(gql.url, timeout=gql.timeout)
+        client = local.gql if len(plans) > 1 else gql
+        return client.launch_run(ASSET_JOB, asset_selection=[list(a) for a in assets], tags={**tags, **plan.tags()})
+
+    if len(plans) <= 1:
+        return [one(p) for p in plans]
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch") as pool:
+        return list(pool.map(one, plans))
 
 
 def _call(gql: DagsterGraphQL, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

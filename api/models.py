@@ -305,7 +305,10 @@ class BackfillRequest(_Model):
 
 class BackfillStarted(_Model):
     id: str
-    dagster_backfill_id: str
+    dagster_backfill_id: str | None = Field(
+        default=None, description="set for Dagster partition backfills; POST /backfill/start launches runs"
+    )
+    runs: list[str] = Field(default_factory=list, description="Dagster run ids, each many partitions")
     partitions: list[str]
     assets: list[str]
     status: str

@@ -1,11 +1,16 @@
-"""Backfill of N days × symbols launched through Dagster (GraphQL), against the fake exchange.
+"""A REST backfill of N days × symbols through Dagster, beside the floor Binance's weight limit sets; prints JSON.
 
-Prints JSON: wall time from launch to the last run finishing, number of runs, REST
-requests and weight spent, and the floor that Binance's weight limit imposes
-(total request weight ÷ 2400 weight per minute), so the two can be compared.
+* ``api_path``: ``POST /backfill/start`` (the API in process, over HTTP) to the job's status
+  ``success`` — every minute fetched from REST, stored, every interval derived, checked, audited and
+  scored. Runs are launched straight into the run queue (``api/backfills.py``).
+* ``ui_daemon_path``: the same size of backfill on the days before, as the UI's "Materialize…"
+  dialog launches it (``launchPartitionBackfill``), split into runs and launched by the backfill
+  daemon (which sleeps 30 s between iterations).
+* ``rest_weight_floor``: the least request weight the minutes cost (pages of 499 klines, weight 2:
+  6 per day) over Binance's 2400 weight per minute — the anchor; ``wall_over_floor`` is the ratio.
 
-Everything is real but the exchange: SecantusDB, SQLite metadata, ``dagster dev``
-(webserver + daemon, SQLite instance) and the backfill daemon launching runs.
+Everything is real but the exchange: SecantusDB, SQLite metadata, ``dagster dev`` (webserver +
+daemon, SQLite instance, our run coordinator) and the fake exchange's weight accounting.
 
     .venv/bin/python bench/bench_backfill.py --days 30 --symbols BTCUSDT,ETHUSDT,SOLUSDT
     .venv/bin/python bench/bench_backfill.py --profile     # where one partition's seconds go
@@ -167,13 +172,24 @@ def profile_partition(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    import httpx
+
+    from api.app import create_app
+    from api.testing import serve
+    from dm_resources.binance import least_weight
+    from dm_resources.contracts import BACKFILL_ASSET_PATHS
+    from dm_resources.metadata.store import MetadataStore
+    from dm_resources.run_coordinator import instance_yaml
+    from dm_resources.settings import load_settings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT")
     ap.add_argument("--end", default=None, help="last day (ISO); default: yesterday")
     ap.add_argument("--max-concurrent-runs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--per-run", type=int, default=10, help="partitions per run (0 = single run)")
+    ap.add_argument("--per-run", type=int, default=200, help="partitions per run (DM_BACKFILL_PARTITIONS_PER_RUN)")
+    ap.add_argument("--skip-daemon", action="store_true", help="only the API path")
     ap.add_argument("--profile", action="store_true", help="profile one partition in-process instead")
     args = ap.parse_args()
     if args.profile:
@@ -181,8 +197,10 @@ def main() -> None:
         return
     symbols = args.symbols.split(",")
     last = dt.date.fromisoformat(args.end) if args.end else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    days = [(last - dt.timedelta(days=i)).isoformat() for i in range(args.days)][::-1]
-    partitions = [f"{d}|{s}" for d in days for s in symbols]
+    # Two windows of the same size: the API path first, then the daemon path on the days before it
+    # (both fill every minute from REST: nothing is stored for either window beforehand).
+    api_days = [(last - dt.timedelta(days=i)).isoformat() for i in range(args.days)][::-1]
+    ui_days = [(last - dt.timedelta(days=args.days + i)).isoformat() for i in range(args.days)][::-1]
 
     work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     mongo_port, dagster_port = free_port(), free_port()
@@ -190,79 +208,130 @@ def main() -> None:
     exchange = FakeExchange(symbols=symbols).start()
     home = work / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(
-        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
-        f"  config:\n    max_concurrent_runs: {args.max_concurrent_runs}\ntelemetry:\n  enabled: false\n"
-    )
+    (home / "dagster.yaml").write_text(instance_yaml(max_concurrent_runs=args.max_concurrent_runs))
     mongo_url = f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true"
+    meta_url = f"sqlite:///{work / 'meta.db'}"
+    MetadataStore(meta_url).migrate()
     env = {
         "DM_MONGO_URL": mongo_url,
         "DM_MONGO_DB": "bench",
-        "DM_METADATA_URL": f"sqlite:///{work / 'meta.db'}",
+        "DM_METADATA_URL": meta_url,
         "DM_BINANCE_REST_URL": exchange.url,
+        "DM_BINANCE_ARCHIVE_URL": "",  # the REST path: every minute from REST
         "DM_SYMBOLS": ",".join(symbols),
-        "DM_PARTITION_START": days[0],
+        "DM_PARTITION_START": ui_days[0],
         "DM_AUTOMATION": "false",
         "DM_BACKFILL_PARTITIONS_PER_RUN": str(args.per_run),
+        # As production (dagster.yaml): batched materializations, one planned event per asset.
+        "DAGSTER_EVENT_BATCH_SIZE": "500",
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
     }
     dagster = None
+    out: dict[str, object] = {"symbols": symbols, "days": args.days, "partitions": args.days * len(symbols)}
     try:
         dagster = start_dagster_dev(dagster_port, str(home), env, log_dir=work)
-        from dagster import DagsterInstance
-
-        with DagsterInstance.from_config(str(home)) as inst:
-            inst.add_dynamic_partitions("symbols", symbols)
-        gql = DagsterGraphQL(f"http://127.0.0.1:{dagster_port}/graphql")
-        t0 = time.perf_counter()
-        backfill_id = gql.launch_backfill(ASSETS, partitions, tags={"dm/origin": "api"}, title="bench")
-        state = gql.wait_for_backfill(backfill_id, timeout=args.timeout, poll=2.0)
-        wall = time.perf_counter() - t0
-        rest = exchange.requests_to("/fapi/v1/klines")
-        weight = sum(
-            10
-            if int(p.get("limit", 500)) > 1000
-            else 5
-            if int(p.get("limit", 500)) >= 500
-            else 2
-            if int(p.get("limit", 500)) >= 100
-            else 1
-            for p in rest
-        )
+        gql = DagsterGraphQL(f"http://127.0.0.1:{dagster_port}/graphql", timeout=120)
         store = MongoStore(mongo_url, "bench")
-        from dm_assets.partitions import day_bounds_ms
+        # The floor of the work itself: Binance's weight limit over the least weight per day of 1m klines.
+        floor_weight = least_weight(1440) * args.days * len(symbols)
+        floor_s = floor_weight / 2400 * 60
+        out["rest_weight_floor"] = {"weight": floor_weight, "seconds": round(floor_s, 1), "weight_per_day": 6}
 
-        lo, hi = day_bounds_ms(days[0])[0], day_bounds_ms(days[-1])[1]
-        candles_1m = sum(CandleStore(store).count(s, "1m", lo, hi) for s in symbols)
-        store.close()
-        floor_s = weight / 2400 * 60
-        print(
-            json.dumps(
-                {
-                    "partitions": len(partitions),
-                    "days": args.days,
-                    "symbols": symbols,
-                    "backfill_status": state.status,
-                    "runs": len(state.runs),
-                    "runs_succeeded": sum(r["status"] == "SUCCESS" for r in state.runs),
-                    "max_concurrent_runs": args.max_concurrent_runs,
-                    "partitions_per_run": args.per_run or "all",
-                    "wall_s": round(wall, 1),
-                    "rest_requests": len(rest),
-                    "rest_weight": weight,
-                    "weight_floor_s": round(floor_s, 1),
-                    "wall_over_floor": round(wall / floor_s, 2) if floor_s else None,
-                    "candles_1m_stored": candles_1m,
-                    "candles_1m_expected": len(partitions) * 1440,
-                    "s_per_partition": round(wall / len(partitions), 2),
-                },
-                indent=2,
-            )
+        # -- the API path: POST /backfill/start to the last partition stored, checks and health included.
+        settings = load_settings(
+            mongo_url=mongo_url,
+            mongo_db="bench",
+            metadata_url=meta_url,
+            symbols=symbols,
+            api_token="bench-token",
+            dagster_graphql_url=gql.url,
+            backfill_partitions_per_run=args.per_run,
+            partition_start=ui_days[0],
         )
+        app = create_app(settings, mongo=store, meta=MetadataStore(meta_url))
+        body = {"pairs": symbols, "start": f"{api_days[0]}T00:00:00Z", "end": f"{api_days[-1]}T23:59:59Z"}
+        with serve(app) as base, httpx.Client(base_url=base, timeout=120) as http:
+            before = len(exchange.requests_to("/fapi/v1/klines"))
+            t0 = time.perf_counter()
+            resp = http.post("/backfill/start", json=body, headers={"Authorization": "Bearer bench-token"})
+            resp.raise_for_status()
+            job = resp.json()
+            status = "requested"
+            while time.perf_counter() - t0 < args.timeout:
+                status = http.get(f"/backfill/jobs/{job['id']}").json()["status"]
+                if status in ("success", "failure", "partial", "canceled"):
+                    break
+                time.sleep(0.5)
+            wall = time.perf_counter() - t0
+        rest = exchange.requests_to("/fapi/v1/klines")[before:]
+        weight = sum(_weight(int(p.get("limit", 500))) for p in rest)
+        out["api_path"] = {
+            "status": status,
+            "runs": len(job["runs"]),
+            "wall_s": round(wall, 1),
+            "wall_over_floor": round(wall / floor_s, 2),
+            "rest_requests": len(rest),
+            "rest_weight": weight,
+            "candles_1m_stored": _stored(store, symbols, api_days),
+            "candles_1m_expected": len(api_days) * len(symbols) * 1440,
+            "health_rows": len(MetadataStore(meta_url).health(day_from=dt.date.fromisoformat(api_days[0]))),
+            **_run_stats(home, job["runs"]),
+        }
+
+        # -- the UI/daemon path: the "Materialize…" dialog's backfill, split and launched by the daemon.
+        if not args.skip_daemon:
+            partitions = [f"{d}|{s}" for d in ui_days for s in symbols]
+            before = len(exchange.requests_to("/fapi/v1/klines"))
+            t0 = time.perf_counter()
+            backfill_id = gql.launch_backfill(
+                [list(p) for p in BACKFILL_ASSET_PATHS], partitions, tags={"dagster/from_ui": "true"}, title="bench"
+            )
+            state = gql.wait_for_backfill(backfill_id, timeout=args.timeout, poll=1.0)
+            wall = time.perf_counter() - t0
+            rest = exchange.requests_to("/fapi/v1/klines")[before:]
+            out["ui_daemon_path"] = {
+                "status": state.status,
+                "runs": len(state.runs),
+                "runs_succeeded": sum(r["status"] == "SUCCESS" for r in state.runs),
+                "wall_s": round(wall, 1),
+                "wall_over_floor": round(wall / floor_s, 2),
+                "rest_requests": len(rest),
+                "rest_weight": sum(_weight(int(p.get("limit", 500))) for p in rest),
+                "candles_1m_stored": _stored(store, symbols, ui_days),
+                **_run_stats(home, [r["runId"] for r in state.runs]),
+            }
+        store.close()
     finally:
         if dagster is not None:
-            dagster.stop(signal.SIGINT, timeout=30)
+            dagster.stop(signal.SIGINT, timeout=60)
         exchange.stop()
         mongo.stop()
+    print(json.dumps(out, indent=2))
+
+
+def _run_stats(home: Path, run_ids: list[str]) -> dict[str, object]:
+    """Where a path's wall time went: queue + process start before the first step, and time in steps."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as inst:
+        starts, steps = [], {}
+        for rid in run_ids:
+            rec = inst.get_run_record_by_id(rid)
+            if rec is not None and rec.start_time:
+                starts.append(rec.start_time - rec.create_timestamp.timestamp())
+            for st in inst.get_run_step_stats(rid):
+                steps[st.step_key] = steps.get(st.step_key, 0.0) + (st.end_time or 0) - (st.start_time or 0)
+    return {
+        "run_created_to_started_s": [round(x, 1) for x in starts],
+        "seconds_in_steps": {k: round(v, 1) for k, v in sorted(steps.items())},
+    }
+
+
+def _stored(store: MongoStore, symbols: list[str], days: list[str]) -> int:
+    from dm_assets.partitions import day_bounds_ms
+
+    lo, hi = day_bounds_ms(days[0])[0], day_bounds_ms(days[-1])[1]
+    return sum(CandleStore(store).count(s, "1m", lo, hi) for s in symbols)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import urllib.request
 import warnings
 from typing import Any
 
+from deploy.demo_history import load_history
 from deploy.demo_orderbook import orderbook_demo
 from deploy.demo_patterns import show_similarity
 from deploy.demo_platform import show_platform
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  {s}: {len(rows)} 1m candles today, by source: {ranges}")
         for h in meta.latest_health_by_symbol().values():
             say(f"  health {h.symbol} {h.interval} {h.day}: score {h.score}")
+        load_history(gql, store, meta, settings.symbols, say)
 
         # -- analytics and catalog (what their schedules do every 15 / 10 minutes) -----------
         from dm_assets.analytics.assets import SYMBOL_KEYS, analytics_key

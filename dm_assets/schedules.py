@@ -17,6 +17,7 @@ from dagster import (
 )
 
 from dm_assets.partitions import AUTOMATION_STATUS, SYMBOLS_PARTITIONS_NAME
+from dm_resources.run_coordinator import with_symbol_tag
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -42,6 +43,7 @@ def per_symbol_schedule(
         symbols = sorted(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
         if not symbols:
             return SkipReason("no symbol partitions yet (the symbol discovery sensor adds them)")
-        return requests(symbols, when)
+        # Every run carries its dm/symbol tag (the per-symbol run limit in dagster.yaml keys on it).
+        return [r.with_replaced_attrs(tags=with_symbol_tag(r.tags, r.partition_key)) for r in requests(symbols, when)]
 
     return _tick

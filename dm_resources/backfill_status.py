@@ -54,6 +54,20 @@ def backfill_status(status: object, run_statuses: Iterable[object]) -> BackfillS
     return "running" if runs else "requested"
 
 
+def run_group_status(run_statuses: Iterable[object]) -> BackfillStatus:
+    """Our status of a backfill that is a group of runs launched directly (``POST /backfill/start``)."""
+    runs = [run_status(r) for r in run_statuses]
+    if not runs:
+        return "requested"
+    if any(r in ("queued", "running") for r in runs):
+        return "running"
+    if all(r == "success" for r in runs):
+        return "success"
+    if "failure" in runs:
+        return "partial" if "success" in runs else "failure"
+    return "canceled"
+
+
 ORIGINS: tuple[BackfillOrigin, ...] = ("api", "ui", "sensor", "schedule")
 
 

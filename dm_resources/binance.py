@@ -17,13 +17,22 @@ Why it looks like this:
   exist in the remaining range (fewer rows cost less weight), the next page starts
   at the last ``open_time + 1``, and a short page ends the range. Our ``end_ms`` is
   exclusive like everywhere else in the project; Binance's ``endTime`` is inclusive.
-* **Weight budget.** Binance limits request weight per IP per minute (2400) and says
-  how much is used in ``X-MBX-USED-WEIGHT-1M``. Before a request that would cross
-  ``weight_safety * weight_limit`` the client sleeps to the next minute, so a
+* **Least weight per row.** A page costs 1/2/5/10 weight for limits <100/<500/≤1000/>1000,
+  so per row 1/99 = 0.0101, 2/499 = 0.0040, 5/1000 = 0.0050, 10/1500 = 0.0067: pages of
+  499 rows (:data:`LEAST_WEIGHT_PAGE`) fetch the most history per weight. A day of 1m klines
+  is then 3 requests of weight 2 (6) instead of one of 10; :func:`least_weight` is the floor.
+* **Weight budget, shared by threads and by processes.** Binance limits request weight per
+  IP per minute (2400) and says how much the IP used in ``X-MBX-USED-WEIGHT-1M``. A request
+  reserves its weight before it is sent (so threads sending in parallel count each other's
+  requests in flight), and every response re-syncs the count to the larger of our count and
+  the header, which includes other processes on the same IP. Before a request that would
+  cross ``weight_safety * weight_limit`` the client sleeps to the next minute, so a
   backfill slows down instead of collecting 429s — repeated 429s earn a 418 IP ban.
 * **Failures.** 429 waits ``Retry-After`` then retries (bounded); 418 stops at once
   and the client refuses to send anything until the ban's ``Retry-After`` has passed
-  (callers loop over symbols and days; each request during a ban extends it);
+  (callers loop over symbols and days; each request during a ban extends it). With a
+  :class:`BanRegistry` (``MongoBanRegistry``: one small document in MongoDB) the ban is
+  shared: every other run's client reads it before sending and stops too;
   5xx, timeouts and dropped connections retry with exponential backoff
   (tenacity); other 4xx are our mistake (bad symbol, bad
   parameter) and raise with Binance's ``{"code", "msg"}``. When retries run out,
@@ -58,6 +67,7 @@ TIME_PATH = "/fapi/v1/time"
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 MAX_KLINE_LIMIT = 1500
+LEAST_WEIGHT_PAGE = 499  # the largest limit of weight 2: the least weight per kline (module doc)
 DEFAULT_WEIGHT_LIMIT = 2400
 DEPTH_PATH = "/fapi/v1/depth"
 FUNDING_RATE_PATH = "/fapi/v1/fundingRate"
@@ -127,6 +137,12 @@ def request_weight(limit: int) -> int:
     if limit <= 1000:
         return 5
     return 10
+
+
+def least_weight(rows: int, page: int = LEAST_WEIGHT_PAGE) -> int:
+    """The least request weight that fetches ``rows`` klines in pages of at most ``page`` (the REST floor)."""
+    full, rest = divmod(max(0, rows), page)
+    return full * request_weight(page) + (request_weight(rest) if rest else 0)
 
 
 def _dec(value: object, field: str) -> Decimal:
@@ -286,7 +302,7 @@ class BinanceClient:
         timeout: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         now_ms: Callable[[], int] = _wall_ms,
-        page_size: int = MAX_KLINE_LIMIT,
+        page_size: int = LEAST_WEIGHT_PAGE,
         closed_margin_ms: int = 1000,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
@@ -295,6 +311,7 @@ class BinanceClient:
         weight_window_margin_s: float = 0.5,
         funding_limit: int = FUNDING_WINDOW_LIMIT,
         funding_safety: float = 0.9,
+        ban_registry: BanRegistry | None = None,
     ) -> None:
         if not 1 <= page_size <= MAX_KLINE_LIMIT:
             raise ValueError(f"page_size must be within 1..{MAX_KLINE_LIMIT}, got {page_size}")
@@ -316,6 +333,7 @@ class BinanceClient:
         self.weight_window_margin_s = weight_window_margin_s
         self.default_ban_s = default_ban_s
         self._banned_until_ms: int | None = None
+        self.ban_registry = ban_registry
         self._sleep = sleep
         self._now_ms = now_ms
         # initial * 2**n plus up to `initial` of jitter, so replicas that failed together spread out.
@@ -373,8 +391,9 @@ class BinanceClient:
             must_wait = self._used_weight > 0 and self._used_weight + weight > budget
             wait_s = ((minute + 1) * MINUTE_MS - now) / 1000 + self.weight_window_margin_s
             used = self._used_weight
-        if not must_wait:
-            return
+            if not must_wait:
+                self._used_weight += weight  # in flight: parallel senders see it before the header does
+                return
         log.info(
             "weight %d + %d would exceed %.0f of %d: sleeping %.2f s to the next minute",
             used,
@@ -388,8 +407,10 @@ class BinanceClient:
         self._do_sleep(wait_s)
         with self._lock:
             # Trust the sleep even if the injected clock did not move: the window has turned.
-            self._window_minute = max(self._now_ms() // MINUTE_MS, minute + 1)
-            self._used_weight = 0
+            turned = max(self._now_ms() // MINUTE_MS, minute + 1)
+            if turned != self._window_minute:
+                self._window_minute, self._used_weight = turned, 0
+            self._used_weight += weight
 
     def _record_weight(self, resp: requests.Response, weight: int) -> None:
         header = resp.headers.get(WEIGHT_HEADER)
@@ -397,10 +418,13 @@ class BinanceClient:
             minute = self._now_ms() // MINUTE_MS
             if minute != self._window_minute:
                 self._window_minute, self._used_weight = minute, 0
+            # Our count already holds this request (reserved); the header holds the whole IP's use,
+            # other processes included, but not our requests still in flight: keep the larger.
             try:
-                self._used_weight = int(header) if header is not None else self._used_weight + weight
+                reported = int(header) if header is not None else 0
             except ValueError:
-                self._used_weight += weight
+                reported = 0
+            self._used_weight = max(self._used_weight, reported)
 
     # ----------------------------------------------------------------- transport
 
@@ -429,8 +453,19 @@ class BinanceClient:
                 self._banned_until_ms = None
             return self._banned_until_ms
 
+    def _shared_ban(self) -> int | None:
+        """A ban another client recorded in the shared registry (adopted locally), or None."""
+        if self.ban_registry is None:
+            return None
+        until = self.ban_registry.banned_until()
+        if until is None or until <= self._now_ms():
+            return None
+        with self._lock:
+            self._banned_until_ms = max(self._banned_until_ms or 0, until)
+        return until
+
     def _attempt(self, path: str, params: Mapping[str, Any], weight: int) -> Any:
-        until = self.banned_until_ms
+        until = self.banned_until_ms or self._shared_ban()
         if until is not None:
             left = (until - self._now_ms()) / 1000
             raise BinanceBanned(left, f"still banned by an earlier 418 for {left:.0f} s; request not sent", path)
@@ -457,6 +492,9 @@ class BinanceClient:
             ban_s = after if after is not None else self.default_ban_s
             with self._lock:
                 self._banned_until_ms = self._now_ms() + int(ban_s * 1000)
+                until = self._banned_until_ms
+            if self.ban_registry is not None:
+                self.ban_registry.record(until, f"HTTP 418 on GET {path}: {msg}")
             raise BinanceBanned(after, msg, path)
         if status == 429:
             with self._lock:
@@ -757,3 +795,54 @@ class FundingBudget:
         if len(self.sent) < allowed:
             return 0
         return self.sent[len(self.sent) - allowed] + FUNDING_WINDOW_MS - now + 1
+
+
+# --------------------------------------------------------------------------- a ban shared by every run on the IP
+
+
+class BanRegistry:
+    """Where a 418 ban is shared between processes on one IP (every run's client reads it before sending)."""
+
+    def banned_until(self) -> int | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def record(self, until_ms: int, reason: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class MongoBanRegistry(BanRegistry):
+    """The ban as one document (``exchange_bans``, ``_id`` = the REST host) in the market-data MongoDB.
+
+    Reads are cached for ``cache_ms`` so a run sending many requests asks MongoDB about once a
+    second, not per request; a ban only ever moves later (``$max``).
+    """
+
+    COLLECTION = "exchange_bans"
+
+    def __init__(self, store: Any, key: str, *, cache_ms: int = 1000, now_ms: Callable[[], int] = _wall_ms) -> None:
+        self.coll = store.db[self.COLLECTION]
+        self.key = key
+        self.cache_ms = cache_ms
+        self._now_ms = now_ms
+        self._lock = threading.Lock()
+        self._cached: tuple[int, int | None] | None = None  # (read at, until)
+
+    def banned_until(self) -> int | None:
+        now = self._now_ms()
+        with self._lock:
+            if self._cached is not None and now - self._cached[0] < self.cache_ms:
+                return self._cached[1]
+        doc = self.coll.find_one({"_id": self.key}, {"until": 1})
+        until = int(doc["until"]) if doc and doc.get("until") is not None else None
+        with self._lock:
+            self._cached = (now, until)
+        return until
+
+    def record(self, until_ms: int, reason: str) -> None:
+        self.coll.update_one(
+            {"_id": self.key},
+            {"$max": {"until": int(until_ms)}, "$set": {"reason": reason[:500], "recorded_at": self._now_ms()}},
+            upsert=True,
+        )
+        with self._lock:
+            self._cached = (self._now_ms(), int(until_ms))

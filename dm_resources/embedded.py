@@ -315,10 +315,17 @@ class EmbeddedStack:
             self.notes.append(f"Dagster    DAGSTER_HOME={home} (PostgreSQL instance storage from DAGSTER_PG_URL)")
         else:
             # Never let `dagster dev` fall back to the repository's dagster.yaml (it asks for
-            # Postgres): an explicit home with an empty instance config means SQLite storage.
+            # Postgres): an explicit home whose instance config names no storage means SQLite;
+            # runs are queued and tagged per symbol as in production.
+            from dm_resources.run_coordinator import instance_yaml
+
             path = self.var_dir / "dagster_home"
             path.mkdir(parents=True, exist_ok=True)
-            (path / "dagster.yaml").touch()
+            (path / "dagster.yaml").write_text(instance_yaml())
+            # Event settings of the production instance (dagster.yaml): a run of many partitions is
+            # created with one planned event per asset, not per partition (slow on any storage).
+            self.env.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+            self.env.setdefault("DAGSTER_EVENT_BATCH_SIZE", "500")
             home = str(path)
             self.notes.append(f"Dagster    DAGSTER_HOME={home} (SQLite instance storage)")
         self.env["DAGSTER_HOME"] = home

@@ -25,6 +25,7 @@ from dm_resources.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from dm_resources.binance import BinanceClient
+    from dm_resources.binance_archive import ArchiveClient
     from dm_resources.metadata.store import MetadataStore
 
 
@@ -33,14 +34,23 @@ class MongoResource(ConfigurableResource):
 
     url: str | None = None
     database: str | None = None
+    # The store's own retries of transient errors; the candle step's RetryPolicy retries beyond them.
+    retry_attempts: int = 5
+    server_selection_timeout_ms: int = 5000
 
     _store: MongoStore | None = PrivateAttr(default=None)
 
     def get_store(self) -> MongoStore:
         if self._store is None:
             st = get_settings()
-            self._store = MongoStore(self.url or st.mongo_url, self.database or st.mongo_db)
-            self._store.ensure_indexes()
+            store = MongoStore(
+                self.url or st.mongo_url,
+                self.database or st.mongo_db,
+                retry_attempts=self.retry_attempts,
+                server_selection_timeout_ms=self.server_selection_timeout_ms,
+            )
+            store.ensure_indexes()  # kept only once this succeeded: a retried step must not skip it
+            self._store = store
         return self._store
 
     def teardown_after_execution(self, context: object) -> None:
@@ -71,22 +81,43 @@ class MetadataResource(ConfigurableResource):
 
 
 class BinanceResource(ConfigurableResource):
-    """Binance USD-M futures REST API, for gap fills and backfills."""
+    """Binance USD-M futures REST API, for gap fills and backfills, and Binance's public kline archive."""
 
     base_url: str | None = None
     weight_limit: int = 2400
     max_retries: int = 5
+    # Empty string: no archive (history from REST only); None: DM_BINANCE_ARCHIVE_URL's default.
+    archive_url: str | None = None
 
     _client: BinanceClient | None = PrivateAttr(default=None)
+    _archive: ArchiveClient | None = PrivateAttr(default=None)
 
-    def get_client(self) -> BinanceClient:
-        """One client per process, so its weight count and any ban it saw carry across assets of a run."""
+    def get_client(self, store: MongoStore | None = None) -> BinanceClient:
+        """One client per process, so its weight count and any ban it saw carry across assets of a run.
+
+        With ``store``, a 418 ban is shared through MongoDB with every other run on this IP.
+        """
         if self._client is None:
             from dm_resources.binance import BinanceClient
 
             url = self.base_url or get_settings().binance_rest_url
             self._client = BinanceClient(url, weight_limit=self.weight_limit, max_retries=self.max_retries)
+        if store is not None and self._client.ban_registry is None:
+            from dm_resources.binance import MongoBanRegistry
+
+            self._client.ban_registry = MongoBanRegistry(store, self._client.base_url)
         return self._client
+
+    def get_archive(self) -> ArchiveClient | None:
+        """The archive client, or None when the archive is switched off (``DM_BINANCE_ARCHIVE_URL=""``)."""
+        url = self.archive_url if self.archive_url is not None else get_settings().binance_archive_url
+        if not url:
+            return None
+        if self._archive is None:
+            from dm_resources.binance_archive import ArchiveClient
+
+            self._archive = ArchiveClient(url)
+        return self._archive
 
 
 def _from_env(name: str) -> str | None:
@@ -115,7 +146,12 @@ class ResourceSet:
 
     @cached_property
     def binance(self) -> BinanceResource:
-        return BinanceResource(base_url=self._value("DM_BINANCE_REST_URL", "binance_rest_url"))
+        archive = (
+            self.settings.binance_archive_url
+            if self.settings is not None
+            else (EnvVar("DM_BINANCE_ARCHIVE_URL") if "DM_BINANCE_ARCHIVE_URL" in os.environ else None)
+        )
+        return BinanceResource(base_url=self._value("DM_BINANCE_REST_URL", "binance_rest_url"), archive_url=archive)
 
     def as_dict(self) -> dict[str, ConfigurableResource]:
         return {"mongo": self.mongo, "metadata": self.metadata, "binance": self.binance}

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     mongo_db: str = "market_data"
     metadata_url: str = "sqlite:///var/metadata.db"
     binance_rest_url: str = "https://fapi.binance.com"
+    # Binance's public data host (history as checked files, no REST weight); "" switches the archive off.
+    binance_archive_url: str = "https://data.binance.vision"
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     partition_start: dt.date = dt.date(2026, 1, 1)
     api_token: str | None = None
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
     # so that only what they launch runs.
     automation: bool = True
     # Partitions per run when Dagster backfills candles (0 = one run for the whole backfill).
-    backfill_partitions_per_run: int = Field(10, ge=0, le=1000)
+    backfill_partitions_per_run: int = Field(200, ge=0, le=1000)
     # Retention in days per high-volume collection (0 = keep forever); the daily retention job
     # (dm_assets/retention) deletes older whole days, never one a pending partition still needs.
     # Minimums (RETENTION_MIN_DAYS) keep what the candle, order-book and analytics assets read.
@@ -180,6 +182,16 @@ class Settings(BaseSettings):
         parsed = urlparse(v)
         if parsed.scheme not in {"http", "https"} or not parsed.netloc:
             raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("binance_archive_url")
+    @classmethod
+    def _archive_url(cls, v: str) -> str:
+        if not v:
+            return ""
+        parsed = urlparse(v)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise ValueError('must be an http:// or https:// URL, or "" to use REST only')
         return v.rstrip("/")
 
     @field_validator("symbols", mode="before")

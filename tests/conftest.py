@@ -308,3 +308,20 @@ def settings_for(mongo_store: MongoStore, mongo_url: str, tmp_path: Path, start_
 
     yield build
     meta.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_public_archive() -> Iterator[None]:
+    """Tests never reach Binance's public data host: the archive is off unless a test serves its mirror
+    (``archive_mirror``), and every ``dagster dev`` a test starts inherits that."""
+    from dm_resources.settings import get_settings
+
+    before = os.environ.get("DM_BINANCE_ARCHIVE_URL")
+    os.environ["DM_BINANCE_ARCHIVE_URL"] = ""
+    get_settings.cache_clear()
+    yield
+    if before is None:
+        os.environ.pop("DM_BINANCE_ARCHIVE_URL", None)
+    else:
+        os.environ["DM_BINANCE_ARCHIVE_URL"] = before
+    get_settings.cache_clear()

@@ -51,6 +51,7 @@ def test_good_day_passes_every_check() -> None:
         checks.ohlc_sane(df, interval_ms=MINUTE_MS),
         checks.no_bad_prints(df, MINUTE_MS),
         checks.sources_agree(df),
+        checks.archive_files_accepted([], 1),
     ]
     assert [r.name for r in results] == list(checks.CHECKS)
     for r in results:
@@ -188,3 +189,38 @@ def test_check_result_severity_must_match_count() -> None:
         checks.CheckResult("no_gaps", "OK", 3, 10)
     with pytest.raises(ValueError):
         checks.CheckResult("no_gaps", "WARN", 0, 10)
+
+
+def test_a_refused_archive_file_fails_its_check_naming_the_file_and_the_reason() -> None:
+    r = checks.archive_files_accepted([{"file": "BTCUSDT-1m-2026-01.zip", "reason": "checksum mismatch"}], 2)
+    assert (r.passed, r.severity, r.count, r.blocking) == (False, "WARN", 1, False)
+    assert r.details["refused"] == [{"file": "BTCUSDT-1m-2026-01.zip", "reason": "checksum mismatch"}]
+    from dm_assets.candles import audit
+
+    assert "BTCUSDT-1m-2026-01.zip: checksum mismatch" in audit.message(r)
+    assert checks.archive_files_accepted([], 2).passed
+
+
+def test_the_small_window_rolling_statistics_equal_pandas_rolling() -> None:
+    """The numpy path of ``integrity._rolling`` (days of 5m, 15m, 1h candles) is pandas' rule exactly."""
+    from dm_assets.candles import integrity
+
+    rng = np.random.default_rng(1)
+    for n in (1, 5, 14, 15, 24, 96, 288, 500):
+        v = rng.normal(size=n)
+        v[rng.random(n) < 0.2] = np.nan
+        for how in ("median", "max"):
+            r = pd.Series(v).rolling(61, center=True, min_periods=15)
+            want = (r.median() if how == "median" else r.max()).to_numpy()
+            fallback = float(np.nanmedian(v)) if np.isfinite(v).any() else 0.0
+            want = np.where(np.isfinite(want), want, fallback)
+            assert np.allclose(integrity._rolling(v, 61, how), want, equal_nan=True), (n, how)
+
+
+def test_duplicates_are_found_past_the_ascending_fast_path() -> None:
+    df = good_day().head(10)
+    assert checks.no_duplicates(df).passed
+    twice = pd.concat([df, df.iloc[[3]]], ignore_index=True)
+    assert checks.no_duplicates(twice).count == 1
+    unsorted = df.iloc[::-1].reset_index(drop=True)
+    assert checks.no_duplicates(unsorted).passed

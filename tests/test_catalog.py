@@ -18,7 +18,7 @@ from dm_assets.catalog import build as catalog
 from dm_assets.catalog.schedules import catalog_schedule
 from dm_assets.definitions import build_defs
 from dm_assets.partitions import day_bounds_ms
-from dm_resources.binance import BinanceClient
+from dm_resources.binance import BinanceClient, Kline
 from dm_resources.metadata.schemas import HealthMetricIn
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
@@ -45,8 +45,10 @@ def _run_catalog_job(resources: ResourceSet, instance: DagsterInstance) -> None:
 
 
 def _seed(store: MongoStore, meta: MetadataStore, ex: FakeExchange) -> None:
-    """BTCUSDT: 1m candles (REST-filled, so raw klines too) and 1h, a few trades, analytics; a health row."""
+    """BTCUSDT: raw websocket klines, 1m candles and 1h, a few trades, analytics; a health row."""
     client = BinanceClient(ex.url, now_ms=lambda: NOW, sleep=lambda s: None)
+    rows = ex.klines("BTCUSDT", "1m", START, END, now_ms=NOW)
+    store.insert_idempotent("klines", [Kline.from_row(r).to_document("BTCUSDT", "1m", source="ws") for r in rows])
     cbuild.build_1m_day(store, meta, client, "BTCUSDT", DAY, now=NOW)
     cbuild.build_higher_day(store, meta, "BTCUSDT", DAY, "1h", now=NOW)
     store.insert_idempotent(
@@ -133,7 +135,7 @@ def test_catalog_lists_every_dataset_with_schema_and_lineage(
 
     # Lineage of candles/candles_1m: what feeds it and everything it feeds.
     view = meta.lineage_for("candles/candles_1m")
-    assert {e.upstream for e in view.upstream} == {"raw/klines", "raw/agg_trades"}
+    assert {e.upstream for e in view.upstream} == {"raw/klines", "raw/agg_trades", "binance/klines_archive"}
     assert {e.downstream for e in view.downstream} == {
         "candles/candles_5m",
         "candles/candles_15m",

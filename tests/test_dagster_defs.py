@@ -31,6 +31,7 @@ from dm_resources.binance import Kline
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
+from tests.dagster_helpers import materializations
 from tests.fake_exchange import FakeExchange
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def test_materialize_partition_with_checks(
         [*CANDLE_ASSETS, *QUALITY_ASSETS], instance=instance, partition_key=pk, resources=resources.as_dict()
     )
     assert result.success
-    mat = result.asset_materializations_for_node("candles__candles_1m")[0]
+    mat = materializations(result, "candles/candles_1m")[0]
     assert mat.metadata["rows"].value == 1440
     assert json.loads(json.dumps(mat.metadata["by_source"].value)) == {"kline": 1420, "rest": 20}
     checks = {
@@ -106,19 +107,27 @@ def test_materialize_partition_with_checks(
         for e in result.get_asset_check_evaluations()
         if e.asset_key == AssetKey(["candles", "candles_1m"])
     }
-    assert set(checks) == {"no_gaps", "no_duplicates", "ohlc_sane", "no_bad_prints", "sources_agree"}
+    assert set(checks) == {
+        "no_gaps",
+        "no_duplicates",
+        "ohlc_sane",
+        "no_bad_prints",
+        "sources_agree",
+        "archive_files_accepted",
+    }
     assert all(c.passed for c in checks.values())
 
     meta = MetadataStore(resources.settings.metadata_url)
     logs = meta.audit_logs(symbol="BTCUSDT", limit=1000)
-    assert len(logs) == 5 + 5 * 4 and all(r.passed for r in logs)  # sources_agree on 1m only
+    # Every outcome once (the candle step's; audit_results reused them): sources_agree and archive on 1m only.
+    assert len(logs) == 6 + 5 * 4 and all(r.passed for r in logs)
     health = meta.health(symbol="BTCUSDT")
     assert {h.interval for h in health} == {"1m", "5m", "15m", "1h", "4h", "1d"}
     assert all(h.score == 100.0 for h in health)
 
     # Second materialization changes nothing in the candles.
     again = materialize(CANDLE_ASSETS[:1], instance=instance, partition_key=pk, resources=resources.as_dict())
-    mat2 = again.asset_materializations_for_node("candles__candles_1m")[0]
+    mat2 = materializations(again, "candles/candles_1m")[0]
     assert (mat2.metadata["upserted"].value, mat2.metadata["modified"].value) == (0, 0)
 
 

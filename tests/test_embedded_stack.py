@@ -36,7 +36,8 @@ def test_starts_missing_servers_and_stops_them(tmp_path: Path, monkeypatch: pyte
         assert [p.name for p in stack.started] == ["nats-server", "secantusdb"]
         assert is_listening("127.0.0.1", nats_port) and is_listening("127.0.0.1", mongo_port)
         assert stack.env["DAGSTER_HOME"] == str(tmp_path / "var" / "dagster_home")
-        assert (tmp_path / "var" / "dagster_home" / "dagster.yaml").read_text() == ""
+        instance = (tmp_path / "var" / "dagster_home" / "dagster.yaml").read_text()
+        assert "storage" not in instance and "SymbolTaggingRunCoordinator" in instance  # SQLite, runs tagged
         text = stack.describe()
         assert "started nats-server" in text and "started SecantusDB" in text
         pids = [p.pid for p in stack.started]

@@ -30,6 +30,7 @@ from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
 from ingest_service.pricepath import minute_trades
+from tests.dagster_helpers import materializations, materialized
 from tests.fake_exchange import FakeExchange
 
 # Yesterday: inside the gap sensor's look-back, and over (the exchange's wall clock closed every minute).
@@ -100,10 +101,6 @@ def checks_of(result: ExecuteInProcessResult, interval: str = "1m") -> dict[str,
     return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == key}
 
 
-def materialized(result: ExecuteInProcessResult, node: str) -> bool:
-    return bool(result.asset_materializations_for_node(node))
-
-
 def candle(store: MongoStore, i: int, interval: str = "1m") -> dict[str, Any]:
     step = {"1m": M, "5m": 5 * M, "1h": 60 * M}[interval]
     (doc,) = CandleStore(store).read_range(SYMBOL, interval, START + i * step, START + (i + 1) * step)
@@ -149,8 +146,8 @@ def assert_blocked_then_repaired(
     assert not result.passed and result.severity.value == "ERROR"
     assert START + minute * M in result.metadata["samples"].value
     # Blocking: nothing downstream of candles_1m ran.
-    assert materialized(first, "candles__candles_1m")
-    for node in ("candles__candles_5m", "candles__candles_1h", "quality__audit_results", "quality__health_scores"):
+    assert materialized(first, "candles/candles_1m")
+    for node in ("candles/candles_5m", "candles/candles_1h", "quality/audit_results", "quality/health_scores"):
         assert not materialized(first, node), node
     assert "detected" in events(meta, check)
     h = health_1m(meta)
@@ -162,7 +159,7 @@ def assert_blocked_then_repaired(
     assert all(c.passed for c in checks_of(second).values()), {
         k: v.metadata["count"].value for k, v in checks_of(second).items()
     }
-    assert materialized(second, "candles__candles_5m") and materialized(second, "quality__health_scores")
+    assert materialized(second, "candles/candles_5m") and materialized(second, "quality/health_scores")
     assert "repaired" in events(meta, check)
     fixed = candle(mongo_store, minute)
     assert fixed["flags"] == [] and fixed["source"] == "rest"
@@ -274,12 +271,12 @@ def test_bad_print_in_exchange_rest_row_is_kept_flagged_and_served(
     first = run(instance, resources)
     result = checks_of(first)["no_bad_prints"]
     assert not result.passed and result.severity.value == "ERROR"
-    assert not materialized(first, "candles__candles_1h")
+    assert not materialized(first, "candles/candles_1h")
     assert sensor_asks_for_partition(instance, resources)
     second = run(instance, resources)
     result = checks_of(second)["no_bad_prints"]
     assert not result.passed and result.severity.value == "WARN"  # kept: fails, visible, not blocking
-    assert materialized(second, "candles__candles_1h") and materialized(second, "quality__health_scores")
+    assert materialized(second, "candles/candles_1h") and materialized(second, "quality/health_scores")
     assert "kept" in events(meta, "no_bad_prints")
     kept = candle(mongo_store, 600)
     assert kept["flags"] == ["bad_print", "verified"] and kept["source"] == "rest"
@@ -287,7 +284,7 @@ def test_bad_print_in_exchange_rest_row_is_kept_flagged_and_served(
     assert {"bad_print", "verified"} <= set(hour["flags"])  # carried up: the 1h candle contains it
     h = health_1m(meta)
     assert 0 < h.score < 100 and h.details["failed_checks"]["no_bad_prints"]["severity"] == "WARN"
-    (scores,) = second.asset_materializations_for_node("quality__health_scores")
+    (scores,) = materializations(second, "quality/health_scores")
     assert "no_bad_prints WARN ×1" in scores.metadata["scores"].value  # the operator's table says why
     assert not sensor_asks_for_partition(instance, resources)  # verified: nothing more to ask REST
     requests = len(exchange.requests_to("/fapi/v1/klines"))
@@ -306,8 +303,10 @@ def test_hour_with_exchange_outage_is_derived_after_one_run(
     holes = range(10 * 60 + 20, 10 * 60 + 25)
     exchange.holes.update((SYMBOL, START + i * M) for i in holes)
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [SYMBOL])
+    one_m, one_h = AssetKey(["candles", "candles_1m"]), AssetKey(["candles", "candles_1h"])
     result = materialize(
-        [CANDLE_ASSETS[0], CANDLE_ASSETS[3]],  # candles_1m and candles_1h, once each
+        CANDLE_ASSETS,
+        selection=[one_m, one_h],  # candles_1m and candles_1h only (the step is subsettable)
         instance=instance,
         partition_key=PK,
         resources=resources.as_dict(),
@@ -323,7 +322,11 @@ def test_hour_with_exchange_outage_is_derived_after_one_run(
     assert hour["trades"] == want.trades
     assert hour["flags"] == ["provisional"]  # confirmed once the exchange has answered 3 times
     for _ in range(2):
-        materialize([CANDLE_ASSETS[0]], instance=instance, partition_key=PK, resources=resources.as_dict())
-    again = materialize([CANDLE_ASSETS[3]], instance=instance, partition_key=PK, resources=resources.as_dict())
+        materialize(
+            CANDLE_ASSETS, selection=[one_m], instance=instance, partition_key=PK, resources=resources.as_dict()
+        )
+    again = materialize(
+        CANDLE_ASSETS, selection=[one_h], instance=instance, partition_key=PK, resources=resources.as_dict()
+    )
     assert checks_of(again, "1h")["no_gaps"].passed
     assert candle(mongo_store, 10, "1h")["flags"] == []  # confirmed

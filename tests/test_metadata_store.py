@@ -55,6 +55,8 @@ TABLES = {
     "ledger_adjustments",
     "ledger_exchange_days",
     "ledger_exchange_positions",
+    # the archive files history came from (or that were refused)
+    "archive_files",
 }
 UTC = dt.UTC
 TOKYO = dt.timezone(dt.timedelta(hours=9))

@@ -28,6 +28,7 @@ from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import ResourceSet
 from dm_resources.settings import load_settings
+from tests.dagster_helpers import materializations
 from tests.fake_exchange import FakeExchange
 
 DAY = "2026-03-10"
@@ -103,7 +104,7 @@ def test_extractor_klines_become_candles_without_rest_requests(
         resources=ResourceSet(settings).as_dict(),
     )
     assert result.success
-    mat = result.asset_materializations_for_node("candles__candles_1m")[0]
+    mat = materializations(result, "candles/candles_1m")[0]
     assert mat.metadata["rows"].value == 1440
     # No REST request for minutes an extractor already delivered.
     assert len(exchange.requests_to("/fapi/v1/klines")) == rest_before

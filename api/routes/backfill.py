@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Annotated, Any
+import uuid
+from typing import Annotated
 
 import requests
 from fastapi import APIRouter, Depends, Path, Query
-from sqlalchemy.exc import IntegrityError
 
-from api.backfills import BACKFILL_ASSETS, backfill_status, ensure_symbol_partitions, plan_partitions, run_status
+from api.backfills import (
+    BACKFILL_ASSETS,
+    BACKFILL_TAG,
+    backfill_status,
+    ensure_symbol_partitions,
+    group_runs,
+    launch_runs,
+    plan_partitions,
+    plan_runs,
+    run_group_status,
+    run_status,
+    symbol_order,
+)
 from api.deps import AppState, State, read_access, require_write_token
 from api.errors import UpstreamError
 from api.models import (
@@ -23,7 +35,7 @@ from api.models import (
     DagsterRun,
     ErrorResponse,
 )
-from api.params import CANDLE_PERIODS, ParamError, check_known, check_period, normalise_pair, parse_time
+from api.params import CANDLE_PERIODS, ParamError, check_period, normalise_pair, parse_time
 from dm_resources.dagster_client import DagsterAPIError
 from dm_resources.metadata.schemas import ACTIVE_BACKFILL_STATUSES
 
@@ -41,7 +53,10 @@ def _pairs(req: BackfillRequest, st: AppState) -> list[str]:
     for p in raw:
         sym = normalise_pair(p, "pairs")
         if not st.pair_known(sym):
-            check_known(sym, st.known_symbols(), "pairs")
+            known = st.known_symbols()
+            if sym not in known:
+                listed = ", ".join(sorted(known)[:20]) or "none yet"
+                raise ParamError("pairs", f"{sym!r} is not a known pair; known: {listed}", where="body")
         if sym not in out:
             out.append(sym)
     return out
@@ -70,8 +85,10 @@ def _time(value: str | int, param: str) -> int:
 def start_backfill(st: State, req: BackfillRequest) -> BackfillStarted:
     """Backfill candles (every interval) and their quality assets for each UTC day of ``[start, end)`` × pairs.
 
-    Launched through Dagster's GraphQL API; the returned ``id`` is the Dagster backfill id,
-    under which ``backfill_jobs`` records it and ``GET /backfill/jobs/{id}`` reports it.
+    Launched through Dagster's GraphQL API as runs of many partitions each, straight into the run
+    queue (no wait for the backfill daemon; ``api/backfills.py`` says why). The returned ``id``
+    (``runs:<uuid>``) is the ``backfill_jobs`` row and the ``dm/backfill`` tag of every run;
+    ``GET /backfill/jobs/{id}`` reports it live from those runs.
     """
     pairs = _pairs(req, st)
     check_period(req.period, CANDLE_PERIODS)
@@ -88,36 +105,41 @@ def start_backfill(st: State, req: BackfillRequest) -> BackfillStarted:
     )
     gql = st.dagster
     assets = [list(k) for k in BACKFILL_ASSETS]
+    days = sorted({k.split("|")[0] for k in partitions})
+    job_id = f"runs:{uuid.uuid4().hex}"
     try:
         ensure_symbol_partitions(gql, pairs)
-        backfill_id = gql.launch_backfill(
-            assets,
-            partitions,
-            tags={"dm/origin": "api", "dm/period": req.period},
-            title=f"api: {','.join(pairs)} {partitions[0].split('|')[0]}..{partitions[-1].split('|')[0]}",
-        )
+        plans = plan_runs(days, pairs, symbol_order(gql), st.settings.backfill_partitions_per_run)
     except requests.RequestException as exc:
         raise UpstreamError(503, f"Dagster is not reachable at {gql.url}: {type(exc).__name__}") from exc
-    except DagsterAPIError as exc:
+    except (DagsterAPIError, ValueError) as exc:
         raise UpstreamError(502, str(exc)[:500]) from exc
-    fields: dict[str, Any] = {
-        "symbols": pairs,
-        "interval": req.period,
-        "start_time": start_ms,
-        "end_time": end_ms,
-        "partition_keys": partitions,
-        "requested_by": "api",
-    }
+    # The row first: the runs' tracking finds it even if the launch is interrupted half way.
+    st.meta.create_backfill_job(
+        origin="api",
+        status="requested",
+        job_id=job_id,
+        symbols=pairs,
+        interval=req.period,
+        start_time=start_ms,
+        end_time=end_ms,
+        partition_keys=partitions,
+        requested_by="api",
+    )
+    tags = {"dm/origin": "api", "dm/period": req.period, BACKFILL_TAG: job_id}
     try:
-        st.meta.create_backfill_job(
-            origin="api", status="requested", dagster_backfill_id=backfill_id, job_id=backfill_id, **fields
-        )
-    except IntegrityError:
-        # The tracking sensor saw the backfill first and created the row: add what only we know.
-        st.meta.update_backfill_job(backfill_id, **fields)
+        run_ids = launch_runs(gql, plans, assets, tags)
+    except requests.RequestException as exc:
+        st.meta.update_backfill_job(job_id, status="failure", error=f"Dagster unreachable: {type(exc).__name__}")
+        raise UpstreamError(503, f"Dagster is not reachable at {gql.url}: {type(exc).__name__}") from exc
+    except DagsterAPIError as exc:
+        st.meta.update_backfill_job(job_id, status="failure", error=str(exc)[:2000])
+        raise UpstreamError(502, str(exc)[:500]) from exc
+    st.meta.update_backfill_job(job_id, dagster_run_ids=run_ids)
     return BackfillStarted(
-        id=backfill_id,
-        dagster_backfill_id=backfill_id,
+        id=job_id,
+        dagster_backfill_id=None,
+        runs=run_ids,
         partitions=partitions,
         assets=["/".join(k) for k in BACKFILL_ASSETS],
         status="requested",
@@ -161,7 +183,25 @@ def get_job(
         raise ParamError("job_id", f"no backfill job {job_id!r}", status=404, where="path")
     live = None
     unreachable: str | None = None
-    if job.dagster_backfill_id:
+    if job.dagster_backfill_id is None and job.origin == "api" and job.id.startswith("runs:"):
+        try:
+            runs = group_runs(st.dagster, job.id)
+            status = run_group_status(r["status"] for r in runs)
+            live = DagsterBackfillView(
+                backfill_id=job.id,
+                status=status.upper(),
+                num_partitions=len(job.partition_keys or []),
+                runs=[DagsterRun(run_id=r["runId"], status=r["status"]) for r in runs],
+            )
+            if status != job.status:  # keep the stored row in step (the tracking sensor does too)
+                st.meta.update_backfill_job(job.id, status=status)
+            return BackfillJobView(job=job, status=status, live=live, source="dagster")
+        except requests.RequestException as exc:
+            unreachable = f"{type(exc).__name__}"
+            log.info("backfill %s: Dagster unreachable (%s)", job_id, exc)
+        except (DagsterAPIError, KeyError, ValueError) as exc:
+            log.info("backfill %s: Dagster status unavailable (%s); serving the stored row", job_id, exc)
+    elif job.dagster_backfill_id:
         try:
             state_ = st.dagster.backfill(job.dagster_backfill_id)
             live = DagsterBackfillView(

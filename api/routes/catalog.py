@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from pydantic import Field
 
 from api.deps import AppState, State, read_access
 from api.models import DatasetRecord, DatasetSchema, ErrorResponse, LineageResponse, _Model
-from api.params import ParamError, normalise_pair
+from api.params import ParamError, normalise_pair, parse_time
 from dm_resources.contracts import CANDLE_INTERVALS, ORDERBOOK_SNAPSHOTS_PATH, candle_asset_path
 from dm_resources.mongo import RAW_COLLECTIONS
 from dm_resources.retention import retention_table
@@ -97,6 +98,74 @@ def lineage_node(rec: DatasetRecord) -> str:
     if rec.kind in ("depth_snapshots", "orderbook_snapshots"):
         return "/".join(ORDERBOOK_SNAPSHOTS_PATH)
     return rec.kind
+
+
+class ArchiveFileView(_Model):
+    """One Binance archive file as last fetched: where a candles dataset's history came from, or why not."""
+
+    file: str
+    url: str
+    period: str = Field(description="monthly or daily")
+    period_start: int = Field(description="epoch ms UTC")
+    period_end: int = Field(description="epoch ms UTC, exclusive")
+    status: str = Field(description="accepted, refused or missing (404)")
+    sha256: str | None
+    size: int | None
+    rows: int | None
+    reason: str | None = Field(description="why a file was refused")
+    fetched_at: dt.datetime
+    fetches: int
+
+
+class ProvenanceResponse(_Model):
+    id: str
+    symbol: str
+    files: list[ArchiveFileView]
+
+
+@router.get("/provenance/{dataset_id}", response_model=ProvenanceResponse, responses=ERRORS)
+def provenance(
+    st: State,
+    dataset_id: DatasetId,
+    start: Annotated[str | None, Query(description="ISO-8601 or epoch ms", max_length=40)] = None,
+    end: Annotated[str | None, Query(description="ISO-8601 or epoch ms; exclusive", max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ProvenanceResponse:
+    """The Binance archive files a candles dataset's minutes came from (name, sha256, when fetched) or were refused.
+
+    Candles of every interval share their 1m history, so ``candles:BTCUSDT:1h`` lists the same
+    files as ``candles:BTCUSDT:1m``.
+    """
+    from dm_resources.metadata.archive import archive_files
+
+    parts = _check_id(dataset_id).split(":")
+    if len(parts) < 2 or parts[0] != "candles":
+        raise ParamError(
+            "dataset_id", "archive provenance is kept for candles datasets (candles:SYMBOL[:interval])", status=404
+        )
+    symbol = normalise_pair(parts[1], "dataset_id")
+    lo, hi = parse_time(start, "start"), parse_time(end, "end")
+    if lo is not None and hi is not None and lo >= hi:
+        raise ParamError("start", "start must be before end; the range is [start, end)")
+    rows = archive_files(st.meta, symbol, lo, hi, limit=limit)
+    files = [
+        ArchiveFileView(
+            file=r.name,
+            url=r.url,
+            period=r.period,
+            period_start=r.period_start,
+            period_end=r.period_end,
+            status=r.status,
+            sha256=r.sha256,
+            size=r.size,
+            rows=r.rows,
+            reason=r.reason,
+            fetched_at=r.fetched_at,
+            fetches=r.fetches,
+        )
+        for r in rows
+    ]
+    return ProvenanceResponse(id=dataset_id, symbol=symbol, files=files)
 
 
 @router.get("/lineage/{dataset_id:path}", response_model=LineageResponse, responses=ERRORS)

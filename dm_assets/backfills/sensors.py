@@ -6,7 +6,7 @@ import datetime as dt
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
-from dm_assets.backfills.tracking import sync_backfills, sync_runs
+from dm_assets.backfills.tracking import sync_backfills, sync_run_groups, sync_runs
 from dm_assets.partitions import AUTOMATION_STATUS
 from dm_resources.resources import MetadataResource
 
@@ -24,6 +24,10 @@ def backfill_tracking_sensor(context: SensorEvaluationContext, metadata: Metadat
         since = dt.datetime.fromisoformat(context.cursor) - dt.timedelta(minutes=2)
     now = dt.datetime.now(dt.UTC)
     meta = metadata.get_store()
-    counts = {**sync_backfills(context.instance, meta), **sync_runs(context.instance, meta, since)}
+    counts = {
+        **sync_backfills(context.instance, meta),
+        **sync_runs(context.instance, meta, since),
+        **sync_run_groups(context.instance, meta, since),
+    }
     context.log.info(f"backfill tracking: {counts}")
     return SensorResult(cursor=now.isoformat(), skip_reason=None if any(counts.values()) else "nothing changed")

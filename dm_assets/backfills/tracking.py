@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dm_resources.metadata.store import MetadataStore
 
 ORIGIN_TAG = "dm/origin"
+GROUP_TAG = "dm/backfill"  # the runs of one POST /backfill/start (api/backfills.py)
 TRACKED_RUN_ORIGINS = ("sensor", "schedule")
 
 
@@ -101,6 +102,25 @@ def sync_backfills(instance: DagsterInstance, meta: MetadataStore, limit: int = 
             meta.update_backfill_job(bf.backfill_id, **fields)
             updated += 1
     return {"backfills_created": created, "backfills_updated": updated}
+
+
+def sync_run_groups(instance: DagsterInstance, meta: MetadataStore, since: dt.datetime | None) -> dict[str, int]:
+    """Rows of ``POST /backfill/start`` (``runs:<uuid>``): status and run ids from the runs tagged with the row id."""
+    from dm_resources.backfill_status import run_group_status
+
+    updated = 0
+    recent = instance.get_runs(filters=RunsFilter(tags={ORIGIN_TAG: "api"}, updated_after=since), limit=1000)
+    for job_id in sorted({r.tags[GROUP_TAG] for r in recent if r.tags.get(GROUP_TAG)}):
+        existing = meta.get_backfill_job(job_id)
+        if existing is None:
+            continue
+        runs = instance.get_runs(filters=RunsFilter(tags={GROUP_TAG: job_id}))
+        status = run_group_status(r.status for r in runs)
+        run_ids = sorted(r.run_id for r in runs)
+        if existing.status != status or sorted(existing.dagster_run_ids or []) != run_ids:
+            meta.update_backfill_job(job_id, status=status, dagster_run_ids=run_ids)
+            updated += 1
+    return {"run_groups_updated": updated}
 
 
 def sync_runs(instance: DagsterInstance, meta: MetadataStore, since: dt.datetime | None) -> dict[str, int]:

@@ -36,7 +36,6 @@ ones are not built.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +43,9 @@ import numpy as np
 import pandas as pd
 
 from dm_assets.candles import checks, compute, integrity
-from dm_assets.candles.integrity import FINDING_FLAGS, FLAG_BAD_PRINT, FLAG_DISAGREE, FLAG_OHLC, FLAG_VERIFIED
+from dm_assets.candles.integrity import FINDING_FLAGS, FLAG_BAD_PRINT, FLAG_OHLC
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.candle_store import CandleStore
-from dm_resources.contracts import now_ms
 from dm_resources.intervals import MINUTE_MS
 from dm_resources.metadata.schemas import AuditLogIn
 
@@ -86,6 +84,9 @@ class DayBuild:
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     provisional: int = 0  # derived buckets over exchange holes not yet confirmed
     as_of: int | None = None  # the build's "now": its checks judge the data as of the same instant
+    archive_files: list[dict[str, Any]] = field(default_factory=list)  # provenance: name, sha256, fetched_at
+    archive_refused: list[dict[str, Any]] = field(default_factory=list)  # file, reason
+    archive_missing: list[str] = field(default_factory=list)  # 404s
 
     @property
     def complete(self) -> bool:
@@ -111,6 +112,8 @@ class DayBuild:
             "repaired": len(self.repaired),
             "kept": len(self.kept),
             "provisional": self.provisional,
+            **({"archive_files": [f["file"] for f in self.archive_files]} if self.archive_files else {}),
+            **({"archive_refused": self.archive_refused} if self.archive_refused else {}),
         }
 
 
@@ -197,17 +200,30 @@ def choose_versions(frames: list[pd.DataFrame]) -> pd.DataFrame:
     parts = [f for f in frames if f is not None and not f.empty]
     if not parts:
         return pd.DataFrame()
+    if len(parts) == 1:  # one source (a history day): nothing to choose between
+        only = parts[0]
+        ot = only["open_time"].to_numpy(dtype=np.int64)
+        if ot.size < 2 or bool(np.all(np.diff(ot) > 0)):
+            return only.reset_index(drop=True)
     allv = pd.concat(parts, ignore_index=True)
-    allv["_rank"] = [compute.source_rank(s) for s in allv["source"].tolist()]
+    ranks = {s: compute.source_rank(s) for s in pd.unique(allv["source"])}
+    allv["_rank"] = allv["source"].map(ranks).to_numpy(dtype=np.int64)
     allv = allv.sort_values(["open_time", "_rank"], kind="stable").drop_duplicates("open_time", keep="first")
     return allv.drop(columns="_rank").reset_index(drop=True)
 
 
 def screen(candles: pd.DataFrame, th: integrity.Thresholds) -> dict[int, set[str]]:
     """Findings per open time on an assembled day: impossible OHLC and bad prints."""
+    return screen_with_prints(candles, th)[0]
+
+
+def screen_with_prints(
+    candles: pd.DataFrame, th: integrity.Thresholds
+) -> tuple[dict[int, set[str]], integrity.BadPrints | None]:
+    """:func:`screen`, and the bad-print detection it ran (the 1m check reuses it for the same frame)."""
     found: dict[int, set[str]] = {}
     if candles.empty:
-        return found
+        return found, None
     ot = candles["open_time"].to_numpy(dtype=np.int64)
     rules = checks.ohlc_rules(candles)
     bad_ohlc = np.zeros(len(candles), dtype=bool)
@@ -218,7 +234,7 @@ def screen(candles: pd.DataFrame, th: integrity.Thresholds) -> dict[int, set[str
     prints = integrity.detect_bad_prints(candles, MINUTE_MS, th)
     for t in prints.flagged_times().tolist():
         found.setdefault(int(t), set()).add(FLAG_BAD_PRINT)
-    return found
+    return found, prints
 
 
 def _fetch_rest(
@@ -265,168 +281,25 @@ def build_1m_day(
     th: integrity.Thresholds | None = None,
     run_id: str | None = None,
 ) -> DayBuild:
-    """Materialize ``candles`` (1m) for one UTC day of one symbol; idempotent (see the module doc)."""
-    now = now if now is not None else now_ms()
-    th = th if th is not None else integrity.thresholds_for(symbol)
-    start = day_bounds_ms(day)[0]
-    out = DayBuild(symbol=symbol, day=day, as_of=now)
-    minutes = expected_minutes(day, now)
-    out.expected = int(minutes.size)
-    if minutes.size == 0:
-        return out
-    last = int(minutes[-1]) + MINUTE_MS
-    confirmed = meta.confirmed_missing(symbol, "1m", start, last - 1)
-    stored = read_candles(store, symbol, "1m", start, last)
-    prior: dict[int, set[str]] = (
-        {int(t): set(f) for t, f in zip(stored["open_time"].tolist(), stored["flags"].tolist(), strict=True) if f}
-        if not stored.empty and "flags" in stored
-        else {}
+    """Materialize ``candles`` (1m) for one UTC day of one symbol; idempotent (see the module doc).
+
+    One partition through :class:`dm_assets.candles.engine.Engine` (no archive, no quality rows):
+    the asset builds many partitions, every interval and their checks in one pass with it.
+    """
+    from dm_assets.candles.engine import Engine
+
+    engine = Engine(
+        store,
+        meta,
+        client,
+        intervals=("1m",),
+        now=now,
+        run_id=run_id,
+        confirm_after=confirm_after,
+        thresholds=(lambda _s: th) if th is not None else integrity.thresholds_for,
+        record_quality=False,
     )
-
-    # 1. Exchange klines (websocket, or REST fetched earlier).
-    kdocs = store.read_range("klines", symbol, start, last, extra={"interval": "1m"})
-    klines = compute.klines_frame(kdocs)
-    if not klines.empty:
-        klines = klines[klines["open_time"].isin(minutes)].drop_duplicates("open_time")
-    kline_times = set(klines["open_time"].tolist()) if not klines.empty else set()
-
-    # 2. Aggregated trades: minutes they prove complete (needed where no kline exists, and
-    #    compared with the kline where one does).
-    trades = _read_trades(store, symbol, start, last)
-    trade_parts: list[pd.DataFrame] = []
-    if not trades.empty:
-        trades = trades.drop_duplicates("agg_id")
-        complete, empty = complete_trade_minutes(trades, minutes)
-        with_trades = np.setdiff1d(complete, empty)
-        if with_trades.size:
-            built = compute.trades_to_1m(trades)
-            trade_parts.append(built[built["open_time"].isin(with_trades)].assign(source=compute.SOURCE_TRADES))
-        if empty.size:
-            trade_parts.append(_flat_candles(empty, trades).assign(source=compute.SOURCE_TRADES))
-    from_trades = pd.concat(trade_parts, ignore_index=True) if trade_parts else pd.DataFrame()
-    trade_times = set(from_trades["open_time"].tolist()) if not from_trades.empty else set()
-
-    # 3. REST for what is still missing.
-    todo = np.array(
-        [m for m in minutes.tolist() if m not in kline_times and m not in trade_times and m not in confirmed],
-        dtype=np.int64,
-    )
-    rest_new = pd.DataFrame()
-    if todo.size and client is not None:
-        try:
-            rest_new, docs = _fetch_rest(client, symbol, todo, out)
-            if docs:
-                store.insert_idempotent("klines", docs)
-        except Exception as exc:  # an exchange error must not lose what was built from local data
-            out.rest_error = f"{type(exc).__name__}: {exc}"
-            log.warning("REST fill for %s %s failed: %s", symbol, day, out.rest_error)
-        if not rest_new.empty:
-            out.rest_rows = len(rest_new)
-            todo = np.setdiff1d(todo, rest_new["open_time"].to_numpy(dtype=np.int64))
-
-    # 4. Still missing: count an attempt (only when the exchange answered).
-    newly_confirmed: set[int] = set()
-    if todo.size and client is not None and out.rest_error is None:
-        newly_confirmed = meta.mark_missing(
-            symbol, "1m", todo.tolist(), "exchange returned no kline", confirm_after_attempts=confirm_after
-        )
-    out.confirmed_missing = sorted(confirmed | newly_confirmed)
-    out.missing = sorted(set(todo.tolist()) - newly_confirmed)
-
-    # 5. Assemble by precedence, reconcile websocket klines with complete trades.
-    candles = choose_versions([klines, rest_new, from_trades])
-    if candles.empty:
-        return out
-    ws = klines[klines["source"] == compute.SOURCE_KLINE] if not klines.empty else klines
-    disagreements = integrity.reconcile(ws, from_trades, (compute.SOURCE_KLINE, compute.SOURCE_TRADES), th)
-    found = screen(candles, th)
-    for d in disagreements:
-        found.setdefault(d.open_time, set()).add(FLAG_DISAGREE)
-    out.disagreements = [d.as_dict() for d in disagreements]
-
-    # 6. Repair: minutes found suspect in an earlier run and not yet verified are asked of REST again.
-    events: list[AuditLogIn] = []
-    idx = {int(t): i for i, t in enumerate(candles["open_time"].tolist())}
-    to_verify = sorted(
-        t for t, f in prior.items() if (f & set(FINDING_FLAGS)) and FLAG_VERIFIED not in f and t in found
-    )[:MAX_REPAIR_MINUTES]
-    verified_now: set[int] = set()
-    if to_verify and client is not None and out.rest_error is None:
-        try:
-            rest_fix, fix_docs = _fetch_rest(client, symbol, np.asarray(to_verify, dtype=np.int64), out)
-        except Exception as exc:
-            out.rest_error = f"{type(exc).__name__}: {exc}"
-            rest_fix, fix_docs = pd.DataFrame(), []
-        if out.rest_error is None:
-            by_time = {int(r["open_time"]): r for _, r in rest_fix.iterrows()} if not rest_fix.empty else {}
-            docs_by_time = {d["open_time"]: d for d in fix_docs}
-            for t in to_verify:
-                before = candles.iloc[idx[t]].copy()
-                row = by_time.get(t)
-                if row is not None:
-                    trial = candles.copy()
-                    for c in (*compute.FLOAT_COLUMNS, "trades", "source"):
-                        trial.iat[idx[t], trial.columns.get_loc(c)] = row[c]
-                    trial_found = screen(trial, th).get(t, set())
-                    if not trial_found:
-                        candles = trial
-                        store.upsert("klines", [docs_by_time[t]])  # the exchange's settled row overrules
-                        found.pop(t, None)
-                        out.repaired.append(t)
-                        events.append(_event(symbol, day, t, "repaired", before, row, prior[t], run_id))
-                        continue
-                    candles = trial  # REST is the trusted source even when it is suspect too
-                    found[t] = trial_found
-                verified_now.add(t)
-                out.kept.append(t)
-                events.append(_event(symbol, day, t, "kept", before, row, prior[t], run_id))
-
-    # 7. Flags: findings, plus "verified" where REST has been asked and had nothing better.
-    flags_col: list[list[str]] = []
-    for t in candles["open_time"].tolist():
-        f = set(found.get(int(t), set()))
-        if f and (int(t) in verified_now or FLAG_VERIFIED in prior.get(int(t), set())):
-            f.add(FLAG_VERIFIED)
-        flags_col.append(sorted(f))
-        if f - {FLAG_VERIFIED} and not (prior.get(int(t), set()) & set(FINDING_FLAGS)):
-            out.detected.append(int(t))
-    candles["flags"] = flags_col
-    disagreement_by_time = {d.open_time: d for d in disagreements}
-    for t in out.detected:
-        row = candles.iloc[idx[t]]
-        dis = disagreement_by_time.get(t)
-        events.append(
-            AuditLogIn(
-                check_name=check_for(found[t]),
-                severity="ERROR",
-                passed=False,
-                message=f"detected {', '.join(sorted(found[t]))} at {checks._iso(t)} (source {row['source']})",
-                details={
-                    "event": "detected",
-                    "open_time": t,
-                    "flags": sorted(found[t]),
-                    "values": _values(row),
-                    **({"disagreement": dis.as_dict()} if dis else {}),
-                },
-                asset_key="candles/candles_1m",
-                partition_key=f"{day}|{symbol}",
-                symbol=symbol,
-                interval="1m",
-                run_id=run_id,
-            )
-        )
-    if events:
-        meta.record_audit(events)
-    for names in flags_col:
-        for name in names:
-            out.flagged[name] = out.flagged.get(name, 0) + 1
-
-    candles = candles.sort_values("open_time").reset_index(drop=True)
-    docs = compute.candles_to_documents(candles, symbol, "1m")
-    res = CandleStore(store).sync_range(symbol, "1m", start, last, docs)
-    out.upserted, out.modified, out.rows = res.upserted, res.modified, len(docs)
-    out.by_source = dict(Counter(candles["source"].tolist()))
-    return out
+    return engine.run([(day, symbol)]).partitions[0].builds["1m"]
 
 
 def _event(
@@ -498,30 +371,7 @@ def build_higher_day(
     numbers); those are reported in ``missing``. A derived candle carries the union of its
     minutes' flags, so a kept suspect minute stays visible at every interval.
     """
-    now = now if now is not None else now_ms()
-    start, end = day_bounds_ms(day)
-    step = compute.interval_ms(interval)
-    out = DayBuild(symbol=symbol, day=day, interval=interval, as_of=now)
-    one_m = read_candles(store, symbol, "1m", start, end)
-    confirmed, pending = exchange_missing(meta, symbol, start, end)
-    bars, incomplete = compute.resample(one_m, interval, confirmed_missing=confirmed | pending, now_ms=now)
-    out.expected = int(compute.buckets_in_day(interval))
-    out.missing = [int(t) for t in incomplete]
-    if not bars.empty:
-        bucket_flags: dict[int, set[str]] = {}
-        if "flags" in one_m:
-            for t, f in zip(one_m["open_time"].tolist(), one_m["flags"].tolist(), strict=True):
-                if f:
-                    bucket_flags.setdefault(int(t) - int(t) % step, set()).update(f)
-        for t in pending:
-            bucket_flags.setdefault(t - t % step, set()).add(integrity.FLAG_PROVISIONAL)
-        flags = [sorted(bucket_flags.get(int(t), set())) for t in bars["open_time"].tolist()]
-        out.provisional = sum(1 for f in flags if integrity.FLAG_PROVISIONAL in f)
-        docs = compute.candles_to_documents(bars.assign(source="derived", flags=flags), symbol, interval)
-        res = CandleStore(store).sync_range(symbol, interval, start, end, docs)
-        out.upserted, out.modified, out.rows = res.upserted, res.modified, len(docs)
-        out.by_source = {"derived": len(docs)}
-        for f in flags:
-            for name in f:
-                out.flagged[name] = out.flagged.get(name, 0) + 1
-    return out
+    from dm_assets.candles.engine import Engine
+
+    engine = Engine(store, meta, None, intervals=(interval,), now=now, record_quality=False)
+    return engine.run([(day, symbol)]).partitions[0].builds[interval]

@@ -37,6 +37,7 @@ CANDLE_COLUMNS = ("open_time", "close_time", *FLOAT_COLUMNS, "trades", "source")
 # Source names written to ``candles.source``.
 SOURCE_KLINE = "kline"
 SOURCE_REST = "rest"
+SOURCE_ARCHIVE = "archive"  # Binance's public archive files (dm_resources/binance_archive.py)
 SOURCE_TRADES = "agg_trades"
 SOURCE_DERIVED = "derived"
 # ``klines.source`` (raw collection) → ``candles.source``. A raw kline from another writer of
@@ -46,7 +47,11 @@ _KLINE_SOURCE_MAP = {"ws": SOURCE_KLINE, "rest": SOURCE_REST, SOURCE_KLINE: SOUR
 _KLINE_SOURCE_MAP["extractor"] = SOURCE_REST
 # Which version of a minute wins when several sources have it (lower wins); see
 # ``build.build_1m_day`` for why. Sources that disagree are reconciled, not ranked.
-SOURCE_PRECEDENCE: dict[str, int] = {SOURCE_KLINE: 0, SOURCE_REST: 1, SOURCE_TRADES: 2}
+# The archive ranks below REST: both are the exchange's settled record, and a minute REST was asked
+# about (a gap fill, a repair) stays as REST answered; the archive is reconciled against it.
+SOURCE_PRECEDENCE: dict[str, int] = {SOURCE_KLINE: 0, SOURCE_REST: 1, SOURCE_ARCHIVE: 2, SOURCE_TRADES: 3}
+#: Sources with no raw documents behind them: their stored candles are the record (rebuilt from, never dropped).
+SETTLED_SOURCES = frozenset({SOURCE_REST, SOURCE_ARCHIVE})
 
 
 def candle_source(raw_source: str | None) -> str:
@@ -224,7 +229,8 @@ def candles_to_documents(df: pd.DataFrame, symbol: str, interval: str) -> list[d
     sources = df["source"].tolist() if "source" in df else [default_source] * len(df)
     flags = None
     if "flags" in df:
-        flags = [sorted(set(f)) if isinstance(f, list | tuple | set) else [] for f in df["flags"]]
+        seqs = (list, tuple, set)
+        flags = [sorted(set(f)) if isinstance(f, seqs) else [] for f in df["flags"]]
     docs: list[dict[str, Any]] = []
     for i, ot in enumerate(open_time.tolist()):
         doc: dict[str, Any] = {

@@ -33,6 +33,7 @@ kline, REST kline, aggregated trades proven complete) within a relative toleranc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -106,10 +107,26 @@ class BadPrints:
         return self.open_time[self.flagged]
 
 
+# Below this many rows a centred window is cheaper as one numpy array of windows than as a pandas
+# rolling object (whose set-up dominates on a day of 5m, 15m or 1h candles).
+_SMALL = 512
+
+
 def _rolling(values: np.ndarray, window: int, how: str) -> np.ndarray:
-    s = pd.Series(values)
-    r = s.rolling(window, center=True, min_periods=max(3, window // 4))
-    out = (r.median() if how == "median" else r.max()).to_numpy(dtype=np.float64)
+    """Centred rolling median (or max) skipping NaN, NaN below ``max(3, window // 4)`` values: pandas' rule."""
+    min_periods = max(3, window // 4)
+    if values.size <= _SMALL:
+        half = window // 2
+        padded = np.concatenate([np.full(half, np.nan), values.astype(np.float64), np.full(window - 1 - half, np.nan)])
+        wins = np.lib.stride_tricks.sliding_window_view(padded, window)
+        valid = np.isfinite(wins).sum(axis=1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN, as pandas gives
+            out = np.nanmedian(wins, axis=1) if how == "median" else np.nanmax(wins, axis=1)
+        out = np.where(valid >= min_periods, out, np.nan)
+    else:
+        r = pd.Series(values).rolling(window, center=True, min_periods=min_periods)
+        out = (r.median() if how == "median" else r.max()).to_numpy(dtype=np.float64)
     fallback = float(np.nanmedian(values)) if np.isfinite(values).any() else 0.0
     return np.where(np.isfinite(out), out, fallback)
 

@@ -9,12 +9,15 @@ from dagster import RunRequest
 from dm_assets.candles.jobs import audit_job
 from dm_assets.partitions import partition_key
 from dm_assets.schedules import per_symbol_schedule
+from dm_resources.run_coordinator import SYMBOL_TAG
 
 
 def audit_requests(day: str, symbols: list[str], tick: str) -> list[RunRequest]:
     return [
         RunRequest(
-            run_key=f"audit:{day}|{s}:{tick}", partition_key=partition_key(day, s), tags={"dm/origin": "schedule"}
+            run_key=f"audit:{day}|{s}:{tick}",
+            partition_key=partition_key(day, s),
+            tags={"dm/origin": "schedule", SYMBOL_TAG: s},
         )
         for s in symbols
     ]

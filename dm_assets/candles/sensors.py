@@ -19,6 +19,7 @@ from dm_assets.candles import gaps
 from dm_assets.candles.jobs import candles_job
 from dm_assets.partitions import AUTOMATION_STATUS, SYMBOL_PARTITIONS, SYMBOLS_PARTITIONS_NAME, partition_key
 from dm_resources.resources import MetadataResource, MongoResource
+from dm_resources.run_coordinator import SYMBOL_TAG
 from dm_resources.settings import get_settings
 
 # Sensor evaluations time out after 60 s: stop scanning well before that and resume
@@ -95,6 +96,7 @@ def gap_sensor(context: SensorEvaluationContext, mongo: MongoResource, metadata:
                     partition_key=partition_key(day, symbol),
                     tags={
                         "dm/origin": "sensor",
+                        SYMBOL_TAG: symbol,
                         "dm/missing_minutes": str(gap.missing),
                         "dm/suspect_minutes": str(gap.suspect),
                     },

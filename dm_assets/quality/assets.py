@@ -10,14 +10,8 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 
 from dm_assets.candles.assets import BACKFILL_POLICY
 from dm_assets.clock import run_time_ms
-from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, split_key
-from dm_resources.contracts import (
-    AUDIT_RESULTS_PATH,
-    CANDLE_ASSET_PATHS,
-    CANDLE_INTERVALS,
-    HEALTH_SCORES_PATH,
-    QUALITY_GROUP,
-)
+from dm_assets.partitions import DATE_SYMBOL_PARTITIONS
+from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH, QUALITY_GROUP
 from dm_resources.resources import MetadataResource, MongoResource
 
 AUDIT_RESULTS_KEY = AssetKey(AUDIT_RESULTS_PATH)
@@ -42,18 +36,9 @@ def audit_results(
     from dm_assets.candles import audit
 
     store, meta = mongo.get_store(), metadata.get_store()
-    now = run_time_ms(context)
-    rows = []
-    for pk in context.partition_keys:
-        day, symbol = split_key(pk)
-        for interval in CANDLE_INTERVALS:
-            for outcome in audit.check_partition(store, meta, symbol, day, interval, now=now):
-                rows.append(
-                    audit.to_audit_log(
-                        outcome, symbol=symbol, interval=interval, partition_key=str(pk), run_id=context.run.run_id
-                    )
-                )
-    written = meta.record_audit(rows)
+    rows, written = audit.partition_audit(
+        store, meta, context.partition_keys, context.run.run_id, now=run_time_ms(context)
+    )
     by_severity: dict[str, int] = {}
     for r in rows:
         if not r.passed:
@@ -93,13 +78,7 @@ def health_scores(
     from dm_assets.candles import audit
 
     store, meta = mongo.get_store(), metadata.get_store()
-    now = run_time_ms(context)
-    rows = []
-    for pk in context.partition_keys:
-        day, symbol = split_key(pk)
-        for interval in CANDLE_INTERVALS:
-            rows.append(audit.health_metric(store, meta, symbol, day, interval, run_id=context.run.run_id, now=now))
-    meta.upsert_health(rows)
+    rows = audit.partition_health(store, meta, context.partition_keys, context.run.run_id, now=run_time_ms(context))
     table = "\n".join(
         f"| {r.day} | {r.symbol} | {r.interval} | {r.completeness:.2f} | {r.freshness:.2f} | "
         f"{r.consistency:.2f} | **{r.score:.2f}** | {_why(r.details)} |"

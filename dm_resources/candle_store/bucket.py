@@ -35,7 +35,7 @@ ROW_FIELDS = (
 
 
 def _flag_key(value: Any) -> tuple[str, ...]:
-    if value is None:
+    if value is None or (not isinstance(value, str) and len(value) == 0):  # most candles: no flags
         return ()
     if isinstance(value, str):
         return (value,)

@@ -22,7 +22,7 @@ import bson
 import numpy as np
 import pandas as pd
 from pymongo import ASCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from tenacity import wait_random_exponential
 
 from dm_resources.candle_store.bucket import Bucket, normalize_fields
@@ -140,6 +140,92 @@ class CandleStore:
                 newest = max((int(b.cols["open_time"][-1]) for b in written if b.n), default=None)
                 self.bump_version(symbol, interval, newest)
         return result
+
+    def sync_ranges(
+        self, symbol: str, interval: str, parts: Sequence[tuple[int, int, pd.DataFrame]], *, replace: bool = False
+    ) -> list[WriteResult]:
+        """Several :meth:`sync_range` writes of one dataset (a run's many days) in a few round trips.
+
+        One read of every bucket the parts touch, one ``insert_many`` of the buckets that do not
+        exist yet (history), a conditional replace per changed bucket; a bucket that another writer
+        created or changed meanwhile is written again alone by :meth:`sync_range`'s merge loop, so
+        the optimistic concurrency of a single write holds. One version bump for all. Returns one
+        result per part, as :meth:`sync_range` would have.
+        """
+        results = [WriteResult() for _ in parts]
+        plan: dict[str, list[tuple[int, Bucket, tuple[int, int] | None]]] = {}
+        for i, (start, end, frame) in enumerate(parts):
+            ot = frame["open_time"].to_numpy(dtype=np.int64) if not frame.empty else np.empty(0, np.int64)
+            if ot.size and (ot.min() < start or ot.max() >= end or ot.min() < FLOOR_MS):
+                raise ValueError(f"{symbol} {interval}: open_time outside the write's range [{start}, {end})")
+            if frame.empty and not replace:
+                continue
+            for b_start, b_end, new in self._group(symbol, interval, start, end, frame, None):
+                rr = (max(start, b_start), min(end, b_end)) if replace else None
+                plan.setdefault(new.id, []).append((i, new, rr))
+        if not plan:
+            return results
+        self.ensure_indexes()
+        existing = {d["_id"]: d for d in self._find_ids(sorted(plan))}
+        inserts: dict[str, tuple[Bucket, list[tuple[int, int, int]]]] = {}
+        alone: list[str] = []
+        written: list[Bucket] = []
+        for bid, items in plan.items():
+            doc = existing.get(bid)
+            first = items[0][1]
+            old = decode_bucket(doc) if doc else Bucket.empty(first.symbol, first.interval, first.start, first.end)
+            cur, counts = old, []
+            for i, new, rr in items:
+                cur, added, changed = cur.merge(new, replace_range=rr)
+                counts.append((i, added, changed))
+            if not any(a or c for _, a, c in counts):
+                continue
+            if doc is None:
+                inserts[bid] = (cur, counts)
+                continue
+            res = self.coll.replace_one({"_id": bid, "v": old.v}, encode_bucket(cur, old.v + 1))
+            if res.matched_count == 1:
+                self._count(results, counts)
+                written.append(cur)
+            else:
+                alone.append(bid)
+        if inserts:
+            try:
+                self.coll.insert_many([encode_bucket(b, 1) for b, _ in inserts.values()], ordered=False)
+                done = set(inserts)
+            except BulkWriteError as exc:  # another writer created some first: those go alone
+                done = set(inserts) - {e.get("op", {}).get("_id") for e in exc.details.get("writeErrors", [])}
+            except TRANSIENT_ERRORS:  # no answer: whatever landed, the merge loop finds and keeps
+                done = set()
+            for bid, (bucket, counts) in inserts.items():
+                if bid in done:
+                    self._count(results, counts)
+                    written.append(bucket)
+                else:
+                    alone.append(bid)
+        try:
+            for bid in alone:  # lost a race, or the batch did not answer: the one-bucket merge loop decides
+                for i, new, rr in plan[bid]:
+                    added, changed, maybe = self._write_bucket(new, replace_range=rr)
+                    results[i].upserted += added
+                    results[i].modified += changed
+                    if added or changed or maybe:
+                        written.append(new)
+        finally:
+            if written:
+                newest = max((int(b.cols["open_time"][-1]) for b in written if b.n), default=None)
+                self.bump_version(symbol, interval, newest)
+        return results
+
+    @staticmethod
+    def _count(results: list[WriteResult], counts: list[tuple[int, int, int]]) -> None:
+        for i, added, changed in counts:
+            results[i].upserted += added
+            results[i].modified += changed
+
+    @mongo_retry(attempts="max_retries")
+    def _find_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return list(self.coll.find({"_id": {"$in": list(ids)}}))
 
     def write_day(
         self, symbol: str, interval: str, day: str | dt.date, docs: Sequence[Mapping[str, Any]] | pd.DataFrame

@@ -244,6 +244,42 @@ class ConfirmedMissing(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
+ARCHIVE_FILE_STATUSES = ("accepted", "refused", "missing")
+
+
+class ArchiveFile(Base):
+    """One file of Binance's public archive as last fetched: provenance of archive candles, or why it was refused.
+
+    ``name`` is Binance's file name (``BTCUSDT-1m-2026-01.zip``), unique: a later fetch of the same
+    file (a retry after a refusal, a replaced file) updates the row, and ``fetches`` counts them.
+    """
+
+    __tablename__ = "archive_files"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        Index(None, "symbol", "period_start"),
+        CheckConstraint(_in("status", ARCHIVE_FILE_STATUSES), name="status"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    symbol: Mapped[str] = mapped_column(String(32))
+    interval: Mapped[str] = mapped_column(String(8))
+    period: Mapped[str] = mapped_column(String(8))  # monthly | daily
+    period_start: Mapped[int] = mapped_column(BigInteger)  # epoch ms UTC
+    period_end: Mapped[int] = mapped_column(BigInteger)  # epoch ms UTC, exclusive
+    url: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    fetched_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    fetches: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
 # --- the trading platform's operational records (issue 13; code in metadata/platform.py) ----------
 
 

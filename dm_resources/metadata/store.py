@@ -115,6 +115,7 @@ class MetadataStore(SqlStore):
         check_name: str | None = None,
         passed: bool | None = None,
         partition_key: str | None = None,
+        run_id: str | None = None,
     ) -> list[AuditLogRecord]:
         """Newest first."""
         t = AUDIT_LOGS
@@ -129,6 +130,8 @@ class MetadataStore(SqlStore):
             q = q.where(t.c.passed == passed)
         if partition_key is not None:
             q = q.where(t.c.partition_key == partition_key)
+        if run_id is not None:
+            q = q.where(t.c.run_id == run_id)
         with self._read() as conn:
             return [AuditLogRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
 
@@ -151,6 +154,7 @@ class MetadataStore(SqlStore):
         interval: str | None = None,
         day_from: dt.date | None = None,
         day_to: dt.date | None = None,
+        run_id: str | None = None,
     ) -> list[HealthMetricRecord]:
         """Rows ordered by symbol, interval, day; ``day_from``/``day_to`` are inclusive."""
         t = HEALTH
@@ -163,6 +167,8 @@ class MetadataStore(SqlStore):
             q = q.where(t.c.day >= day_from)
         if day_to is not None:
             q = q.where(t.c.day <= day_to)
+        if run_id is not None:
+            q = q.where(t.c.run_id == run_id)
         with self._read() as conn:
             return [HealthMetricRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
 

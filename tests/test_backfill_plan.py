@@ -1,0 +1,68 @@
+"""How POST /backfill/start packs date × symbol partitions into runs (api/backfills.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from api.backfills import RunPlan, plan_runs
+from dm_resources.backfill_status import run_group_status
+from dm_resources.run_coordinator import MULTI_SYMBOL, SYMBOL_TAG
+
+
+def days(n: int) -> list[str]:
+    first = dt.date(2026, 1, 1)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+ORDER = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT"]
+
+
+def covered(plans: list[RunPlan]) -> list[str]:
+    return sorted(k for p in plans for k in p.partition_keys())
+
+
+def test_a_short_range_of_several_symbols_is_one_run() -> None:
+    plans = plan_runs(days(30), ["BTCUSDT", "ETHUSDT", "SOLUSDT"], ORDER, per_run=200)
+    assert plans == [RunPlan(tuple(days(30)), ("BTCUSDT", "ETHUSDT", "SOLUSDT"))]
+    tags = plans[0].tags()
+    assert tags["dagster/asset_partition_range_start"] == "2026-01-01|BTCUSDT"
+    assert tags["dagster/asset_partition_range_end"] == "2026-01-30|SOLUSDT"
+    assert tags[SYMBOL_TAG] == MULTI_SYMBOL
+
+
+def test_long_ranges_are_one_symbol_per_run_of_at_most_per_run_days() -> None:
+    plans = plan_runs(days(182), ["BTCUSDT", "ETHUSDT"], ORDER, per_run=100)
+    assert [(len(p.days), p.symbols) for p in plans] == [
+        (100, ("BTCUSDT",)),
+        (82, ("BTCUSDT",)),
+        (100, ("ETHUSDT",)),
+        (82, ("ETHUSDT",)),
+    ]
+    assert all(p.tags()[SYMBOL_TAG] in ("BTCUSDT", "ETHUSDT") for p in plans)
+    assert covered(plans) == sorted(f"{d}|{s}" for d in days(182) for s in ("BTCUSDT", "ETHUSDT"))
+
+
+def test_one_day_of_many_symbols_fills_runs_with_symbols() -> None:
+    order = [f"S{i:03d}USDT" for i in range(400)]
+    plans = plan_runs(days(1), order, order, per_run=200)
+    assert [p.partitions for p in plans] == [200, 200]
+
+
+def test_a_run_never_spans_a_symbol_that_was_not_asked_for() -> None:
+    plans = plan_runs(days(3), ["BTCUSDT", "SOLUSDT", "XRPUSDT"], ORDER, per_run=200)
+    assert sorted(p.symbols for p in plans) == [("BTCUSDT",), ("SOLUSDT", "XRPUSDT")]  # ETHUSDT sits between
+    assert covered(plans) == sorted(f"{d}|{s}" for d in days(3) for s in ("BTCUSDT", "SOLUSDT", "XRPUSDT"))
+    with pytest.raises(ValueError, match="DOGEUSDT"):
+        plan_runs(days(3), ["DOGEUSDT"], ORDER, per_run=200)
+
+
+def test_status_of_a_group_of_runs() -> None:
+    assert run_group_status([]) == "requested"
+    assert run_group_status(["SUCCESS", "STARTED"]) == "running"
+    assert run_group_status(["SUCCESS", "QUEUED"]) == "running"
+    assert run_group_status(["SUCCESS", "SUCCESS"]) == "success"
+    assert run_group_status(["SUCCESS", "FAILURE"]) == "partial"
+    assert run_group_status(["FAILURE"]) == "failure"
+    assert run_group_status(["CANCELED", "SUCCESS"]) == "canceled"
