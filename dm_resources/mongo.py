@@ -242,6 +242,24 @@ def mongo_retry(
     return decorate
 
 
+def duplicates_only(collection: str, exc: BulkWriteError) -> int:
+    """How many writes of an unordered bulk write hit an existing ``_id``, when that is all that failed.
+
+    Duplicate keys are the expected answer of an idempotent write (a redelivered event, a
+    minute the exchange already gave); any other write error or a write-concern error is
+    raised as :class:`StoreWriteError` naming the first one.
+    """
+    details = exc.details
+    errors = details.get("writeErrors", [])
+    others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+    if others or details.get("writeConcernErrors"):
+        first = others[0] if others else details["writeConcernErrors"][0]
+        raise StoreWriteError(
+            f"{collection}: {len(others)} documents failed: code {first.get('code')}: {first.get('errmsg')}"
+        ) from exc
+    return len(errors)
+
+
 class MongoStore:
     """Plain class over pymongo, used by the ingest service, Dagster and the API alike."""
 
@@ -320,16 +338,7 @@ class MongoStore:
             res = coll.insert_many(list(docs), ordered=False)
             return WriteResult(inserted=len(res.inserted_ids))
         except BulkWriteError as exc:
-            details = exc.details
-            errors = details.get("writeErrors", [])
-            dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
-            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if others or details.get("writeConcernErrors"):
-                first = others[0] if others else details["writeConcernErrors"][0]
-                raise StoreWriteError(
-                    f"{coll.name}: {len(others)} documents failed: code {first.get('code')}: {first.get('errmsg')}"
-                ) from exc
-            return WriteResult(inserted=details.get("nInserted", 0), duplicates=dups)
+            return WriteResult(inserted=exc.details.get("nInserted", 0), duplicates=duplicates_only(coll.name, exc))
 
     def upsert(self, name: str, docs: Sequence[Mapping[str, Any]]) -> WriteResult:
         """Replace-or-insert by ``_id``; for derived data that a re-run may legitimately change."""

@@ -17,7 +17,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
 from dm_resources.contracts import KLINE_SOURCES_REPLACEABLE
-from dm_resources.mongo import DUPLICATE_KEY, StoreWriteError, WriteResult
+from dm_resources.mongo import WriteResult, duplicates_only
 from ingest_service.events import Decoded, dead_letter_doc, newest_funding
 
 # Dead letters go last: a document the store refuses elsewhere in the batch becomes one.
@@ -147,14 +147,7 @@ def write_newest_wins(coll: Collection, docs: Sequence[Mapping[str, Any]]) -> Wr
         return WriteResult(upserted=res.upserted_count, modified=res.modified_count)
     except BulkWriteError as exc:
         details = exc.details
-        errors = details.get("writeErrors", [])
-        dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
-        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-        if others or details.get("writeConcernErrors"):
-            first = others[0] if others else details["writeConcernErrors"][0]
-            raise StoreWriteError(
-                f"{coll.name}: {len(others)} documents failed: code {first.get('code')}: {first.get('errmsg')}"
-            ) from exc
+        dups = duplicates_only(coll.name, exc)
         return WriteResult(upserted=details.get("nUpserted", 0), modified=details.get("nModified", 0), duplicates=dups)
 
 
@@ -177,14 +170,7 @@ def write_klines(coll: Collection, docs: Sequence[Mapping[str, Any]]) -> WriteRe
         return WriteResult(upserted=res.upserted_count, modified=res.modified_count)
     except BulkWriteError as exc:
         details = exc.details
-        errors = details.get("writeErrors", [])
-        dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
-        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-        if others or details.get("writeConcernErrors"):
-            first = others[0] if others else details["writeConcernErrors"][0]
-            raise StoreWriteError(
-                f"{coll.name}: {len(others)} documents failed: code {first.get('code')}: {first.get('errmsg')}"
-            ) from exc
+        dups = duplicates_only(coll.name, exc)
         return WriteResult(upserted=details.get("nUpserted", 0), modified=details.get("nModified", 0), duplicates=dups)
 
 

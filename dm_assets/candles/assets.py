@@ -40,8 +40,15 @@ from dm_assets.candles.history import ArchiveBatch
 from dm_assets.candles.retry import CANDLE_RETRY_POLICY, transient_only
 from dm_assets.clock import run_time_ms
 from dm_assets.partitions import DATE_SYMBOL_PARTITIONS, partition_key, split_key
+from dm_assets.policy import LAYER_TAG
 from dm_assets.raw.assets import raw_key
-from dm_resources.contracts import CANDLE_INTERVALS, CANDLES_GROUP, HIGHER_CANDLE_INTERVALS, candle_asset_path
+from dm_resources.contracts import (
+    CANDLE_INTERVALS,
+    CANDLES_GROUP,
+    HIGHER_CANDLE_INTERVALS,
+    RAW_GROUP,
+    candle_asset_path,
+)
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
 from dm_resources.settings import get_settings
 
@@ -66,9 +73,9 @@ ARCHIVE_SPEC = AssetSpec(
         "DM_BINANCE_ARCHIVE_URL), each file checked against its published sha256 and taken whole or refused. "
         "External: read by the candle build, never materialized here; the files used are in `archive_files`."
     ),
-    group_name="raw",
+    group_name=RAW_GROUP,
     kinds={"binance"},
-    tags={"dm/layer": "raw"},
+    tags={LAYER_TAG: RAW_GROUP},
 )
 
 
@@ -101,10 +108,8 @@ CANDLE_SPECS = [
         key=candles_key(iv),
         deps=[raw_key("klines"), raw_key("agg_trades"), ARCHIVE_KEY] if iv == "1m" else [candles_key("1m")],
         group_name=CANDLES_GROUP,
-        kinds={"mongodb", "pandas"},
         description=_DESCRIPTIONS.get(iv) or _derived_description(iv),
         freshness_policy=CANDLE_FRESHNESS,
-        tags={"dm/layer": "candles"},
         # A derived interval is not written for a partition whose blocking 1m check failed.
         skippable=iv != "1m",
     )

@@ -38,12 +38,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 from tenacity import (
     Retrying,
     before_sleep_log,
     retry_if_exception,
+    retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
     wait_exponential_jitter,
@@ -276,6 +277,18 @@ class SqlStore:
                 with conn.begin():
                     return fn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_until_no_conflict(self, fn: Callable[[Connection], T], attempts: int) -> T:
+        """:meth:`_write`, run again (up to ``attempts`` times) when it lost a race on a unique key.
+
+        A writer that read "no row yet" and then collides with a concurrent insert of the same
+        key sees the winner's row on its next attempt, so racing writers end with one row each
+        instead of an error; after ``attempts`` the ``IntegrityError`` is raised.
+        """
+        retrying = Retrying(
+            retry=retry_if_exception_type(IntegrityError), stop=stop_after_attempt(attempts), reraise=True
+        )
+        return retrying(self._write, fn)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

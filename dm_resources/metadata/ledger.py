@@ -19,13 +19,12 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from dm_resources.metadata import service_models as m
 from dm_resources.metadata.platform import DAILY_PNL, POSITIONS
@@ -138,15 +137,6 @@ class LedgerStore:
     def __init__(self, store: MetadataStore) -> None:
         self.store = store
 
-    def _retrying(self, run: Callable[[Connection], Any]) -> Any:
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self.store._write(run)
-            except IntegrityError:
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     # -- exchange days --------------------------------------------------------------------
 
     def put_day(self, payload: Mapping[str, Any], service: str) -> dict[str, Any]:
@@ -187,7 +177,7 @@ class LedgerStore:
             restated = bool(latest is not None and latest.is_final)
             return {"day": day.isoformat(), "revision": revision, "created": True, "restated": restated}
 
-        out: dict[str, Any] = self._retrying(run)
+        out: dict[str, Any] = self.store._write_until_no_conflict(run, CONFLICT_RETRIES)
         return out
 
     def put_positions(self, payload: Mapping[str, Any], service: str) -> dict[str, Any]:
@@ -214,7 +204,7 @@ class LedgerStore:
             )
             return {"as_of_ms": payload["as_of_ms"], "created": True}
 
-        out: dict[str, Any] = self._retrying(run)
+        out: dict[str, Any] = self.store._write_until_no_conflict(run, CONFLICT_RETRIES)
         return out
 
     # -- tie-out ----------------------------------------------------------------------------
@@ -353,7 +343,7 @@ class LedgerStore:
                         raise AdjustmentConflict(f"{k} differs from dry run {ref!r}")
             return self._chain_insert(conn, {**values, "service": service}), True
 
-        out: tuple[dict[str, Any], bool] = self._retrying(run)
+        out: tuple[dict[str, Any], bool] = self.store._write_until_no_conflict(run, CONFLICT_RETRIES)
         return out
 
     def adjustments(
@@ -452,7 +442,7 @@ class LedgerStore:
             )
             return adjustment, True
 
-        out: tuple[dict[str, Any], bool] = self._retrying(run)
+        out: tuple[dict[str, Any], bool] = self.store._write_until_no_conflict(run, CONFLICT_RETRIES)
         return out
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select
-from sqlalchemy.exc import IntegrityError
 
 from dm_resources.metadata import service_models as m
 from dm_resources.metadata.store import MetadataStore
@@ -126,10 +125,4 @@ class LifecycleStore:
             assert stored is not None
             return stored, True
 
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self.store._write(run)
-            except IntegrityError:
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.store._write_until_no_conflict(run, CONFLICT_RETRIES)

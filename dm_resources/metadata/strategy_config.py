@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from dm_resources.metadata import service_models as m
 from dm_resources.metadata.store import MetadataStore
@@ -232,7 +231,7 @@ class ConfigStore:
             assert after is not None
             return Change(dict(after._mapping), version, True, verb, tuple(sorted(new_names)))
 
-        return self._retrying(run)
+        return self.store._write_until_no_conflict(run, CONFLICT_RETRIES)
 
     def delete(self, key: ScopeKey, *, changed_by: str, service: str, reason: str | None = None) -> Change:
         """Remove the scope's values (a DELETE version); deleting what is already gone changes nothing."""
@@ -266,7 +265,7 @@ class ConfigStore:
             conn.execute(delete(CONFIGS).where(CONFIGS.c.id == current["id"]))
             return Change(None, version + 1, True, "DELETE")
 
-        return self._retrying(run)
+        return self.store._write_until_no_conflict(run, CONFLICT_RETRIES)
 
     def rollback(
         self,
@@ -321,12 +320,3 @@ class ConfigStore:
             action="ROLLBACK",
             rollback_to=int(target["version"]),
         )
-
-    def _retrying(self, run: Callable[[Connection], Change]) -> Change:
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self.store._write(run)
-            except IntegrityError:
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
