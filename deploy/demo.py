@@ -22,6 +22,7 @@ The generated session and the simulated exchange follow one price path
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -32,6 +33,7 @@ import sys
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from deploy.demo_history import load_history
@@ -40,7 +42,7 @@ from deploy.demo_patterns import show_similarity
 from deploy.demo_platform import show_platform
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import AUDIT_RESULTS_PATH, CANDLE_ASSET_PATHS, HEALTH_SCORES_PATH
-from dm_resources.dagster_client import DagsterGraphQL
+from dm_resources.dagster_client import LOCATION, REPOSITORY, DagsterGraphQL
 from dm_resources.embedded import (
     ROOT,
     EmbeddedStack,
@@ -92,6 +94,43 @@ query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}, limit: 20) { 
 """
 
 
+SCHEDULE_STATE = """
+query($selector: ScheduleSelector!) { scheduleOrError(scheduleSelector: $selector) { __typename
+  ... on Schedule { id scheduleState { status } } } }
+"""
+STOP_SCHEDULE = """
+mutation($id: String) { stopRunningSchedule(id: $id) { __typename } }
+"""
+START_SCHEDULE = """
+mutation($selector: ScheduleSelector!) { startSchedule(scheduleSelector: $selector) { __typename } }
+"""
+ACTIVE_RUNS = """
+query { runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) { __typename
+  ... on Runs { results { runId } } } }
+"""
+
+
+@contextlib.contextmanager
+def _schedule_paused(gql: DagsterGraphQL, name: str) -> Iterator[None]:
+    """``name`` stopped for the block (and its runs finished first), then running again as before.
+
+    The integrity story shows one fault's whole life: the run that detects it, the health and the
+    flagged candle in between, the repair. The audit schedule refreshes today every 5 minutes; a
+    tick during the story would detect or repair the fault in a run of its own and skip a chapter.
+    """
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "scheduleName": name}
+    found = gql.call(SCHEDULE_STATE, {"selector": selector})["scheduleOrError"]
+    running = found.get("__typename") == "Schedule" and found["scheduleState"]["status"] == "RUNNING"
+    if running:
+        gql.call(STOP_SCHEDULE, {"id": found["id"]})
+        wait_until(lambda: not gql.call(ACTIVE_RUNS)["runsOrError"].get("results"), 600, "in-flight runs to finish")
+    try:
+        yield
+    finally:
+        if running:
+            gql.call(START_SCHEDULE, {"selector": selector})
+
+
 def _bad_kline_envelope(exchange: Any, symbol: str, minute: int, factor: str = "1.8") -> dict[str, Any]:
     """The exchange's own kline for ``minute`` with its high × ``factor``: a websocket bad print."""
     from decimal import Decimal
@@ -137,6 +176,20 @@ def _integrity_demo(
 ) -> None:
     """One bad print through the real path: caught by the blocking check, scored, served flagged, repaired."""
     say("-" * 70)
+    with _schedule_paused(gql, "audit_schedule"):
+        _bad_print_story(gql, store, meta, exchange, symbol, today, api_port)
+    say("-" * 70)
+
+
+def _bad_print_story(
+    gql: DagsterGraphQL,
+    store: MongoStore,
+    meta: MetadataStore,
+    exchange: Any,
+    symbol: str,
+    today: str,
+    api_port: int | None,
+) -> None:
     say(f"integrity: publishing one bad print for {symbol} through NATS (a websocket kline with a 1.8× high) ...")
     # The minute now open: nothing can have filled it from REST yet (the open candle is never stored),
     # so the websocket kline is what every later run finds for it.
@@ -158,7 +211,12 @@ def _integrity_demo(
     bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "api"}, title="demo: audit after a bad print")
     state = gql.wait_for_backfill(bf, timeout=600, poll=2.0)
     statuses = [r.get("status") for r in state.runs]
-    say(f"candles run for {pk}: {statuses} (a blocking check failed: downstream candles and quality were skipped)")
+    why = (
+        "a blocking check failed: the derived candles and quality steps were skipped"
+        if "FAILURE" in statuses
+        else "no blocking check failed"
+    )
+    say(f"candles run for {pk}: {statuses} ({why})")
     _show_audit(meta, symbol, failing=True)
     _show_state(store, meta, symbol, today, minute, api)
 
@@ -180,7 +238,7 @@ def _integrity_demo(
     if run_id is not None:
         say(f"gap sensor requested run {run_id[:8]}: {gql.wait_for_run(run_id, timeout=600, poll=2.0)}")
     elif repaired():
-        say("  repaired meanwhile by a run of the audit schedule (it refreshes today every 5 minutes)")
+        say("  repaired meanwhile by another run of the partition")
     else:
         say("  the sensor has not ticked yet; launching the same repair run it would request")
         bf = gql.launch_backfill(CANDLE_AND_QUALITY, [pk], tags={"dm/origin": "sensor"}, title="demo: repair run")
@@ -188,7 +246,6 @@ def _integrity_demo(
         say(f"repair run: {[r.get('status') for r in state.runs]}")
     _show_audit(meta, symbol, failing=False)
     _show_state(store, meta, symbol, today, minute, api)
-    say("-" * 70)
 
 
 def main(argv: list[str] | None = None) -> int:
