@@ -105,14 +105,14 @@ START_SCHEDULE = """
 mutation($selector: ScheduleSelector!) { startSchedule(scheduleSelector: $selector) { __typename } }
 """
 ACTIVE_RUNS = """
-query { runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) { __typename
-  ... on Runs { results { runId } } } }
+query($job: String) { runsOrError(filter: {pipelineName: $job, statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) {
+  __typename ... on Runs { results { runId } } } }
 """
 
 
 @contextlib.contextmanager
-def _schedule_paused(gql: DagsterGraphQL, name: str) -> Iterator[None]:
-    """``name`` stopped for the block (and its runs finished first), then running again as before.
+def _schedule_paused(gql: DagsterGraphQL, name: str, job: str) -> Iterator[None]:
+    """Schedule ``name`` stopped for the block (its ``job``'s runs finished first), then running again as before.
 
     The integrity story shows one fault's whole life: the run that detects it, the health and the
     flagged candle in between, the repair. The audit schedule refreshes today every 5 minutes; a
@@ -123,7 +123,11 @@ def _schedule_paused(gql: DagsterGraphQL, name: str) -> Iterator[None]:
     running = found.get("__typename") == "Schedule" and found["scheduleState"]["status"] == "RUNNING"
     if running:
         gql.call(STOP_SCHEDULE, {"id": found["id"]})
-        wait_until(lambda: not gql.call(ACTIVE_RUNS)["runsOrError"].get("results"), 600, "in-flight runs to finish")
+
+        def idle() -> bool:
+            return not gql.call(ACTIVE_RUNS, {"job": job})["runsOrError"].get("results")
+
+        wait_until(idle, 600, f"{job}'s in-flight runs to finish")
     try:
         yield
     finally:
@@ -176,7 +180,7 @@ def _integrity_demo(
 ) -> None:
     """One bad print through the real path: caught by the blocking check, scored, served flagged, repaired."""
     say("-" * 70)
-    with _schedule_paused(gql, "audit_schedule"):
+    with _schedule_paused(gql, "audit_schedule", "audit_job"):
         _bad_print_story(gql, store, meta, exchange, symbol, today, api_port)
     say("-" * 70)
 
