@@ -157,8 +157,16 @@ def _show_state(store: MongoStore, meta: MetadataStore, symbol: str, today: str,
         f"flags {c.get('flags')}"
     )
     if api:
-        code, body = _get(f"{api}/data/candles?pair={symbol}&period=1m&start={minute}&limit=1")
-        say(f"  GET /data/candles?pair={symbol}&period=1m&start={minute}&limit=1 -> {code}: {body[:260]}")
+        path = f"/data/candles?pair={symbol}&period=1m&start={minute}&limit=1"
+        code, body = _get(api + path)
+        rows = json.loads(body).get("rows", []) if code == 200 else []
+        served = (
+            f"high {rows[0]['high']:,.2f} close {rows[0]['close']:,.2f} source {rows[0].get('source')} "
+            f"flags {rows[0].get('flags')}"
+            if rows
+            else body[:260]
+        )
+        say(f"  GET {path} -> {code}: {served}")
 
 
 def _show_audit(meta: MetadataStore, symbol: str, *, failing: bool) -> None:
