@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from api.queries import FUTURE_SLACK_MS, dumps
+from api.queries import dumps
 from dm_resources.candle_store import Bucket, CandleStore, Coded, bucket_bounds, step_ms
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import FUTURE_SLACK_MS, now_ms
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 CSV_MEDIA_TYPE = "text/csv"

@@ -35,7 +35,7 @@ from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from pymongo import ASCENDING
 
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import FLOOR_MS, FUTURE_SLACK_MS, now_ms
 from dm_resources.mongo import COLLECTIONS, MongoStore
 
 # NDJSON streams decode whole raw batches with bson.decode_all (~2x faster than pymongo's
@@ -43,10 +43,6 @@ from dm_resources.mongo import COLLECTIONS, MongoStore
 # are int64 epoch ms, so the codec's datetime handling matters only for stray BSON dates.
 RAW_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 STREAM_BATCH = 10_000
-# No market data before this (Binance USD-M futures opened in Sep 2019): backward gallops stop here.
-FLOOR_MS = 1_483_228_800_000  # 2017-01-01
-# Forward gallops stop a day past the wall clock: nothing is stored from the future.
-FUTURE_SLACK_MS = 86_400_000
 _EXPLICIT_SORT: dict[int, bool] = {}
 _sort_lock = threading.Lock()
 

@@ -10,7 +10,8 @@ keys are plain paths; ``dm_assets`` turns them into ``AssetKey``s.
 * The pseudo-symbol under which cross-symbol analytics (correlation) are stored.
 * The symbol rule: what a Binance USD-M symbol may look like, applied alike to events on
   the bus, ``DM_SYMBOLS`` and API parameters.
-* Time: ``now_ms`` and the duration labels (``15m``, ``4h``, ``7d``, ``1w``) used for windows.
+* Time: ``now_ms``, the floor and slack of open-ended reads, and the duration labels
+  (``15m``, ``4h``, ``7d``, ``1w``) used for windows.
 """
 
 from __future__ import annotations
@@ -109,6 +110,14 @@ def validate_symbol(value: object) -> str:
 
 
 # -- time ----------------------------------------------------------------------------------
+#: No market data before this: open-ended reads (API gallops, store scans) are bounded below
+#: here, because SecantusDB scans on reads bounded only by symbol, and the candle store refuses
+#: to write below it (a candle there would be stored but never read).
+FLOOR_MS = 1_262_304_000_000  # 2010-01-01
+#: Open-ended reads stop a day past the wall clock: nothing is stored from the future.
+FUTURE_SLACK_MS = DAY_MS
+
+
 def now_ms() -> int:
     """Wall-clock UTC now in epoch milliseconds (the unit of every stored time)."""
     return time.time_ns() // 1_000_000

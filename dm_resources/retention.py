@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from dm_resources.contracts import ORDERBOOK_SNAPSHOTS_PATH, candle_asset_path
 from dm_resources.settings import RETENTION_WHY, Settings
+
+_CANDLES_1M = "/".join(candle_asset_path("1m"))
+_ORDERBOOK = "/".join(ORDERBOOK_SNAPSHOTS_PATH)
 
 # Which date × symbol asset reads each collection day by day: a day is deletable only once that
 # asset's partition for the day is materialized. The others are read over trailing windows of at
 # most an hour (spread, funding) that the minimum retention covers.
 CONSUMERS: dict[str, str | None] = {
-    "agg_trades": "candles/candles_1m",
-    "depth_updates": "orderbook/orderbook_snapshots",
-    "depth_snapshots": "orderbook/orderbook_snapshots",
+    "agg_trades": _CANDLES_1M,
+    "depth_updates": _ORDERBOOK,
+    "depth_snapshots": _ORDERBOOK,
     "book_tickers": None,
     "tickers": None,
     "mark_prices": None,

@@ -51,9 +51,9 @@ from api.contract.filters import (
     parse_sort,
 )
 from api.params import ParamError
-from api.queries import FLOOR_MS, FUTURE_SLACK_MS, explicit_sort
+from api.queries import explicit_sort
 from dm_resources.candle_store import CandleStore
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import FLOOR_MS, FUTURE_SLACK_MS, now_ms
 from dm_resources.metadata.idempotency import WriteOnce
 from dm_resources.metadata.platform import (
     MAX_AUDIT_FILTER_CHARS,

@@ -12,7 +12,13 @@ from pydantic import Field
 from api.deps import AppState, State, read_access
 from api.models import DatasetRecord, DatasetSchema, ErrorResponse, LineageResponse, _Model
 from api.params import ParamError, normalise_pair, parse_time
-from dm_resources.contracts import CANDLE_INTERVALS, ORDERBOOK_SNAPSHOTS_PATH, candle_asset_path
+from dm_resources.contracts import (
+    CANDLE_INTERVALS,
+    ORDERBOOK_SNAPSHOTS_PATH,
+    analytics_asset_path,
+    candle_asset_path,
+    raw_asset_path,
+)
 from dm_resources.mongo import RAW_COLLECTIONS
 from dm_resources.retention import retention_table
 
@@ -92,9 +98,9 @@ def lineage_node(rec: DatasetRecord) -> str:
     if rec.kind == "candles" and rec.interval in CANDLE_INTERVALS:
         return "/".join(candle_asset_path(rec.interval))
     if rec.kind.startswith("analytics."):
-        return f"analytics/{rec.kind.removeprefix('analytics.')}"
+        return "/".join(analytics_asset_path(rec.kind.removeprefix("analytics.")))
     if rec.kind in RAW_COLLECTIONS:
-        return f"raw/{rec.kind}"
+        return "/".join(raw_asset_path(rec.kind))
     if rec.kind in ("depth_snapshots", "orderbook_snapshots"):
         return "/".join(ORDERBOOK_SNAPSHOTS_PATH)
     return rec.kind

@@ -33,8 +33,6 @@ from dm_resources.candle_store.bucket import (
 from dm_resources.candle_store.cli import main
 from dm_resources.candle_store.codec import ENCODING, READABLE_ENCODINGS, decode_bucket, decode_span, encode_bucket
 from dm_resources.candle_store.layout import (
-    FLOOR_MS,
-    FUTURE_SLACK_MS,
     INTERVAL_MS,
     YEAR_BUCKET_INTERVALS,
     bucket_bounds,
@@ -44,6 +42,7 @@ from dm_resources.candle_store.layout import (
 from dm_resources.candle_store.migrations import LEGACY, MigrationReport, ReencodeReport, migrate, reencode
 from dm_resources.candle_store.store import BUCKETS, CandleStore, ConcurrentWriteError
 from dm_resources.candle_store.versions import VERSIONS, bump_analytics_versions
+from dm_resources.contracts import FLOOR_MS, FUTURE_SLACK_MS
 
 __all__ = [
     "BUCKETS",

@@ -11,12 +11,6 @@ import datetime as dt
 
 from dm_resources.intervals import DAY_DIVIDING_INTERVAL_MS, DAY_MS
 
-# No market data before this: open-ended reads are bounded below here (SecantusDB scans on
-# reads bounded only by symbol).
-FLOOR_MS = 1_262_304_000_000  # 2010-01-01
-# Open-ended reads stop a day past the wall clock: nothing is stored from the future.
-FUTURE_SLACK_MS = DAY_MS
-
 INTERVAL_MS = DAY_DIVIDING_INTERVAL_MS
 YEAR_BUCKET_INTERVALS = frozenset({"1d"})
 

@@ -14,9 +14,9 @@ import bson
 import numpy as np
 
 from dm_resources.candle_store.codec import ENCODING, decode_bucket, encode_bucket
-from dm_resources.candle_store.layout import FLOOR_MS, FUTURE_SLACK_MS, INTERVAL_MS, bucket_bounds
+from dm_resources.candle_store.layout import INTERVAL_MS, bucket_bounds
 from dm_resources.candle_store.store import CandleStore
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import FLOOR_MS, FUTURE_SLACK_MS, now_ms
 from dm_resources.intervals import DAY_MS
 from dm_resources.mongo import MongoStore, mongo_retry
 

@@ -27,9 +27,9 @@ from tenacity import wait_random_exponential
 
 from dm_resources.candle_store.bucket import Bucket, normalize_fields
 from dm_resources.candle_store.codec import decode_bucket, decode_span, encode_bucket
-from dm_resources.candle_store.layout import FLOOR_MS, FUTURE_SLACK_MS, bucket_bounds, bucket_starts, step_ms
+from dm_resources.candle_store.layout import bucket_bounds, bucket_starts, step_ms
 from dm_resources.candle_store.versions import bump_candle_version, versions_since
-from dm_resources.contracts import now_ms
+from dm_resources.contracts import FLOOR_MS, FUTURE_SLACK_MS, now_ms
 from dm_resources.intervals import DAY_MS
 from dm_resources.mongo import (
     CANDLE_BUCKETS,
