@@ -112,6 +112,20 @@ class BadPrints:
 _SMALL = 512
 
 
+def _nanmedian_rows(wins: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(wins, axis=1)`` (NaN for a row without values) by one sort: NaN sorts last.
+
+    The same numbers (the middle value, or the mean of the two middle ones), at a fraction of
+    ``nanmedian``'s cost on many short rows (it falls back to masked arrays there).
+    """
+    s = np.sort(wins, axis=1)
+    k = valid.astype(np.intp)
+    lo = np.take_along_axis(s, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(s, np.maximum(k // 2, 0)[:, None], axis=1)[:, 0]
+    mid = np.where(k % 2 == 1, hi, (lo + hi) / 2)
+    return np.where(k > 0, mid, np.nan)
+
+
 def _rolling(values: np.ndarray, window: int, how: str) -> np.ndarray:
     """Centred rolling median (or max) skipping NaN, NaN below ``max(3, window // 4)`` values: pandas' rule."""
     min_periods = max(3, window // 4)
@@ -120,9 +134,12 @@ def _rolling(values: np.ndarray, window: int, how: str) -> np.ndarray:
         padded = np.concatenate([np.full(half, np.nan), values.astype(np.float64), np.full(window - 1 - half, np.nan)])
         wins = np.lib.stride_tricks.sliding_window_view(padded, window)
         valid = np.isfinite(wins).sum(axis=1)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN, as pandas gives
-            out = np.nanmedian(wins, axis=1) if how == "median" else np.nanmax(wins, axis=1)
+        if how == "median":
+            out = _nanmedian_rows(wins, valid)
+        else:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN, as pandas gives
+                out = np.nanmax(wins, axis=1)
         out = np.where(valid >= min_periods, out, np.nan)
     else:
         r = pd.Series(values).rolling(window, center=True, min_periods=min_periods)
