@@ -5,17 +5,33 @@ What it measures, side by side in one run, on the same machine and servers:
 * **ours** — every candle interval (1m, 5m, 15m, 1h, 4h, 1d), every check, audit rows and health rows
   for ``symbols × days`` date × symbol partitions, through Dagster as production runs them: ``dagster
   dev`` (webserver + daemon) on a **PostgreSQL** instance (``DM_TEST_POSTGRES_URL``, a fresh
-  database, event batching on), runs launched as ``POST /backfill/start`` launches them (rectangles
-  of ``--per-run`` partitions, straight into the run queue, ``--concurrency`` at a time), each run a
-  process of its own with its materializations and check evaluations written to PostgreSQL. Timed
-  from the first launch to the last run finished.
+  database, event batching on, the storage ``dagster.yaml`` names: ``dm_resources.dagster_storage``,
+  pooled connections; ``--stock-storage`` for dagster-postgres's own), runs launched as ``POST
+  /backfill/start`` launches them (rectangles of ``--per-run`` partitions, straight into the run
+  queue, ``--concurrency`` at a time), each run a process of its own with its materializations and
+  check evaluations written to PostgreSQL. Timed from the first launch to the last run finished.
 * **anchor** — the bare import: the same archive downloads from the same local mirror, the same
   checksum checks and parsing (``ArchiveClient.fetch``), the same bucket writes of all six intervals
   (``resample`` + ``CandleStore.sync_ranges``), in ``--concurrency`` plain processes, no Dagster, no
   checks, no audit or health.
+* **engine without Dagster** — what a candle step does for its partitions (``Engine.run``: checks,
+  screening, audit and health rows included), called directly in ``--concurrency`` processes.
 
-``dagster_cost_per_partition_s`` = (ours − anchor) / partitions: what Dagster and the quality work
-add per partition (target ≤ 0.1 s); ``ratio`` = ours / anchor (target ≤ 1.5).
+Every worker (the run's candle step, the anchor's and the engine's processes) starts its work with
+``freeze_long_lived_objects`` (``gc.freeze``), so the garbage collector treats them alike.
+
+``ratio`` = ours / anchor (target ≤ 1.5); ``dagster_cost_per_partition_s`` = (ours − engine) /
+partitions (target ≤ 0.1 s); ``quality_work_per_partition_s`` = (engine − anchor) / partitions.
+``timeline_s`` says where a run's time goes (see ``_run_timeline``; ``slot_idle_s`` is the wall time
+a concurrency slot had no run executing: dequeue, process spawn, imports, code location).
+
+Measured here (2 cores, load average ~1.3–2.6, 10 symbols × 182 days = 1,820 partitions, two runs):
+ours 48.4 s (0.027 s a partition), anchor 16.2–16.7 s: **2.9–3.0×**; engine without Dagster
+23.3–23.6 s (1.4–1.5×); Dagster's own cost 0.014 s a partition. Of ours' 48.4 s, ~15 s is slot
+idle (10 one-symbol runs in 5 waves of 2, ~3 s from a run's end to the next run's start); the
+candle steps took 60.4 s and the quality steps 4 s of run time over the 2 slots. With
+``--stock-storage`` (a PostgreSQL connection per query) ours took 64.2 s. Before the changes
+of this layout's last round (same machine): ours 71.1 s, 4.0×, Dagster 0.023 s a partition.
 
 The mirror (``tests/archive_mirror.py``) serves files generated from the simulated exchange's price
 path; they are generated before anything is timed (generation is not the work measured).
@@ -76,6 +92,7 @@ def _anchor_worker(mongo_url: str, db: str, archive_url: str, symbols: list[str]
     import pandas as pd
 
     from dm_assets.candles import compute
+    from dm_assets.candles.engine import freeze_long_lived_objects
     from dm_assets.candles.history import DOWNLOAD_WORKERS
     from dm_assets.partitions import day_bounds_ms
     from dm_resources.binance_archive import ArchiveClient, ArchiveKey
@@ -83,6 +100,7 @@ def _anchor_worker(mongo_url: str, db: str, archive_url: str, symbols: list[str]
     from dm_resources.contracts import HIGHER_CANDLE_INTERVALS
     from dm_resources.mongo import MongoStore
 
+    freeze_long_lived_objects()  # as the run worker does, so the GC treatment is the same everywhere
     store = MongoStore(mongo_url, db)
     store.ensure_indexes()
     cs = CandleStore(store)
@@ -133,13 +151,14 @@ def _engine_worker(
     mongo_url: str, db: str, archive_url: str, rest_url: str, meta_url: str, symbols: list[str], days: list[str]
 ) -> int:
     """What a candle step does for its partitions (checks, audit, health included), called directly."""
-    from dm_assets.candles.engine import Engine
+    from dm_assets.candles.engine import Engine, freeze_long_lived_objects
     from dm_assets.candles.history import ArchiveBatch
     from dm_resources.binance import BinanceClient
     from dm_resources.binance_archive import ArchiveClient
     from dm_resources.metadata.store import MetadataStore
     from dm_resources.mongo import MongoStore
 
+    freeze_long_lived_objects()  # as the run worker does
     store = MongoStore(mongo_url, db)
     store.ensure_indexes()
     meta = MetadataStore(meta_url)
@@ -196,7 +215,13 @@ def run_dagster(
 
     home = work / "dagster_home"
     home.mkdir()
-    storage = "storage:\n  postgres:\n    postgres_url: " + json.dumps(pg_url) + "\n"
+    if args.stock_storage:  # dagster-postgres as shipped: a new connection per query
+        storage = "storage:\n  postgres:\n    postgres_url: " + json.dumps(pg_url) + "\n"
+    else:  # as the production instance is configured (dagster.yaml): pooled connections
+        storage = (
+            "storage:\n  custom:\n    module: dm_resources.dagster_storage\n    class: PooledPostgresStorage\n"
+            "    config:\n      postgres_url: " + json.dumps(pg_url) + "\n"
+        )
     (home / "dagster.yaml").write_text(instance_yaml(max_concurrent_runs=args.concurrency, extra=storage))
     meta_url = args.metadata_url or f"sqlite:///{work / 'metadata.db'}"
     MetadataStore(meta_url).migrate()
@@ -225,6 +250,7 @@ def run_dagster(
         plans = plan_runs(days, symbols, order, args.per_run)
         assets = [list(p) for p in (*CANDLE_ASSET_PATHS, AUDIT_RESULTS_PATH, HEALTH_SCORES_PATH)]
         t0 = time.perf_counter()
+        launched_at = time.time()
         run_ids = [
             gql.launch_run(ASSET_JOB, asset_selection=assets, tags={"dm/origin": "bench", **p.tags()}) for p in plans
         ]
@@ -233,6 +259,7 @@ def run_dagster(
         with DagsterInstance.from_config(str(home)) as inst:
             runs = [inst.get_run_record_by_id(r) for r in run_ids]
             starts = [(rec.start_time or 0) - rec.create_timestamp.timestamp() for rec in runs if rec is not None]
+            timeline = _run_timeline(inst, run_ids, t_first_launch=launched_at, concurrency=args.concurrency)
             steps = [s for r in run_ids for s in inst.get_run_step_stats(r)]
             in_steps = {s.step_key: 0.0 for s in steps}
             for s in steps:
@@ -267,6 +294,7 @@ def run_dagster(
             "runs_succeeded": sum(1 for s in statuses.values() if s == "SUCCESS"),
             "partitions_per_run": sorted({p.partitions for p in plans}),
             "run_start_overhead_s_mean": round(sum(starts) / len(starts), 2) if starts else None,
+            "timeline_s": timeline,
             "seconds_in_steps": {k: round(v, 1) for k, v in sorted(in_steps.items())},
             "materialized_partitions": materialized,
             "check_evaluations_1m_sample": evaluations,
@@ -276,6 +304,61 @@ def run_dagster(
         }
     finally:
         dagster.stop(signal.SIGINT, timeout=60)
+
+
+def _run_timeline(inst: Any, run_ids: list[str], *, t_first_launch: float, concurrency: int) -> dict[str, float]:
+    """Where a run's wall time goes, from its own event log (seconds; the phases are means over the runs).
+
+    ``to_first_step``: run start → first step start (plan, resources); ``steps``: first step
+    start → last step end;
+    ``to_end``: last step end → run success. ``slot_idle_s``: from the first launch to the last
+    run's end, the slot-seconds no run process was between its start and its end (the queue's
+    dequeue loop, process spawn, imports, instance and code-location load), over ``concurrency``.
+    """
+    from dagster import DagsterEventType
+
+    kinds = {
+        DagsterEventType.RUN_START,
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_SUCCESS,
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.RUN_SUCCESS,
+        DagsterEventType.RUN_FAILURE,
+    }
+    parts: dict[str, list[float]] = {}
+    spans: list[tuple[float, float]] = []
+    for run_id in run_ids:
+        seen: dict[str, list[float]] = {}
+        for e in inst.all_logs(run_id, of_type=kinds):
+            seen.setdefault(e.dagster_event.event_type.name, []).append(e.timestamp)
+
+        def first(k: str, seen: dict[str, list[float]] = seen) -> float | None:
+            return min(seen[k]) if k in seen else None
+
+        def last(*ks: str, seen: dict[str, list[float]] = seen) -> float | None:
+            vals = [t for k in ks for t in seen.get(k, [])]
+            return max(vals) if vals else None
+
+        start = first("RUN_START")
+        s0, s1 = first("STEP_START"), last("STEP_SUCCESS", "STEP_FAILURE")
+        end = last("RUN_SUCCESS", "RUN_FAILURE")
+        for name, a, b in (
+            ("to_first_step", start, s0),
+            ("steps", s0, s1),
+            ("to_end", s1, end),
+        ):
+            if a is not None and b is not None:
+                parts.setdefault(name, []).append(b - a)
+        if start is not None and end is not None:
+            spans.append((start, end))
+    out = {k: round(sum(v) / len(v), 2) for k, v in parts.items()}
+    if spans:
+        wall = max(b for _, b in spans) - t_first_launch
+        busy = sum(b - a for a, b in spans)
+        out["first_launch_to_last_end"] = round(wall, 2)
+        out["run_seconds_total"] = round(busy, 2)
+        out["slot_idle_s"] = round((concurrency * wall - busy) / concurrency, 2)
+    return out
 
 
 def _check_key(interval: str, name: str) -> Any:
@@ -308,6 +391,11 @@ def main() -> None:
         action="store_true",
         help="leave DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS unset (one planned event per partition)",
     )
+    ap.add_argument(
+        "--stock-storage",
+        action="store_true",
+        help="dagster-postgres's own storage (a connection per query) instead of dm_resources.dagster_storage",
+    )
     ap.add_argument("--pg-url", default=os.environ.get("DM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"))
     ap.add_argument("--metadata-url", default=None, help="default: a SQLite file")
     ap.add_argument("--timeout", type=float, default=7200)
@@ -331,7 +419,7 @@ def main() -> None:
         "last_day": days[-1],
         "partitions": len(symbols) * len(days),
         "archive_files": len(symbols) * len(months),
-        "instance_storage": "postgresql (dagster-postgres)",
+        "instance_storage": "postgresql (dagster-postgres" + (")" if args.stock_storage else ", pooled)"),
         "concurrency": args.concurrency,
         "event_batch_size": args.event_batch,
         "planned_events": "per partition" if args.planned_per_partition else "one per asset (subset)",

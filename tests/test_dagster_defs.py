@@ -274,3 +274,28 @@ def test_definitions_validate_with_postgres_instance(
         assert type(inst.run_storage).__name__ == "PostgresRunStorage"
         inst.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["BTCUSDT"])
         assert inst.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME) == ["BTCUSDT"]
+
+
+def _connections_for_lookups(instance_yaml: str, home: Path, lookups: int) -> int:
+    """PostgreSQL connections the instance's event log opens for ``lookups`` partition look-ups."""
+    from sqlalchemy import event
+
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml)
+    with DagsterInstance.from_config(str(home)) as inst:
+        opened = []
+        event.listen(inst.event_log_storage._engine, "connect", lambda *_: opened.append(1))  # type: ignore[attr-defined]
+        inst.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["BTCUSDT"])
+        for _ in range(lookups):
+            assert inst.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, "BTCUSDT")
+        return len(opened)
+
+
+def test_production_storage_keeps_its_postgres_connection(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-postgres as shipped connects per query; the storage dagster.yaml names reuses one."""
+    monkeypatch.setenv("DAGSTER_PG_URL", postgres_url)
+    stock = "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+    assert _connections_for_lookups(stock, tmp_path / "stock", 20) >= 20
+    assert _connections_for_lookups((ROOT / "dagster.yaml").read_text(), tmp_path / "ours", 20) == 1

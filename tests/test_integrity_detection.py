@@ -6,6 +6,8 @@ Property-style over a handful of generated days (kept small: the full measuremen
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,3 +120,64 @@ def test_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     overrides = load_settings().quality_thresholds
     assert thresholds_for("DOGEUSDT", overrides) == Thresholds(jump_z=14, min_move=0.01)
     assert thresholds_for("BTCUSDT", overrides) == Thresholds(jump_z=14)
+
+
+def test_rolling_median_by_sort_equals_nanmedian() -> None:
+    """The short-row median (one sort, NaN last) gives numpy's nanmedian exactly, all-NaN rows included."""
+    rng = np.random.default_rng(7)
+    for n in (1, 6, 24, 96, 288):
+        for trial in range(20):
+            v = rng.normal(size=n)
+            v[rng.random(n) < 0.3] = np.nan
+            if trial == 0:
+                v[:] = np.nan
+            wins = np.lib.stride_tricks.sliding_window_view(
+                np.concatenate([np.full(30, np.nan), v, np.full(30, np.nan)]), 61
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+                expected = np.nanmedian(wins, axis=1)
+            got = integrity._nanmedian_rows(wins, np.isfinite(wins).sum(axis=1))
+            assert np.array_equal(got, expected, equal_nan=True)
+
+
+def _days_with_faults(step_minutes: int) -> list[pd.DataFrame]:
+    """Consecutive days of one symbol at an interval: faults, a hole, a bad row, short and empty days."""
+    from dm_assets.candles import compute
+
+    out = []
+    for seed in range(8):
+        df = frame(realistic_day(200 + seed, daily_vol=0.08, crash=0.10 if seed % 3 == 0 else 0.0))
+        df["open_time"] += seed * 86_400_000
+        if seed % 2:
+            inject(df, FAULT_KINDS[seed % len(FAULT_KINDS)], 300 + 97 * seed, 2.4 if seed % 4 == 1 else 0.4)
+        if step_minutes > 1:
+            df = df.assign(volume=1.0, quote_volume=1.0, trades=1, taker_buy_volume=0.5, taker_buy_quote_volume=0.5)
+            df = compute.resample(df, f"{step_minutes}m" if step_minutes < 60 else f"{step_minutes // 60}h").candles
+        df = df.reset_index(drop=True)
+        if seed == 2:
+            a = len(df) // 6
+            df = df.drop(index=range(a, a + max(2, len(df) // 20))).reset_index(drop=True)  # a hole
+        if seed == 5:
+            df.loc[len(df) // 3, "low"] = np.nan  # an unusable row
+        out.append(df)
+    out.insert(3, out[0].iloc[:10].assign(open_time=out[0]["open_time"].iloc[:10] + 3 * 86_400_000 * 9))  # too short
+    out.insert(4, out[0].iloc[:0])  # empty
+    return out
+
+
+@pytest.mark.parametrize("step_minutes", [1, 5, 15, 60])
+def test_many_days_in_one_pass_equal_each_day_alone(step_minutes: int) -> None:
+    """One pass over a chunk's days finds exactly what a pass per day finds: flags, scores, σ."""
+    days = _days_with_faults(step_minutes)
+    many = integrity.detect_bad_prints_many(days, step_minutes * M)
+    assert len(many) == len(days)
+    flagged = 0
+    for df, got in zip(days, many, strict=True):
+        alone = detect_bad_prints(df, step_minutes * M)
+        assert np.array_equal(got.open_time, alone.open_time)
+        assert np.array_equal(got.excursion, alone.excursion) and np.array_equal(got.wick, alone.wick)
+        assert np.allclose(got.score, alone.score, rtol=0, atol=1e-12)
+        assert np.allclose(got.sigma, alone.sigma, rtol=0, atol=1e-15, equal_nan=True)
+        flagged += int(alone.flagged.sum())
+    assert flagged > 0  # the faults are there to be found, in both

@@ -18,7 +18,7 @@ import pandas as pd
 from dm_assets.candles import checks, health
 from dm_assets.candles.checks import CheckResult
 from dm_assets.candles.compute import candles_frame, interval_ms
-from dm_assets.candles.integrity import BadPrints, thresholds_for
+from dm_assets.candles.integrity import BadPrints, detect_bad_prints_many, thresholds_for
 from dm_assets.partitions import day_bounds_ms
 from dm_resources.candle_store import CandleStore
 from dm_resources.contracts import CANDLE_INTERVALS, candle_asset_path
@@ -134,6 +134,12 @@ def check_days(
             bad |= mask
         if interval == "1m":
             disagree = checks._flag_mask(whole, checks.FLAG_DISAGREE)
+    # Bad prints of every day in one pass (a day of 5m…1h candles is a few hundred rows: the
+    # detector's per-call cost dominated), except where the build's screening is passed in.
+    found: list[BadPrints | None] = list(prints) if prints is not None else [None] * n
+    todo = [i for i in range(n) if found[i] is None and len(frames[i])]
+    for i, b in zip(todo, detect_bad_prints_many([frames[i] for i in todo], step, th), strict=True):
+        found[i] = b
     out: list[list[CheckResult]] = []
     for i in range(n):
         df, (start, end) = frames[i], bounds[i]
@@ -146,7 +152,7 @@ def check_days(
             checks.ohlc_sane(df, interval_ms=step)
             if bad[lo:hi].any()
             else checks.CheckResult("ohlc_sane", "OK", 0, len(df)),
-            checks.no_bad_prints(df, step, th, found=prints[i] if prints is not None else None),
+            checks.no_bad_prints(df, step, th, found=found[i]),
         ]
         if interval == "1m":
             results.append(
@@ -264,36 +270,36 @@ def health_metric(
 def partition_audit(
     store: MongoStore, meta: MetadataStore, partition_keys: Sequence[str], run_id: str, *, now: int
 ) -> tuple[list[AuditLogIn | AuditLogRecord], int]:
-    """Every check outcome of the run's partitions × intervals, and how many rows this call wrote.
+    """The failing check outcomes of the run's partitions × intervals, and how many rows this call wrote.
 
     The candle step evaluated the checks once per partition and interval and recorded every
-    outcome under its run id; those rows are reused. Only (partition, interval) pairs it did not
-    evaluate in this run (a run of the quality assets alone, an interval not selected) are
-    checked here against the stored candles, and written.
+    outcome under its run id; those rows are reused (only the failing ones are read whole, the
+    rest are counted as done). Only (partition, interval) pairs it did not evaluate in this run (a
+    run of the quality assets alone, an interval not selected) are checked here against the
+    stored candles, and written.
     """
     from dm_assets.partitions import split_key
 
     keys = [str(pk) for pk in partition_keys]
     wanted = set(keys)
-    done: dict[tuple[str, str], list[AuditLogIn | AuditLogRecord]] = {}
-    for r in meta.audit_logs(run_id=run_id, limit=1_000_000):
-        if r.partition_key in wanted and r.interval and not (r.details or {}).get("event"):
-            done.setdefault((r.partition_key, r.interval), []).append(r)
-    rows: list[AuditLogIn | AuditLogRecord] = []
+    done = meta.audited(run_id)
+    failed: list[AuditLogIn | AuditLogRecord] = [
+        r
+        for r in meta.audit_logs(run_id=run_id, passed=False, limit=1_000_000)
+        if r.partition_key in wanted and r.interval and not (r.details or {}).get("event")
+    ]
     fresh: list[AuditLogIn] = []
     for pk in keys:
         day, symbol = split_key(pk)
         for interval in CANDLE_INTERVALS:
             if (pk, interval) in done:
-                rows.extend(done[(pk, interval)])
                 continue
-            new = [
+            fresh.extend(
                 to_audit_log(o, symbol=symbol, interval=interval, partition_key=pk, run_id=run_id)
                 for o in check_partition(store, meta, symbol, day, interval, now=now)
-            ]
-            fresh.extend(new)
-            rows.extend(new)
-    return rows, meta.record_audit(fresh)
+            )
+    failed.extend(r for r in fresh if not r.passed)
+    return failed, meta.record_audit(fresh)
 
 
 def partition_health(

@@ -30,12 +30,8 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -49,6 +45,9 @@ from tenacity import (
     stop_after_delay,
     wait_exponential_jitter,
 )
+
+if TYPE_CHECKING:  # Alembic (and Mako, Pygments under it) is imported when migrating, not by every run worker
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +158,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 def alembic_config(url: str | URL | None = None, connection: Connection | None = None) -> Config:
     """An Alembic config pointing at the packaged migrations, independent of the working directory."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("path_separator", "os")
@@ -171,6 +172,8 @@ def alembic_config(url: str | URL | None = None, connection: Connection | None =
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships revisions
         raise RuntimeError("no migration revisions found")
@@ -348,9 +351,13 @@ class SqlStore:
         with self.engine.connect() as conn, _migration_lock(conn):
             conn.execution_options(dm_write=True)
             with conn.begin():
+                from alembic import command
+
                 command.upgrade(alembic_config(connection=conn), revision)
 
     def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         with self._read() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 

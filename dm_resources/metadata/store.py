@@ -135,6 +135,17 @@ class MetadataStore(SqlStore):
         with self._read() as conn:
             return [AuditLogRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
 
+    def audited(self, run_id: str) -> set[tuple[str, str]]:
+        """The (partition_key, interval) pairs whose checks the run recorded (event rows aside).
+
+        Plain tuples of three columns: reading the run's whole rows as records (thousands for a
+        bulk run) only to learn this took longer than the quality step's other work.
+        """
+        t = AUDIT_LOGS
+        q = select(t.c.partition_key, t.c.interval, t.c.details).where(t.c.run_id == run_id)
+        with self._read() as conn:
+            return {(pk, iv) for pk, iv, details in conn.execute(q) if pk and iv and not (details or {}).get("event")}
+
     # health ------------------------------------------------------------------------------
 
     def upsert_health(self, rows: Sequence[HealthMetricIn]) -> int:
