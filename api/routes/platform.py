@@ -18,11 +18,12 @@ from api.contract.filters import DEFAULT_MAX_ROWS, DEFAULT_PAGE, MAX_OFFSET, MAX
 from api.deps import AppState, Bearer, State, private_read, read_access, require_scope, state
 from api.idempotency import Idempotent
 from api.identity import caller
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 from api.params import ParamError
 from api.routes import collections as service_routes
 
-router = APIRouter(tags=["platform"])
+router = APIRouter(route_class=BodyRoute, tags=["platform"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no token, or not a valid one"},
