@@ -194,7 +194,10 @@ async def insert(
     ds = resolve(body.collection, body.database, where="body")
     _writer(st, ds, _token(creds, x_api_token), where="body", request=request)
     mongo, meta = _stores(st, ds)
-    return await run_in_threadpool(lambda: service.insert(mongo, meta, ds, body.records, writer=idem))
+    inserts = st.inserts.insert_klines  # large kline batches: validated and stored in a worker process
+    return await run_in_threadpool(
+        lambda: service.insert(mongo, meta, ds, body.records, writer=idem, insert_klines=inserts)
+    )
 
 
 @router.post("/api/v1/data/query", response_model=QueryResponse, responses=ERRORS)
