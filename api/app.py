@@ -106,7 +106,7 @@ def create_app(
         # lock each time a worker thread validating a large batch holds it: 1 ms, not 5 ms.
         sys.setswitchinterval(st.api.switch_interval_ms / 1000)
         st.open()
-        freeze_startup_heap()  # full GC passes skip the imported modules (api/deps.py says why)
+        freeze_startup_heap("lifespan")  # full GC passes skip the imported modules (api/deps.py says why)
         yield
         st.close()  # only what the app built itself; stores handed in belong to the caller
 

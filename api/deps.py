@@ -298,10 +298,13 @@ def _warm_up_search() -> None:
 
     with contextlib.suppress(Exception):  # a failed warm-up only makes the first search slower
         warm_up()
-    freeze_startup_heap()  # what the warm-up imported (numba, dagster's modules) too
+    freeze_startup_heap("warm-up")  # what the warm-up imported (numba, dagster's modules) too
 
 
-def freeze_startup_heap() -> None:
+_frozen: set[str] = set()
+
+
+def freeze_startup_heap(stage: str) -> None:
     """Exempt what start-up built (modules, their classes and tables) from the cyclic GC's full passes.
 
     Why: the server holds ~450,000 tracked objects once its modules are imported (dagster's
@@ -314,9 +317,13 @@ def freeze_startup_heap() -> None:
     ``gc.freeze()`` moves the objects alive now into the permanent generation, which
     collections skip; a full pass then walks only what requests created. The cost: a cycle
     among frozen objects is never collected, which is fine for what lives as long as the
-    process. Called once the lifespan has opened the stores, and again after the warm-up.
+    process. Called once the lifespan has opened the stores, and again after the warm-up; once
+    per ``stage`` and process: a process that starts several apps (the tests) would otherwise
+    freeze the garbage of the earlier ones, never to be collected.
     """
-    gc.freeze()
+    if stage not in _frozen:
+        _frozen.add(stage)
+        gc.freeze()
 
 
 def state(request: Request) -> AppState:

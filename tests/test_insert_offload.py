@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api import deps
 from api.app import create_app
 from api.contract.datasets import resolve
 from api.contract.filters import iso_z
@@ -135,6 +136,7 @@ def test_the_lifespan_sets_the_switch_interval_and_freezes_the_startup_heap(app_
         with TestClient(app) as client:
             assert client.get("/health/liveness").status_code == 200
             assert sys.getswitchinterval() == pytest.approx(0.002)
+            assert "lifespan" in deps._frozen
             assert gc.get_freeze_count() > 0
     finally:
         sys.setswitchinterval(before)
