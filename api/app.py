@@ -8,6 +8,7 @@ cache's version watcher) when the server starts and closes what it built at shut
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -20,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
 from api.bounds import RequestBounds
-from api.deps import ApiSettings, AppState
+from api.deps import ApiSettings, AppState, freeze_startup_heap
 from api.identity import WriteAuditMiddleware
 from api.l2 import L2Cache
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -101,7 +102,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The event loop (liveness included) waits up to one switch interval for the interpreter
+        # lock each time a worker thread validating a large batch holds it: 1 ms, not 5 ms.
+        sys.setswitchinterval(st.api.switch_interval_ms / 1000)
         st.open()
+        freeze_startup_heap("lifespan")  # full GC passes skip the imported modules (api/deps.py says why)
         yield
         st.close()  # only what the app built itself; stores handed in belong to the caller
 

@@ -7,6 +7,7 @@ them from settings on first use, so importing ``api.app`` never connects anywher
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from api.contract.auth import authorize as authorize_token
 from api.contract.datasets import SCOPE_READ
 from api.errors import AuthError
 from api.l2 import L2Cache
+from api.offload import InsertProcesses
 from api.params import ParamError, check_known, normalise_pair
 from api.queries import LatestHints
 from api.strategy import Strategy, StrategyHolder, StrategyWatcher, builtin
@@ -88,6 +90,19 @@ class ApiSettings(BaseSettings):
     l2_retry_s: float = Field(default=0.5, gt=0, description="first pause of L2 after a failure (doubles up to 5 s)")
     pattern_warmup: bool = Field(default=True, description="compile the pattern search's kernels at start-up")
     l2_wait_s: float = Field(default=0.5, ge=0, description="wait for another worker's fill before reading the store")
+    insert_processes: int = Field(
+        default=2,
+        ge=0,
+        le=32,
+        description="worker processes that validate and store large kline inserts (api/offload.py); 0: in process",
+    )
+    switch_interval_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="the server process's sys.setswitchinterval: how long a busy worker thread may keep the "
+        "interpreter lock while the event loop waits for it (Python's default is 5 ms; see api/json_body.py)",
+    )
 
 
 @dataclass
@@ -154,6 +169,18 @@ class AppState:
 
     _watcher: VersionWatcher | None = None
     _candles: CandleStore | None = None
+
+    _inserts: InsertProcesses | None = None
+
+    @property
+    def inserts(self) -> InsertProcesses:
+        """The pool of insert processes (started on the first large kline insert, closed with the app)."""
+        return self._lazy(
+            "_inserts",
+            lambda: InsertProcesses(
+                self.api.insert_processes, mongo_retry_attempts=2, mongo_timeout_ms=self.api.mongo_timeout_ms
+            ),
+        )
 
     @property
     def candles(self) -> CandleStore:
@@ -271,6 +298,32 @@ def _warm_up_search() -> None:
 
     with contextlib.suppress(Exception):  # a failed warm-up only makes the first search slower
         warm_up()
+    freeze_startup_heap("warm-up")  # what the warm-up imported (numba, dagster's modules) too
+
+
+_frozen: set[str] = set()
+
+
+def freeze_startup_heap(stage: str) -> None:
+    """Exempt what start-up built (modules, their classes and tables) from the cyclic GC's full passes.
+
+    Why: the server holds ~450,000 tracked objects once its modules are imported (dagster's
+    alone are most of them). A full (generation 2) collection walks every one of them, in
+    whichever thread triggers it, holding the interpreter lock throughout: ~200 ms on the
+    2-core host, during which ``/health/liveness`` cannot be answered. Large inserts allocate
+    enough to trigger one every second or two, and these passes were the whole of the
+    liveness p99 under load (measured: every probe over 20 ms coincided with one).
+
+    ``gc.freeze()`` moves the objects alive now into the permanent generation, which
+    collections skip; a full pass then walks only what requests created. The cost: a cycle
+    among frozen objects is never collected, which is fine for what lives as long as the
+    process. Called once the lifespan has opened the stores, and again after the warm-up; once
+    per ``stage`` and process: a process that starts several apps (the tests) would otherwise
+    freeze the garbage of the earlier ones, never to be collected.
+    """
+    if stage not in _frozen:
+        _frozen.add(stage)
+        gc.freeze()
 
 
 def state(request: Request) -> AppState:

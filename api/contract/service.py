@@ -67,6 +67,8 @@ from dm_resources.metadata.platform import (
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import COLLECTIONS, MongoStore
 
+# Records per step of a kline insert: validated, read back and inserted together (see _insert_klines).
+STORE_CHUNK = 500
 # DECIMAL(38, 18): public field names are the column names (``metadata`` included).
 MONEY_PRECISION, MONEY_SCALE = 38, 18
 
@@ -160,10 +162,13 @@ def _insert_answer(inserted: int, duplicates: int, errors: list[dict[str, Any]])
     return {"inserted_count": inserted, "duplicates": duplicates, "failed": len(errors), "errors": errors}
 
 
-def _kline_docs(ds: Dataset, records: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _kline_docs(
+    ds: Dataset, records: Sequence[Any], first: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each record checked on its own: the documents of the valid ones, and the errors (``first`` + index)."""
     docs: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(records, first):
         try:
             docs.append(klines.to_document(ds, rec))
         except ValueProblem as exc:
@@ -171,8 +176,29 @@ def _kline_docs(ds: Dataset, records: list[Any]) -> tuple[list[dict[str, Any]], 
     return docs, errors
 
 
-def _insert_klines(mongo: MongoStore, docs: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """Insert what is not stored yet: the stored ``_id``s of each symbol's span are read first.
+def _insert_klines(mongo: MongoStore, ds: Dataset, records: list[Any]) -> dict[str, Any]:
+    """Validate and store the records :data:`STORE_CHUNK` at a time (:func:`_store_new_klines`).
+
+    Why in chunks, not the batch at once: every long step of a 5,000-record insert held the
+    interpreter lock long enough to delay ``/health/liveness`` (issue 20, ``api/json_body.py``).
+    The driver decodes a reply batch, and encodes an insert, in one C call; and the documents
+    of a whole batch (5,000 dicts, 40,000 ``Decimal128``) are 45,000 objects that every full
+    pass of the cyclic GC walks while it holds the lock. A chunk's documents die with the chunk.
+    Same answer as one pass: a record repeated in a later chunk is found stored, a duplicate.
+    """
+    inserted = stored = 0
+    errors: list[dict[str, Any]] = []
+    for start in range(0, len(records), STORE_CHUNK):
+        docs, bad = _kline_docs(ds, records[start : start + STORE_CHUNK], start)
+        errors.extend(bad)
+        new, duplicates = _store_new_klines(mongo, docs)
+        inserted += new
+        stored += duplicates
+    return _insert_answer(inserted, stored, errors)
+
+
+def _store_new_klines(mongo: MongoStore, docs: list[dict[str, Any]]) -> tuple[int, int]:
+    """Insert what is not stored yet (inserted, duplicates): the stored ``_id``s of each symbol's span are read first.
 
     Extractors overlap their windows on purpose, so a batch is often mostly duplicates. Sent as
     inserts, 5,000 duplicates come back as 5,000 write errors that the driver decodes (each
@@ -189,13 +215,21 @@ def _insert_klines(mongo: MongoStore, docs: list[dict[str, Any]], errors: list[d
         have = {
             r["_id"]
             for r in mongo.read_range(
-                "klines", symbol, min(times), max(times) + 1, extra={"interval": interval}, projection={"_id": 1}
+                "klines",
+                symbol,
+                min(times),
+                max(times) + 1,
+                extra={"interval": interval},
+                projection={"_id": 1},
+                batch_size=STORE_CHUNK,
             )
         }
         stored += sum(1 for d in group if d["_id"] in have)
         fresh.extend(d for d in group if d["_id"] not in have)
-    res = mongo.insert_idempotent("klines", fresh) if fresh else None
-    return _insert_answer(res.inserted if res else 0, stored + (res.duplicates if res else 0), errors)
+    if not fresh:
+        return 0, stored
+    res = mongo.insert_idempotent("klines", fresh)
+    return res.inserted, stored + res.duplicates
 
 
 def _sql_values(ds: Dataset, records: list[Any]) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
@@ -235,19 +269,20 @@ def insert(
     records: Any,
     *,
     writer: WriteOnce | None = None,
+    insert_klines: Callable[[MongoStore, Dataset, list[Any]], dict[str, Any]] = _insert_klines,
 ) -> dict[str, Any]:
     """Validate each record, store the valid ones (exactly once through ``writer``), list the others.
 
     ``writer`` carries the request's ``Idempotency-Key`` (``api/idempotency.py``); without one
     the insert still runs as one transaction with a server receipt (SQL datasets).
+    ``insert_klines`` is :func:`_insert_klines` or the API's process pool for it (``api/offload.py``).
     """
     records = _check_records(ds, records)
     if ds.kind == "klines":
         assert mongo is not None
-        docs, errors = _kline_docs(ds, records)
         if writer is None:
-            return _insert_klines(mongo, docs, errors)
-        return writer.run(lambda: _insert_klines(mongo, docs, errors))
+            return insert_klines(mongo, ds, records)
+        return writer.run(lambda: insert_klines(mongo, ds, records))
     assert meta is not None
     checked = _sql_values(ds, records)
     writer = writer or WriteOnce(meta)
@@ -685,7 +720,7 @@ def _one_operation(
             records = _check_records(ds, data if isinstance(data, list) else [data])
             if ds.kind == "klines":
                 assert mongo is not None
-                out = _insert_klines(mongo, *_kline_docs(ds, records))
+                out = _insert_klines(mongo, ds, records)
             else:
                 assert conn is not None and meta is not None
                 seed = f"{id_seed}:{i}" if id_seed is not None else None

@@ -25,6 +25,7 @@ from api.backfills import (
 )
 from api.deps import AppState, State, read_access, require_write_token
 from api.errors import UpstreamError
+from api.json_body import BodyRoute
 from api.models import (
     BackfillJobList,
     BackfillJobRecord,
@@ -40,7 +41,7 @@ from dm_resources.dagster_client import DagsterAPIError
 from dm_resources.metadata.schemas import ACTIVE_BACKFILL_STATUSES
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/backfill", tags=["backfill"])
+router = APIRouter(route_class=BodyRoute, prefix="/backfill", tags=["backfill"])
 
 STATUSES = ("queued", "requested", "running", "success", "failure", "canceled", "partial")
 

@@ -22,6 +22,7 @@ from api.contract.filters import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, parse_json_
 from api.deps import State, private_read, state
 from api.idempotency import Idempotency, Idempotent
 from api.identity import authorize
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 from api.params import ParamError
 
@@ -38,7 +39,7 @@ class ServiceCollectionConvertor(Convertor[str]):
 
 register_url_convertor("svc", ServiceCollectionConvertor())
 
-router = APIRouter(tags=["service collections"])
+router = APIRouter(route_class=BodyRoute, tags=["service collections"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
@@ -226,7 +227,7 @@ async def delete(database: str, collection: str, body: DeleteBody, request: Requ
 
 
 # Included after the platform routes: "/api/v1/data/insert" must reach them first.
-dataset_router = APIRouter(tags=["platform"])
+dataset_router = APIRouter(route_class=BodyRoute, tags=["platform"])
 
 
 @dataset_router.post("/api/v1/{database}/{collection}", response_model=InsertResult, responses=ERRORS)

@@ -19,9 +19,10 @@ from api.contract.config import APPLICATION, ID_PATTERN, MAX_REASON, MAX_WHO, ch
 from api.deps import State, private_read
 from api.idempotency import Idempotent
 from api.identity import require
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 
-router = APIRouter(prefix="/api/v1/config", tags=["config"])
+router = APIRouter(route_class=BodyRoute, prefix="/api/v1/config", tags=["config"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no valid token (enforce mode)"},
     403: {"model": ErrorResponse, "description": "the caller lacks the scope"},

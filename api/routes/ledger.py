@@ -20,11 +20,12 @@ from api.contract.auth import SCOPE_LEDGER, Identity
 from api.deps import State, private_read
 from api.idempotency import Idempotent
 from api.identity import require
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 from api.params import ParamError
 from dm_resources.metadata.ledger import LedgerStore
 
-router = APIRouter(prefix="/api/v1/ledger", tags=["ledger"])
+router = APIRouter(route_class=BodyRoute, prefix="/api/v1/ledger", tags=["ledger"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},

@@ -19,10 +19,11 @@ from api.contract.config import ID_PATTERN
 from api.deps import State, private_read
 from api.idempotency import Idempotent
 from api.identity import require
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 from api.params import ParamError
 
-router = APIRouter(prefix="/api/v1", tags=["lifecycle"])
+router = APIRouter(route_class=BodyRoute, prefix="/api/v1", tags=["lifecycle"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},

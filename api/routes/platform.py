@@ -18,11 +18,12 @@ from api.contract.filters import DEFAULT_MAX_ROWS, DEFAULT_PAGE, MAX_OFFSET, MAX
 from api.deps import AppState, Bearer, State, private_read, read_access, require_scope, state
 from api.idempotency import Idempotent
 from api.identity import caller
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 from api.params import ParamError
 from api.routes import collections as service_routes
 
-router = APIRouter(tags=["platform"])
+router = APIRouter(route_class=BodyRoute, tags=["platform"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no token, or not a valid one"},
@@ -193,7 +194,10 @@ async def insert(
     ds = resolve(body.collection, body.database, where="body")
     _writer(st, ds, _token(creds, x_api_token), where="body", request=request)
     mongo, meta = _stores(st, ds)
-    return await run_in_threadpool(lambda: service.insert(mongo, meta, ds, body.records, writer=idem))
+    inserts = st.inserts.insert_klines  # large kline batches: validated and stored in a worker process
+    return await run_in_threadpool(
+        lambda: service.insert(mongo, meta, ds, body.records, writer=idem, insert_klines=inserts)
+    )
 
 
 @router.post("/api/v1/data/query", response_model=QueryResponse, responses=ERRORS)

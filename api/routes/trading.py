@@ -18,11 +18,12 @@ from api.contract.rows import Position
 from api.deps import State, private_read
 from api.idempotency import Idempotent
 from api.identity import require
+from api.json_body import BodyRoute
 from api.models import ErrorResponse
 from api.queries import dumps
 from api.routes.common import json_response
 
-router = APIRouter(prefix="/api/v1/trading", tags=["trading"])
+router = APIRouter(route_class=BodyRoute, prefix="/api/v1/trading", tags=["trading"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
