@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
 from api.bounds import RequestBounds
-from api.deps import ApiSettings, AppState, freeze_startup_heap
+from api.deps import ApiSettings, AppState
 from api.identity import WriteAuditMiddleware
 from api.l2 import L2Cache
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -42,6 +42,7 @@ from api.routes import (
 from api.routes import config as config_routes
 from api.strategy_runtime import RateLimiter, enforce_strategy, record_strategy
 from dm_resources.dagster_client import DagsterGraphQL
+from dm_resources.heap import freeze_heap
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.settings import Settings, get_settings
@@ -106,7 +107,7 @@ def create_app(
         # lock each time a worker thread validating a large batch holds it: 1 ms, not 5 ms.
         sys.setswitchinterval(st.api.switch_interval_ms / 1000)
         st.open()
-        freeze_startup_heap("lifespan")  # full GC passes skip the imported modules (api/deps.py says why)
+        freeze_heap("lifespan")  # full GC passes skip the imported modules (dm_resources/heap.py says why)
         yield
         st.close()  # only what the app built itself; stores handed in belong to the caller
 

@@ -7,7 +7,6 @@ them from settings on first use, so importing ``api.app`` never connects anywher
 from __future__ import annotations
 
 import contextlib
-import gc
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from api.strategy import Strategy, StrategyHolder, StrategyWatcher, builtin
 from api.strategy_runtime import RateLimiter, on_reload_result
 from dm_resources.candle_store import CandleStore
 from dm_resources.dagster_client import DagsterGraphQL
+from dm_resources.heap import freeze_heap
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.settings import Settings
@@ -298,32 +298,7 @@ def _warm_up_search() -> None:
 
     with contextlib.suppress(Exception):  # a failed warm-up only makes the first search slower
         warm_up()
-    freeze_startup_heap("warm-up")  # what the warm-up imported (numba, dagster's modules) too
-
-
-_frozen: set[str] = set()
-
-
-def freeze_startup_heap(stage: str) -> None:
-    """Exempt what start-up built (modules, their classes and tables) from the cyclic GC's full passes.
-
-    Why: the server holds ~450,000 tracked objects once its modules are imported (dagster's
-    alone are most of them). A full (generation 2) collection walks every one of them, in
-    whichever thread triggers it, holding the interpreter lock throughout: ~200 ms on the
-    2-core host, during which ``/health/liveness`` cannot be answered. Large inserts allocate
-    enough to trigger one every second or two, and these passes were the whole of the
-    liveness p99 under load (measured: every probe over 20 ms coincided with one).
-
-    ``gc.freeze()`` moves the objects alive now into the permanent generation, which
-    collections skip; a full pass then walks only what requests created. The cost: a cycle
-    among frozen objects is never collected, which is fine for what lives as long as the
-    process. Called once the lifespan has opened the stores, and again after the warm-up; once
-    per ``stage`` and process: a process that starts several apps (the tests) would otherwise
-    freeze the garbage of the earlier ones, never to be collected.
-    """
-    if stage not in _frozen:
-        _frozen.add(stage)
-        gc.freeze()
+    freeze_heap("warm-up")  # what the warm-up imported (numba, dagster's modules) too
 
 
 def state(request: Request) -> AppState:

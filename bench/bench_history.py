@@ -18,7 +18,7 @@ What it measures, side by side in one run, on the same machine and servers:
   screening, audit and health rows included), called directly in ``--concurrency`` processes.
 
 Every worker (the run's candle step, the anchor's and the engine's processes) starts its work with
-``freeze_long_lived_objects`` (``gc.freeze``), so the garbage collector treats them alike.
+``dm_resources.heap.freeze_heap`` (``gc.freeze``), so the garbage collector treats them alike.
 
 ``ratio`` = ours / anchor (target ≤ 1.5); ``dagster_cost_per_partition_s`` = (ours − engine) /
 partitions (target ≤ 0.1 s); ``quality_work_per_partition_s`` = (engine − anchor) / partitions.
@@ -92,15 +92,15 @@ def _anchor_worker(mongo_url: str, db: str, archive_url: str, symbols: list[str]
     import pandas as pd
 
     from dm_assets.candles import compute
-    from dm_assets.candles.engine import freeze_long_lived_objects
     from dm_assets.candles.history import DOWNLOAD_WORKERS
     from dm_assets.partitions import day_bounds_ms
     from dm_resources.binance_archive import ArchiveClient, ArchiveKey
     from dm_resources.candle_store import CandleStore
     from dm_resources.contracts import HIGHER_CANDLE_INTERVALS
+    from dm_resources.heap import freeze_heap
     from dm_resources.mongo import MongoStore
 
-    freeze_long_lived_objects()  # as the run worker does, so the GC treatment is the same everywhere
+    freeze_heap("run worker", collect=True)  # as the run worker does, so the GC treatment is the same everywhere
     store = MongoStore(mongo_url, db)
     store.ensure_indexes()
     cs = CandleStore(store)
@@ -151,14 +151,15 @@ def _engine_worker(
     mongo_url: str, db: str, archive_url: str, rest_url: str, meta_url: str, symbols: list[str], days: list[str]
 ) -> int:
     """What a candle step does for its partitions (checks, audit, health included), called directly."""
-    from dm_assets.candles.engine import Engine, freeze_long_lived_objects
+    from dm_assets.candles.engine import Engine
     from dm_assets.candles.history import ArchiveBatch
     from dm_resources.binance import BinanceClient
     from dm_resources.binance_archive import ArchiveClient
+    from dm_resources.heap import freeze_heap
     from dm_resources.metadata.store import MetadataStore
     from dm_resources.mongo import MongoStore
 
-    freeze_long_lived_objects()  # as the run worker does
+    freeze_heap("run worker", collect=True)  # as the run worker does
     store = MongoStore(mongo_url, db)
     store.ensure_indexes()
     meta = MetadataStore(meta_url)

@@ -52,39 +52,18 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.contract.filters import iso_z  # noqa: E402
 from api.deps import ApiSettings  # noqa: E402
 from dm_resources.embedded import free_port, start_secantus, wait_until  # noqa: E402
 from dm_resources.metadata.store import MetadataStore  # noqa: E402
 from dm_resources.mongo import MongoStore  # noqa: E402
+from tests.extractor_klines import extractor_kline  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
-M1 = 60_000
-T0 = 1_735_689_600_000  # 2025-01-01
 MAX_BODY = 4 * 1024 * 1024
 
 
 def kline(i: int, pad: str) -> dict[str, Any]:
-    t = T0 + i * M1
-    p = str(27000 + i % 100)
-    return {
-        "symbol": "BTCUSDT",
-        "interval": "1m",
-        "open_time": iso_z(t),
-        "close_time": iso_z(t + M1 - 1),
-        "open_price": p,
-        "high_price": p,
-        "low_price": p,
-        "close_price": p,
-        "volume": "1.5",
-        "quote_asset_volume": "40500.25",
-        "taker_buy_base_asset_volume": "0.75",
-        "taker_buy_quote_asset_volume": "20250.125",
-        "number_of_trades": 10,
-        "source": "binance_futures",
-        "extractor_version": pad,
-        "extracted_at": "2025-02-01T00:00:00Z",
-    }
+    return extractor_kline(i, extractor_version=pad, extracted_at="2025-02-01T00:00:00Z")
 
 
 def largest_body() -> bytes:

@@ -16,43 +16,23 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api import deps
 from api.app import create_app
 from api.contract.datasets import resolve
-from api.contract.filters import iso_z
 from api.contract.service import STORE_CHUNK, _insert_klines
 from api.deps import ApiSettings
 from api.errors import ApiError
 from api.offload import OFFLOAD_MIN_RECORDS, InsertProcesses
+from dm_resources.heap import frozen_stages
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.settings import load_settings
+from tests.extractor_klines import extractor_kline
 
 TOKEN = "offload-token-0123456789"
-T0 = 1_735_689_600_000  # 2025-01-01: every kline has closed
-M1 = 60_000
 
 
 def kline(i: int) -> dict[str, Any]:
-    t = T0 + i * M1
-    p = str(27000 + i % 100)
-    return {
-        "symbol": "BTCUSDT",
-        "interval": "1m",
-        "open_time": iso_z(t),
-        "close_time": iso_z(t + M1 - 1),
-        "open_price": p,
-        "high_price": p,
-        "low_price": p,
-        "close_price": p,
-        "volume": "1.5",
-        "quote_asset_volume": "40500.25",
-        "taker_buy_base_asset_volume": "0.75",
-        "taker_buy_quote_asset_volume": "20250.125",
-        "number_of_trades": 10,
-        "source": "binance_futures",
-        "extractor_version": "1",
-    }
+    return extractor_kline(i)
 
 
 def batch(n: int, *, bad: int, repeat: tuple[int, int]) -> list[dict[str, Any]]:
@@ -136,7 +116,7 @@ def test_the_lifespan_sets_the_switch_interval_and_freezes_the_startup_heap(app_
         with TestClient(app) as client:
             assert client.get("/health/liveness").status_code == 200
             assert sys.getswitchinterval() == pytest.approx(0.002)
-            assert "lifespan" in deps._frozen
+            assert "lifespan" in frozen_stages()
             assert gc.get_freeze_count() > 0
     finally:
         sys.setswitchinterval(before)

@@ -35,7 +35,7 @@ from dagster import (
 
 from dm_assets.candles import audit, checks
 from dm_assets.candles.checks import CheckResult
-from dm_assets.candles.engine import BatchResult, Engine, PartitionOutcome, freeze_long_lived_objects
+from dm_assets.candles.engine import BatchResult, Engine, PartitionOutcome
 from dm_assets.candles.history import ArchiveBatch
 from dm_assets.candles.retry import CANDLE_RETRY_POLICY, transient_only
 from dm_assets.clock import run_time_ms
@@ -49,6 +49,7 @@ from dm_resources.contracts import (
     RAW_GROUP,
     candle_asset_path,
 )
+from dm_resources.heap import freeze_heap
 from dm_resources.resources import BinanceResource, MetadataResource, MongoResource
 from dm_resources.settings import get_settings
 
@@ -243,7 +244,7 @@ def _run_metadata(result: BatchResult, interval: str, written: list[PartitionOut
 def candles(
     context: AssetExecutionContext, mongo: MongoResource, metadata: MetadataResource, binance: BinanceResource
 ) -> Iterator[Any]:
-    freeze_long_lived_objects()  # the run worker's start-up heap, out of every full collection
+    freeze_heap("run worker", collect=True)  # the run worker's start-up heap, out of every full collection
     intervals = [iv for iv in INTERVALS if candles_key(iv) in context.selected_asset_keys]
     keys = [split_key(pk) for pk in context.partition_keys]
     selected_checks = {(k.asset_key, k.name) for k in context.selected_asset_check_keys}

@@ -31,7 +31,6 @@ Why it looks like this (the floors are the exchange's weight limit and the bytes
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -61,27 +60,6 @@ if TYPE_CHECKING:
     from dm_resources.mongo import MongoStore
 
 log = logging.getLogger(__name__)
-
-_frozen = False
-
-
-def freeze_long_lived_objects() -> None:
-    """Once per process: collect, then exempt everything alive now from the cyclic collector.
-
-    A run worker holds Dagster, pandas and the code location (millions of objects that live as
-    long as the process); the engine then allocates per-candle lists and frames by the hundred
-    thousand, and every full collection re-scanned the whole heap. Freezing after start-up cut
-    a 182-partition symbol from 5.5 s to 4.8 s (``bench/bench_history.py``; CPython's
-    ``gc.freeze``). Objects alive now that later become cyclic garbage are not reclaimed, which
-    is why this is called once, where a process starts its work (a run worker runs one run).
-    """
-    global _frozen
-    if _frozen:
-        return
-    _frozen = True
-    gc.collect()
-    gc.freeze()
-
 
 # Partitions whose sources are held in memory at once (a month of one symbol, or several symbols' months).
 CHUNK_PARTITIONS = 62
@@ -788,4 +766,4 @@ def _iso(t: int) -> str:
     return dt.datetime.fromtimestamp(t / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
 
-__all__ = ["DAY_MS", "BatchResult", "Engine", "PartitionOutcome", "chunks", "freeze_long_lived_objects"]
+__all__ = ["DAY_MS", "BatchResult", "Engine", "PartitionOutcome", "chunks"]
