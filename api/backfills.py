@@ -11,8 +11,9 @@ with a partition range per run), not as a Dagster partition backfill:
   carry a rectangle of both: :func:`plan_runs` packs the request into rectangles of up to
   ``DM_BACKFILL_PARTITIONS_PER_RUN`` partitions (one symbol's days when the range is long, several
   symbols' days when it is short), so run start-up and Dagster's per-run work are paid rarely.
-* **Still Dagster's runs.** They obey the run queue (and the per-symbol limit: a one-symbol run
-  carries its ``dm/symbol``, a several-symbol run ``*``), show in the UI (filter Runs by the tag
+* **Still Dagster's runs.** They obey the run queue (and its per-symbol locks: runs over disjoint
+  symbols run side by side, runs sharing a symbol one after the other; the ``dm/symbol`` label is
+  the symbol or the range, ``BTCUSDT..SOLUSDT``), show in the UI (filter Runs by the tag
   ``dm/backfill=<id>``), and their materializations mark the partitions like any backfill's.
   ``backfill_jobs`` holds one row per request (id ``runs:<uuid>``) listing the run ids; its status
   comes from the runs (:func:`dm_resources.backfill_status.run_group_status`), live on
@@ -35,7 +36,7 @@ from api.params import ParamError
 from dm_resources.backfill_status import backfill_status, run_group_status, run_status
 from dm_resources.contracts import BACKFILL_ASSET_PATHS, SYMBOL_DIM, SYMBOLS_PARTITIONS_NAME, candle_asset_path
 from dm_resources.dagster_client import DagsterAPIError, DagsterGraphQL
-from dm_resources.run_coordinator import MULTI_SYMBOL, RANGE_END_TAG, RANGE_START_TAG, SYMBOL_TAG
+from dm_resources.run_coordinator import RANGE_END_TAG, RANGE_START_TAG, SYMBOL_TAG, range_label
 
 BACKFILL_ASSETS: tuple[tuple[str, ...], ...] = tuple(tuple(p) for p in BACKFILL_ASSET_PATHS)
 
@@ -93,8 +94,6 @@ __all__ = ["backfill_status", "run_group_status", "run_status"]
 #: The tag grouping the runs of one ``POST /backfill/start`` (value: the job id).
 BACKFILL_TAG = "dm/backfill"
 ASSET_JOB = "__ASSET_JOB"  # Dagster's implicit job over every asset; a run selects its assets
-# A run shorter than this is worth widening with more symbols (when the request has them).
-MIN_PARTITIONS_PER_RUN = 100
 
 
 @dataclass(frozen=True)
@@ -116,28 +115,31 @@ class RunPlan:
         return {
             RANGE_START_TAG: f"{self.days[0]}|{self.symbols[0]}",
             RANGE_END_TAG: f"{self.days[-1]}|{self.symbols[-1]}",
-            SYMBOL_TAG: self.symbols[0] if len(self.symbols) == 1 else MULTI_SYMBOL,
+            SYMBOL_TAG: self.symbols[0] if len(self.symbols) == 1 else range_label(self.symbols[0], self.symbols[-1]),
         }
 
 
-def _runs_of(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
-    return [tuple(items[i : i + size]) for i in range(0, len(items), max(1, size))]
+def _balanced(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    """``items`` in consecutive chunks of at most ``size``, as even as possible (182 by 100: 91 + 91)."""
+    n = -(-len(items) // max(1, size))
+    base, extra = divmod(len(items), n)
+    out, at = [], 0
+    for k in range(n):
+        width = base + (1 if k < extra else 0)
+        out.append(tuple(items[at : at + width]))
+        at += width
+    return out
 
 
-def plan_runs(
-    days: Sequence[str],
-    symbols: Sequence[str],
-    order: Sequence[str],
-    per_run: int,
-    *,
-    min_per_run: int = MIN_PARTITIONS_PER_RUN,
-) -> list[RunPlan]:
+def plan_runs(days: Sequence[str], symbols: Sequence[str], order: Sequence[str], per_run: int) -> list[RunPlan]:
     """Rectangles of at most ``per_run`` partitions covering ``days`` × ``symbols`` exactly.
 
     ``order`` is Dagster's order of the symbol partitions: a run's symbol range must not take in a
-    symbol that was not asked for, so symbols are grouped where they are adjacent in it. A symbol's
-    days fill a run first (``per_run`` of them); when a symbol has fewer days than ``min_per_run``,
-    adjacent symbols share the run, ``per_run // len(days)`` at a time. ``per_run`` 0: one run per group.
+    symbol that was not asked for, so symbols are grouped where they are adjacent in it. When all
+    the days fit in a run, adjacent symbols share runs (``per_run // len(days)`` at most, spread
+    evenly: 10 symbols × 182 days by 1,000 is two runs of five symbols), else each symbol's days
+    are split evenly into runs. Runs over disjoint symbols run side by side (the queue's per-symbol
+    locks, :mod:`dm_resources.run_coordinator`). ``per_run`` 0: one run per group of adjacent symbols.
     """
     wanted = set(symbols)
     pos = {s: i for i, s in enumerate(order)}
@@ -154,12 +156,11 @@ def plan_runs(
     limit = per_run if per_run > 0 else len(days) * len(ordered)
     plans: list[RunPlan] = []
     for group in groups:
-        if len(days) >= min(min_per_run, limit) or len(group) == 1:
+        if len(days) > limit:
             for sym in group:
-                plans.extend(RunPlan(chunk, (sym,)) for chunk in _runs_of(list(days), min(limit, len(days))))
+                plans.extend(RunPlan(chunk, (sym,)) for chunk in _balanced(list(days), limit))
             continue
-        width = max(1, limit // len(days))
-        plans.extend(RunPlan(tuple(days), chunk) for chunk in _runs_of(group, width))
+        plans.extend(RunPlan(tuple(days), chunk) for chunk in _balanced(group, limit // len(days)))
     return plans
 
 

@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--end", default=None, help="last day (ISO); default: yesterday")
     ap.add_argument("--max-concurrent-runs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--per-run", type=int, default=200, help="partitions per run (DM_BACKFILL_PARTITIONS_PER_RUN)")
+    ap.add_argument("--per-run", type=int, default=1000, help="partitions per run (DM_BACKFILL_PARTITIONS_PER_RUN)")
     ap.add_argument("--skip-daemon", action="store_true", help="only the API path")
     ap.add_argument("--profile", action="store_true", help="profile one partition in-process instead")
     args = ap.parse_args()

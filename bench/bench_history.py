@@ -384,7 +384,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--symbols", type=int, default=10)
     ap.add_argument("--days", type=int, default=182, help="days ending with the last complete month (6 months)")
-    ap.add_argument("--per-run", type=int, default=200, help="partitions per run (DM_BACKFILL_PARTITIONS_PER_RUN)")
+    ap.add_argument("--per-run", type=int, default=1000, help="partitions per run (DM_BACKFILL_PARTITIONS_PER_RUN)")
     ap.add_argument("--concurrency", type=int, default=2, help="runs at a time; the anchor's processes too")
     ap.add_argument("--event-batch", type=int, default=500, help="DAGSTER_EVENT_BATCH_SIZE (0: off)")
     ap.add_argument(

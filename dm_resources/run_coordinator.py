@@ -1,35 +1,57 @@
-"""The run queue, with the per-symbol tag set on every run whoever launched it.
+"""The run queue, with every run holding a lock per symbol it writes, whoever launched it.
 
-``dagster.yaml`` (and the Helm values) limit runs per ``dm/symbol`` value to one at a time: two
-runs of one symbol race on its day and year buckets and fetch the same REST pages twice. A tag
-limit only works if runs carry the tag, and the runs the backfill daemon splits out of a UI
-"Materialize…" backfill carry only the backfill's tags (the same for every run) plus their
-partition range. So the queue itself sets the tag, on submission, from what every run has:
+Two runs that write one symbol race on its day and year buckets and fetch the same REST pages
+twice, so the queue never runs them at once. Dagster's tag limits allow one value per tag key
+and a run per value, which fits a one-symbol run but not a run over a range of symbols. So:
 
-* ``dagster/partition`` — ``2026-01-05|BTCUSDT`` (date × symbol) or ``BTCUSDT`` (per-symbol assets);
-* ``dagster/asset_partition_range_start`` / ``_end`` — a range run: one symbol when both ends
-  name the same symbol, else :data:`MULTI_SYMBOL` (runs over several symbols hold one slot of
-  their own: one such bulk run at a time);
-* a ``dm/symbol`` the launcher set already (sensors, schedules, the API) is kept.
+* every run carries ``dm/lock.<SYMBOL>`` for each symbol it writes (:func:`run_symbols`), set by
+  the queue itself on submission (:meth:`SymbolTaggingRunCoordinator.submit_run`), because the
+  runs the backfill daemon splits out of a UI "Materialize…" backfill carry only their partition
+  range;
+* the queue's limits (:meth:`SymbolTaggingRunCoordinator.get_run_queue_config`) are the configured
+  ones plus one run at a time per ``dm/lock.<SYMBOL>`` key, for every symbol partition, read from
+  the instance on each dequeue pass (one indexed read).
 
-Runs without a symbol (the catalog, retention) are left alone. :func:`symbol_tag` is the rule,
-used by the API and the sensors too, so everything agrees on it.
+Two runs over disjoint symbol ranges therefore run side by side (a 10-symbol history in two runs
+of five), and a run over ``BTCUSDT..SOLUSDT`` waits for, and blocks, any run writing ``ETHUSDT``.
+Before this, a several-symbol run held one shared ``*`` slot: two disjoint ranges queued behind
+each other, while a one-symbol run inside a range did not wait for it.
+
+``dm/symbol`` stays the label an operator filters by (``BTCUSDT``, or ``BTCUSDT..SOLUSDT`` for a
+range), with its own limit per value in ``dagster.yaml``: it keeps one-symbol runs apart even for
+a symbol that is not (yet) a partition. A launcher's own ``dm/symbol`` (sensors, schedules, the
+API) is kept. Runs without a symbol (the catalog, retention) hold no lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from dagster import DagsterRun, QueuedRunCoordinator, SubmitRunContext
+from dagster._core.run_coordinator.queued_run_coordinator import RunQueueConfig
 
-from dm_resources.contracts import is_symbol
+from dm_resources.contracts import SYMBOLS_PARTITIONS_NAME, is_symbol
 
 SYMBOL_TAG = "dm/symbol"
-MULTI_SYMBOL = "*"
+LOCK_PREFIX = "dm/lock."
 PARTITION_TAG = "dagster/partition"
 SYMBOL_DIMENSION_TAG = "dagster/partition/symbol"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+class UnknownSymbolRange(ValueError):
+    """A range run whose end symbols are not symbol partitions: nobody could say what it writes."""
+
+
+def lock_key(symbol: str) -> str:
+    """The tag a run writing ``symbol`` holds (one run at a time per key)."""
+    return f"{LOCK_PREFIX}{symbol}"
+
+
+def range_label(first: str, last: str) -> str:
+    """``dm/symbol`` of a run over several symbols, e.g. ``BTCUSDT..SOLUSDT``."""
+    return f"{first}..{last}"
 
 
 def _symbol_of(key: str | None) -> str | None:
@@ -40,18 +62,51 @@ def _symbol_of(key: str | None) -> str | None:
     return last if is_symbol(last) else None
 
 
+def _range_ends(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    start, end = _symbol_of(tags.get(RANGE_START_TAG)), _symbol_of(tags.get(RANGE_END_TAG))
+    return (start, end) if start and end else None
+
+
+def _single_symbol(tags: Mapping[str, str]) -> str | None:
+    sym = tags.get(SYMBOL_DIMENSION_TAG) or _symbol_of(tags.get(PARTITION_TAG))
+    return sym if sym and is_symbol(sym) else None
+
+
 def symbol_tag(tags: Mapping[str, str]) -> str | None:
-    """The ``dm/symbol`` value a run with these tags should carry (None: no symbol)."""
+    """The ``dm/symbol`` label a run with these tags should carry (None: no symbol)."""
     if tags.get(SYMBOL_TAG):
         return tags[SYMBOL_TAG]
-    for key in (SYMBOL_DIMENSION_TAG, PARTITION_TAG):
-        sym = _symbol_of(tags.get(key)) if key == PARTITION_TAG else tags.get(key)
-        if sym and is_symbol(sym):
-            return sym
-    start, end = _symbol_of(tags.get(RANGE_START_TAG)), _symbol_of(tags.get(RANGE_END_TAG))
-    if start and end:
-        return start if start == end else MULTI_SYMBOL
+    single = _single_symbol(tags)
+    if single:
+        return single
+    ends = _range_ends(tags)
+    if ends:
+        return ends[0] if ends[0] == ends[1] else range_label(*ends)
     return None
+
+
+def run_symbols(tags: Mapping[str, str], order: Callable[[], Sequence[str]]) -> tuple[str, ...]:
+    """The symbols a run with these tags writes; ``order`` gives the symbol partitions in Dagster's order.
+
+    A range over several symbols takes every symbol between its ends in that order (what Dagster
+    runs for a multi-partition range); ``order`` is only read for such a range.
+    """
+    ends = _range_ends(tags)
+    if ends and ends[0] != ends[1]:
+        symbols = list(order())
+        unknown = [s for s in ends if s not in symbols]
+        if unknown:
+            missing = ", ".join(unknown)
+            raise UnknownSymbolRange(f"range {range_label(*ends)}: {missing} not among the symbol partitions")
+        i, j = symbols.index(ends[0]), symbols.index(ends[1])
+        return tuple(symbols[min(i, j) : max(i, j) + 1])
+    if ends:
+        return (ends[0],)
+    single = _single_symbol(tags)
+    if single:
+        return (single,)
+    own = tags.get(SYMBOL_TAG)
+    return (own,) if own and is_symbol(own) else ()
 
 
 def with_symbol_tag(tags: Mapping[str, str], partition_key: str | None = None) -> dict[str, str]:
@@ -64,14 +119,29 @@ def with_symbol_tag(tags: Mapping[str, str], partition_key: str | None = None) -
 
 
 class SymbolTaggingRunCoordinator(QueuedRunCoordinator):
-    """Dagster's queued run coordinator that tags each submitted run with its symbol first."""
+    """Dagster's queued run coordinator, with a lock per symbol a run writes (see the module)."""
+
+    def _symbol_partitions(self) -> Sequence[str]:
+        return self._instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
+        add: dict[str, str] = {}
         tag = symbol_tag(run.tags)
         if tag and run.tags.get(SYMBOL_TAG) != tag:
-            self._instance.add_run_tags(run.run_id, {SYMBOL_TAG: tag})
+            add[SYMBOL_TAG] = tag
+        for sym in run_symbols(run.tags, self._symbol_partitions):
+            if lock_key(sym) not in run.tags:
+                add[lock_key(sym)] = "1"
+        if add:
+            self._instance.add_run_tags(run.run_id, add)
         return super().submit_run(context)
+
+    def get_run_queue_config(self) -> RunQueueConfig:
+        """The configured limits plus one run at a time per symbol lock (every symbol partition)."""
+        base = super().get_run_queue_config()
+        locks = [{"key": lock_key(s), "limit": 1} for s in self._symbol_partitions()]
+        return base._replace(tag_concurrency_limits=[*base.tag_concurrency_limits, *locks])
 
 
 def instance_yaml(max_concurrent_runs: int = 4, extra: str = "") -> str:

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # so that only what they launch runs.
     automation: bool = True
     # Partitions per run when Dagster backfills candles (0 = one run for the whole backfill).
-    backfill_partitions_per_run: int = Field(200, ge=0, le=1000)
+    backfill_partitions_per_run: int = Field(1000, ge=0, le=1000)
     # Retention in days per high-volume collection (0 = keep forever); the daily retention job
     # (dm_assets/retention) deletes older whole days, never one a pending partition still needs.
     # Minimums (RETENTION_MIN_DAYS) keep what the candle, order-book and analytics assets read.

@@ -30,7 +30,7 @@ from dm_resources.dagster_client import DagsterAPIError, DagsterGraphQL
 from dm_resources.embedded import free_port, start_dagster_dev
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
-from dm_resources.run_coordinator import MULTI_SYMBOL, SYMBOL_TAG, instance_yaml
+from dm_resources.run_coordinator import SYMBOL_TAG, instance_yaml, lock_key, range_label
 from dm_resources.settings import load_settings
 from tests.fake_exchange import FakeExchange
 
@@ -155,6 +155,7 @@ def test_api_runs_and_the_ui_backfill_dialog_materialize_date_ranges_of_every_sy
                 assert ranges == [
                     (s, f"{api_days[0]}|{s}", f"{api_days[-1]}|{s}") for s in SYMBOLS
                 ]  # one symbol per run, tagged with it (the per-symbol run limit applies)
+                assert all(t[lock_key(t[SYMBOL_TAG])] == "1" for t in run_tags.values())  # and holding its lock
                 assert all(t["dm/backfill"] == started.id for t in run_tags.values())
                 stored = meta.get_backfill_job(started.id)
                 assert stored is not None and stored.status == "success"
@@ -174,10 +175,12 @@ def test_api_runs_and_the_ui_backfill_dialog_materialize_date_ranges_of_every_sy
             assert state.status == "COMPLETED_SUCCESS", f"{state}\n{dagster.tail(60)}"
             assert state.runs and all(r["status"] == "SUCCESS" for r in state.runs), state.runs
             ui_tags = _tags(gql, [r["runId"] for r in state.runs])
-            # Tagged by the run queue: a run of one symbol with it, a run over both (a 2 × 2 range) with "*".
+            # Tagged by the run queue: a run of one symbol with it, a run over both (a 2 × 2 range) with
+            # the range; either holds the lock of every symbol it writes.
             for t in ui_tags.values():
-                lo, hi = t["dagster/asset_partition_range_start"], t["dagster/asset_partition_range_end"]
-                assert t[SYMBOL_TAG] == (lo.split("|")[1] if lo.split("|")[1] == hi.split("|")[1] else MULTI_SYMBOL)
+                lo, hi = (t[f"dagster/asset_partition_range_{end}"].split("|")[1] for end in ("start", "end"))
+                assert t[SYMBOL_TAG] == (lo if lo == hi else range_label(lo, hi))
+                assert {k for k in t if k.startswith("dm/lock.")} == {lock_key(lo), lock_key(hi)}
 
             with DagsterInstance.from_config(str(home)) as inst:
                 for path in (*CANDLE_ASSET_PATHS, ("quality", "health_scores")):

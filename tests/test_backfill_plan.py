@@ -8,7 +8,7 @@ import pytest
 
 from api.backfills import RunPlan, plan_runs
 from dm_resources.backfill_status import run_group_status
-from dm_resources.run_coordinator import MULTI_SYMBOL, SYMBOL_TAG
+from dm_resources.run_coordinator import SYMBOL_TAG, range_label
 
 
 def days(n: int) -> list[str]:
@@ -29,16 +29,16 @@ def test_a_short_range_of_several_symbols_is_one_run() -> None:
     tags = plans[0].tags()
     assert tags["dagster/asset_partition_range_start"] == "2026-01-01|BTCUSDT"
     assert tags["dagster/asset_partition_range_end"] == "2026-01-30|SOLUSDT"
-    assert tags[SYMBOL_TAG] == MULTI_SYMBOL
+    assert tags[SYMBOL_TAG] == range_label("BTCUSDT", "SOLUSDT")
 
 
-def test_long_ranges_are_one_symbol_per_run_of_at_most_per_run_days() -> None:
+def test_long_ranges_are_one_symbol_per_run_of_at_most_per_run_days_split_evenly() -> None:
     plans = plan_runs(days(182), ["BTCUSDT", "ETHUSDT"], ORDER, per_run=100)
     assert [(len(p.days), p.symbols) for p in plans] == [
-        (100, ("BTCUSDT",)),
-        (82, ("BTCUSDT",)),
-        (100, ("ETHUSDT",)),
-        (82, ("ETHUSDT",)),
+        (91, ("BTCUSDT",)),
+        (91, ("BTCUSDT",)),
+        (91, ("ETHUSDT",)),
+        (91, ("ETHUSDT",)),
     ]
     assert all(p.tags()[SYMBOL_TAG] in ("BTCUSDT", "ETHUSDT") for p in plans)
     assert covered(plans) == sorted(f"{d}|{s}" for d in days(182) for s in ("BTCUSDT", "ETHUSDT"))
@@ -48,6 +48,17 @@ def test_one_day_of_many_symbols_fills_runs_with_symbols() -> None:
     order = [f"S{i:03d}USDT" for i in range(400)]
     plans = plan_runs(days(1), order, order, per_run=200)
     assert [p.partitions for p in plans] == [200, 200]
+
+
+def test_a_long_range_of_many_symbols_is_a_few_even_runs_of_adjacent_symbols() -> None:
+    """10 symbols × 182 days by 1,000: two runs of five symbols (side by side: their symbols are disjoint)."""
+    order = [f"S{i:02d}USDT" for i in range(12)]
+    plans = plan_runs(days(182), order[:10], order, per_run=1000)
+    assert [p.symbols for p in plans] == [tuple(order[:5]), tuple(order[5:10])]
+    assert all(p.days == tuple(days(182)) for p in plans)
+    assert [p.tags()[SYMBOL_TAG] for p in plans] == ["S00USDT..S04USDT", "S05USDT..S09USDT"]
+    assert [len(p.symbols) for p in plan_runs(days(182), order, order, per_run=1000)] == [4, 4, 4]  # not 5 + 5 + 2
+    assert covered(plans) == sorted(f"{d}|{s}" for d in days(182) for s in order[:10])
 
 
 def test_a_run_never_spans_a_symbol_that_was_not_asked_for() -> None:

@@ -35,7 +35,7 @@ from dm_resources.candle_store import BUCKETS, CandleStore, ConcurrentWriteError
 from dm_resources.metadata.store import MetadataStore
 from dm_resources.mongo import MongoStore
 from dm_resources.resources import MongoResource, ResourceSet
-from dm_resources.run_coordinator import MULTI_SYMBOL, SYMBOL_TAG, symbol_tag
+from dm_resources.run_coordinator import SYMBOL_TAG, range_label, symbol_tag
 from tests.conftest import MongoServer
 from tests.dagster_helpers import materializations
 from tests.fake_exchange import FakeExchange
@@ -196,7 +196,9 @@ def test_symbol_tag_rule() -> None:
     assert symbol_tag({"dagster/partition": "2026-01-05"}) is None  # a date: no symbol
     rng = {"dagster/asset_partition_range_start": "2026-01-01|BTCUSDT"}
     assert symbol_tag({**rng, "dagster/asset_partition_range_end": "2026-02-01|BTCUSDT"}) == "BTCUSDT"
-    assert symbol_tag({**rng, "dagster/asset_partition_range_end": "2026-02-01|SOLUSDT"}) == MULTI_SYMBOL
+    assert symbol_tag({**rng, "dagster/asset_partition_range_end": "2026-02-01|SOLUSDT"}) == range_label(
+        "BTCUSDT", "SOLUSDT"
+    )
     assert symbol_tag({SYMBOL_TAG: "XRPUSDT", "dagster/partition": "2026-01-05|BTCUSDT"}) == "XRPUSDT"
     assert symbol_tag({}) is None
 
