@@ -25,13 +25,14 @@ partitions (target ≤ 0.1 s); ``quality_work_per_partition_s`` = (engine − an
 ``timeline_s`` says where a run's time goes (see ``_run_timeline``; ``slot_idle_s`` is the wall time
 a concurrency slot had no run executing: dequeue, process spawn, imports, code location).
 
-Measured here (2 cores, load average ~1.3–2.6, 10 symbols × 182 days = 1,820 partitions, two runs):
-ours 48.4 s (0.027 s a partition), anchor 16.2–16.7 s: **2.9–3.0×**; engine without Dagster
-23.3–23.6 s (1.4–1.5×); Dagster's own cost 0.014 s a partition. Of ours' 48.4 s, ~15 s is slot
-idle (10 one-symbol runs in 5 waves of 2, ~3 s from a run's end to the next run's start); the
-candle steps took 60.4 s and the quality steps 4 s of run time over the 2 slots. With
-``--stock-storage`` (a PostgreSQL connection per query) ours took 64.2 s. Before the changes
-of this layout's last round (same machine): ours 71.1 s, 4.0×, Dagster 0.023 s a partition.
+Measured here (2 cores, 10 symbols × 182 days = 1,820 partitions, two runs of five symbols side by
+side, which the run queue's per-symbol locks allow): ours 37.5 / 38.7 / 37.5 s (0.021 s a partition),
+anchor 16.5 / 17.0 / 16.4 s: **2.27–2.29×**; engine without Dagster 22.6 / 27.1 / 24.5 s
+(1.37–1.60×); Dagster's own cost 0.006–0.008 s a partition. Of ours' ~37.5 s, ~4.4 s is slot idle
+(each run ~3.4 s from launch to its step); the candle steps took ~62 s and the quality steps ~3.2 s
+of run time over the 2 slots. Before the locks (ten one-symbol runs in five waves of two, as a
+several-symbol run held one shared slot): 48.4 s, 2.9–3.0×; with ``--stock-storage`` 64.2 s; at the
+start of this work 71.1 s, 4.0×.
 
 The mirror (``tests/archive_mirror.py``) serves files generated from the simulated exchange's price
 path; they are generated before anything is timed (generation is not the work measured).
@@ -164,12 +165,11 @@ def _engine_worker(
     store.ensure_indexes()
     meta = MetadataStore(meta_url)
     client = BinanceClient(rest_url)
-    done = 0
-    for symbol in symbols:  # as the runs of ours: one symbol's days per run
-        engine = Engine(
-            store, meta, client, archive=ArchiveBatch(ArchiveClient(archive_url), run_id=f"engine-{symbol}")
-        )
-        done += len(engine.run([(d, symbol) for d in days]).partitions)
+    # As a run of ours: the worker's symbols × days in one call (plan_runs packs a run's symbols so).
+    engine = Engine(
+        store, meta, client, archive=ArchiveBatch(ArchiveClient(archive_url), run_id=f"engine-{symbols[0]}")
+    )
+    done = len(engine.run([(d, s) for s in symbols for d in days]).partitions)
     store.close()
     meta.close()
     return done
