@@ -23,6 +23,10 @@ Configured in ``dagster.yaml``::
         class: PooledPostgresStorage
         config:
           postgres_url: {env: DAGSTER_PG_URL}
+
+Dagster's Helm chart writes its own instance config with dagster-postgres's three storages and no
+value to change them; ``deploy/helm/pooled_storage.py`` (a Helm post-renderer) names this storage
+there, with the chart's ``postgres_db`` settings (``from_config_value`` takes either form).
 """
 
 from __future__ import annotations
