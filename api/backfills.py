@@ -96,6 +96,12 @@ BACKFILL_TAG = "dm/backfill"
 ASSET_JOB = "__ASSET_JOB"  # Dagster's implicit job over every asset; a run selects its assets
 
 
+#: Symbols one run may cover: a short, wide request (1 day × 400 symbols) becomes several runs that
+#: the queue runs side by side instead of one process doing all of it, and a run holds one
+#: ``dm/lock.<SYMBOL>`` tag per symbol (the UI lists them), so their number stays readable.
+MAX_SYMBOLS_PER_RUN = 50
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """One run: consecutive ``days`` × ``symbols`` (contiguous in Dagster's order of the symbol partitions)."""
@@ -136,8 +142,9 @@ def plan_runs(days: Sequence[str], symbols: Sequence[str], order: Sequence[str],
 
     ``order`` is Dagster's order of the symbol partitions: a run's symbol range must not take in a
     symbol that was not asked for, so symbols are grouped where they are adjacent in it. When all
-    the days fit in a run, adjacent symbols share runs (``per_run // len(days)`` at most, spread
-    evenly: 10 symbols × 182 days by 1,000 is two runs of five symbols), else each symbol's days
+    the days fit in a run, adjacent symbols share runs (``per_run // len(days)`` at most, and at most
+    :data:`MAX_SYMBOLS_PER_RUN`, spread evenly: 10 symbols × 182 days by 1,000 is two runs of five
+    symbols), else each symbol's days
     are split evenly into runs. Runs over disjoint symbols run side by side (the queue's per-symbol
     locks, :mod:`dm_resources.run_coordinator`). ``per_run`` 0: one run per group of adjacent symbols.
     """
@@ -160,7 +167,8 @@ def plan_runs(days: Sequence[str], symbols: Sequence[str], order: Sequence[str],
             for sym in group:
                 plans.extend(RunPlan(chunk, (sym,)) for chunk in _balanced(list(days), limit))
             continue
-        plans.extend(RunPlan(tuple(days), chunk) for chunk in _balanced(group, limit // len(days)))
+        width = min(limit // len(days), MAX_SYMBOLS_PER_RUN)
+        plans.extend(RunPlan(tuple(days), chunk) for chunk in _balanced(group, width))
     return plans
 
 

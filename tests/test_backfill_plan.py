@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from api.backfills import RunPlan, plan_runs
+from api.backfills import MAX_SYMBOLS_PER_RUN, RunPlan, plan_runs
 from dm_resources.backfill_status import run_group_status
 from dm_resources.run_coordinator import SYMBOL_TAG, range_label
 
@@ -44,10 +44,12 @@ def test_long_ranges_are_one_symbol_per_run_of_at_most_per_run_days_split_evenly
     assert covered(plans) == sorted(f"{d}|{s}" for d in days(182) for s in ("BTCUSDT", "ETHUSDT"))
 
 
-def test_one_day_of_many_symbols_fills_runs_with_symbols() -> None:
+def test_one_day_of_many_symbols_fills_runs_with_symbols_up_to_the_symbol_cap() -> None:
     order = [f"S{i:03d}USDT" for i in range(400)]
-    plans = plan_runs(days(1), order, order, per_run=200)
-    assert [p.partitions for p in plans] == [200, 200]
+    assert [p.partitions for p in plan_runs(days(1), order, order, per_run=40)] == [40] * 10
+    plans = plan_runs(days(1), order, order, per_run=1000)  # 400 symbols fit one run; the cap makes 8, side by side
+    assert [len(p.symbols) for p in plans] == [MAX_SYMBOLS_PER_RUN] * 8
+    assert covered(plans) == sorted(f"{days(1)[0]}|{s}" for s in order)
 
 
 def test_a_long_range_of_many_symbols_is_a_few_even_runs_of_adjacent_symbols() -> None:
