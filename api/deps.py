@@ -71,6 +71,11 @@ class ApiSettings(BaseSettings):
     cache_notified_ttl_s: float = 60.0
     symbols_ttl_s: float = 30.0
     mongo_timeout_ms: int = 3000
+    mongo_retry_attempts: int = Field(
+        default=2,
+        ge=0,
+        description="retries of a MongoDB call on a transient error (the API's store and its insert processes)",
+    )
     dagster_timeout_s: float = 10.0
     max_backfill_days: int = 400
     max_body_bytes: int = Field(
@@ -178,7 +183,9 @@ class AppState:
         return self._lazy(
             "_inserts",
             lambda: InsertProcesses(
-                self.api.insert_processes, mongo_retry_attempts=2, mongo_timeout_ms=self.api.mongo_timeout_ms
+                self.api.insert_processes,
+                mongo_retry_attempts=self.api.mongo_retry_attempts,
+                mongo_timeout_ms=self.api.mongo_timeout_ms,
             ),
         )
 
@@ -231,7 +238,7 @@ class AppState:
             lambda: MongoStore(
                 self.settings.mongo_url,
                 self.settings.mongo_db,
-                retry_attempts=2,
+                retry_attempts=self.api.mongo_retry_attempts,
                 server_selection_timeout_ms=self.api.mongo_timeout_ms,
             ),
         )
