@@ -66,6 +66,17 @@ def _value(s: str, idx: int, depth: int) -> tuple[Any, int]:
         raise _Malformed from None
 
 
+def _after_item(s: str, idx: int, close: str) -> tuple[bool, int]:
+    """Past an item of an object or array: (True, after ``close``) or (False, at the next item)."""
+    idx = _skip(s, idx)
+    ch = s[idx : idx + 1]
+    if ch == close:
+        return True, idx + 1
+    if ch != ",":
+        raise _Malformed
+    return False, _skip(s, idx + 1)
+
+
 def _object(s: str, idx: int, depth: int) -> tuple[dict[str, Any], int]:
     """The members after ``{``, as the C scanner reads them (duplicate keys: the last wins)."""
     out: dict[str, Any] = {}
@@ -80,13 +91,9 @@ def _object(s: str, idx: int, depth: int) -> tuple[dict[str, Any], int]:
         if s[idx : idx + 1] != ":":
             raise _Malformed
         out[key], idx = _value(s, _skip(s, idx + 1), depth)
-        idx = _skip(s, idx)
-        ch = s[idx : idx + 1]
-        if ch == "}":
-            return out, idx + 1
-        if ch != ",":
-            raise _Malformed
-        idx = _skip(s, idx + 1)
+        done, idx = _after_item(s, idx, "}")
+        if done:
+            return out, idx
 
 
 def _array(s: str, idx: int, depth: int) -> tuple[list[Any], int]:
@@ -97,13 +104,9 @@ def _array(s: str, idx: int, depth: int) -> tuple[list[Any], int]:
     while True:
         item, idx = _value(s, idx, depth)
         out.append(item)
-        idx = _skip(s, idx)
-        ch = s[idx : idx + 1]
-        if ch == "]":
-            return out, idx + 1
-        if ch != ",":
-            raise _Malformed
-        idx = _skip(s, idx + 1)
+        done, idx = _after_item(s, idx, "]")
+        if done:
+            return out, idx
 
 
 def loads_in_pieces(body: bytes) -> Any:
